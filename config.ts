@@ -67,7 +67,9 @@ export function defaultTestStatus({ stats }: StatusInput): TestStatus {
     const result = (stats as Record<string, unknown>).result;
     if (result !== undefined && result !== null && result !== "" && result !== false) {
       if (Array.isArray(result) && result.length === 0) return "failed";
-      if (typeof result === "object" && !Array.isArray(result) && Object.keys(result).length === 0) {
+      if (
+        typeof result === "object" && !Array.isArray(result) && Object.keys(result).length === 0
+      ) {
         return "failed";
       }
       return "passed";
@@ -99,6 +101,8 @@ export const DEFAULT_CONFIG: Readonly<UploaderConfig> = Object.freeze({
 });
 
 /** All marker file names, current and legacy. */
-export function markerNames(config: Pick<UploaderConfig, "successMarker" | "failedMarker" | "legacyMarkers">): Set<string> {
+export function markerNames(
+  config: Pick<UploaderConfig, "successMarker" | "failedMarker" | "legacyMarkers">,
+): Set<string> {
   return new Set([config.successMarker, config.failedMarker, ...config.legacyMarkers]);
 }

@@ -1,0 +1,98 @@
+/**
+ * The tracker's diff rule: what a scan's snapshot of a folder means for its tracked row.
+ * Pure: no I/O, no clock; the caller passes the time in.
+ *
+ * @module
+ */
+
+/** The part of a tracked row the rule looks at. */
+export interface TrackedState {
+  /** Fingerprint recorded by the last scan that saw the folder. */
+  fileHash: string;
+  /** Key the folder was tracked under. */
+  folderKey: string | null;
+  /** `pending`, `success` or `failed`. */
+  status: string;
+  /** Runs that already failed this folder for its data. */
+  retryCount: number;
+  /** Earliest time (ms) another attempt may be made, or null. */
+  nextAttemptMs: number | null;
+}
+
+/** What the scan saw of the folder. */
+export interface SeenState {
+  fingerprint: string;
+  key: string;
+  newestMtimeMs: number;
+}
+
+/** How a folder compares with its tracked row. */
+export type ChangeKind = "new" | "changed" | "unchanged";
+
+/** The rule's verdict for one folder. */
+export interface DiffDecision {
+  /** New to the tracker, changed since the last scan, or unchanged. */
+  change: ChangeKind;
+  /** The status to record (unchanged folders keep theirs). */
+  status: string;
+  /** The retry count to record. */
+  retryCount: number;
+  /** Its newest file is younger than the settle time: not uploaded in this run. */
+  settling: boolean;
+  /** This run should upload it. */
+  upload: boolean;
+}
+
+/** Settings the rule depends on. */
+export interface DiffOptions {
+  /** The current time in ms. */
+  nowMs: number;
+  /** The settle time in ms. */
+  minAgeMs: number;
+  /** Folders failed for their data this many times are not retried until they change. */
+  maxRetries: number;
+}
+
+/**
+ * Decides what a scanned folder means for the tracker.
+ *
+ * - new -> pending; fingerprint (or key) changed -> pending with retry_count reset to 0;
+ *   unchanged -> the row keeps its status (a folder uploaded before stays success).
+ * - A pending folder is uploaded unless it is still settling; a failed one is retried
+ *   while its retry count is below `maxRetries` and its next attempt time has come.
+ *
+ * @example
+ * ```ts
+ * decideFolder(undefined, { fingerprint: "a", key: "B1", newestMtimeMs: 0 },
+ *   { nowMs: 10_000, minAgeMs: 3_000, maxRetries: 3 });
+ * // { change: "new", status: "pending", retryCount: 0, settling: false, upload: true }
+ * ```
+ */
+export function decideFolder(
+  tracked: TrackedState | undefined,
+  seen: SeenState,
+  options: DiffOptions,
+): DiffDecision {
+  const settling = options.nowMs - seen.newestMtimeMs < options.minAgeMs;
+  if (tracked === undefined) {
+    return { change: "new", status: "pending", retryCount: 0, settling, upload: !settling };
+  }
+  if (tracked.fileHash !== seen.fingerprint || (tracked.folderKey ?? seen.key) !== seen.key) {
+    return { change: "changed", status: "pending", retryCount: 0, settling, upload: !settling };
+  }
+  let upload = false;
+  if (!settling) {
+    if (tracked.status === "pending") upload = true;
+    else if (tracked.status === "failed") {
+      upload = tracked.retryCount < options.maxRetries &&
+        (tracked.nextAttemptMs === null || tracked.nextAttemptMs <= options.nowMs);
+    }
+  }
+  return {
+    change: "unchanged",
+    status: tracked.status,
+    retryCount: tracked.retryCount,
+    settling,
+    upload,
+  };
+}

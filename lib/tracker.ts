@@ -1,0 +1,715 @@
+/**
+ * The local tracking database (SQLite through `node:sqlite`): which folders exist, what
+ * was uploaded, what failed and why, and one row per upload batch. Keeps the original
+ * tool's `folder_status` and `upload_batches` tables and column names, so the queries in
+ * its documentation keep working, and adds what resuming and change detection need.
+ *
+ * One run at a time per database: {@linkcode Tracker.open} with `lock: true` takes an OS
+ * file lock (flock) that dies with its process, so a killed run never blocks the next.
+ *
+ * @module
+ */
+
+import { DatabaseSync, type StatementSync } from "node:sqlite";
+import { hostname } from "node:os";
+import { decideFolder, type DiffDecision, type DiffOptions, type TrackedState } from "./diff.ts";
+import type { FolderSnapshot } from "./scan.ts";
+import { UploadError } from "./errors.ts";
+
+/** The schema version this code writes. */
+export const SCHEMA_VERSION = 2;
+
+/**
+ * Migrations, keyed by the version they bring the database to. Each runs in one
+ * transaction; the original tool's tables (version 1) are created only when missing, so
+ * a database made by the original scripts is upgraded in place.
+ */
+const MIGRATIONS: Record<number, string> = {
+  1: `
+    CREATE TABLE IF NOT EXISTS folder_status (
+      folder_path TEXT PRIMARY KEY,
+      folder_name TEXT,
+      last_modified REAL,
+      file_count INTEGER,
+      file_hash TEXT,
+      upload_status TEXT DEFAULT 'pending',
+      upload_timestamp TEXT,
+      error_message TEXT,
+      retry_count INTEGER DEFAULT 0,
+      created_at TEXT DEFAULT CURRENT_TIMESTAMP,
+      updated_at TEXT DEFAULT CURRENT_TIMESTAMP
+    );
+    CREATE TABLE IF NOT EXISTS upload_batches (
+      batch_id TEXT PRIMARY KEY,
+      batch_name TEXT,
+      total_folders INTEGER,
+      successful_uploads INTEGER DEFAULT 0,
+      failed_uploads INTEGER DEFAULT 0,
+      start_time TEXT,
+      end_time TEXT,
+      status TEXT DEFAULT 'running',
+      created_at TEXT DEFAULT CURRENT_TIMESTAMP
+    );
+  `,
+  2: `
+    ALTER TABLE folder_status ADD COLUMN base_path TEXT;
+    ALTER TABLE folder_status ADD COLUMN folder_key TEXT;
+    ALTER TABLE folder_status ADD COLUMN uploaded_hash TEXT;
+    ALTER TABLE folder_status ADD COLUMN next_attempt_at INTEGER;
+    ALTER TABLE folder_status ADD COLUMN last_seen_run INTEGER;
+    ALTER TABLE folder_status ADD COLUMN settling INTEGER NOT NULL DEFAULT 0;
+    CREATE INDEX IF NOT EXISTS folder_status_status ON folder_status (upload_status);
+    CREATE INDEX IF NOT EXISTS folder_status_seen ON folder_status (base_path, last_seen_run);
+    ALTER TABLE upload_batches ADD COLUMN run_id INTEGER;
+    ALTER TABLE upload_batches ADD COLUMN bytes INTEGER;
+    CREATE INDEX IF NOT EXISTS upload_batches_start ON upload_batches (start_time);
+    CREATE TABLE IF NOT EXISTS runs (
+      run_id INTEGER PRIMARY KEY AUTOINCREMENT,
+      base_path TEXT,
+      mode TEXT NOT NULL,
+      pid INTEGER,
+      started_at TEXT NOT NULL,
+      ended_at TEXT,
+      status TEXT NOT NULL DEFAULT 'running',
+      scan_complete INTEGER NOT NULL DEFAULT 0,
+      summary TEXT
+    );
+  `,
+};
+
+/** Settings for {@linkcode Tracker.open}. */
+export interface TrackerOpenOptions {
+  /** Take the one-run-at-a-time lock (a run that writes). Default `true`. */
+  lock?: boolean;
+  /** Open without creating or migrating (for `--status` on a missing file). Default `false`. */
+  readOnly?: boolean;
+  /** What to record as the lock holder's command. */
+  command?: string;
+}
+
+/** One folder's outcome within a batch, for {@linkcode Tracker.recordBatch}. */
+export interface FolderOutcome {
+  /** The folder's path (the tracker's key). */
+  path: string;
+  /** The fingerprint taken before the folder was read. */
+  fingerprint: string;
+  /** Whether the server acknowledged the folder's row. */
+  ok: boolean;
+  /** Why it failed, naming the file or the server's SQLSTATE. */
+  error?: string;
+}
+
+/** A batch as recorded in `upload_batches`. */
+export interface BatchRecord {
+  batchId: string;
+  batchName: string;
+  runId: number;
+  totalFolders: number;
+  startTime: Date;
+  endTime: Date;
+  status: "completed" | "failed" | "interrupted";
+  bytes?: number;
+}
+
+/** A decision for one scanned folder, with the snapshot it was made for. */
+export interface ScanDecision extends DiffDecision {
+  snapshot: FolderSnapshot;
+}
+
+/** Counts of a tracking database, for `--status`. */
+export interface StatusReport {
+  dbPath: string;
+  total: number;
+  byStatus: Record<string, number>;
+  settling: number;
+  missing: number;
+  missingSample: string[];
+  recentBatches: {
+    batchName: string;
+    successful: number;
+    failed: number;
+    total: number;
+    status: string;
+    startTime: string;
+    endTime: string | null;
+    durationSeconds: number | null;
+    foldersPerSecond: number | null;
+  }[];
+  recentFailures: { folderPath: string; folderName: string; error: string; when: string }[];
+  lastRun: {
+    runId: number;
+    mode: string;
+    status: string;
+    startedAt: string;
+    endedAt: string | null;
+  } | null;
+}
+
+interface FolderRow {
+  file_hash: string | null;
+  folder_key: string | null;
+  upload_status: string | null;
+  retry_count: number | null;
+  next_attempt_at: number | null;
+}
+
+/** ISO-8601 UTC text, the tracker's time format. */
+function iso(date: Date): string {
+  return date.toISOString();
+}
+
+/** The local tracking database. */
+export class Tracker {
+  readonly path: string;
+  readonly db: DatabaseSync;
+  #lockFile: Deno.FsFile | null = null;
+  #statements = new Map<string, StatementSync>();
+
+  private constructor(path: string, db: DatabaseSync) {
+    this.path = path;
+    this.db = db;
+  }
+
+  /**
+   * Opens (creating and migrating as needed) the tracking database at `path`.
+   *
+   * @throws {UploadError} kind `locked` when another live process holds the lock, naming it;
+   * kind `config` when the file cannot be opened or is not a tracking database.
+   */
+  static open(path: string, options: TrackerOpenOptions = {}): Tracker {
+    const lock = options.lock ?? true;
+    let lockFile: Deno.FsFile | null = null;
+    if (lock && path !== ":memory:") lockFile = acquireLock(`${path}.lock`, options.command);
+    let db: DatabaseSync;
+    try {
+      db = new DatabaseSync(path, { readOnly: options.readOnly ?? false });
+      db.exec("PRAGMA busy_timeout = 5000");
+      if (!options.readOnly) {
+        db.exec("PRAGMA journal_mode = WAL");
+        db.exec("PRAGMA synchronous = NORMAL");
+      }
+    } catch (error) {
+      lockFile?.close();
+      throw new UploadError("config", `Cannot open tracking database ${path}: ${error}`, {
+        subject: path,
+        cause: error,
+      });
+    }
+    const tracker = new Tracker(path, db);
+    tracker.#lockFile = lockFile;
+    try {
+      if (!options.readOnly) tracker.#migrate();
+    } catch (error) {
+      tracker.close();
+      throw new UploadError("config", `Cannot prepare tracking database ${path}: ${error}`, {
+        subject: path,
+        cause: error,
+      });
+    }
+    return tracker;
+  }
+
+  /** The schema version recorded in the database (0 for an empty file). */
+  schemaVersion(): number {
+    const hasMeta = this.db.prepare(
+      "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'",
+    ).get();
+    if (!hasMeta) return 0;
+    const row = this.db.prepare("SELECT value FROM meta WHERE key = 'schema_version'").get() as
+      | { value: string }
+      | undefined;
+    return row ? Number(row.value) : 0;
+  }
+
+  #migrate(): void {
+    this.db.exec("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)");
+    let version = this.schemaVersion();
+    if (version > SCHEMA_VERSION) {
+      throw new UploadError(
+        "config",
+        `Tracking database ${this.path} has schema version ${version}, newer than this program's ${SCHEMA_VERSION}`,
+        { subject: this.path, hint: "Use a newer version of the uploader with this database" },
+      );
+    }
+    while (version < SCHEMA_VERSION) {
+      const next = version + 1;
+      this.transaction(() => {
+        this.db.exec(MIGRATIONS[next]);
+        this.db.prepare(
+          "INSERT INTO meta (key, value) VALUES ('schema_version', ?) " +
+            "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        ).run(String(next));
+      });
+      version = next;
+    }
+  }
+
+  /** Runs `fn` in one transaction; rolls back and rethrows when it throws. */
+  transaction<T>(fn: () => T): T {
+    this.db.exec("BEGIN IMMEDIATE");
+    try {
+      const result = fn();
+      this.db.exec("COMMIT");
+      return result;
+    } catch (error) {
+      if (this.db.isTransaction) this.db.exec("ROLLBACK");
+      throw error;
+    }
+  }
+
+  #stmt(sql: string): StatementSync {
+    let stmt = this.#statements.get(sql);
+    if (!stmt) {
+      stmt = this.db.prepare(sql);
+      this.#statements.set(sql, stmt);
+    }
+    return stmt;
+  }
+
+  /** Reads a meta value. */
+  getMeta(key: string): string | undefined {
+    const row = this.#stmt("SELECT value FROM meta WHERE key = ?").get(key) as
+      | { value: string }
+      | undefined;
+    return row?.value;
+  }
+
+  /** Writes a meta value. */
+  setMeta(key: string, value: string): void {
+    this.#stmt(
+      "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+    ).run(key, value);
+  }
+
+  /**
+   * This device's id: `preferred` when given (and then remembered), else the id kept in
+   * the tracker, else a new random UUID that is kept from now on.
+   */
+  deviceId(preferred?: string): string {
+    if (preferred) {
+      this.setMeta("device_id", preferred);
+      return preferred;
+    }
+    const kept = this.getMeta("device_id");
+    if (kept) return kept;
+    const id = crypto.randomUUID();
+    this.setMeta("device_id", id);
+    return id;
+  }
+
+  /**
+   * Records the start of a run and closes the books on runs and batches that a killed
+   * process left `running` (this process holds the lock, so they are dead).
+   */
+  startRun(basePath: string | null, mode: string, now = new Date()): number {
+    return this.transaction(() => {
+      this.#stmt("UPDATE runs SET status = 'interrupted', ended_at = ? WHERE status = 'running'")
+        .run(iso(now));
+      this.#stmt(
+        "UPDATE upload_batches SET status = 'interrupted', end_time = ? WHERE status = 'running'",
+      ).run(iso(now));
+      const row = this.#stmt(
+        "INSERT INTO runs (base_path, mode, pid, started_at) VALUES (?, ?, ?, ?) RETURNING run_id",
+      ).get(basePath, mode, Deno.pid, iso(now)) as { run_id: number };
+      return Number(row.run_id);
+    });
+  }
+
+  /** Records how a run ended. `scanComplete` says the whole tree was walked. */
+  finishRun(
+    runId: number,
+    status: "completed" | "failed" | "interrupted" | "unreachable",
+    summary: unknown,
+    scanComplete: boolean,
+    now = new Date(),
+  ): void {
+    this.#stmt(
+      "UPDATE runs SET status = ?, ended_at = ?, summary = ?, scan_complete = ? WHERE run_id = ?",
+    ).run(status, iso(now), JSON.stringify(summary), scanComplete ? 1 : 0, runId);
+  }
+
+  /**
+   * Applies the diff rule to a chunk of scanned folders in one transaction and returns a
+   * decision per folder, in order. New folders are inserted as pending, changed ones are
+   * reset to pending with retry_count 0, unchanged ones only get their last-seen mark.
+   */
+  applyScan(
+    snapshots: readonly FolderSnapshot[],
+    runId: number,
+    basePath: string,
+    options: DiffOptions,
+  ): ScanDecision[] {
+    const select = this.#stmt(
+      "SELECT file_hash, folder_key, upload_status, retry_count, next_attempt_at " +
+        "FROM folder_status WHERE folder_path = ?",
+    );
+    const insert = this.#stmt(
+      "INSERT INTO folder_status (folder_path, folder_name, last_modified, file_count, file_hash, " +
+        "upload_status, retry_count, created_at, updated_at, base_path, folder_key, last_seen_run, " +
+        "settling) VALUES (?, ?, ?, ?, ?, 'pending', 0, ?, ?, ?, ?, ?, ?)",
+    );
+    const reset = this.#stmt(
+      "UPDATE folder_status SET folder_name = ?, last_modified = ?, file_count = ?, file_hash = ?, " +
+        "upload_status = 'pending', retry_count = 0, next_attempt_at = NULL, error_message = NULL, " +
+        "updated_at = ?, base_path = ?, folder_key = ?, last_seen_run = ?, settling = ? " +
+        "WHERE folder_path = ?",
+    );
+    const seen = this.#stmt(
+      "UPDATE folder_status SET last_seen_run = ?, settling = ?, base_path = ? WHERE folder_path = ?",
+    );
+    const nowText = iso(new Date(options.nowMs));
+    return this.transaction(() => {
+      const out: ScanDecision[] = [];
+      for (const snap of snapshots) {
+        const row = select.get(snap.path) as FolderRow | undefined;
+        const tracked: TrackedState | undefined = row && {
+          fileHash: row.file_hash ?? "",
+          folderKey: row.folder_key,
+          status: row.upload_status ?? "pending",
+          retryCount: Number(row.retry_count ?? 0),
+          nextAttemptMs: row.next_attempt_at === null ? null : Number(row.next_attempt_at),
+        };
+        const decision = decideFolder(tracked, {
+          fingerprint: snap.fingerprint,
+          key: snap.key,
+          newestMtimeMs: snap.newestMtimeMs,
+        }, options);
+        const lastModified = snap.newestMtimeMs / 1000;
+        const settling = decision.settling ? 1 : 0;
+        if (decision.change === "new") {
+          insert.run(
+            snap.path,
+            snap.name,
+            lastModified,
+            snap.files.length,
+            snap.fingerprint,
+            nowText,
+            nowText,
+            basePath,
+            snap.key,
+            runId,
+            settling,
+          );
+        } else if (decision.change === "changed") {
+          reset.run(
+            snap.name,
+            lastModified,
+            snap.files.length,
+            snap.fingerprint,
+            nowText,
+            basePath,
+            snap.key,
+            runId,
+            settling,
+            snap.path,
+          );
+        } else {
+          seen.run(runId, settling, basePath, snap.path);
+        }
+        out.push({ ...decision, snapshot: snap });
+      }
+      return out;
+    });
+  }
+
+  /** Inserts a batch row with status `running` before its statement is sent. */
+  startBatch(batchId: string, batchName: string, runId: number, total: number, start: Date): void {
+    this.#stmt(
+      "INSERT INTO upload_batches (batch_id, batch_name, total_folders, start_time, status, run_id, created_at) " +
+        "VALUES (?, ?, ?, ?, 'running', ?, ?)",
+    ).run(batchId, batchName, total, iso(start), runId, iso(start));
+  }
+
+  /**
+   * Records a batch's outcome in one transaction: acknowledged folders become `success`
+   * with the fingerprint taken before they were read; failed ones become `failed` with
+   * their message and one more retry counted.
+   */
+  recordBatch(batch: BatchRecord, outcomes: readonly FolderOutcome[]): void {
+    const ok = this.#stmt(
+      "UPDATE folder_status SET upload_status = 'success', uploaded_hash = ?, upload_timestamp = ?, " +
+        "error_message = NULL, retry_count = 0, next_attempt_at = NULL, updated_at = ? " +
+        "WHERE folder_path = ? AND file_hash = ?",
+    );
+    const okStale = this.#stmt(
+      "UPDATE folder_status SET uploaded_hash = ?, upload_timestamp = ?, updated_at = ? " +
+        "WHERE folder_path = ?",
+    );
+    const endText = iso(batch.endTime);
+    this.transaction(() => {
+      let successful = 0;
+      let failed = 0;
+      for (const o of outcomes) {
+        if (o.ok) {
+          successful++;
+          const changed = ok.run(o.fingerprint, endText, endText, o.path, o.fingerprint);
+          // The folder was rescanned with another fingerprint meanwhile: keep it pending.
+          if (Number(changed.changes) === 0) okStale.run(o.fingerprint, endText, endText, o.path);
+        } else {
+          failed++;
+          this.#markFailed(o.path, o.error ?? "Unknown error", endText);
+        }
+      }
+      this.#stmt(
+        "INSERT INTO upload_batches (batch_id, batch_name, total_folders, successful_uploads, " +
+          "failed_uploads, start_time, end_time, status, run_id, bytes, created_at) " +
+          "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (batch_id) DO UPDATE SET " +
+          "total_folders = excluded.total_folders, successful_uploads = excluded.successful_uploads, " +
+          "failed_uploads = excluded.failed_uploads, end_time = excluded.end_time, " +
+          "status = excluded.status, bytes = excluded.bytes",
+      ).run(
+        batch.batchId,
+        batch.batchName,
+        batch.totalFolders,
+        successful,
+        failed,
+        iso(batch.startTime),
+        endText,
+        batch.status,
+        batch.runId,
+        batch.bytes ?? null,
+        iso(batch.startTime),
+      );
+    });
+  }
+
+  /** Marks a batch that never got an answer (interrupted, server gone). Its folders stay pending. */
+  abandonBatch(batchId: string, status: "interrupted" | "failed", end = new Date()): void {
+    this.#stmt("UPDATE upload_batches SET status = ?, end_time = ? WHERE batch_id = ?")
+      .run(status, iso(end), batchId);
+  }
+
+  /** Records folders that failed before reaching the server (e.g. a broken stats.json). */
+  recordFolderFailures(
+    failures: readonly { path: string; error: string }[],
+    when = new Date(),
+  ): void {
+    if (failures.length === 0) return;
+    const text = iso(when);
+    this.transaction(() => {
+      for (const f of failures) this.#markFailed(f.path, f.error, text);
+    });
+  }
+
+  #markFailed(path: string, error: string, when: string): void {
+    this.#stmt(
+      "UPDATE folder_status SET upload_status = 'failed', error_message = ?, " +
+        "retry_count = COALESCE(retry_count, 0) + 1, next_attempt_at = NULL, updated_at = ? " +
+        "WHERE folder_path = ?",
+    ).run(error, when, path);
+  }
+
+  /** Upserts one folder row outside a scan (quick upload), as pending. */
+  trackFolder(
+    snap: FolderSnapshot,
+    basePath: string | null,
+    runId: number,
+    now = new Date(),
+  ): void {
+    const text = iso(now);
+    this.#stmt(
+      "INSERT INTO folder_status (folder_path, folder_name, last_modified, file_count, file_hash, " +
+        "upload_status, retry_count, created_at, updated_at, base_path, folder_key, last_seen_run) " +
+        "VALUES (?, ?, ?, ?, ?, 'pending', 0, ?, ?, ?, ?, ?) ON CONFLICT (folder_path) DO UPDATE SET " +
+        "folder_name = excluded.folder_name, last_modified = excluded.last_modified, " +
+        "file_count = excluded.file_count, file_hash = excluded.file_hash, " +
+        "folder_key = excluded.folder_key, updated_at = excluded.updated_at, " +
+        "base_path = COALESCE(folder_status.base_path, excluded.base_path), " +
+        "upload_status = CASE WHEN folder_status.file_hash = excluded.file_hash " +
+        "THEN folder_status.upload_status ELSE 'pending' END",
+    ).run(
+      snap.path,
+      snap.name,
+      snap.newestMtimeMs / 1000,
+      snap.files.length,
+      snap.fingerprint,
+      text,
+      text,
+      basePath,
+      snap.key,
+      runId,
+    );
+  }
+
+  /** Tracked folders under `basePath` that the last complete scan of it did not see. */
+  missing(basePath: string, runId: number, limit = 10): { count: number; sample: string[] } {
+    const count = this.#stmt(
+      "SELECT count(*) AS n FROM folder_status WHERE base_path = ? AND COALESCE(last_seen_run, 0) < ?",
+    ).get(basePath, runId) as { n: number };
+    const sample = this.#stmt(
+      "SELECT folder_path FROM folder_status WHERE base_path = ? AND COALESCE(last_seen_run, 0) < ? " +
+        "ORDER BY folder_path LIMIT ?",
+    ).all(basePath, runId, limit) as { folder_path: string }[];
+    return { count: Number(count.n), sample: sample.map((r) => r.folder_path) };
+  }
+
+  /** The report behind `--status`. */
+  status(options: { batches?: number; failures?: number; missing?: number } = {}): StatusReport {
+    const byStatus: Record<string, number> = {};
+    let total = 0;
+    for (
+      const row of this.db.prepare(
+        "SELECT COALESCE(upload_status, 'pending') AS s, count(*) AS n FROM folder_status GROUP BY 1 ORDER BY 1",
+      ).all() as { s: string; n: number }[]
+    ) {
+      byStatus[row.s] = Number(row.n);
+      total += Number(row.n);
+    }
+    const settling = Number(
+      (this.db.prepare(
+        "SELECT count(*) AS n FROM folder_status WHERE settling = 1 AND upload_status = 'pending'",
+      ).get() as { n: number }).n,
+    );
+    const missingWhere = "FROM folder_status f JOIN (SELECT base_path, max(run_id) AS last " +
+      "FROM runs WHERE scan_complete = 1 GROUP BY base_path) r ON f.base_path = r.base_path " +
+      "WHERE COALESCE(f.last_seen_run, 0) < r.last";
+    const missing = Number(
+      (this.db.prepare(`SELECT count(*) AS n ${missingWhere}`).get() as { n: number }).n,
+    );
+    const missingSample = (this.db.prepare(
+      `SELECT f.folder_path AS p ${missingWhere} ORDER BY f.folder_path LIMIT ?`,
+    ).all(options.missing ?? 10) as { p: string }[]).map((r) => r.p);
+    const recentBatches = (this.db.prepare(
+      "SELECT batch_name, successful_uploads, failed_uploads, total_folders, status, start_time, " +
+        "end_time FROM upload_batches ORDER BY start_time DESC, batch_id DESC LIMIT ?",
+    ).all(options.batches ?? 5) as {
+      batch_name: string;
+      successful_uploads: number;
+      failed_uploads: number;
+      total_folders: number;
+      status: string;
+      start_time: string;
+      end_time: string | null;
+    }[]).map((b) => {
+      const duration = b.end_time
+        ? (Date.parse(b.end_time) - Date.parse(b.start_time)) / 1000
+        : null;
+      const done = Number(b.successful_uploads ?? 0) + Number(b.failed_uploads ?? 0);
+      return {
+        batchName: b.batch_name,
+        successful: Number(b.successful_uploads ?? 0),
+        failed: Number(b.failed_uploads ?? 0),
+        total: Number(b.total_folders ?? 0),
+        status: b.status,
+        startTime: b.start_time,
+        endTime: b.end_time,
+        durationSeconds: duration,
+        foldersPerSecond: duration && duration > 0 ? Math.round(done / duration) : null,
+      };
+    });
+    const recentFailures = (this.db.prepare(
+      "SELECT folder_path, folder_name, error_message, updated_at FROM folder_status " +
+        "WHERE upload_status = 'failed' ORDER BY updated_at DESC, folder_path LIMIT ?",
+    ).all(options.failures ?? 10) as {
+      folder_path: string;
+      folder_name: string;
+      error_message: string | null;
+      updated_at: string;
+    }[]).map((f) => ({
+      folderPath: f.folder_path,
+      folderName: f.folder_name,
+      error: f.error_message ?? "",
+      when: f.updated_at,
+    }));
+    const hasRuns = this.db.prepare(
+      "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'runs'",
+    ).get();
+    const last = hasRuns
+      ? this.db.prepare(
+        "SELECT run_id, mode, status, started_at, ended_at FROM runs ORDER BY run_id DESC LIMIT 1",
+      ).get() as
+        | {
+          run_id: number;
+          mode: string;
+          status: string;
+          started_at: string;
+          ended_at: string | null;
+        }
+        | undefined
+      : undefined;
+    return {
+      dbPath: this.path,
+      total,
+      byStatus,
+      settling,
+      missing,
+      missingSample,
+      recentBatches,
+      recentFailures,
+      lastRun: last
+        ? {
+          runId: Number(last.run_id),
+          mode: last.mode,
+          status: last.status,
+          startedAt: last.started_at,
+          endedAt: last.ended_at,
+        }
+        : null,
+    };
+  }
+
+  /** Closes the database and releases the lock. */
+  close(): void {
+    this.#statements.clear();
+    if (this.db.isOpen) this.db.close();
+    if (this.#lockFile) {
+      try {
+        this.#lockFile.close();
+      } catch {
+        // Already closed: the lock went with it, which is all this step is for.
+      }
+      this.#lockFile = null;
+    }
+  }
+}
+
+/** Who holds a tracker lock, as written into the lock file. */
+export interface LockHolder {
+  pid: number;
+  host: string;
+  command: string;
+  since: string;
+}
+
+/**
+ * Takes the exclusive OS lock on `lockPath` without waiting, and writes who holds it.
+ *
+ * @throws {UploadError} kind `locked` naming the holder when another process has it.
+ */
+export function acquireLock(lockPath: string, command = "upload"): Deno.FsFile {
+  const file = Deno.openSync(lockPath, { read: true, write: true, create: true });
+  let locked: boolean;
+  try {
+    locked = file.tryLockSync(true);
+  } catch (error) {
+    file.close();
+    throw new UploadError("config", `Cannot lock ${lockPath}: ${error}`, { subject: lockPath });
+  }
+  if (!locked) {
+    file.close();
+    let holder = "another process";
+    try {
+      const info = JSON.parse(Deno.readTextFileSync(lockPath)) as LockHolder;
+      holder = `process ${info.pid} on ${info.host} (${info.command}, since ${info.since})`;
+    } catch {
+      // The holder may not have written its details yet; the generic wording stands.
+    }
+    throw new UploadError(
+      "locked",
+      `Tracking database ${lockPath.replace(/\.lock$/, "")} is in use by ${holder}`,
+      {
+        subject: lockPath,
+        hint: "Wait for that run to finish, or use another --db-path",
+      },
+    );
+  }
+  const holder: LockHolder = {
+    pid: Deno.pid,
+    host: hostname(),
+    command,
+    since: new Date().toISOString(),
+  };
+  file.truncateSync(0);
+  file.writeSync(new TextEncoder().encode(JSON.stringify(holder) + "\n"));
+  return file;
+}
