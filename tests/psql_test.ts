@@ -1,0 +1,581 @@
+/**
+ * The psql session protocol against a real server, the SQLSTATE table, and the pure
+ * helpers behind the protocol (statement check, literal parsing).
+ */
+
+import assert from "node:assert/strict";
+import { UploadError } from "../lib/errors.ts";
+import {
+  checkPsql,
+  classifyConnectFailure,
+  classifySqlstate,
+  parseQuotedLiteral,
+  type PsqlConnection,
+  PsqlSession,
+  type StatementReply,
+  terminateStatement,
+} from "../lib/psql.ts";
+import { sqlLiteral } from "../lib/sql.ts";
+import {
+  hasPostgres,
+  type PgServer,
+  startPostgres,
+  TEST_DATABASE,
+  TEST_PASSWORD,
+  TEST_USER,
+} from "./support/postgres.ts";
+
+const NO_SERVER = !hasPostgres();
+
+/** A TCP connection with the password in the environment, as lib/target builds them. */
+function tcpConnection(pg: PgServer, options: { password?: string; database?: string } = {}) {
+  const database = options.database ?? TEST_DATABASE;
+  return {
+    args: ["-d", `postgresql://${TEST_USER}@${pg.host}:${pg.port}/${database}`],
+    env: { PGPASSWORD: options.password ?? TEST_PASSWORD },
+    display: `${pg.host}:${pg.port}/${database}`,
+  } satisfies PsqlConnection;
+}
+
+/** A Unix-socket connection (trust) as any role. */
+function socketConnection(pg: PgServer, user: string): PsqlConnection {
+  return {
+    args: ["-h", pg.socketDir, "-p", String(pg.port), "-U", user, "-d", TEST_DATABASE],
+    env: {},
+    display: `${pg.socketDir}:${pg.port}/${TEST_DATABASE}`,
+  };
+}
+
+function assertOk(reply: StatementReply): asserts reply is Extract<StatementReply, { ok: true }> {
+  assert.ok(reply.ok, `expected ok, got ${JSON.stringify(reply)}`);
+}
+
+function assertError(
+  reply: StatementReply,
+): asserts reply is Extract<StatementReply, { ok: false }> {
+  assert.ok(!reply.ok, `expected an error, got ${JSON.stringify(reply)}`);
+}
+
+async function assertUploadError(
+  promise: Promise<unknown>,
+  kind: string,
+  pattern?: RegExp,
+): Promise<UploadError> {
+  try {
+    await promise;
+  } catch (error) {
+    assert.ok(error instanceof UploadError, `expected UploadError, got ${error}`);
+    assert.equal(error.kind, kind, `kind of: ${error.message}`);
+    if (pattern) assert.match(error.message, pattern);
+    return error;
+  }
+  assert.fail(`expected an UploadError of kind ${kind}`);
+}
+
+Deno.test("classifySqlstate maps SQLSTATEs to error kinds", () => {
+  const table: Array<[string, string]> = [
+    ["08000", "transient"],
+    ["08006", "transient"],
+    ["08001", "transient"],
+    ["53300", "transient"],
+    ["53200", "transient"],
+    ["53100", "transient"],
+    ["57P01", "transient"],
+    ["57P02", "transient"],
+    ["57P03", "transient"],
+    ["40001", "transient"],
+    ["40P01", "transient"],
+    ["57014", "transient"],
+    ["55P03", "transient"],
+    ["42501", "config"],
+    ["28000", "config"],
+    ["28P01", "config"],
+    ["3D000", "config"],
+    ["42P01", "config"],
+    ["42703", "config"],
+    ["42P10", "config"],
+    ["42601", "config"],
+    ["22P02", "data"],
+    ["22001", "data"],
+    ["22P05", "data"],
+    ["23505", "data"],
+    ["23502", "data"],
+    ["23503", "data"],
+    ["54000", "data"],
+    ["XX000", "data"],
+    ["P0001", "data"],
+    ["", "data"],
+  ];
+  for (const [code, kind] of table) assert.equal(classifySqlstate(code), kind, code);
+});
+
+Deno.test("classifyConnectFailure reads psql's connection errors", () => {
+  const table: Array<[string, string]> = [
+    [
+      'connection to server at "127.0.0.1", port 1 failed: Connection refused\n\tIs the server running on that host and accepting TCP/IP connections?',
+      "transient",
+    ],
+    ['connection to server at "10.0.0.1", port 5432 failed: timeout expired', "transient"],
+    ["FATAL:  sorry, too many clients already", "transient"],
+    ["FATAL:  the database system is starting up", "transient"],
+    ["FATAL:  the database system is shutting down", "transient"],
+    [
+      'connection to server at "db.abc.supabase.co" (2a05::1), port 5432 failed: Network is unreachable',
+      "transient",
+    ],
+    [
+      'could not translate host name "nope.invalid" to address: Name or service not known',
+      "transient",
+    ],
+    ['FATAL:  password authentication failed for user "tester"', "config"],
+    ['FATAL:  role "nobody" does not exist', "config"],
+    ['FATAL:  database "nowhere" does not exist', "config"],
+    ["fe_sendauth: no password supplied", "config"],
+    ['invalid URI query parameter: "bogus"', "config"],
+  ];
+  for (const [stderr, kind] of table) assert.equal(classifyConnectFailure(stderr), kind, stderr);
+});
+
+Deno.test("terminateStatement accepts one complete statement and terminates it", () => {
+  assert.equal(terminateStatement("select 1"), "select 1\n;\n");
+  assert.equal(terminateStatement("select 1;"), "select 1;\n");
+  assert.equal(terminateStatement("  select 1 ;  -- done\n"), "  select 1 ;  -- done\n");
+  assert.equal(terminateStatement("select ';' -- ;"), "select ';' -- ;\n;\n");
+  for (
+    const ok of [
+      "select 'it''s; \\'",
+      "select E'a\\'b;'",
+      "select e'\\\\'",
+      'select 1 as "a;""b"',
+      "do $$ begin perform 1; end $$",
+      "do $x$ begin perform '$$'; end $x$;",
+      "select a$b$ from t",
+      "select $1",
+      "select /* a /* nested ; */ comment */ 1",
+      "select 1::int, '{}'::text[]",
+    ]
+  ) {
+    assert.doesNotThrow(() => terminateStatement(ok), ok);
+  }
+  for (
+    const [bad, why] of [
+      ["", /empty/],
+      ["  -- only a comment", /empty/],
+      [";", /empty/],
+      ["select 1; select 2", /more than one/],
+      ["select 1;;", /more than one/],
+      ["select 'open", /unterminated quoted string/],
+      ["select E'open\\'", /unterminated quoted string/],
+      ['select "open', /unterminated quoted identifier/],
+      ["do $$ begin", /unterminated dollar quote/],
+      ["select 1 /* open", /unterminated \/\* comment/],
+      ["select 1 \\gset", /backslash/],
+    ] as const
+  ) {
+    assert.throws(
+      () => terminateStatement(bad),
+      (error) => error instanceof UploadError && error.kind === "fatal" && why.test(error.message),
+      bad,
+    );
+  }
+});
+
+Deno.test("parseQuotedLiteral reads psql's :'var' output", () => {
+  assert.equal(parseQuotedLiteral("'plain'"), "plain");
+  assert.equal(parseQuotedLiteral("''"), "");
+  assert.equal(parseQuotedLiteral("'it''s'"), "it's");
+  assert.equal(parseQuotedLiteral(" E'a\\\\b'"), "a\\b");
+  assert.equal(parseQuotedLiteral(" E'a''b\nc\\\\d'"), "a'b\nc\\d");
+  assert.equal(parseQuotedLiteral("'two\nlines'"), "two\nlines");
+  assert.equal(parseQuotedLiteral("'open"), undefined);
+  assert.equal(parseQuotedLiteral("'ends with ''"), undefined);
+  assert.equal(parseQuotedLiteral("'ends with '''"), "ends with '");
+});
+
+Deno.test("checkPsql returns the version and explains a missing psql", async () => {
+  const version = await checkPsql();
+  assert.match(version, /^psql \(PostgreSQL\) \d+/);
+  const error = await assertUploadError(checkPsql("/nonexistent/psql"), "config", /not found/);
+  assert.match(error.hint ?? "", /apt-get install postgresql-client/);
+  assert.match(error.hint ?? "", /brew install libpq/);
+  await assertUploadError(
+    PsqlSession.start({ args: [], env: {}, display: "x" }, { psqlPath: "/nonexistent/psql" }),
+    "config",
+  );
+});
+
+Deno.test({
+  name: "PsqlSession speaks the reply protocol with a real server",
+  ignore: NO_SERVER,
+  async fn(t) {
+    const pg = await startPostgres();
+    const session = await PsqlSession.start(tcpConnection(pg));
+    try {
+      await t.step("ok replies carry rows and the row count", async () => {
+        let reply = await session.run("select generate_series(1, 3)");
+        assertOk(reply);
+        assert.deepEqual(reply.rows, ["1", "2", "3"]);
+        assert.equal(reply.rowCount, 3);
+        reply = await session.run("select 1, 'a b', null::text, true;");
+        assertOk(reply);
+        assert.deepEqual(reply.rows, ["1|a b||t"]);
+        reply = await session.run("create table t (k text primary key, v int)");
+        assertOk(reply);
+        assert.deepEqual(reply.rows, []);
+        reply = await session.run("insert into t values ('a', 1), ('b', 2), ('c', 3)");
+        assertOk(reply);
+        assert.equal(reply.rowCount, 3);
+        reply = await session.run("update t set v = v + 1 where k <> 'a'");
+        assertOk(reply);
+        assert.equal(reply.rowCount, 2);
+        reply = await session.run("select k from t where false");
+        assertOk(reply);
+        assert.deepEqual(reply.rows, []);
+        assert.equal(reply.rowCount, 0);
+      });
+
+      await t.step("error replies carry SQLSTATE and message", async () => {
+        let reply = await session.run("select 1/0");
+        assertError(reply);
+        assert.equal(reply.sqlstate, "22012");
+        assert.equal(reply.message, "division by zero");
+        reply = await session.run("select * from missing_table");
+        assertError(reply);
+        assert.equal(reply.sqlstate, "42P01");
+        assert.equal(reply.message, 'relation "missing_table" does not exist');
+        assert.equal(classifySqlstate(reply.sqlstate), "config");
+      });
+
+      await t.step("messages with quotes, backslashes and newlines come back exactly", async () => {
+        const messages = [
+          "it's",
+          "line one\nline two",
+          "ends with a quote'",
+          "'",
+          "''",
+          "back\\slash",
+          "E'not an escape'",
+          "\n",
+          "trailing newline\n",
+          "",
+          "  leading spaces",
+          "tab\there",
+          "looks like a trailer: @@reply-0 ok 1",
+          "non-ASCII: é 中文 😀",
+          "quote at line end'\n'quote at line start",
+          "backslash at line end\\\nnext",
+        ];
+        for (const message of messages) {
+          const reply = await session.run(
+            `do $t$ begin raise exception using message = ${
+              sqlLiteral(message)
+            }, errcode = '22023'; end $t$`,
+          );
+          assertError(reply);
+          assert.equal(reply.sqlstate, "22023");
+          assert.equal(reply.message, message);
+        }
+        const ok = await session.run("select 'still in sync'");
+        assertOk(ok);
+        assert.deepEqual(ok.rows, ["still in sync"]);
+      });
+
+      await t.step("DETAIL and HINT go to stderr and do not confuse the parser", async () => {
+        const reply = await session.run("insert into t values ('a', 9)");
+        assertError(reply);
+        assert.equal(reply.sqlstate, "23505");
+        assert.match(reply.message, /duplicate key value violates unique constraint "t_pkey"/);
+        assert.match(reply.stderr ?? "", /DETAIL: {2}Key \(k\)=\(a\) already exists\./);
+        assert.match(session.stderrTail(), /DETAIL: {2}Key \(k\)=\(a\) already exists\./);
+        const hinted = await session.run(
+          "do $$ begin raise exception 'boom' using detail = 'the detail', hint = 'the hint'; end $$",
+        );
+        assertError(hinted);
+        assert.equal(hinted.sqlstate, "P0001");
+        assert.equal(hinted.message, "boom");
+        assert.match(hinted.stderr ?? "", /DETAIL: {2}the detail\nHINT: {2}the hint/);
+        assert.doesNotMatch(hinted.stderr ?? "", /duplicate key/, "stderr is per statement");
+        const after = await session.run("select count(*) from t");
+        assertOk(after);
+        assert.deepEqual(after.rows, ["3"]);
+      });
+
+      await t.step("a flood of NOTICEs on stderr is drained", async () => {
+        const reply = await session.run(
+          "do $$ begin for i in 1..20000 loop raise notice 'notice number % with some padding text', i; end loop; end $$",
+        );
+        assertOk(reply);
+        const tail = session.stderrTail();
+        assert.ok(tail.length <= 4096 + 200, `tail is bounded: ${tail.length}`);
+        assert.match(tail, /notice number 20000/);
+      });
+
+      await t.step("many statements in a row, and concurrent calls queue in order", async () => {
+        for (let i = 0; i < 1000; i++) {
+          const reply = await session.run(`select ${i}`);
+          assertOk(reply);
+          assert.deepEqual(reply.rows, [String(i)]);
+        }
+        const replies = await Promise.all(
+          Array.from(
+            { length: 300 },
+            (_, i) => session.run(i % 7 === 3 ? "select 1/0" : `select ${i}`),
+          ),
+        );
+        replies.forEach((reply, i) => {
+          if (i % 7 === 3) assertError(reply);
+          else {
+            assertOk(reply);
+            assert.deepEqual(reply.rows, [String(i)]);
+          }
+        });
+      });
+
+      await t.step("large statements and large results pass through", async () => {
+        const big = "x".repeat(4 * 1024 * 1024);
+        let reply = await session.run(`select length(${sqlLiteral(big)})`);
+        assertOk(reply);
+        assert.deepEqual(reply.rows, ["4194304"]);
+        reply = await session.run("select g, repeat('y', 100) from generate_series(1, 50000) g");
+        assertOk(reply);
+        assert.equal(reply.rows.length, 50000);
+        assert.equal(reply.rows[49999], `50000|${"y".repeat(100)}`);
+      });
+
+      await t.step(
+        "a statement that is not exactly one is refused before psql sees it",
+        async () => {
+          await assertUploadError(session.run("select 1; select 2"), "fatal", /more than one/);
+          await assertUploadError(session.run("select 'open"), "fatal", /unterminated/);
+          assert.ok(session.alive);
+          assertOk(await session.run("select 1"));
+        },
+      );
+
+      await t.step("the timeout option kills psql and the session is dead", async () => {
+        const other = await PsqlSession.start(tcpConnection(pg));
+        const started = Date.now();
+        await assertUploadError(
+          other.run("select pg_sleep(20)", { timeoutMs: 300 }),
+          "transient",
+          /timed out/,
+        );
+        assert.ok(Date.now() - started < 5000);
+        assert.equal(other.alive, false);
+        await assertUploadError(other.run("select 1"), "transient", /closed/);
+        await other.close();
+      });
+
+      await t.step("a server-side statement timeout is a 57014 reply", async () => {
+        await pg.psql(
+          "create role shorty login; alter role shorty set statement_timeout = '200ms'",
+        );
+        const short = await PsqlSession.start(socketConnection(pg, "shorty"));
+        try {
+          const reply = await short.run("select pg_sleep(5)");
+          assertError(reply);
+          assert.equal(reply.sqlstate, "57014");
+          assert.equal(classifySqlstate(reply.sqlstate), "transient");
+          assertOk(await short.run("select 1"));
+          const denied = await short.run("insert into t values ('z', 0)");
+          assertError(denied);
+          assert.equal(denied.sqlstate, "42501");
+          assert.equal(classifySqlstate(denied.sqlstate), "config");
+        } finally {
+          await short.close();
+        }
+      });
+
+      await t.step("the session reports itself to the server as folder-uploader", async () => {
+        const out = await pg.psql(
+          "select count(*) from pg_stat_activity where application_name = 'folder-uploader'",
+        );
+        assert.ok(Number(out.trim()) >= 1);
+      });
+    } finally {
+      await session.close();
+      await pg.close();
+    }
+  },
+});
+
+Deno.test({
+  name: "PsqlSession start failures are classified and never show the password",
+  ignore: NO_SERVER,
+  async fn(t) {
+    const pg = await startPostgres({
+      maxConnections: 3,
+      conf: { superuser_reserved_connections: "0" },
+    });
+    try {
+      await t.step("wrong password: config", async () => {
+        const error = await assertUploadError(
+          PsqlSession.start(tcpConnection(pg, { password: "wrong-secret-value" })),
+          "config",
+          /password authentication failed/,
+        );
+        assert.doesNotMatch(error.message, /wrong-secret-value/);
+        assert.doesNotMatch(error.message, new RegExp(TEST_PASSWORD));
+      });
+      await t.step("missing database or role: config", async () => {
+        await assertUploadError(
+          PsqlSession.start(tcpConnection(pg, { database: "nowhere" })),
+          "config",
+          /database "nowhere" does not exist/,
+        );
+        await assertUploadError(
+          PsqlSession.start(socketConnection(pg, "nobody")),
+          "config",
+          /role "nobody" does not exist/,
+        );
+      });
+      await t.step("refused: transient", async () => {
+        const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+        const port = (listener.addr as Deno.NetAddr).port;
+        listener.close();
+        const error = await assertUploadError(
+          PsqlSession.start({
+            args: ["-h", "127.0.0.1", "-p", String(port), "-U", TEST_USER, "-d", TEST_DATABASE],
+            env: {},
+            display: `127.0.0.1:${port}`,
+          }),
+          "transient",
+          /Connection refused/,
+        );
+        assert.match(error.message, /^Cannot connect to 127\.0\.0\.1:\d+: /);
+      });
+      await t.step("too many connections: transient", async () => {
+        const held = [
+          await PsqlSession.start(tcpConnection(pg)),
+          await PsqlSession.start(tcpConnection(pg)),
+          await PsqlSession.start(tcpConnection(pg)),
+        ];
+        try {
+          await assertUploadError(
+            PsqlSession.start(tcpConnection(pg)),
+            "transient",
+            /too many clients/,
+          );
+        } finally {
+          await Promise.all(held.map((session) => session.close()));
+        }
+      });
+    } finally {
+      await pg.close();
+    }
+  },
+});
+
+Deno.test({
+  name: "PsqlSession: a lost connection is transient and kills the session",
+  ignore: NO_SERVER,
+  async fn(t) {
+    const pg = await startPostgres();
+    try {
+      await t.step("backend terminated while idle: next statement throws", async () => {
+        const session = await PsqlSession.start(tcpConnection(pg));
+        try {
+          assertOk(await session.run("select 1"));
+          await pg.psql(
+            "select pg_terminate_backend(pid) from pg_stat_activity where application_name = 'folder-uploader'",
+          );
+          const error = await assertUploadError(session.run("select 2"), "transient", /lost/);
+          assert.match(error.message, /terminating connection due to administrator command/);
+          assert.equal(session.alive, false);
+          assert.equal(session.exitCode, 2, "psql exits with code 2 after a lost connection");
+          await assertUploadError(session.run("select 3"), "transient");
+        } finally {
+          await session.close();
+        }
+      });
+
+      await t.step("backend terminated mid-statement: the statement throws", async () => {
+        const session = await PsqlSession.start(tcpConnection(pg));
+        try {
+          const running = session.run("select pg_sleep(30)");
+          await new Promise((resolve) => setTimeout(resolve, 300));
+          await pg.psql(
+            "select pg_terminate_backend(pid) from pg_stat_activity where application_name = 'folder-uploader' and pid <> pg_backend_pid()",
+          );
+          await assertUploadError(running, "transient", /lost/);
+          assert.equal(session.alive, false);
+        } finally {
+          await session.close();
+        }
+      });
+
+      await t.step("server stopped (immediate) and started again", async () => {
+        const session = await PsqlSession.start(tcpConnection(pg));
+        try {
+          await pg.stop("immediate");
+          await assertUploadError(session.run("select 1"), "transient");
+          assert.equal(session.alive, false);
+          await assertUploadError(PsqlSession.start(tcpConnection(pg)), "transient", /refused/);
+          await pg.start();
+          const fresh = await PsqlSession.start(tcpConnection(pg));
+          assertOk(await fresh.run("select 1"));
+          await fresh.close();
+        } finally {
+          await session.close();
+        }
+      });
+
+      await t.step("kill() ends psql and in-flight calls throw transient", async () => {
+        const session = await PsqlSession.start(tcpConnection(pg));
+        const running = session.run("select pg_sleep(30)");
+        const queued = session.run("select 1");
+        await new Promise((resolve) => setTimeout(resolve, 200));
+        await session.kill();
+        await assertUploadError(running, "transient");
+        await assertUploadError(queued, "transient");
+        assert.equal(session.alive, false);
+      });
+    } finally {
+      await pg.close();
+    }
+  },
+});
+
+Deno.test({
+  name: "PsqlSession throughput: 500-row insert statements (measured, printed)",
+  ignore: NO_SERVER,
+  async fn() {
+    const pg = await startPostgres();
+    const session = await PsqlSession.start(tcpConnection(pg));
+    try {
+      assertOk(await session.run("create table bench (k text primary key, payload text)"));
+      const rowsPerStatement = 500;
+      const statements = 80;
+      const padding = "p".repeat(380);
+      let bytes = 0;
+      const started = performance.now();
+      for (let s = 0; s < statements; s++) {
+        const values = [];
+        for (let r = 0; r < rowsPerStatement; r++) {
+          values.push(`(${sqlLiteral(`k${s}-${r}`)}, ${sqlLiteral(padding)})`);
+        }
+        const sql = `insert into bench (k, payload) values ${values.join(",")}`;
+        bytes += sql.length;
+        const reply = await session.run(sql);
+        assertOk(reply);
+        assert.equal(reply.rowCount, rowsPerStatement);
+      }
+      const seconds = (performance.now() - started) / 1000;
+      const rows = rowsPerStatement * statements;
+      console.log(
+        `  one session: ${rows} rows in ${statements} statements, ${seconds.toFixed(2)} s: ` +
+          `${Math.round(rows / seconds)} rows/s, ${
+            (bytes / seconds / 1e6).toFixed(1)
+          } MB/s of SQL, ` +
+          `${(seconds / statements * 1000).toFixed(1)} ms/statement`,
+      );
+      const tiny = performance.now();
+      for (let i = 0; i < 2000; i++) assertOk(await session.run("select 1"));
+      const perStatement = (performance.now() - tiny) / 2000;
+      console.log(`  round trip of a trivial statement: ${(perStatement * 1000).toFixed(0)} µs`);
+    } finally {
+      await session.close();
+      await pg.close();
+    }
+  },
+});
