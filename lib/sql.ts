@@ -1,0 +1,554 @@
+/**
+ * SQL text: the one quoting function, identifier quoting, the idempotent schema
+ * statements and the batch upsert statement. Pure functions, no I/O.
+ *
+ * Every value that ends up in SQL text goes through {@linkcode sqlLiteral}; batch rows
+ * travel inside one JSON literal unpacked by `jsonb_to_recordset`, so no value is ever
+ * spliced into SQL any other way. The statements use no session state (no `SET`, no
+ * prepared statements, no temp tables), so they work through a transaction pooler.
+ *
+ * @module
+ */
+
+import { UploadError } from "./errors.ts";
+
+/** One folder's row in `device_test`, as built from a folder snapshot. */
+export interface UploadRow {
+  /** Folder path relative to the base path, `/`-separated: the identity with the device. */
+  folder_key: string;
+  /** The folder's own name (basename). */
+  folder_name: string;
+  /** Image file names in the folder, sorted. */
+  images: string[];
+  /** stats.json content, or `null` when the folder has none. */
+  test_results: unknown | null;
+  /** Outcome of the config's test-status rule. */
+  test_status: string;
+  /** ISO 8601 timestamp (stats.json mtime, else the newest image's), or `null`. */
+  test_date: string | null;
+  /** folder_hash, content_hash, total_images, files_processed, upload_timestamp and more. */
+  metadata: Record<string, unknown>;
+}
+
+/** The device the rows belong to. */
+export interface DeviceInfo {
+  /** UUID of this device. */
+  id: string;
+  /** Human name (may be empty). */
+  name: string;
+  /** Device type, e.g. `image_analyzer`. */
+  type: string;
+}
+
+/** Options for {@linkcode buildSchemaStatements}. */
+export interface SchemaOptions {
+  /** Target table, optionally schema-qualified (`schema.table`); neither part may hold a dot. */
+  table: string;
+  /** This device: its row is upserted in `devices`, and it adopts rows whose device_id is null. */
+  device: DeviceInfo;
+}
+
+/** Options for {@linkcode buildUpsertStatement}. */
+export interface UpsertOptions {
+  /** Target table, as for {@linkcode SchemaOptions.table}. */
+  table: string;
+  /** This device. */
+  device: DeviceInfo;
+  /** Written to `upload_batch` of every inserted or changed row. */
+  batchName: string;
+}
+
+/** What an upsert statement reports; rows neither inserted nor updated were unchanged. */
+export interface UpsertCounts {
+  /** Rows that did not exist before. */
+  inserted: number;
+  /** Rows that existed with a different content_hash and were rewritten. */
+  updated: number;
+}
+
+/** Bytes of an upsert statement besides its rows (SQL text, device, batch name), an upper bound. */
+export const UPSERT_OVERHEAD_BYTES = 2048;
+
+const UUID_PATTERN = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
+
+/**
+ * Quotes a string as an SQL literal that means the same to the server and to psql's lexer
+ * whatever `standard_conforming_strings` says: `'...'` with `'` doubled, or, when the
+ * string holds a backslash, `E'...'` with `\` and `'` doubled. The result starts with `E`
+ * in that case, so splice it after a space or an operator, never right after a word.
+ *
+ * @throws UploadError `data` when the string holds a NUL character (PostgreSQL text cannot)
+ *   or an unpaired UTF-16 surrogate (not valid UTF-8).
+ *
+ * @example
+ * ```ts
+ * sqlLiteral("it's");  // 'it''s'
+ * sqlLiteral("a\\b");  // E'a\\\\b'  (that is: E'a\\b')
+ * ```
+ */
+export function sqlLiteral(s: string): string {
+  if (s.includes("\0")) {
+    throw new UploadError("data", "Cannot quote text for PostgreSQL: it contains a NUL character");
+  }
+  if (!s.isWellFormed()) {
+    throw new UploadError(
+      "data",
+      "Cannot quote text for PostgreSQL: it contains an unpaired UTF-16 surrogate",
+    );
+  }
+  const quoted = s.replaceAll("'", "''");
+  if (!s.includes("\\")) return `'${quoted}'`;
+  return `E'${quoted.replaceAll("\\", "\\\\")}'`;
+}
+
+/**
+ * Quotes one identifier (a table or column name): `"..."` with `"` doubled.
+ *
+ * @throws UploadError `config` for an empty name or one holding a NUL character.
+ *
+ * @example
+ * ```ts
+ * quoteIdent("device_test"); // "device_test"
+ * quoteIdent('my "t"');      // "my ""t"""
+ * ```
+ */
+export function quoteIdent(name: string): string {
+  if (name === "" || name.includes("\0") || !name.isWellFormed()) {
+    throw new UploadError("config", `Invalid SQL identifier: ${JSON.stringify(name)}`);
+  }
+  return `"${name.replaceAll('"', '""')}"`;
+}
+
+/** A table name split into optional schema and name, each quoted. */
+interface TableRef {
+  /** Quoted, possibly schema-qualified name, for SQL text. */
+  sql: string;
+  /** `to_regclass(...)` argument: the quoted name as a literal. */
+  regclass: string;
+  /** The `devices` table in the same schema, quoted. */
+  devicesSql: string;
+  /** `to_regclass(...)` argument for the devices table. */
+  devicesRegclass: string;
+}
+
+function tableRef(table: string): TableRef {
+  const parts = table.split(".");
+  if (parts.length > 2 || parts.some((part) => part === "")) {
+    throw new UploadError(
+      "config",
+      `Invalid table name ${JSON.stringify(table)}: expected "table" or "schema.table"`,
+    );
+  }
+  const quoted = parts.map(quoteIdent);
+  const prefix = quoted.length === 2 ? `${quoted[0]}.` : "";
+  const sql = quoted.join(".");
+  const devicesSql = `${prefix}${quoteIdent("devices")}`;
+  return {
+    sql,
+    regclass: sqlLiteral(sql),
+    devicesSql,
+    devicesRegclass: sqlLiteral(devicesSql),
+  };
+}
+
+function checkDevice(device: DeviceInfo): void {
+  if (!UUID_PATTERN.test(device.id)) {
+    throw new UploadError("config", `Device id is not a UUID: ${JSON.stringify(device.id)}`, {
+      hint: "Set DEVICE_ID to a UUID, or leave it empty to have one made",
+    });
+  }
+}
+
+/** Wraps a PL/pgSQL body in a dollar quote whose tag does not occur in the body. */
+function doBlock(body: string): string {
+  let tag = "$uploader$";
+  for (let n = 1; body.includes(tag); n++) tag = `$uploader${n}$`;
+  return `do ${tag}\nbegin\n${body}\nend\n${tag};`;
+}
+
+/** SQL condition: column `name` exists in the table named by the regclass literal. */
+function columnExists(regclass: string, name: string): string {
+  return `exists (select 1 from pg_catalog.pg_attribute a where a.attrelid = to_regclass(${regclass})` +
+    ` and a.attname = ${sqlLiteral(name)} and a.attnum > 0 and not a.attisdropped)`;
+}
+
+/** SQL condition: the table has a unique index on exactly (device_id, folder_key). */
+function upsertKeyExists(regclass: string): string {
+  const attnum = (name: string) =>
+    `(select a.attnum from pg_catalog.pg_attribute a where a.attrelid = i.indrelid` +
+    ` and a.attname = ${sqlLiteral(name)} and not a.attisdropped)`;
+  return `exists (select 1 from pg_catalog.pg_index i where i.indrelid = to_regclass(${regclass})` +
+    ` and i.indisunique and i.indisvalid and i.indpred is null and i.indexprs is null` +
+    ` and i.indnkeyatts = 2` +
+    ` and i.indkey::int2[] @> array[${attnum("device_id")}, ${attnum("folder_key")}]::int2[])`;
+}
+
+/** PL/pgSQL statements adding each listed column when it is missing (no lock when none is). */
+function addMissingColumns(
+  ref: { sql: string; regclass: string },
+  columns: ReadonlyArray<readonly [string, string]>,
+): string {
+  return columns.map(([name, type]) =>
+    `  if not ${columnExists(ref.regclass, name)} then\n` +
+    `    alter table ${ref.sql} add column if not exists ${quoteIdent(name)} ${type};\n` +
+    `  end if;`
+  ).join("\n");
+}
+
+const DEVICE_COLUMNS = [
+  ["name", "text"],
+  ["type", "text"],
+  ["created_at", "timestamptz default now()"],
+  ["updated_at", "timestamptz default now()"],
+] as const;
+
+/** device_test columns as an existing table gets them added: nullable, defaults where given. */
+const TABLE_COLUMNS = [
+  ["id", "uuid default gen_random_uuid()"],
+  ["created_at", "timestamptz default now()"],
+  ["updated_at", "timestamptz default now()"],
+  ["device_id", "uuid"],
+  ["device_name", "text"],
+  ["device_type", "text"],
+  ["folder_key", "text"],
+  ["folder_name", "text"],
+  ["images", "text[] default '{}'"],
+  ["test_results", "jsonb"],
+  ["test_status", "text"],
+  ["test_date", "timestamptz"],
+  ["upload_batch", "text"],
+  ["metadata", "jsonb"],
+  ["data_type", "text default 'image_analysis'"],
+] as const;
+
+/**
+ * The idempotent statements that create or upgrade the remote schema, in order, one SQL
+ * statement each. Running them again is harmless, and when the schema is complete they
+ * take no lock beyond reads of the catalog (plus the device row's upsert).
+ *
+ * - makes sure `gen_random_uuid()` exists (built in since PostgreSQL 13; `pgcrypto`
+ *   is created only when it is missing);
+ * - creates `devices` when missing and upserts this device's row;
+ * - creates the table in its current shape, or adds the missing columns of an existing
+ *   one (the original scripts' table has no folder_key and no unique key);
+ * - while the unique key (device_id, folder_key) is missing: registers the device ids
+ *   already used in the table in `devices`, gives rows with a null device_id this device,
+ *   fills folder_key from folder_name, re-keys older duplicates of one (device_id,
+ *   folder_key) as `<folder_key> (duplicate <id>)` keeping the newest row under the key,
+ *   then adds NOT NULL, defaults, the foreign key and the unique key. No row is deleted.
+ *
+ * Exactly one statement returns a row: one line of JSON `{"rekeyed":N}`, read it with
+ * {@linkcode parseRekeyReply}.
+ *
+ * @throws UploadError `config` for an invalid table name or a device id that is no UUID.
+ */
+export function buildSchemaStatements(options: SchemaOptions): string[] {
+  const { device } = options;
+  checkDevice(device);
+  const ref = tableRef(options.table);
+  const devices = { sql: ref.devicesSql, regclass: ref.devicesRegclass };
+  const t = ref.sql;
+  const keyMissing = `not ${upsertKeyExists(ref.regclass)}`;
+  const id = `${sqlLiteral(device.id)}::uuid`;
+  const race = `exception when duplicate_table or duplicate_object or unique_violation then\n` +
+    `  null; -- another uploader created it at the same moment`;
+
+  const ensureUuid = doBlock(
+    `  if to_regprocedure('gen_random_uuid()') is null then\n` +
+      `    create extension if not exists pgcrypto;\n` +
+      `  end if;`,
+  );
+
+  const ensureDevices = doBlock(
+    `  if to_regclass(${devices.regclass}) is null then\n` +
+      `    create table if not exists ${devices.sql} (\n` +
+      `      id uuid primary key,\n` +
+      `      name text,\n` +
+      `      type text,\n` +
+      `      created_at timestamptz default now(),\n` +
+      `      updated_at timestamptz default now()\n` +
+      `    );\n` +
+      `  end if;\n` +
+      `${addMissingColumns(devices, DEVICE_COLUMNS)}\n` +
+      race,
+  );
+
+  const upsertDevice = `insert into ${devices.sql} as d (id, name, type)\n` +
+    `values (${id}, ${sqlLiteral(device.name)}, ${sqlLiteral(device.type)})\n` +
+    `on conflict (id) do update set name = excluded.name, type = excluded.type, ` +
+    `updated_at = now()\n` +
+    `where (d.name, d.type) is distinct from (excluded.name, excluded.type);`;
+
+  const ensureTable = doBlock(
+    `  if to_regclass(${ref.regclass}) is null then\n` +
+      `    create table if not exists ${t} (\n` +
+      `      id uuid primary key default gen_random_uuid(),\n` +
+      `      created_at timestamptz not null default now(),\n` +
+      `      updated_at timestamptz not null default now(),\n` +
+      `      device_id uuid not null references ${devices.sql} (id),\n` +
+      `      device_name text,\n` +
+      `      device_type text,\n` +
+      `      folder_key text not null,\n` +
+      `      folder_name text not null,\n` +
+      `      images text[] not null default '{}',\n` +
+      `      test_results jsonb,\n` +
+      `      test_status text,\n` +
+      `      test_date timestamptz,\n` +
+      `      upload_batch text,\n` +
+      `      metadata jsonb,\n` +
+      `      data_type text default 'image_analysis',\n` +
+      `      unique (device_id, folder_key)\n` +
+      `    );\n` +
+      `  end if;\n` +
+      `${addMissingColumns(ref, TABLE_COLUMNS)}\n` +
+      race,
+  );
+
+  // The statements below run only while the unique key is missing: an uncorrelated
+  // condition, so PostgreSQL evaluates it once and skips the scan of a large table.
+  const registerDevices = `insert into ${devices.sql} (id)\n` +
+    `select distinct t.device_id from ${t} t\n` +
+    `where t.device_id is not null and ${keyMissing}\n` +
+    `on conflict (id) do nothing;`;
+
+  const fillNulls = `update ${t} set\n` +
+    `  id = coalesce(id, gen_random_uuid()),\n` +
+    `  device_id = coalesce(device_id, ${id}),\n` +
+    `  device_name = case when device_id is null then coalesce(device_name, ${
+      sqlLiteral(device.name)
+    }) else device_name end,\n` +
+    `  device_type = case when device_id is null then coalesce(device_type, ${
+      sqlLiteral(device.type)
+    }) else device_type end,\n` +
+    `  folder_key = coalesce(folder_key, folder_name, '(unnamed)'),\n` +
+    `  folder_name = coalesce(folder_name, folder_key, '(unnamed)'),\n` +
+    `  images = coalesce(images, '{}'),\n` +
+    `  created_at = coalesce(created_at, updated_at, now()),\n` +
+    `  updated_at = coalesce(updated_at, created_at, now())\n` +
+    `where (id is null or device_id is null or folder_key is null or folder_name is null\n` +
+    `  or images is null or created_at is null or updated_at is null)\n` +
+    `  and ${keyMissing};`;
+
+  const rekeyDuplicates = `with ranked as (\n` +
+    `  select t.id, row_number() over (partition by t.device_id, t.folder_key\n` +
+    `    order by t.updated_at desc nulls last, t.created_at desc nulls last, t.id desc) as n\n` +
+    `  from ${t} t\n` +
+    `  where ${keyMissing}\n` +
+    `), rekeyed as (\n` +
+    `  update ${t} t set folder_key = t.folder_key || ' (duplicate ' || t.id::text || ')'\n` +
+    `  from ranked r where r.id = t.id and r.n > 1\n` +
+    `  returning 1\n` +
+    `)\n` +
+    `select format('{"rekeyed":%s}', count(*)) from rekeyed;`;
+
+  const constrain = doBlock(
+    `  if ${keyMissing} then\n` +
+      `    alter table ${t}\n` +
+      `      alter column id set default gen_random_uuid(),\n` +
+      `      alter column id set not null,\n` +
+      `      alter column created_at set default now(),\n` +
+      `      alter column created_at set not null,\n` +
+      `      alter column updated_at set default now(),\n` +
+      `      alter column updated_at set not null,\n` +
+      `      alter column device_id set not null,\n` +
+      `      alter column folder_key set not null,\n` +
+      `      alter column folder_name set not null,\n` +
+      `      alter column images set default '{}',\n` +
+      `      alter column images set not null,\n` +
+      `      alter column data_type set default 'image_analysis';\n` +
+      `    if not exists (select 1 from pg_catalog.pg_constraint c\n` +
+      `        where c.conrelid = to_regclass(${ref.regclass}) and c.contype = 'p') then\n` +
+      `      alter table ${t} add primary key (id);\n` +
+      `    end if;\n` +
+      `    if not exists (select 1 from pg_catalog.pg_constraint c\n` +
+      `        where c.conrelid = to_regclass(${ref.regclass}) and c.contype = 'f'\n` +
+      `        and c.confrelid = to_regclass(${devices.regclass})) then\n` +
+      `      alter table ${t} add foreign key (device_id) references ${devices.sql} (id);\n` +
+      `    end if;\n` +
+      `    alter table ${t} add unique (device_id, folder_key);\n` +
+      `  end if;`,
+  );
+
+  return [
+    ensureUuid,
+    ensureDevices,
+    upsertDevice,
+    ensureTable,
+    registerDevices,
+    fillNulls,
+    rekeyDuplicates,
+    constrain,
+  ];
+}
+
+/**
+ * The re-keyed duplicate count from the rows of a schema statement's reply, or
+ * `undefined` when the rows are not that statement's report.
+ *
+ * @example
+ * ```ts
+ * parseRekeyReply(['{"rekeyed":3}']); // 3
+ * parseRekeyReply([]);                 // undefined
+ * ```
+ */
+export function parseRekeyReply(rows: readonly string[]): number | undefined {
+  if (rows.length !== 1 || !rows[0].startsWith('{"rekeyed":')) return undefined;
+  const value = (JSON.parse(rows[0]) as { rekeyed: unknown }).rekeyed;
+  return typeof value === "number" ? value : undefined;
+}
+
+/** The fields of a row that travel, in a fixed order (no stray properties). */
+function payloadRow(row: UploadRow): Record<string, unknown> {
+  return {
+    folder_key: row.folder_key,
+    folder_name: row.folder_name,
+    images: row.images,
+    test_results: row.test_results ?? null,
+    test_status: row.test_status,
+    test_date: row.test_date,
+    metadata: row.metadata,
+  };
+}
+
+/** Throws when a value holds text PostgreSQL cannot store (NUL, unpaired surrogate). */
+function checkStorable(value: unknown, row: UploadRow, path: string): void {
+  if (typeof value === "string") {
+    if (value.includes("\0") || !value.isWellFormed()) {
+      const what = value.includes("\0") ? "a NUL character" : "an unpaired UTF-16 surrogate";
+      throw new UploadError("data", `Cannot upload ${path}: it contains ${what}`, {
+        subject: row.folder_key,
+      });
+    }
+  } else if (Array.isArray(value)) {
+    value.forEach((item, index) => checkStorable(item, row, `${path}[${index}]`));
+  } else if (value !== null && typeof value === "object") {
+    for (const [key, item] of Object.entries(value)) {
+      checkStorable(key, row, `${path} key`);
+      checkStorable(item, row, `${path}.${key}`);
+    }
+  }
+}
+
+/**
+ * ONE statement that inserts or updates a batch of rows and returns one line of JSON,
+ * `{"inserted":N,"updated":N}` (read it with {@linkcode parseUpsertReply}). The rows, the
+ * device and the batch name travel inside one JSON literal unpacked with
+ * `jsonb_to_recordset`. An existing row of the same (device_id, folder_key) is rewritten
+ * only when its `metadata->>'content_hash'` differs, and only then does its updated_at
+ * move; rows neither inserted nor updated were unchanged.
+ *
+ * @throws UploadError `fatal` for an empty batch or one naming a folder_key twice (a bug
+ *   in the caller: PostgreSQL refuses to update one row twice in a statement);
+ *   `data` (subject: the folder_key) for text PostgreSQL cannot store;
+ *   `config` for an invalid table name or device id.
+ *
+ * @example
+ * ```ts
+ * const sql = buildUpsertStatement(rows, {
+ *   table: "device_test",
+ *   device: { id: "6f1c2b8e-2f7c-4a55-9a53-0d6f0c1c9e1a", name: "pi-7", type: "image_analyzer" },
+ *   batchName: "batch_20250602_164255",
+ * });
+ * ```
+ */
+export function buildUpsertStatement(rows: readonly UploadRow[], options: UpsertOptions): string {
+  checkDevice(options.device);
+  const ref = tableRef(options.table);
+  if (rows.length === 0) throw new UploadError("fatal", "Cannot build an upsert of no rows");
+  const keys = new Set<string>();
+  for (const row of rows) {
+    if (keys.has(row.folder_key)) {
+      throw new UploadError("fatal", "The same folder_key appears twice in one batch", {
+        subject: row.folder_key,
+      });
+    }
+    keys.add(row.folder_key);
+    checkStorable(payloadRow(row), row, "row");
+  }
+  const payload = {
+    device_id: options.device.id,
+    device_name: options.device.name,
+    device_type: options.device.type,
+    upload_batch: options.batchName,
+    rows: rows.map(payloadRow),
+  };
+  const t = ref.sql;
+  return `with payload as (\n` +
+    `  select ${sqlLiteral(JSON.stringify(payload))}::jsonb as p\n` +
+    `), input as (\n` +
+    `  select r.* from payload, jsonb_to_recordset(payload.p->'rows') as r(\n` +
+    `    folder_key text, folder_name text, images text[], test_results jsonb,\n` +
+    `    test_status text, test_date timestamptz, metadata jsonb)\n` +
+    `), written as (\n` +
+    `  insert into ${t} as t (device_id, device_name, device_type, folder_key, folder_name,\n` +
+    `    images, test_results, test_status, test_date, upload_batch, metadata, data_type)\n` +
+    `  select (payload.p->>'device_id')::uuid, payload.p->>'device_name',\n` +
+    `    payload.p->>'device_type', i.folder_key, i.folder_name, coalesce(i.images, '{}'),\n` +
+    `    i.test_results, i.test_status, i.test_date, payload.p->>'upload_batch', i.metadata,\n` +
+    `    'image_analysis'\n` +
+    `  from payload, input i\n` +
+    `  on conflict (device_id, folder_key) do update set\n` +
+    `    device_name = excluded.device_name, device_type = excluded.device_type,\n` +
+    `    folder_name = excluded.folder_name, images = excluded.images,\n` +
+    `    test_results = excluded.test_results, test_status = excluded.test_status,\n` +
+    `    test_date = excluded.test_date, upload_batch = excluded.upload_batch,\n` +
+    `    metadata = excluded.metadata, data_type = excluded.data_type, updated_at = now()\n` +
+    `  where t.metadata->>'content_hash' is distinct from excluded.metadata->>'content_hash'\n` +
+    `  returning (t.xmax = 0) as inserted\n` +
+    `)\n` +
+    `select format('{"inserted":%s,"updated":%s}', count(*) filter (where inserted),\n` +
+    `  count(*) filter (where not inserted)) from written;`;
+}
+
+/**
+ * Reads the counts from the rows of an upsert statement's reply.
+ *
+ * @throws UploadError `fatal` when the rows are not the statement's one line of JSON.
+ *
+ * @example
+ * ```ts
+ * parseUpsertReply(['{"inserted":2,"updated":1}']); // { inserted: 2, updated: 1 }
+ * ```
+ */
+export function parseUpsertReply(rows: readonly string[]): UpsertCounts {
+  const line = rows.length === 1 ? rows[0] : undefined;
+  const match = line?.match(/^\{"inserted":(\d+),"updated":(\d+)\}$/);
+  if (!match) {
+    throw new UploadError(
+      "fatal",
+      `Unexpected reply to an upsert statement: ${JSON.stringify(rows.slice(0, 3))}`,
+    );
+  }
+  return { inserted: Number(match[1]), updated: Number(match[2]) };
+}
+
+/** UTF-8 length of a string, counting what E'...' quoting doubles (`\` and `'`). */
+function quotedUtf8Length(s: string): number {
+  let bytes = 0;
+  for (let i = 0; i < s.length; i++) {
+    const c = s.charCodeAt(i);
+    if (c === 0x27 || c === 0x5c) bytes += 2;
+    else if (c < 0x80) bytes += 1;
+    else if (c < 0x800) bytes += 2;
+    else if (c >= 0xd800 && c <= 0xdbff) {
+      bytes += 4; // a surrogate pair: one 4-byte character
+      i++;
+    } else bytes += 3;
+  }
+  return bytes;
+}
+
+/**
+ * Bytes a row adds to an upsert statement (its JSON, quoted, plus a separator), so
+ * callers can bound a batch by bytes: a statement is at most
+ * {@linkcode UPSERT_OVERHEAD_BYTES} plus the sum over its rows (device name and batch
+ * name longer than a few hundred bytes aside).
+ *
+ * @example
+ * ```ts
+ * estimateRowBytes(row); // e.g. 412
+ * ```
+ */
+export function estimateRowBytes(row: UploadRow): number {
+  return quotedUtf8Length(JSON.stringify(payloadRow(row))) + 1;
+}
