@@ -12,6 +12,7 @@ import {
   parseQuotedLiteral,
   type PsqlConnection,
   PsqlSession,
+  runPsqlInteractive,
   type StatementReply,
   terminateStatement,
 } from "../lib/psql.ts";
@@ -384,6 +385,24 @@ Deno.test({
         } finally {
           await short.close();
         }
+      });
+
+      await t.step("runPsqlInteractive returns psql's exit code", async () => {
+        const conn = tcpConnection(pg);
+        assert.equal(
+          await runPsqlInteractive(conn, ["-X", "-q", "-o", "/dev/null", "-c", "select 1"]),
+          0,
+        );
+        assert.equal(
+          await runPsqlInteractive(conn, ["-X", "-q", "-c", "select 1/0"]),
+          1,
+          "(the ERROR line above is expected)",
+        );
+        await assertUploadError(
+          runPsqlInteractive(conn, [], { psqlPath: "/nonexistent/psql" }),
+          "config",
+          /not found/,
+        );
       });
 
       await t.step("the session reports itself to the server as folder-uploader", async () => {
