@@ -337,7 +337,7 @@ export class Tracker {
     snapshots: readonly FolderSnapshot[],
     runId: number,
     basePath: string,
-    options: DiffOptions,
+    options: DiffOptions & { dryRun?: boolean },
   ): ScanDecision[] {
     const select = this.#stmt(
       "SELECT file_hash, folder_key, upload_status, retry_count, next_attempt_at " +
@@ -358,7 +358,7 @@ export class Tracker {
       "UPDATE folder_status SET last_seen_run = ?, settling = ?, base_path = ? WHERE folder_path = ?",
     );
     const nowText = iso(new Date(options.nowMs));
-    return this.transaction(() => {
+    const apply = () => {
       const out: ScanDecision[] = [];
       for (const snap of snapshots) {
         const row = select.get(snap.path) as FolderRow | undefined;
@@ -374,6 +374,8 @@ export class Tracker {
           key: snap.key,
           newestMtimeMs: snap.newestMtimeMs,
         }, options);
+        out.push({ ...decision, snapshot: snap });
+        if (options.dryRun) continue;
         const lastModified = snap.newestMtimeMs / 1000;
         const settling = decision.settling ? 1 : 0;
         if (decision.change === "new") {
@@ -406,10 +408,10 @@ export class Tracker {
         } else {
           seen.run(runId, settling, basePath, snap.path);
         }
-        out.push({ ...decision, snapshot: snap });
       }
       return out;
-    });
+    };
+    return options.dryRun ? apply() : this.transaction(apply);
   }
 
   /** Inserts a batch row with status `running` before its statement is sent. */
@@ -646,6 +648,25 @@ export class Tracker {
         }
         : null,
     };
+  }
+
+  /**
+   * Records which server rows go to. When it differs from the one recorded before, every
+   * folder uploaded elsewhere becomes pending again, so the new target gets all of them.
+   *
+   * @returns how many folders were reset to pending (0 when the target is the same or new).
+   */
+  useTarget(targetId: string): number {
+    return this.transaction(() => {
+      const previous = this.getMeta("target");
+      this.setMeta("target", targetId);
+      if (previous === undefined || previous === targetId) return 0;
+      const changed = this.#stmt(
+        "UPDATE folder_status SET upload_status = 'pending', retry_count = 0 " +
+          "WHERE upload_status IN ('success', 'failed')",
+      ).run();
+      return Number(changed.changes);
+    });
   }
 
   /** Closes the database and releases the lock. */

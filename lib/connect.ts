@@ -1,0 +1,77 @@
+/**
+ * Opens the resolved target for writing: a URL or libpq's defaults go straight to psql;
+ * the embedded default starts the local database first, served on a private socket for
+ * the length of the run. Started lazily, so a run with nothing to upload touches nothing.
+ *
+ * @module
+ */
+
+import { startEmbedded } from "./embedded.ts";
+import type { PsqlConnection } from "./psql.ts";
+import { resolve } from "node:path";
+import { connectionFromUrl, libpqConnection, targetIdFromUrl, type TargetSpec } from "./target.ts";
+
+/** A target that can be opened on demand. */
+export interface Connector {
+  /** What the first output line says about the target. Never holds a password. */
+  readonly display: string;
+  /** Whether this is the embedded local database. */
+  readonly embedded: boolean;
+  /** Identity of the target (server, port, database; no user or password), kept in the tracker. */
+  readonly id: string;
+  /** Starts what needs starting and returns how psql reaches the server. */
+  open(): Promise<PsqlConnection>;
+  /** Stops what `open` started. */
+  close(): Promise<void>;
+}
+
+/**
+ * A connector for a target spec.
+ *
+ * @throws {UploadError} kind `config` for a URL that cannot be parsed.
+ */
+export function connectorFor(
+  spec: TargetSpec,
+  env: Record<string, string | undefined>,
+  options: { maxConnections?: number } = {},
+): Connector {
+  if (spec.kind === "url") {
+    const connection = connectionFromUrl(spec.url);
+    return {
+      display: `${connection.display} (from ${spec.source})`,
+      embedded: false,
+      id: targetIdFromUrl(spec.url),
+      open: () => Promise.resolve(connection),
+      close: () => Promise.resolve(),
+    };
+  }
+  if (spec.kind === "libpq") {
+    const connection = libpqConnection(env);
+    return {
+      display: connection.display,
+      embedded: false,
+      id: `libpq:${env.PGSERVICE ?? ""}:${env.PGHOST ?? ""}:${env.PGPORT ?? ""}:${
+        env.PGDATABASE ?? ""
+      }`,
+      open: () => Promise.resolve(connection),
+      close: () => Promise.resolve(),
+    };
+  }
+  let server: Awaited<ReturnType<typeof startEmbedded>> | null = null;
+  return {
+    display: `embedded PostgreSQL (PGlite) in ${spec.dataDir}`,
+    embedded: true,
+    id: `embedded:${resolve(spec.dataDir)}`,
+    async open() {
+      server ??= await startEmbedded(spec.dataDir, {
+        maxConnections: Math.max(8, (options.maxConnections ?? 4) + 2),
+      });
+      return server.connection;
+    },
+    async close() {
+      const s = server;
+      server = null;
+      await s?.stop();
+    },
+  };
+}

@@ -1,0 +1,153 @@
+/**
+ * Folder -> row: turns a scan snapshot into the row uploaded for it. Reads one file, the
+ * folder's stats.json; everything else comes from the snapshot's metadata.
+ *
+ * @module
+ */
+
+import { createHash } from "node:crypto";
+import { join } from "node:path";
+import { markerNames, type UploaderConfig } from "../config.ts";
+import { UploadError } from "./errors.ts";
+import type { FolderSnapshot } from "./scan.ts";
+import { isImageName } from "./scan.ts";
+import type { UploadRow } from "./sql.ts";
+
+/** What {@linkcode buildRow} needs from the configuration. */
+export type RowConfig = Pick<
+  UploaderConfig,
+  | "imageExtensions"
+  | "statsFileName"
+  | "successMarker"
+  | "failedMarker"
+  | "legacyMarkers"
+  | "testStatus"
+>;
+
+/** A row ready to upload, with the size of its JSON text. */
+export interface BuiltRow {
+  row: UploadRow;
+  /** The row as JSON text (what travels to the server). */
+  json: string;
+}
+
+const UTF8 = new TextDecoder("utf-8", { fatal: true });
+
+/**
+ * Reads and parses a folder's stats file.
+ *
+ * @returns the parsed JSON value and the raw bytes, or `null` when the folder has none.
+ * @throws {UploadError} kind `folder` naming the file and the reason: vanished, not
+ * UTF-8, empty, not JSON, or holding a NUL character (which PostgreSQL cannot store).
+ */
+export function readStats(
+  folderPath: string,
+  statsFileName: string,
+): { value: unknown; bytes: Uint8Array } {
+  const file = join(folderPath, statsFileName);
+  let bytes: Uint8Array;
+  try {
+    bytes = Deno.readFileSync(file);
+  } catch (error) {
+    const reason = error instanceof Deno.errors.NotFound
+      ? "it vanished before it could be read"
+      : error instanceof Deno.errors.PermissionDenied
+      ? "permission denied"
+      : String(error);
+    throw new UploadError("folder", `Cannot read ${file}: ${reason}`, { subject: folderPath });
+  }
+  let text: string;
+  try {
+    text = UTF8.decode(bytes);
+  } catch {
+    throw new UploadError("folder", `Cannot parse ${file}: not valid UTF-8`, {
+      subject: folderPath,
+    });
+  }
+  if (text.charCodeAt(0) === 0xfeff) text = text.slice(1);
+  if (text.trim() === "") {
+    throw new UploadError("folder", `Cannot parse ${file}: the file is empty`, {
+      subject: folderPath,
+    });
+  }
+  let value: unknown;
+  try {
+    value = JSON.parse(text);
+  } catch (error) {
+    const detail = error instanceof Error ? error.message : String(error);
+    throw new UploadError("folder", `Cannot parse ${file}: ${detail}`, { subject: folderPath });
+  }
+  if ((text.includes("\\u0000") || text.includes("\0")) && containsNul(value)) {
+    throw new UploadError(
+      "folder",
+      `Cannot upload ${file}: it contains a NUL character (\\u0000), which PostgreSQL cannot store`,
+      { subject: folderPath },
+    );
+  }
+  return { value, bytes };
+}
+
+/** Whether any string or key in a parsed JSON value holds U+0000. */
+function containsNul(value: unknown): boolean {
+  if (typeof value === "string") return value.includes("\0");
+  if (Array.isArray(value)) return value.some(containsNul);
+  if (value !== null && typeof value === "object") {
+    for (const [k, v] of Object.entries(value)) {
+      if (k.includes("\0") || containsNul(v)) return true;
+    }
+  }
+  return false;
+}
+
+/**
+ * Builds the upload row for a folder.
+ *
+ * - `images`: image file names, sorted; `files_processed`: every file name except markers.
+ * - `test_results`: the stats.json value, or null; `test_status` from the config's rule.
+ * - `test_date`: mtime of stats.json, else of the newest image, else null.
+ * - `metadata.folder_hash`: the fingerprint taken by the scan (before this read);
+ *   `metadata.content_hash`: md5 of what the row carries (stats bytes, file names and sizes),
+ *   which decides whether the server rewrites an existing row.
+ *
+ * @throws {UploadError} kind `folder` when stats.json cannot be used (see {@linkcode readStats}).
+ */
+export function buildRow(snapshot: FolderSnapshot, config: RowConfig, now = new Date()): BuiltRow {
+  const markers = markerNames(config);
+  const files = snapshot.files.filter((f) => !markers.has(f.name));
+  const images = files.filter((f) => isImageName(f.name, config.imageExtensions));
+  const statsEntry = files.find((f) => f.name === config.statsFileName);
+  let stats: unknown = null;
+  let statsBytes: Uint8Array | null = null;
+  if (statsEntry) {
+    const read = readStats(snapshot.path, config.statsFileName);
+    stats = read.value;
+    statsBytes = read.bytes;
+  }
+  const imageNames = images.map((f) => f.name); // snapshot files are sorted by name
+  let dateMs: number | null = statsEntry ? statsEntry.mtimeMs : null;
+  if (dateMs === null) {
+    for (const img of images) if (dateMs === null || img.mtimeMs > dateMs) dateMs = img.mtimeMs;
+  }
+  const content = createHash("md5");
+  content.update(statsBytes ?? new Uint8Array());
+  content.update("\0");
+  for (const f of files) content.update(`${f.name}\0${f.size}\n`);
+  const totalBytes = files.reduce((sum, f) => sum + f.size, 0);
+  const row: UploadRow = {
+    folder_key: snapshot.key,
+    folder_name: snapshot.name,
+    images: imageNames,
+    test_results: stats,
+    test_status: config.testStatus({ stats, images: imageNames }),
+    test_date: dateMs === null ? null : new Date(dateMs).toISOString(),
+    metadata: {
+      folder_hash: snapshot.fingerprint,
+      content_hash: content.digest("hex"),
+      total_images: imageNames.length,
+      files_processed: files.map((f) => f.name),
+      total_bytes: totalBytes,
+      upload_timestamp: now.toISOString(),
+    },
+  };
+  return { row, json: JSON.stringify(row) };
+}

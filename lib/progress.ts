@@ -1,0 +1,283 @@
+/**
+ * Output of a run: a live progress line on a terminal, a plain line every few seconds
+ * otherwise, or one JSON object per line (`--json`) for pipelines. Reads the pipeline's
+ * counters and turns its events into text; the pipeline itself never prints.
+ *
+ * @module
+ */
+
+import type { PipelineEvent, RunCounters, RunResult } from "./pipeline.ts";
+
+/** Where and how to print. */
+export interface ReporterOptions {
+  /** NDJSON events on stdout; human lines go to stderr. */
+  json?: boolean;
+  /** No progress and no per-event lines; errors and the summary still print. */
+  quiet?: boolean;
+  /** Whether stderr is a terminal (live line) or not (a line every `intervalMs`). */
+  tty?: boolean;
+  /** Milliseconds between plain progress lines. Default 5000 (250 on a terminal). */
+  intervalMs?: number;
+  /** Sinks, for tests. Default: Deno.stdout / Deno.stderr. */
+  out?: (text: string) => void;
+  err?: (text: string) => void;
+  /** The clock. */
+  now?: () => number;
+}
+
+const encoder = new TextEncoder();
+
+function writeAll(file: { writeSync(p: Uint8Array): number }, text: string): void {
+  const bytes = encoder.encode(text);
+  let off = 0;
+  while (off < bytes.length) off += file.writeSync(bytes.subarray(off));
+}
+
+/** Human-readable byte count. */
+export function formatBytes(n: number): string {
+  if (n < 1024) return `${n} B`;
+  const units = ["KiB", "MiB", "GiB", "TiB"];
+  let v = n / 1024;
+  let i = 0;
+  while (v >= 1024 && i < units.length - 1) {
+    v /= 1024;
+    i++;
+  }
+  return `${v.toFixed(v < 10 ? 1 : 0)} ${units[i]}`;
+}
+
+/** Human-readable duration. */
+export function formatDuration(ms: number): string {
+  const s = Math.round(ms / 1000);
+  if (s < 60) return `${(ms / 1000).toFixed(ms < 10_000 ? 1 : 0)} s`;
+  const m = Math.floor(s / 60);
+  if (m < 60) return `${m} min ${s % 60} s`;
+  return `${Math.floor(m / 60)} h ${m % 60} min`;
+}
+
+/** The one-line progress text. */
+export function progressLine(c: RunCounters, elapsedMs: number): string {
+  const secs = Math.max(elapsedMs / 1000, 0.001);
+  const done = c.uploaded + c.failed;
+  const rate = done / secs;
+  const parts = [
+    `scanned ${c.scanned}`,
+    `changed ${c.new + c.changed}`,
+    `uploaded ${c.uploaded}`,
+    `failed ${c.failed}`,
+  ];
+  if (c.unreadable > 0) parts.push(`unreadable ${c.unreadable}`);
+  if (c.retries > 0) parts.push(`retries ${c.retries}`);
+  parts.push(`${rate >= 10 ? Math.round(rate) : rate.toFixed(1)} folders/s`);
+  const pending = c.queued - done;
+  if (pending > 0 && rate > 0) parts.push(`ETA ${formatDuration((pending / rate) * 1000)}`);
+  return parts.join(" | ");
+}
+
+/** Prints a run's events, progress and summary. */
+export class Reporter {
+  #opts: Required<Omit<ReporterOptions, "out" | "err" | "now">>;
+  #out: (text: string) => void;
+  #err: (text: string) => void;
+  #now: () => number;
+  #counters: RunCounters | null = null;
+  #timer: ReturnType<typeof setInterval> | undefined;
+  #started = 0;
+  #liveShown = false;
+
+  constructor(options: ReporterOptions = {}) {
+    const tty = options.tty ?? false;
+    this.#opts = {
+      json: options.json ?? false,
+      quiet: options.quiet ?? false,
+      tty,
+      intervalMs: options.intervalMs ?? (tty ? 250 : 5000),
+    };
+    this.#out = options.out ?? ((t) => writeAll(Deno.stdout, t));
+    this.#err = options.err ?? ((t) => writeAll(Deno.stderr, t));
+    this.#now = options.now ?? Date.now;
+  }
+
+  /** Prints an informational line (stdout, or stderr when JSON owns stdout). */
+  info(line: string): void {
+    if (this.#opts.quiet) return;
+    this.#clearLive();
+    if (this.#opts.json) this.#err(line + "\n");
+    else this.#out(line + "\n");
+  }
+
+  /** Prints a warning or error line on stderr (even when quiet). */
+  warn(line: string): void {
+    this.#clearLive();
+    this.#err(line + "\n");
+  }
+
+  /** Prints one JSON event line (only in JSON mode). */
+  json(value: Record<string, unknown>): void {
+    if (this.#opts.json) this.#out(JSON.stringify(value) + "\n");
+  }
+
+  /** Starts the periodic progress output for these counters. */
+  start(counters: RunCounters): void {
+    this.#counters = counters;
+    this.#started = this.#now();
+    if (this.#opts.quiet || this.#opts.json && !this.#opts.tty) return;
+    this.#timer = setInterval(() => this.#tick(), this.#opts.intervalMs);
+  }
+
+  #tick(): void {
+    if (!this.#counters) return;
+    const line = progressLine(this.#counters, this.#now() - this.#started);
+    if (this.#opts.tty) {
+      const cols = Deno.stderr.isTerminal() ? Deno.consoleSize().columns : 120;
+      this.#err(`\r\x1b[2K${line.slice(0, Math.max(20, cols - 1))}`);
+      this.#liveShown = true;
+    } else {
+      this.#err(line + "\n");
+    }
+  }
+
+  #clearLive(): void {
+    if (this.#liveShown) {
+      this.#err("\r\x1b[2K");
+      this.#liveShown = false;
+    }
+  }
+
+  /** Stops the progress output. */
+  stop(): void {
+    if (this.#timer !== undefined) clearInterval(this.#timer);
+    this.#timer = undefined;
+    this.#clearLive();
+  }
+
+  /** Turns a pipeline event into output. */
+  event(e: PipelineEvent): void {
+    this.json(e as unknown as Record<string, unknown>);
+    const human = this.#opts.json
+      ? (l: string) => this.#err(l + "\n")
+      : (l: string) => this.warn(l);
+    switch (e.event) {
+      case "problem":
+        this.#clearLive();
+        human(`Cannot read ${e.path}: ${e.reason}`);
+        break;
+      case "folder_failed":
+        this.#clearLive();
+        human(`Failed ${e.key}: ${e.error}`);
+        break;
+      case "marker_error":
+        this.#clearLive();
+        human(e.error);
+        break;
+      case "retry":
+        if (!this.#opts.quiet) {
+          this.#clearLive();
+          human(
+            `Retrying ${e.subject} (attempt ${e.attempt}) in ${
+              (e.delay_ms / 1000).toFixed(1)
+            } s: ${e.reason}`,
+          );
+        }
+        break;
+      case "stopping":
+        this.#clearLive();
+        human(`Stopping: ${e.reason}`);
+        break;
+      case "schema":
+        if (e.rekeyed > 0) {
+          human(
+            `Upgraded ${e.table}: ${e.rekeyed} duplicate rows of the original tool were kept under ` +
+              `keys marked "(duplicate ...)"`,
+          );
+        }
+        break;
+      case "settle_wait":
+        this.info(
+          `Waiting ${
+            (e.wait_ms / 1000).toFixed(1)
+          } s for ${e.folders} folder(s) still being written`,
+        );
+        break;
+      default:
+        break;
+    }
+  }
+
+  /** Prints the end of a run: the summary line(s), and the summary event in JSON mode. */
+  summary(result: RunResult, mode: string): void {
+    this.stop();
+    const c = result.counters;
+    this.json({
+      event: "summary",
+      mode,
+      status: result.status,
+      exit_code: result.exitCode,
+      scanned: c.scanned,
+      new: c.new,
+      changed: c.new + c.changed,
+      modified: c.changed,
+      unchanged: c.unchanged,
+      queued: c.queued,
+      uploaded: c.uploaded,
+      inserted: c.inserted,
+      updated: c.updated,
+      failed: c.failed,
+      unreadable: c.unreadable,
+      settling: c.settling,
+      missing: c.missing,
+      marker_errors: c.markerErrors,
+      retries: c.retries,
+      bytes: c.bytes,
+      batches: c.batches,
+      exhausted: result.exhausted,
+      duration_ms: result.durationMs,
+    });
+    const lines: string[] = [];
+    const took = formatDuration(result.durationMs);
+    if (mode === "scan-only") {
+      lines.push(
+        `Scanned ${c.scanned} folders in ${took}: ${c.new} new, ${c.changed} changed, ` +
+          `${c.unchanged} unchanged, ${c.missing} missing, ${c.unreadable} unreadable`,
+      );
+    } else if (mode === "dry-run") {
+      lines.push(
+        `Dry run: ${c.scanned} folders scanned in ${took}; would upload ${
+          c.queued - c.failed
+        } folders (${formatBytes(c.bytes)}); ${c.failed} would fail; nothing was written`,
+      );
+    } else {
+      lines.push(
+        `Scanned ${c.scanned} folders (${c.new} new, ${c.changed} changed, ${c.unchanged} ` +
+          `unchanged) in ${took}`,
+      );
+      lines.push(
+        `Uploaded ${c.uploaded} folders in ${c.batches} batches (${c.inserted} inserted, ` +
+          `${c.updated} updated, ${
+            c.uploaded - c.inserted - c.updated
+          } already up to date); ${c.failed} failed`,
+      );
+    }
+    if (c.settling > 0) {
+      lines.push(`${c.settling} folders are still being written and were left for the next run`);
+    }
+    if (c.missing > 0) lines.push(`${c.missing} tracked folders are missing on disk`);
+    if (c.unreadable > 0) lines.push(`${c.unreadable} folders could not be read (see above)`);
+    if (c.markerErrors > 0) lines.push(`${c.markerErrors} marker files could not be written`);
+    if (result.exhausted > 0) {
+      lines.push(
+        `${result.exhausted} folders failed ${
+          result.exhausted === 1 ? "its" : "their"
+        } maximum number of times and wait for a change (--status lists them)`,
+      );
+    }
+    if (result.status === "interrupted") {
+      lines.push("Interrupted: folders not yet acknowledged stay pending for the next run");
+    }
+    if (this.#opts.quiet && result.exitCode === 0) return;
+    for (const l of lines) {
+      if (this.#opts.json) this.#err(l + "\n");
+      else this.#out(l + "\n");
+    }
+  }
+}

@@ -1,0 +1,313 @@
+/**
+ * The write path to the server: a pool of long-lived psql sessions, the schema step, and
+ * one function that writes a batch of rows and returns each folder's outcome — retrying
+ * transient failures with backoff, splitting batches the server refuses for their data
+ * until the bad folders are found, and giving up when the server stays unreachable.
+ *
+ * @module
+ */
+
+import { messageOf, UploadError } from "./errors.ts";
+import { classifySqlstate, type PsqlConnection, PsqlSession, type StatementReply } from "./psql.ts";
+import { backoffDelay, type BackoffOptions, sleep } from "./retry.ts";
+import {
+  buildSchemaStatements,
+  buildUpsertStatement,
+  parseRekeyReply,
+  parseUpsertReply,
+  type UploadRow,
+} from "./sql.ts";
+import { unreachableHint } from "./target.ts";
+
+/** Something that runs one statement at a time: a psql session, or a stand-in in tests. */
+export interface StatementRunner {
+  readonly alive: boolean;
+  run(sql: string, options?: { timeoutMs?: number }): Promise<StatementReply>;
+  close(): Promise<void>;
+  kill(): void;
+}
+
+/** Starts a statement runner. */
+export type RunnerFactory = () => Promise<StatementRunner>;
+
+/** A factory of psql sessions for a connection. */
+export function psqlFactory(
+  connection: PsqlConnection,
+  options: { connectTimeoutSeconds?: number } = {},
+): RunnerFactory {
+  return () => PsqlSession.start(connection, options);
+}
+
+/** Up to `size` runners, started on demand, dead ones dropped. */
+export class SessionPool {
+  #factory: RunnerFactory;
+  #idle: StatementRunner[] = [];
+  #all = new Set<StatementRunner>();
+
+  constructor(factory: RunnerFactory) {
+    this.#factory = factory;
+  }
+
+  /** An idle live runner, or a newly started one. Start failures are thrown as they come. */
+  async acquire(): Promise<StatementRunner> {
+    while (this.#idle.length > 0) {
+      const runner = this.#idle.pop()!;
+      if (runner.alive) return runner;
+      this.#all.delete(runner);
+    }
+    const runner = await this.#factory();
+    this.#all.add(runner);
+    return runner;
+  }
+
+  /** Returns a runner; a dead one is dropped (the next acquire starts a fresh one). */
+  release(runner: StatementRunner): void {
+    if (runner.alive) this.#idle.push(runner);
+    else this.#all.delete(runner);
+  }
+
+  /** Closes every runner, waiting for each to exit. */
+  async close(): Promise<void> {
+    const all = [...this.#all];
+    this.#all.clear();
+    this.#idle = [];
+    await Promise.allSettled(all.map((r) => r.close()));
+  }
+
+  /** Kills every runner at once (abandoning statements in flight). */
+  kill(): void {
+    for (const r of this.#all) r.kill();
+    this.#all.clear();
+    this.#idle = [];
+  }
+}
+
+/** A retry about to happen, for progress output. */
+export interface RetryNotice {
+  /** Batch or step being retried. */
+  subject: string;
+  attempt: number;
+  delayMs: number;
+  reason: string;
+}
+
+/** Shared state of the write path within one run. */
+export interface WriteContext {
+  pool: SessionPool;
+  table: string;
+  device: { id: string; name: string; type: string };
+  /** Display name of the target, for hints. */
+  targetDisplay: string;
+  /** Give up when the server stays unreachable this long (ms). */
+  giveUpAfterMs: number;
+  /** Per-statement timeout on the client side (ms); none when 0. */
+  statementTimeoutMs?: number;
+  backoff?: BackoffOptions;
+  signal: AbortSignal;
+  onRetry?: (notice: RetryNotice) => void;
+  /** When the current streak of transient failures began (shared by parallel batches). */
+  health: { failingSince: number | null };
+  now?: () => number;
+}
+
+/** One folder's row inside a batch. */
+export interface BatchItem {
+  /** Tracker key (the folder path). */
+  path: string;
+  row: UploadRow;
+  /** The row's JSON text, for the size bound. */
+  json: string;
+}
+
+/** A folder's result from the server. */
+export interface ItemOutcome {
+  item: BatchItem;
+  ok: boolean;
+  error?: string;
+}
+
+/** What the server said about a written batch. */
+export interface WriteResult {
+  outcomes: ItemOutcome[];
+  inserted: number;
+  updated: number;
+  statements: number;
+}
+
+/**
+ * Runs `fn` on a pooled session, retrying transient failures (connection refused or
+ * lost, too many connections, server shutting down, serialization failures) with backoff.
+ *
+ * @throws {UploadError} `unreachable` once failures have lasted past the deadline,
+ * `interrupted` when the run is aborted, `config` for permission or schema problems.
+ */
+async function withSession<T>(
+  ctx: WriteContext,
+  subject: string,
+  fn: (runner: StatementRunner) => Promise<T>,
+): Promise<T> {
+  const now = ctx.now ?? Date.now;
+  let attempt = 0;
+  while (true) {
+    if (ctx.signal.aborted) {
+      throw new UploadError("interrupted", `Interrupted before ${subject} was written`, {
+        subject,
+      });
+    }
+    let runner: StatementRunner | undefined;
+    try {
+      runner = await ctx.pool.acquire();
+      const result = await fn(runner);
+      ctx.pool.release(runner);
+      ctx.health.failingSince = null;
+      return result;
+    } catch (error) {
+      if (runner) {
+        if (!(error instanceof UploadError && error.kind === "transient")) {
+          ctx.pool.release(runner);
+        } else {
+          runner.kill();
+          ctx.pool.release(runner);
+        }
+      }
+      if (!(error instanceof UploadError) || error.kind !== "transient") throw error;
+      const t = now();
+      ctx.health.failingSince ??= t;
+      if (t - ctx.health.failingSince >= ctx.giveUpAfterMs) {
+        throw new UploadError(
+          "unreachable",
+          `Server ${ctx.targetDisplay} unreachable for ${
+            Math.round((t - ctx.health.failingSince) / 1000)
+          } s, giving up: ${error.message}`,
+          { subject, hint: unreachableHint(ctx.targetDisplay), cause: error },
+        );
+      }
+      attempt++;
+      const delayMs = backoffDelay(attempt, ctx.backoff);
+      ctx.onRetry?.({ subject, attempt, delayMs, reason: error.message });
+      await sleep(delayMs, ctx.signal);
+    }
+  }
+}
+
+/** Turns an error reply into an UploadError of the right kind. */
+function replyError(reply: StatementReply & { ok: false }, subject: string, ctx: WriteContext) {
+  const kind = classifySqlstate(reply.sqlstate);
+  if (reply.sqlstate === "42501") {
+    return new UploadError(
+      "config",
+      `Permission denied writing ${ctx.table} on ${ctx.targetDisplay}: ${reply.message}`,
+      {
+        subject,
+        sqlstate: reply.sqlstate,
+        hint: `The connecting role needs SELECT, INSERT and UPDATE on ${ctx.table} and devices ` +
+          `(and CREATE on the schema for the first run); with row-level security enabled, ` +
+          `add policies allowing this role to insert and update its rows`,
+      },
+    );
+  }
+  return new UploadError(
+    kind === "data" ? "data" : kind,
+    `${reply.sqlstate}: ${reply.message}`,
+    { subject, sqlstate: reply.sqlstate },
+  );
+}
+
+/**
+ * Creates or upgrades the remote schema and registers this device. Idempotent.
+ *
+ * @returns how many duplicate rows of an original-shape table were re-keyed.
+ */
+export async function ensureSchema(ctx: WriteContext): Promise<{ rekeyed: number }> {
+  const statements = buildSchemaStatements({ table: ctx.table, device: ctx.device });
+  let rekeyed = 0;
+  for (const sql of statements) {
+    await withSession(ctx, "schema", async (runner) => {
+      const reply = await runner.run(sql);
+      if (!reply.ok) {
+        const error = replyError(reply, "schema", ctx);
+        if (error.kind === "transient") throw error;
+        throw new UploadError(
+          "config",
+          `Cannot prepare table ${ctx.table} on ${ctx.targetDisplay}: ${error.message}`,
+          { subject: "schema", sqlstate: reply.sqlstate, hint: error.hint },
+        );
+      }
+      rekeyed += parseRekeyReply(reply.rows) ?? 0;
+    });
+  }
+  return { rekeyed };
+}
+
+/**
+ * Writes a batch of rows in one upsert statement and returns each folder's outcome.
+ * A batch refused for its data is split in halves until the bad rows are isolated; they
+ * fail with the server's SQLSTATE and message, the rest land. A statement timeout splits
+ * the batch too (smaller statements finish sooner) without charging any folder.
+ */
+export async function writeBatch(
+  items: BatchItem[],
+  batchName: string,
+  ctx: WriteContext,
+): Promise<WriteResult> {
+  const result: WriteResult = { outcomes: [], inserted: 0, updated: 0, statements: 0 };
+  await writePart(items, batchName, ctx, result);
+  return result;
+}
+
+async function writePart(
+  items: BatchItem[],
+  batchName: string,
+  ctx: WriteContext,
+  result: WriteResult,
+): Promise<void> {
+  if (items.length === 0) return;
+  let sql: string;
+  try {
+    sql = buildUpsertStatement(items.map((i) => i.row), {
+      table: ctx.table,
+      device: ctx.device,
+      batchName,
+    });
+  } catch (error) {
+    // Text PostgreSQL cannot store: find the row(s) the same way the server's refusals are.
+    if (!(error instanceof UploadError) || error.kind !== "data") throw error;
+    if (items.length === 1) {
+      result.outcomes.push({ item: items[0], ok: false, error: error.message });
+      return;
+    }
+    const half = Math.ceil(items.length / 2);
+    await writePart(items.slice(0, half), batchName, ctx, result);
+    await writePart(items.slice(half), batchName, ctx, result);
+    return;
+  }
+  const outcome = await withSession(ctx, batchName, async (runner) => {
+    result.statements++;
+    const reply = await runner.run(sql, { timeoutMs: ctx.statementTimeoutMs });
+    if (reply.ok) return { reply } as const;
+    const error = replyError(reply, batchName, ctx);
+    if (error.kind === "data") return { reply, error } as const;
+    if (reply.sqlstate === "57014" && items.length > 1) {
+      return { reply, error, split: true } as const;
+    }
+    throw error;
+  });
+  if (outcome.reply.ok) {
+    const counts = parseUpsertReply(outcome.reply.rows);
+    result.inserted += counts.inserted;
+    result.updated += counts.updated;
+    for (const item of items) result.outcomes.push({ item, ok: true });
+    return;
+  }
+  if (items.length === 1) {
+    result.outcomes.push({
+      item: items[0],
+      ok: false,
+      error: `Server refused the row for ${items[0].row.folder_key}: ${messageOf(outcome.error)}`,
+    });
+    return;
+  }
+  const half = Math.ceil(items.length / 2);
+  await writePart(items.slice(0, half), batchName, ctx, result);
+  await writePart(items.slice(half), batchName, ctx, result);
+}

@@ -1,0 +1,62 @@
+/**
+ * Folder uploader: the public library API. Scan a tree of test folders, track them in
+ * SQLite, and upload new or changed ones to PostgreSQL through psql.
+ *
+ * @example
+ * ```ts
+ * import { DEFAULT_CONFIG, runUpload, Tracker, connectorFor, resolveTarget } from "./mod.ts";
+ * const tracker = Tracker.open("upload_tracker.db");
+ * const spec = resolveTarget({ dbPath: "upload_tracker.db", env: Deno.env.toObject() });
+ * const result = await runUpload({
+ *   basePath: "data", config: { ...DEFAULT_CONFIG }, tracker, mode: "upload",
+ *   connector: connectorFor(spec, Deno.env.toObject()), deviceId: tracker.deviceId(),
+ * });
+ * tracker.close();
+ * ```
+ *
+ * @module
+ */
+
+export {
+  DEFAULT_CONFIG,
+  defaultTestStatus,
+  markerNames,
+  type StatusInput,
+  type TestStatus,
+  type UploaderConfig,
+} from "./config.ts";
+export { type ErrorKind, EXIT, exitCodeFor, isRetryable, UploadError } from "./lib/errors.ts";
+export {
+  type FolderSnapshot,
+  isImageName,
+  scanFolders,
+  type ScanItem,
+  type ScanOptions,
+  type ScanProblem,
+  snapshotFolder,
+} from "./lib/scan.ts";
+export { type FileEntry, fingerprintFiles } from "./lib/fingerprint.ts";
+export { decideFolder, type DiffDecision } from "./lib/diff.ts";
+export { type StatusReport, Tracker } from "./lib/tracker.ts";
+export { buildRow, readStats } from "./lib/folder.ts";
+export {
+  buildSchemaStatements,
+  buildUpsertStatement,
+  sqlLiteral,
+  type UploadRow,
+} from "./lib/sql.ts";
+export { checkPsql, type PsqlConnection, PsqlSession } from "./lib/psql.ts";
+export { connectionFromUrl, resolveTarget, type TargetSpec } from "./lib/target.ts";
+export { type Connector, connectorFor } from "./lib/connect.ts";
+export { startEmbedded } from "./lib/embedded.ts";
+export { backoffDelay } from "./lib/retry.ts";
+export { writeMarker } from "./lib/markers.ts";
+export {
+  newCounters,
+  type PipelineEvent,
+  type RunCounters,
+  type RunResult,
+  runUpload,
+} from "./lib/pipeline.ts";
+export { Reporter } from "./lib/progress.ts";
+export { formatStatus } from "./lib/report.ts";
