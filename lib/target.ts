@@ -63,8 +63,12 @@ export function connectionFromUrl(url: string): PsqlConnection {
   try {
     parsed = new URL(url);
   } catch {
-    throw new UploadError("config", `Cannot parse the database URL ${redactUrl(url)}`, {
-      hint: "Expected postgresql://USER:PASSWORD@HOST:PORT/DATABASE",
+    // Echo only what looks like a URL (redacted): a bare value may be a password pasted
+    // into the wrong variable.
+    const shown = /^[a-z][a-z0-9+.-]*:\/\//i.test(url) ? ` ${redactUrl(url)}` : "";
+    throw new UploadError("config", `Cannot parse the database URL${shown}`, {
+      hint: "Expected postgresql://USER:PASSWORD@HOST:PORT/DATABASE; percent-encode " +
+        "characters such as @ / # ? % in the password (%40 %2F %23 %3F %25)",
     });
   }
   if (parsed.protocol !== "postgres:" && parsed.protocol !== "postgresql:") {
@@ -75,23 +79,41 @@ export function connectionFromUrl(url: string): PsqlConnection {
     );
   }
   const env: Record<string, string> = {};
-  let password = parsed.password ? decodeURIComponent(parsed.password) : "";
-  const queryPassword = parsed.searchParams.get("password");
-  if (queryPassword !== null) {
-    password = queryPassword;
-    parsed.searchParams.delete("password");
+  let password: string;
+  try {
+    password = parsed.password ? decodeURIComponent(parsed.password) : "";
+  } catch {
+    throw new UploadError(
+      "config",
+      `Cannot parse the database URL ${redactUrl(url)}: the password's percent-encoding is invalid`,
+      { hint: "Write % in the password as %25 (and @ / # ? as %40 %2F %23 %3F)" },
+    );
   }
+  const queryPassword = parsed.searchParams.get("password");
+  if (queryPassword !== null) password = queryPassword;
   if (password) env.PGPASSWORD = password;
   parsed.password = "";
   const host = parsed.hostname || parsed.searchParams.get("host") || "";
-  if (!parsed.searchParams.has("sslmode") && !isLocalHost(host)) {
-    parsed.searchParams.set("sslmode", "require");
-  }
+  // Edit the query as text: URLSearchParams would re-encode spaces as `+`, which libpq
+  // does not decode (it reads only %XX).
+  const params = parsed.search.replace(/^\?/, "").split("&")
+    .filter((p) => p !== "" && !/^password(=|$)/.test(p));
+  if (!parsed.searchParams.has("sslmode") && !isLocalHost(host)) params.push("sslmode=require");
+  parsed.search = params.length > 0 ? `?${params.join("&")}` : "";
   const clean = parsed.toString();
-  const user = parsed.username ? `${decodeURIComponent(parsed.username)}@` : "";
+  const user = parsed.username ? `${decodeOrKeep(parsed.username)}@` : "";
   const port = parsed.port ? `:${parsed.port}` : "";
   const db = parsed.pathname.replace(/^\//, "") || "(default database)";
-  return { args: ["-d", clean], env, display: `${user}${host}${port}/${decodeURIComponent(db)}` };
+  return { args: ["-d", clean], env, display: `${user}${host}${port}/${decodeOrKeep(db)}` };
+}
+
+/** Percent-decodes for display; text with a malformed escape is shown as it is. */
+function decodeOrKeep(text: string): string {
+  try {
+    return decodeURIComponent(text);
+  } catch {
+    return text; // for display only: psql reports the malformed escape itself
+  }
 }
 
 /**
@@ -110,8 +132,9 @@ export function targetIdFromUrl(url: string): string {
 
 /** A URL with any password replaced by `***`, safe to print. */
 export function redactUrl(url: string): string {
+  // Up to the last `@` of the URL: a password may hold unencoded `@ / # ?`.
   return url
-    .replace(/(\/\/[^:/@?#]*:)[^@/?#]*@/, "$1***@")
+    .replace(/(\/\/[^:/@?#\s]*:)\S*@/, "$1***@")
     .replace(/([?&]password=)[^&#]*/gi, "$1***");
 }
 
