@@ -84,7 +84,27 @@ export function readStats(
       { subject: folderPath },
     );
   }
+  if (/\\u[dD][89a-fA-F]/.test(text) && !wellFormed(value)) {
+    throw new UploadError(
+      "folder",
+      `Cannot upload ${file}: it contains an unpaired UTF-16 surrogate escape (such as ` +
+        `\\ud800), which is not valid Unicode text and which PostgreSQL cannot store`,
+      { subject: folderPath },
+    );
+  }
   return { value, bytes };
+}
+
+/** Whether every string and key in a parsed JSON value is well-formed UTF-16. */
+function wellFormed(value: unknown): boolean {
+  if (typeof value === "string") return value.isWellFormed();
+  if (Array.isArray(value)) return value.every(wellFormed);
+  if (value !== null && typeof value === "object") {
+    for (const [k, v] of Object.entries(value)) {
+      if (!k.isWellFormed() || !wellFormed(v)) return false;
+    }
+  }
+  return true;
 }
 
 /** Whether any string or key in a parsed JSON value holds U+0000. */
