@@ -1,0 +1,720 @@
+/**
+ * `deno task bench`: measures the uploader on a generated tree against floors measured in
+ * the same run, and prints a markdown table.
+ *
+ * ```sh
+ * deno task bench [--folders N] [--runs K] [--keep] [--tree DIR] [--latency-ms MS]
+ *                 [--parallel-list 1,4,8] [--profile DIR] [--json-out FILE]
+ * ```
+ *
+ * Steps (each run beside its floor, the floor measured just before it):
+ * scan-only of a fresh tree vs `find`; first full upload vs `find` + `psql \copy` of the
+ * same rows; unchanged re-run vs `find`; re-run with 1 % of folders changed vs `find`;
+ * with `--latency-ms`, the first upload through a delaying TCP proxy at several
+ * `--parallel` values. The uploader runs as a subprocess (`scripts/upload_manager.ts
+ * --json`) and its summary counts are checked, so a broken run cannot look fast.
+ *
+ * The server: a private PostgreSQL 15 (tests/support/postgres.ts), or `$SUPABASE_DB_URL`
+ * (then only the benchmark's own device's rows are deleted between runs).
+ *
+ * @module
+ */
+
+import { parseArgs } from "node:util";
+import { join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { generateTree } from "../tests/support/tree.ts";
+import { type PgServer, startPostgres } from "../tests/support/postgres.ts";
+import { copyFloor, findFloor, floorTableSql, psqlExec, writeCopyFile } from "./floor.ts";
+import { cpuSeconds, type Measured, runMeasured } from "./proc.ts";
+import { startDelayProxy } from "./delay_proxy.ts";
+import {
+  formatSteps,
+  formatTargets,
+  type RunFigures,
+  stepFigures,
+  type StepResult,
+  type TargetResult,
+} from "./report.ts";
+import { formatSummary, profilesIn, readProfiles, summarise } from "./profile_summary.ts";
+
+const ROOT = fileURLToPath(new URL("..", import.meta.url));
+const UPLOADER = join(ROOT, "scripts", "upload_manager.ts");
+const DEVICE_ID = "6be4c000-0000-4000-8000-00000000be00";
+const DEVICE_NAME = "bench";
+const TABLE = "device_test";
+const FLOOR_TABLE = "device_test_bench_copy_floor";
+
+interface Options {
+  folders: number;
+  runs: number;
+  keep: boolean;
+  tree?: string;
+  latencyMs: number;
+  parallelList: number[];
+  profile?: string;
+  jsonOut: string;
+}
+
+function usage(message: string): never {
+  console.error(`Error: ${message}`);
+  console.error(
+    "Usage: deno task bench [--folders N] [--runs K] [--keep] [--tree DIR] [--latency-ms MS]\n" +
+      "                       [--parallel-list 1,4,8] [--profile DIR] [--json-out FILE]",
+  );
+  Deno.exit(2);
+}
+
+function parseOptions(argv: string[]): Options {
+  const { values } = parseArgs({
+    args: argv,
+    options: {
+      folders: { type: "string", default: "100000" },
+      runs: { type: "string", default: "3" },
+      keep: { type: "boolean", default: false },
+      tree: { type: "string" },
+      "latency-ms": { type: "string", default: "0" },
+      "parallel-list": { type: "string", default: "1,4,8" },
+      profile: { type: "string" },
+      "json-out": { type: "string" },
+      help: { type: "boolean", short: "h" },
+    },
+  });
+  if (values.help) usage("help requested");
+  const int = (name: string, text: string, min: number) => {
+    const n = Number(text.replaceAll("_", ""));
+    if (!Number.isInteger(n) || n < min) usage(`--${name} takes a whole number >= ${min}`);
+    return n;
+  };
+  const stamp = new Date().toISOString().replace(/[-:]/g, "").replace(/\..*/, "");
+  return {
+    folders: int("folders", values.folders, 10),
+    runs: int("runs", values.runs, 1),
+    keep: values.keep,
+    tree: values.tree,
+    latencyMs: int("latency-ms", values["latency-ms"], 0),
+    parallelList: values["parallel-list"].split(",").map((p) => int("parallel-list", p, 1)),
+    profile: values.profile,
+    jsonOut: values["json-out"] ?? join(ROOT, "bench", "out", `${stamp}.json`),
+  };
+}
+
+function log(line: string): void {
+  console.error(`[bench ${new Date().toISOString().slice(11, 19)}] ${line}`);
+}
+
+function loadAverage(): number {
+  return Number(Deno.readTextFileSync("/proc/loadavg").split(" ")[0]);
+}
+
+async function commandText(cmd: string, args: string[]): Promise<string> {
+  try {
+    const out = await new Deno.Command(cmd, { args, stdout: "piped", stderr: "piped" }).output();
+    return new TextDecoder().decode(out.stdout).trim();
+  } catch (error) {
+    return `(${cmd}: ${error instanceof Error ? error.message : error})`;
+  }
+}
+
+/** What the machine is, for the report. */
+async function machineInfo(tmp: string) {
+  const mem = Deno.readTextFileSync("/proc/meminfo").match(/MemTotal:\s+(\d+)/);
+  const cpu = Deno.readTextFileSync("/proc/cpuinfo").match(/model name\s*:\s*(.*)/);
+  return {
+    nproc: navigator.hardwareConcurrency,
+    cpu: cpu?.[1] ?? "?",
+    memory_gb: mem ? Math.round(Number(mem[1]) / 1024 / 1024) : null,
+    disk: (await commandText("df", ["-h", "--output=source,fstype,size,avail", tmp]))
+      .split("\n").slice(-1)[0].replace(/\s+/g, " "),
+    kernel: await commandText("uname", ["-r"]),
+    deno: Deno.version.deno,
+    v8: Deno.version.v8,
+    psql: await commandText("psql", ["--version"]),
+    load_at_start: Deno.readTextFileSync("/proc/loadavg").trim(),
+  };
+}
+
+/** The uploader's final `{"event":"summary"}` line. */
+function summaryOf(result: Measured): Record<string, unknown> {
+  const lines = result.stdout.trim().split("\n").reverse();
+  for (const line of lines) {
+    if (!line.startsWith("{")) continue;
+    const event = JSON.parse(line) as Record<string, unknown>;
+    if (event.event === "summary") return event;
+  }
+  throw new Error(
+    `The uploader printed no summary (exit ${result.code}):\n${result.stderr.slice(-3000)}`,
+  );
+}
+
+/** Throws when a summary count is not what the step must give. */
+function expectCounts(
+  step: string,
+  summary: Record<string, unknown>,
+  expected: Record<string, number | string>,
+): void {
+  const wrong = Object.entries(expected).filter(([k, v]) => summary[k] !== v);
+  if (wrong.length > 0) {
+    throw new Error(
+      `${step}: wrong counts, the run is not valid: ${
+        wrong.map(([k, v]) => `${k}=${JSON.stringify(summary[k])} (expected ${v})`).join(", ")
+      }\nsummary: ${JSON.stringify(summary)}`,
+    );
+  }
+}
+
+class Bench {
+  readonly options: Options;
+  readonly work: string;
+  readonly tree: string;
+  units = 0;
+  keys: string[] = [];
+  url = "";
+  server: PgServer | null = null;
+  external = false;
+  steps: StepResult[] = [];
+  #trackerSeq = 0;
+
+  constructor(options: Options, work: string, tree: string) {
+    this.options = options;
+    this.work = work;
+    this.tree = tree;
+  }
+
+  /** Deletes the benchmark's rows (TRUNCATE on the private server). */
+  async emptyTable(table = TABLE): Promise<void> {
+    if (this.external) {
+      await psqlExec(this.url, `delete from ${table} where device_id = '${DEVICE_ID}'`);
+    } else {
+      await psqlExec(this.url, `truncate ${table}`);
+    }
+  }
+
+  async countRows(table = TABLE): Promise<number> {
+    return Number(
+      (await psqlExec(this.url, `select count(*) from ${table} where device_id = '${DEVICE_ID}'`))
+        .trim(),
+    );
+  }
+
+  freshTracker(): string {
+    return join(this.work, `tracker-${++this.#trackerSeq}.db`);
+  }
+
+  /** Server CPU seconds so far (postmaster plus reaped backends), or null when unknown. */
+  serverCpu(): number | null {
+    if (!this.server) return null;
+    try {
+      const pid = Number(
+        Deno.readTextFileSync(join(this.server.dataDir, "postmaster.pid")).split("\n")[0],
+      );
+      return cpuSeconds(pid, true) ?? null;
+    } catch {
+      // No pid file: the server is external or stopped.
+      return null;
+    }
+  }
+
+  /** Runs the uploader CLI and returns the measurement and its summary. */
+  async upload(
+    args: string[],
+    options: { url?: string; profileDir?: string } = {},
+  ): Promise<{ result: Measured; summary: Record<string, unknown>; figures: RunFigures }> {
+    const denoArgs = ["run", "-A"];
+    if (options.profileDir) denoArgs.push("--cpu-prof", `--cpu-prof-dir=${options.profileDir}`);
+    const load = loadAverage();
+    const serverBefore = this.serverCpu();
+    const result = await runMeasured(
+      Deno.execPath(),
+      [...denoArgs, UPLOADER, this.tree, "--no-markers", "--json", "--quiet", ...args],
+      {
+        env: {
+          SUPABASE_DB_URL: options.url ?? this.url,
+          DEVICE_ID,
+          DEVICE_NAME,
+          NO_COLOR: "1",
+        },
+        cwd: ROOT,
+      },
+    );
+    const serverAfter = this.serverCpu();
+    const summary = summaryOf(result);
+    return {
+      result,
+      summary,
+      figures: {
+        ms: result.wallMs,
+        rssKb: result.peakRssKb,
+        psqlPeakKb: result.psqlPeakKb,
+        psqlSumKb: result.psqlSumKb,
+        cpu: {
+          deno: result.cpuSeconds,
+          psql: result.psqlCpuSeconds,
+          server: serverBefore === null || serverAfter === null ? null : serverAfter - serverBefore,
+        },
+        summary,
+        load,
+      },
+    };
+  }
+
+  /** Rewrites stats.json in every unit whose index % 100 === `slot`; returns how many. */
+  changeOnePercent(slot: number): number {
+    const old = new Date(Date.now() - 3600_000);
+    let changed = 0;
+    for (let i = slot % 100; i < this.keys.length; i += 100) {
+      const dir = join(this.tree, ...this.keys[i].split("/"));
+      const file = join(dir, "stats.json");
+      let stats: Record<string, unknown> = {};
+      try {
+        stats = JSON.parse(Deno.readTextFileSync(file));
+      } catch (error) {
+        if (!(error instanceof Deno.errors.NotFound)) throw error;
+      }
+      stats.bench_rewrite = (Number(stats.bench_rewrite) || 0) + 1;
+      Deno.writeTextFileSync(file, JSON.stringify(stats, null, 2));
+      Deno.utimeSync(file, old, old);
+      changed++;
+    }
+    return changed;
+  }
+
+  async find(): Promise<number> {
+    return (await findFloor(this.tree)).wallMs;
+  }
+}
+
+async function prepareTree(options: Options, work: string): Promise<{
+  tree: string;
+  units: number;
+  keys: string[];
+  info: Record<string, unknown>;
+}> {
+  const treeRoot = options.tree ?? join(work, "tree");
+  const metaFile = `${treeRoot}.bench.json`;
+  try {
+    const meta = JSON.parse(Deno.readTextFileSync(metaFile));
+    if (meta.folders === options.folders) {
+      log(`Reusing the tree at ${treeRoot} (${meta.units} units)`);
+      const keys = generateKeys(options.folders);
+      if (keys.length !== meta.units) throw new Error(`${metaFile}: unexpected unit count`);
+      return { tree: treeRoot, units: meta.units, keys, info: { ...meta, reused: true } };
+    }
+    usage(`${treeRoot} holds ${meta.folders} folders, not ${options.folders}`);
+  } catch (error) {
+    if (!(error instanceof Deno.errors.NotFound)) throw error;
+  }
+  log(`Generating ${options.folders.toLocaleString("en-US")} folders in ${treeRoot}`);
+  const started = performance.now();
+  const generated = generateTree(treeRoot, {
+    folders: options.folders,
+    nested: true,
+    perLine: 1000,
+    keys: true,
+  });
+  const seconds = (performance.now() - started) / 1000;
+  const du = await commandText("du", ["-sh", "--apparent-size", treeRoot]);
+  const duDisk = await commandText("du", ["-sh", treeRoot]);
+  const info = {
+    folders: options.folders,
+    units: generated.units,
+    non_units: generated.nonUnits,
+    with_stats: generated.withStats,
+    images: generated.images,
+    pdfs: generated.pdfs,
+    generate_seconds: seconds,
+    apparent_size: du.split(/\s/)[0],
+    disk_usage: duDisk.split(/\s/)[0],
+  };
+  Deno.writeTextFileSync(metaFile, JSON.stringify(info, null, 2));
+  log(`Generated in ${seconds.toFixed(1)} s: ${JSON.stringify(info)}`);
+  return { tree: treeRoot, units: generated.units, keys: generated.keys!, info };
+}
+
+/**
+ * The unit keys generateTree writes for a nested tree with its default `nonUnitEvery` (10)
+ * and `perLine` 1000, without walking it (for a reused tree).
+ */
+function generateKeys(folders: number): string[] {
+  const width = Math.max(5, String(Math.max(0, folders - 1)).length);
+  const keys: string[] = [];
+  for (let i = 0; i < folders; i++) {
+    if (i % 10 === 9) continue;
+    keys.push(`Line${Math.floor(i / 1000) + 1}/Batch${String(i).padStart(width, "0")}`);
+  }
+  return keys;
+}
+
+async function main(): Promise<number> {
+  const options = parseOptions(Deno.args);
+  const work = Deno.makeTempDirSync({ prefix: "uploader_bench_" });
+  const machine = await machineInfo(work);
+  log(`Machine: ${JSON.stringify(machine)}`);
+  const prepared = await prepareTree(options, work);
+  const bench = new Bench(options, work, prepared.tree);
+  bench.units = prepared.units;
+  bench.keys = prepared.keys;
+  const units = prepared.units;
+  const runs = options.runs;
+  const cleanups: (() => Promise<void> | void)[] = [];
+  let exitCode = 0;
+  try {
+    const external = Deno.env.get("SUPABASE_DB_URL");
+    if (external) {
+      bench.url = external;
+      bench.external = true;
+      log("Using $SUPABASE_DB_URL; only the benchmark device's rows are deleted between runs");
+    } else {
+      log("Starting a private PostgreSQL");
+      bench.server = await startPostgres({
+        conf: { shared_buffers: "'256MB'", max_wal_size: "'4GB'", checkpoint_timeout: "'30min'" },
+      });
+      cleanups.push(() => bench.server!.close());
+      bench.url = bench.server.url;
+    }
+    const pgVersion = (await psqlExec(bench.url, "show server_version")).trim();
+    log(`Server ${pgVersion}`);
+
+    // Warm up: compile the uploader, create the schema and this device's row.
+    {
+      const tiny = join(work, "tiny");
+      generateTree(tiny, { folders: 20 });
+      const warm = await runMeasured(Deno.execPath(), [
+        "run",
+        "-A",
+        UPLOADER,
+        tiny,
+        "--no-markers",
+        "--json",
+        "--quiet",
+        "--db-path",
+        join(work, "warmup.db"),
+      ], { env: { SUPABASE_DB_URL: bench.url, DEVICE_ID, DEVICE_NAME }, cwd: ROOT });
+      expectCounts("warm-up", summaryOf(warm), { exit_code: 0, uploaded: 18 });
+      await bench.emptyTable();
+      await psqlExec(bench.url, floorTableSql(TABLE, FLOOR_TABLE));
+      cleanups.push(async () => {
+        await psqlExec(bench.url, `drop table if exists ${FLOOR_TABLE}`).catch(() => {});
+      });
+    }
+
+    // The rows the uploader would send, as a COPY file (building them is not timed).
+    const copyFile = join(work, "rows.copy");
+    const copy = writeCopyFile(bench.tree, copyFile, {
+      id: DEVICE_ID,
+      name: DEVICE_NAME,
+      type: "image_analyzer",
+    });
+    if (copy.rows !== units) throw new Error(`COPY file has ${copy.rows} rows, expected ${units}`);
+    log(
+      `COPY file: ${copy.rows} rows, ${(copy.bytes / 1e6).toFixed(1)} MB, built in ${
+        (copy.buildMs / 1000).toFixed(1)
+      } s`,
+    );
+
+    // 1. Scan only, fresh tracker each run, vs find.
+    const scan: StepResult = {
+      key: "scan_only",
+      label: "scan-only, fresh tracker",
+      floorLabel: "find",
+      folders: units,
+      runs: [],
+    };
+    bench.steps.push(scan);
+    for (let i = 0; i < runs; i++) {
+      const floorMs = await bench.find();
+      const { summary, figures } = await bench.upload([
+        "--scan-only",
+        "--db-path",
+        bench.freshTracker(),
+      ]);
+      expectCounts("scan-only", summary, { exit_code: 0, scanned: units, new: units, uploaded: 0 });
+      scan.runs.push({ ...figures, floorMs });
+      log(
+        `scan-only ${i + 1}/${runs}: ${(figures.ms / 1000).toFixed(2)} s (find ${
+          (floorMs / 1000).toFixed(2)
+        } s)`,
+      );
+    }
+
+    // 2. First upload vs find + \copy of the same rows, each into an empty table.
+    const first: StepResult = {
+      key: "first_upload",
+      label: "first upload, fresh tracker, empty table",
+      floorLabel: "find + \\copy",
+      folders: units,
+      runs: [],
+    };
+    const copyStep: StepResult = {
+      key: "copy_floor",
+      label: "(floor) psql \\copy of the same rows",
+      folders: units,
+      runs: [],
+    };
+    const findStep: StepResult = { key: "find_floor", label: "(floor) find", runs: [] };
+    bench.steps.push(first);
+    let tracker = "";
+    for (let i = 0; i < runs; i++) {
+      const findMs = await bench.find();
+      await bench.emptyTable(FLOOR_TABLE);
+      const copied = await copyFloor(bench.url, FLOOR_TABLE, copyFile);
+      const copiedRows = await bench.countRows(FLOOR_TABLE);
+      if (copiedRows !== units) {
+        throw new Error(`\\copy wrote ${copiedRows} rows, expected ${units}`);
+      }
+      copyStep.runs.push({ ms: copied.wallMs, psqlPeakKb: copied.peakRssKb });
+      findStep.runs.push({ ms: findMs });
+      await bench.emptyTable();
+      tracker = bench.freshTracker();
+      const { summary, figures } = await bench.upload(["--db-path", tracker]);
+      expectCounts("first upload", summary, {
+        exit_code: 0,
+        scanned: units,
+        uploaded: units,
+        inserted: units,
+        failed: 0,
+      });
+      const rows = await bench.countRows();
+      if (rows !== units) {
+        throw new Error(`first upload: table holds ${rows} rows, expected ${units}`);
+      }
+      first.runs.push({ ...figures, floorMs: findMs + copied.wallMs });
+      log(
+        `first upload ${i + 1}/${runs}: ${(figures.ms / 1000).toFixed(2)} s (find ${
+          (findMs / 1000).toFixed(2)
+        } s + copy ${(copied.wallMs / 1000).toFixed(2)} s)`,
+      );
+    }
+
+    // 3. Unchanged re-run vs find.
+    const unchanged: StepResult = {
+      key: "unchanged",
+      label: "unchanged re-run",
+      floorLabel: "find",
+      folders: units,
+      runs: [],
+    };
+    bench.steps.push(unchanged);
+    for (let i = 0; i < runs; i++) {
+      const floorMs = await bench.find();
+      const { summary, figures } = await bench.upload(["--db-path", tracker]);
+      expectCounts("unchanged re-run", summary, {
+        exit_code: 0,
+        scanned: units,
+        unchanged: units,
+        changed: 0,
+        queued: 0,
+        uploaded: 0,
+      });
+      unchanged.runs.push({ ...figures, floorMs });
+      log(
+        `unchanged ${i + 1}/${runs}: ${(figures.ms / 1000).toFixed(2)} s (find ${
+          (floorMs / 1000).toFixed(2)
+        } s)`,
+      );
+    }
+
+    // 4. 1 % of the folders changed vs find.
+    const percent: StepResult = {
+      key: "one_percent",
+      label: "re-run, 1 % of folders changed",
+      floorLabel: "find",
+      folders: units,
+      runs: [],
+    };
+    bench.steps.push(percent);
+    for (let i = 0; i < runs; i++) {
+      const changed = bench.changeOnePercent(i);
+      const floorMs = await bench.find();
+      const { summary, figures } = await bench.upload(["--db-path", tracker]);
+      expectCounts("1 % changed", summary, {
+        exit_code: 0,
+        scanned: units,
+        modified: changed,
+        unchanged: units - changed,
+        uploaded: changed,
+        updated: changed,
+        inserted: 0,
+      });
+      percent.runs.push({ ...figures, floorMs });
+      log(
+        `1 % changed ${i + 1}/${runs} (${changed} folders): ${(figures.ms / 1000).toFixed(2)} s ` +
+          `(find ${(floorMs / 1000).toFixed(2)} s)`,
+      );
+    }
+    bench.steps.push(findStep, copyStep);
+
+    // 5. Latency: the first upload through a delaying proxy, at several --parallel.
+    const latencySteps: { parallel: number; step: StepResult }[] = [];
+    if (options.latencyMs > 0 && bench.server) {
+      const proxy = startDelayProxy({
+        targetHost: bench.server.host,
+        targetPort: bench.server.port,
+        delayMs: options.latencyMs,
+      });
+      cleanups.push(() => proxy.close());
+      const proxied = bench.url.replace(`:${bench.server.port}/`, `:${proxy.port}/`);
+      const rtt = await psqlRoundTrip(proxied);
+      log(`Delay proxy on port ${proxy.port}: select 1 takes ${rtt.toFixed(0)} ms through it`);
+      for (const parallel of options.parallelList) {
+        const step: StepResult = {
+          key: `latency_p${parallel}`,
+          label: `first upload, +${options.latencyMs} ms each way, --parallel ${parallel}`,
+          folders: units,
+          runs: [],
+        };
+        await bench.emptyTable();
+        const { summary, figures } = await bench.upload(
+          ["--db-path", bench.freshTracker(), "--parallel", String(parallel)],
+          { url: proxied },
+        );
+        expectCounts(`latency --parallel ${parallel}`, summary, {
+          exit_code: 0,
+          uploaded: units,
+          inserted: units,
+          failed: 0,
+        });
+        step.runs.push(figures);
+        bench.steps.push(step);
+        latencySteps.push({ parallel, step });
+        log(`latency --parallel ${parallel}: ${(figures.ms / 1000).toFixed(2)} s`);
+      }
+    } else if (options.latencyMs > 0) {
+      log("--latency-ms needs the private server (no proxy in front of $SUPABASE_DB_URL)");
+    }
+
+    // 6. Profiles, in extra runs not counted above.
+    const profiles: Record<string, unknown> = {};
+    const profileText: string[] = [];
+    if (options.profile) {
+      const dir = options.profile;
+      const profileRun = async (name: string, args: string[], prepare?: () => Promise<void>) => {
+        const out = join(dir, name);
+        Deno.mkdirSync(out, { recursive: true });
+        for (const f of profilesIn(out)) Deno.removeSync(f);
+        await prepare?.();
+        const { figures } = await bench.upload(args, { profileDir: out });
+        const summary = summarise(readProfiles(profilesIn(out)));
+        profiles[name] = { wall_ms: figures.ms, summary };
+        profileText.push(
+          formatSummary(`${name} (profiled run: ${(figures.ms / 1000).toFixed(2)} s)`, summary),
+        );
+        log(`profiled ${name}: ${(figures.ms / 1000).toFixed(2)} s`);
+      };
+      const profTracker = bench.freshTracker();
+      await profileRun("first_upload", ["--db-path", profTracker], () => bench.emptyTable());
+      await profileRun("unchanged", ["--db-path", profTracker]);
+      await profileRun("one_percent", ["--db-path", profTracker], () => {
+        bench.changeOnePercent(runs);
+        return Promise.resolve();
+      });
+      await profileRun("scan_only", ["--scan-only", "--db-path", bench.freshTracker()]);
+    }
+
+    // Targets.
+    const big = options.folders >= 1_000_000;
+    const fig = (step: StepResult) => stepFigures(step);
+    const targets: TargetResult[] = [];
+    const ratioTarget = (label: string, step: StepResult, limit: number) => {
+      const f = fig(step);
+      if (f.ratio !== null) {
+        targets.push({ label, measured: f.ratio, limit, unit: "x", pass: f.ratio <= limit });
+      }
+    };
+    ratioTarget("first upload / (find + \\copy)", first, 2.5);
+    ratioTarget("unchanged re-run / find", unchanged, 1.5);
+    ratioTarget("1 % changed / find", percent, 2);
+    if (big) {
+      const abs = (label: string, step: StepResult, limitS: number) => {
+        const s = fig(step).medianMs / 1000;
+        targets.push({ label, measured: s, limit: limitS, unit: "s", pass: s <= limitS });
+      };
+      abs("first upload", first, 180);
+      abs("unchanged re-run", unchanged, 60);
+    }
+    const rssLimit = big ? 250 : 200;
+    const rss = Math.max(
+      ...bench.steps.map((s) => fig(s).rssMb ?? 0),
+    );
+    targets.push({
+      label: "peak RSS of the Deno process",
+      measured: rss,
+      limit: rssLimit,
+      unit: "MB",
+      pass: rss <= rssLimit,
+    });
+    const local = fig(first).rate ?? 0;
+    for (const { parallel, step } of latencySteps) {
+      const rate = fig(step).rate ?? 0;
+      if (parallel < 4) continue;
+      targets.push({
+        label: `+${options.latencyMs} ms, --parallel ${parallel}: rate / local rate`,
+        measured: rate / local,
+        limit: 0.5,
+        unit: "",
+        pass: rate / local >= 0.5,
+      });
+    }
+
+    const loadAtEnd = Deno.readTextFileSync("/proc/loadavg").trim();
+    const table = formatSteps(bench.steps);
+    const targetTable = formatTargets(targets);
+    const header = `Tree: ${options.folders.toLocaleString("en-US")} folders ` +
+      `(${units.toLocaleString("en-US")} upload units, nested Line<n>/Batch<i>, 1000 per line); ` +
+      `${runs} run(s) per step (latency and profile runs: 1 each); ` +
+      `server: ${bench.external ? "$SUPABASE_DB_URL" : `private PostgreSQL ${pgVersion}`}; ` +
+      `load average at start ${machine.load_at_start.split(" ").slice(0, 3).join(" ")}, ` +
+      `at end ${loadAtEnd.split(" ").slice(0, 3).join(" ")}.`;
+    console.log(`${header}\n\n${table}\n\n${targetTable}\n`);
+    if (profileText.length > 0) console.log(profileText.join("\n"));
+
+    const report = {
+      when: new Date().toISOString(),
+      command: `deno task bench ${Deno.args.join(" ")}`.trim(),
+      machine: { ...machine, server: pgVersion, load_at_end: loadAtEnd },
+      tree: prepared.info,
+      copy_file: copy,
+      steps: bench.steps.map((s) => ({ ...s, figures: fig(s) })),
+      targets,
+      profiles,
+    };
+    Deno.mkdirSync(join(options.jsonOut, ".."), { recursive: true });
+    Deno.writeTextFileSync(options.jsonOut, JSON.stringify(report, null, 2));
+    log(`Figures written to ${options.jsonOut}`);
+    if (targets.some((t) => !t.pass)) log("Some targets were missed (see the table)");
+  } catch (error) {
+    console.error(`Error: ${error instanceof Error ? error.stack ?? error.message : error}`);
+    exitCode = 1;
+  } finally {
+    for (const cleanup of cleanups.reverse()) {
+      try {
+        await cleanup();
+      } catch (error) {
+        console.error(`Cleanup failed: ${error instanceof Error ? error.message : error}`);
+      }
+    }
+    if (options.keep) {
+      log(`Kept ${work}; reuse the tree with --tree ${prepared.tree}`);
+    } else {
+      // A tree given with --tree lives outside `work` and stays.
+      Deno.removeSync(work, { recursive: true });
+    }
+  }
+  return exitCode;
+}
+
+/** Milliseconds `select 1` takes through `url` (median of 5, connection included). */
+async function psqlRoundTrip(url: string): Promise<number> {
+  const times: number[] = [];
+  for (let i = 0; i < 5; i++) {
+    const started = performance.now();
+    await psqlExec(url, "select 1");
+    times.push(performance.now() - started);
+  }
+  times.sort((a, b) => a - b);
+  return times[2];
+}
+
+if (import.meta.main) {
+  Deno.exit(await main());
+}

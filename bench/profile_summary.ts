@@ -1,0 +1,184 @@
+/**
+ * Summarises V8 `.cpuprofile` files (from `deno run --cpu-prof`): the top functions by self
+ * time, self time by source file, and inclusive time of the functions that matter.
+ *
+ * ```sh
+ * deno run -A bench/profile_summary.ts /tmp/prof/*.cpuprofile [--top 25] [--json]
+ * ```
+ *
+ * @module
+ */
+
+import { parseArgs } from "node:util";
+
+interface CallFrame {
+  functionName: string;
+  url: string;
+  lineNumber: number;
+  columnNumber: number;
+}
+
+interface ProfileNode {
+  id: number;
+  callFrame: CallFrame;
+  children?: number[];
+}
+
+/** The parts of a `.cpuprofile` used here. */
+export interface CpuProfile {
+  nodes: ProfileNode[];
+  startTime: number;
+  endTime: number;
+  samples: number[];
+  timeDeltas: number[];
+}
+
+/** One line of a summary. */
+export interface Entry {
+  name: string;
+  ms: number;
+  pct: number;
+}
+
+/** What {@linkcode summarise} returns. */
+export interface ProfileSummary {
+  /** Wall time the profile covers (ms). */
+  totalMs: number;
+  /** Time in `(idle)`: waiting for I/O, timers, child processes (ms). */
+  idleMs: number;
+  /** Time in `(garbage collector)` (ms). */
+  gcMs: number;
+  /** Functions by self time. */
+  self: Entry[];
+  /** Source files by self time. */
+  files: Entry[];
+  /** Functions by inclusive time (counted once per sample however deep the recursion). */
+  inclusive: Entry[];
+}
+
+/** Short source location: the path after the repository root, or the URL as it is. */
+function shortUrl(url: string): string {
+  if (url === "") return "(native)";
+  const m = url.match(/\/(lib|scripts|bench|tests|config\.ts)(\/.*)?$/);
+  if (m) return m[0].slice(1);
+  if (url.startsWith("ext:") || url.startsWith("node:")) return url;
+  return url.replace(/^file:\/\//, "").split("/").slice(-2).join("/");
+}
+
+function frameName(f: CallFrame): string {
+  const fn = f.functionName || "(anonymous)";
+  if (f.url === "") return fn;
+  return `${fn} ${shortUrl(f.url)}:${f.lineNumber + 1}`;
+}
+
+/** Aggregates one or more profiles. */
+export function summarise(profiles: CpuProfile[], top = 25): ProfileSummary {
+  const self = new Map<string, number>();
+  const files = new Map<string, number>();
+  const inclusive = new Map<string, number>();
+  let totalMs = 0;
+  let idleMs = 0;
+  let gcMs = 0;
+  for (const profile of profiles) {
+    const byId = new Map<number, ProfileNode>();
+    const parent = new Map<number, number>();
+    for (const node of profile.nodes) {
+      byId.set(node.id, node);
+      for (const c of node.children ?? []) parent.set(c, node.id);
+    }
+    totalMs += (profile.endTime - profile.startTime) / 1000;
+    const n = profile.samples.length;
+    for (let i = 0; i < n; i++) {
+      // A sample's time runs until the next sample.
+      const us = i + 1 < n ? profile.timeDeltas[i + 1] : 0;
+      const ms = Math.max(0, us) / 1000;
+      const node = byId.get(profile.samples[i])!;
+      const name = frameName(node.callFrame);
+      self.set(name, (self.get(name) ?? 0) + ms);
+      const fn = node.callFrame.functionName;
+      if (fn === "(idle)") idleMs += ms;
+      if (fn === "(garbage collector)") gcMs += ms;
+      const file = fn.startsWith("(") && node.callFrame.url === ""
+        ? fn
+        : shortUrl(node.callFrame.url);
+      files.set(file, (files.get(file) ?? 0) + ms);
+      const seen = new Set<string>();
+      for (let id: number | undefined = node.id; id !== undefined; id = parent.get(id)) {
+        const frame = byId.get(id)!.callFrame;
+        if (frame.functionName === "(root)") continue;
+        const key = frameName(frame);
+        if (seen.has(key)) continue;
+        seen.add(key);
+        inclusive.set(key, (inclusive.get(key) ?? 0) + ms);
+      }
+    }
+  }
+  const rank = (map: Map<string, number>, count: number): Entry[] =>
+    [...map.entries()]
+      .sort((a, b) => b[1] - a[1])
+      .slice(0, count)
+      .map(([name, ms]) => ({ name, ms, pct: totalMs > 0 ? (100 * ms) / totalMs : 0 }));
+  return {
+    totalMs,
+    idleMs,
+    gcMs,
+    self: rank(self, top),
+    files: rank(files, top),
+    inclusive: rank(inclusive, top * 2),
+  };
+}
+
+/** Reads `.cpuprofile` files. */
+export function readProfiles(paths: string[]): CpuProfile[] {
+  return paths.map((p) => JSON.parse(Deno.readTextFileSync(p)) as CpuProfile);
+}
+
+/** The `.cpuprofile` files in a directory. */
+export function profilesIn(dir: string): string[] {
+  return Array.from(Deno.readDirSync(dir))
+    .filter((e) => e.name.endsWith(".cpuprofile"))
+    .map((e) => `${dir}/${e.name}`)
+    .sort();
+}
+
+/** A markdown rendering of a summary. */
+export function formatSummary(title: string, s: ProfileSummary): string {
+  const table = (heading: string, entries: Entry[]) =>
+    [
+      `| ${heading} | ms | % of wall |`,
+      "|---|---:|---:|",
+      ...entries.map((e) =>
+        `| \`${e.name.replaceAll("|", "\\|")}\` | ${e.ms.toFixed(0)} | ${e.pct.toFixed(1)} |`
+      ),
+    ].join("\n");
+  return [
+    `### ${title}`,
+    "",
+    `Wall ${(s.totalMs / 1000).toFixed(2)} s; idle (waiting on psql, I/O) ${
+      (s.idleMs / 1000).toFixed(2)
+    } s; GC ${(s.gcMs / 1000).toFixed(2)} s.`,
+    "",
+    table("self time: function", s.self),
+    "",
+    table("self time: file", s.files),
+    "",
+    table("inclusive time: function", s.inclusive),
+    "",
+  ].join("\n");
+}
+
+if (import.meta.main) {
+  const { values, positionals } = parseArgs({
+    args: Deno.args,
+    allowPositionals: true,
+    options: { top: { type: "string", default: "25" }, json: { type: "boolean" } },
+  });
+  const paths = positionals.flatMap((p) => Deno.statSync(p).isDirectory ? profilesIn(p) : [p]);
+  if (paths.length === 0) {
+    console.error("Usage: profile_summary.ts <file.cpuprofile|dir>... [--top N] [--json]");
+    Deno.exit(2);
+  }
+  const summary = summarise(readProfiles(paths), Number(values.top));
+  if (values.json) console.log(JSON.stringify(summary, null, 2));
+  else console.log(formatSummary(paths.join(", "), summary));
+}
