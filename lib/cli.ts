@@ -82,9 +82,16 @@ export function parseFlags<T extends NonNullable<ParseArgsConfig["options"]>>(
   } catch (error) {
     const message = error instanceof Error ? error.message : String(error);
     const unknown = /Unknown option '([^']+)'/.exec(message);
+    // node:util's message for `--flag -1` spans three lines; keep one line and one hint.
+    const ambiguous = /Option '([^']+)' argument is ambiguous/.exec(message);
+    if (ambiguous) {
+      throw new UploadError("usage", `Missing or ambiguous value for ${ambiguous[1]}`, {
+        hint: `Write ${ambiguous[1]}=VALUE for a value that starts with a dash`,
+      });
+    }
     throw new UploadError(
       "usage",
-      unknown ? `Unknown option ${unknown[1]}` : message.replace(/\.$/, ""),
+      unknown ? `Unknown option ${unknown[1]}` : message.split("\n")[0].replace(/\.$/, ""),
       { hint: `Run '${command} --help' for the list of options` },
     );
   }
