@@ -34,6 +34,8 @@ async function main(argv: string[]): Promise<number> {
 
   const basePath = resolve(cmd.basePath!);
   const mode: RunMode = cmd.scanOnly ? "scan-only" : cmd.dryRun ? "dry-run" : "upload";
+  // Before anything is created (tracker, embedded database): a mistyped path leaves nothing.
+  checkBasePath(basePath);
 
   if (cmd.dbUrl && /\/\/[^/@]*:[^/@]+@/.test(cmd.dbUrl)) {
     reporter.warn(
@@ -119,6 +121,24 @@ async function main(argv: string[]): Promise<number> {
     Deno.removeSignalListener("SIGTERM", onSignal);
     tracker.close();
     await connector?.close();
+  }
+}
+
+function checkBasePath(basePath: string): void {
+  let info: Deno.FileInfo;
+  try {
+    info = Deno.statSync(basePath);
+  } catch (error) {
+    throw new UploadError("usage", `Cannot read base path ${basePath}: ${messageOf(error)}`, {
+      subject: basePath,
+      hint: "Give the folder that holds the test folders (deno task upload <base_path>)",
+    });
+  }
+  if (!info.isDirectory) {
+    throw new UploadError("usage", `Not a directory: ${basePath}`, {
+      subject: basePath,
+      hint: "Give the folder that holds the test folders, not a file in it",
+    });
   }
 }
 
