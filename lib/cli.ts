@@ -259,3 +259,210 @@ Examples:
   deno task upload data/ --json --quiet | jq -c 'select(.event=="folder_failed")'
 `;
 }
+
+/** Settings of `deno task quick`. */
+export interface QuickCommand {
+  /** Folders named on the command line (empty when {@linkcode QuickCommand.stdin} is set). */
+  paths: string[];
+  /** Read folder paths from stdin, one per line (the only argument was `-`). */
+  stdin: boolean;
+  /** `--base DIR`: keys are relative to it; null keys each folder by its own name. */
+  base: string | null;
+  markers: boolean;
+  json: boolean;
+  quiet: boolean;
+  help: boolean;
+  dbUrl?: string;
+  config: UploaderConfig;
+}
+
+/** The flags of `deno task quick`. */
+const QUICK_FLAGS = {
+  base: { type: "string" },
+  "db-path": { type: "string" },
+  "db-url": { type: "string" },
+  "min-age": { type: "string" },
+  "no-markers": { type: "boolean" },
+  json: { type: "boolean" },
+  quiet: { type: "boolean", short: "q" },
+  help: { type: "boolean", short: "h" },
+} as const;
+
+/**
+ * Parses `deno task quick` arguments into settings.
+ *
+ * @throws {UploadError} kind `usage` for unknown flags, bad values, no folder, or `-`
+ * mixed with folder paths.
+ */
+export function parseQuickCommand(
+  argv: string[],
+  env: Env,
+  defaults: UploaderConfig = DEFAULT_CONFIG,
+): QuickCommand {
+  const command = "deno task quick";
+  const { values, positionals } = parseFlags(argv, QUICK_FLAGS, command);
+  const config = configFromEnv(defaults, env);
+  if (typeof values["min-age"] === "string") {
+    config.minAgeSeconds = parseNumber("--min-age", values["min-age"], { min: 0 });
+  }
+  for (const flag of ["db-path", "db-url", "base"] as const) {
+    if (values[flag] === "") {
+      throw new UploadError("usage", `Empty value for --${flag}`, {
+        hint: `Run '${command} --help' for what --${flag} takes`,
+      });
+    }
+  }
+  if (typeof values["db-path"] === "string") config.dbPath = values["db-path"];
+  const help = values.help === true;
+  const stdin = positionals.length === 1 && positionals[0] === "-";
+  if (!help && !stdin && positionals.includes("-")) {
+    throw new UploadError(
+      "usage",
+      "'-' (read folders from stdin) must be the only folder argument",
+      {
+        hint:
+          `Either name the folders, or pipe them in: find data -name stats.json -printf '%h\\n' | ${command} -`,
+      },
+    );
+  }
+  if (!help && positionals.length === 0) {
+    throw new UploadError("usage", "Missing the folder(s) to upload", {
+      hint: `Usage: ${command} <folder>... | -  [options]; '${command} --help' for more`,
+    });
+  }
+  return {
+    paths: stdin ? [] : positionals,
+    stdin,
+    base: typeof values.base === "string" ? values.base : null,
+    markers: values["no-markers"] !== true,
+    json: values.json === true,
+    quiet: values.quiet === true,
+    help,
+    dbUrl: typeof values["db-url"] === "string" ? values["db-url"] : undefined,
+    config,
+  };
+}
+
+/** The `--help` text of `deno task quick`. */
+export function quickHelp(config: UploaderConfig = DEFAULT_CONFIG): string {
+  return `Upload one or more test folders now, without scanning a tree.
+
+Usage: deno task quick <folder>... [options]
+       <command printing folder paths> | deno task quick - [options]
+
+Uploads each named folder (one that directly holds an image or ${config.statsFileName}) as one
+row, through the same write path, target and tracking database as 'deno task upload'.
+With '-' as the only folder, paths are read from stdin, one per line, and uploaded as
+they arrive. A folder given twice is uploaded once; a path that is missing, not a
+directory or not an upload unit fails alone. When the tracking database exists, each
+folder is recorded in it, so 'deno task upload' does not send it again; when it does
+not exist, it is not created.
+
+Options:
+  --base DIR           key each folder by its path relative to DIR ('/'-separated), as
+                       'deno task upload DIR' does; a folder outside DIR fails
+                       (default: the folder's own name)
+  --db-url URL         target database (default: $SUPABASE_DB_URL, else $DATABASE_URL,
+                       else libpq's PGHOST/PGSERVICE, else the embedded local database)
+  --db-path PATH       tracking database file, used only when it exists; it also names
+                       the embedded database's folder (default: ${config.dbPath})
+  --min-age S          wait until a folder's newest file is this many seconds old, so
+                       a folder still being written is not sent half done (default: ${config.minAgeSeconds})
+  --no-markers         do not write ${config.successMarker} / ${config.failedMarker} into folders
+  --json               one JSON event per line on stdout; human output on stderr
+  -q, --quiet          only errors and a failing summary
+  -h, --help           this text
+
+Environment:
+  SUPABASE_DB_URL, DATABASE_URL   target URL (keeps the password out of argv and history)
+  PGHOST, PGSERVICE, PGPASSWORD   libpq's own settings, used when no URL is given
+  DEVICE_ID, DEVICE_NAME, DEVICE_TYPE   this device's identity (without a tracking
+                                  database and DEVICE_ID, an id derived from the host name)
+  BATCH_SIZE, UPLOAD_DB_PATH      folders per upsert statement, tracking database
+  Precedence: flag, then environment, then config.ts.
+
+Exit codes:
+  0 all done   1 some folders failed   2 usage or configuration error (or a running
+  'deno task upload' holds the tracking database)   3 target unreachable   130 interrupted
+
+Examples:
+  deno task quick examples/data/Batch54
+  deno task quick --base /media/usb/data /media/usb/data/Line2/Batch12 /media/usb/data/Line2/Batch13
+  find /media/usb/data -newer last_run -name stats.json -printf '%h\\n' | deno task quick - --json
+`;
+}
+
+/** Settings of `deno task sql`. */
+export interface SqlCommand {
+  /** Arguments passed to psql unchanged. */
+  psqlArgs: string[];
+  help: boolean;
+  dbUrl?: string;
+  /** Tracking database path: names the embedded database's folder. */
+  dbPath: string;
+}
+
+/**
+ * Parses `deno task sql` arguments: `--db-url URL`, `--db-path PATH` (either also as
+ * `--flag=value`) and `--help` are this program's; everything else, and everything after
+ * `--`, goes to psql unchanged.
+ *
+ * @throws {UploadError} kind `usage` when `--db-url` or `--db-path` lacks its value.
+ */
+export function parseSqlCommand(
+  argv: string[],
+  env: Env,
+  defaults: UploaderConfig = DEFAULT_CONFIG,
+): SqlCommand {
+  const psqlArgs: string[] = [];
+  let dbUrl: string | undefined;
+  let dbPath = env.UPLOAD_DB_PATH || defaults.dbPath;
+  let help = false;
+  for (let i = 0; i < argv.length; i++) {
+    const arg = argv[i];
+    if (arg === "--") {
+      psqlArgs.push(...argv.slice(i + 1));
+      break;
+    }
+    const match = /^--(db-url|db-path)(?:=(.*))?$/s.exec(arg);
+    if (match) {
+      const value = match[2] ?? argv[++i];
+      if (value === undefined || value === "") {
+        throw new UploadError("usage", `Missing value for --${match[1]}`, {
+          hint: "Run 'deno task sql --help' for the options",
+        });
+      }
+      if (match[1] === "db-url") dbUrl = value;
+      else dbPath = value;
+    } else if (arg === "--help") {
+      help = true;
+    } else {
+      psqlArgs.push(arg);
+    }
+  }
+  return { psqlArgs, help, dbUrl, dbPath };
+}
+
+/** The `--help` text of `deno task sql`. */
+export function sqlHelp(config: UploaderConfig = DEFAULT_CONFIG): string {
+  return `Open psql on the database the uploader writes to.
+
+Usage: deno task sql [--db-url URL] [--db-path PATH] [psql arguments]
+
+The target is resolved as for 'deno task upload': --db-url, else $SUPABASE_DB_URL, else
+$DATABASE_URL, else libpq's PGHOST/PGSERVICE, else the embedded local database, which is
+started for the length of the psql session. Other arguments (and all after '--') go to
+psql unchanged; the exit code is psql's. A password in the URL reaches psql through its
+environment, never its arguments.
+
+Options:
+  --db-url URL     target database (default: as above)
+  --db-path PATH   tracking database whose embedded database to open (default: ${config.dbPath})
+  --help           this text ('psql --help' lists psql's own options)
+
+Examples:
+  deno task sql
+  deno task sql -c "select test_status, count(*) from device_test group by 1"
+  deno task sql -At -c "select folder_key from device_test where test_status = 'failed'"
+`;
+}

@@ -1,0 +1,63 @@
+/**
+ * `deno task sql [psql args]`: psql on the database the uploader writes to (a URL,
+ * libpq's defaults, or the embedded database, served for the length of the session).
+ * The exit code is psql's.
+ *
+ * @module
+ */
+
+import { EXIT, exitCodeFor, messageOf, UploadError } from "../lib/errors.ts";
+import { parseSqlCommand, sqlHelp } from "../lib/cli.ts";
+import { connectorFor } from "../lib/connect.ts";
+import { runPsqlInteractive } from "../lib/psql.ts";
+import { redactUrl, resolveTarget } from "../lib/target.ts";
+
+async function main(argv: string[]): Promise<number> {
+  const env = Deno.env.toObject();
+  const cmd = parseSqlCommand(argv, env);
+  if (cmd.help) {
+    console.log(sqlHelp());
+    return EXIT.OK;
+  }
+  if (cmd.dbUrl && /\/\/[^/@]*:[^/@]+@/.test(cmd.dbUrl)) {
+    console.error(
+      "Warning: a password in --db-url is visible to other users in the process list; " +
+        "prefer SUPABASE_DB_URL in the environment",
+    );
+  }
+  const spec = resolveTarget({ dbUrl: cmd.dbUrl, dbPath: cmd.dbPath, env });
+  if (spec.kind === "embedded") {
+    // Opening a folder that does not exist would create an empty database: say instead
+    // that nothing has been uploaded here yet.
+    try {
+      Deno.statSync(spec.dataDir);
+    } catch (error) {
+      if (!(error instanceof Deno.errors.NotFound)) throw error;
+      throw new UploadError("usage", `No embedded database at ${spec.dataDir} yet`, {
+        hint: "Run 'deno task upload <base_path>' first (it creates it), pass --db-path of " +
+          "the tracking database beside it, or set SUPABASE_DB_URL",
+      });
+    }
+  }
+  const connector = connectorFor(spec, env, { maxConnections: 4 });
+  try {
+    const connection = await connector.open();
+    if (Deno.stdin.isTerminal()) console.error(`Connected to ${connector.display}`);
+    return await runPsqlInteractive(connection, cmd.psqlArgs);
+  } finally {
+    await connector.close();
+  }
+}
+
+if (import.meta.main) {
+  let code: number;
+  try {
+    code = await main(Deno.args);
+  } catch (error) {
+    console.error(`Error: ${redactUrl(messageOf(error))}`);
+    if (error instanceof UploadError && error.hint) console.error(`Hint: ${error.hint}`);
+    if (!(error instanceof UploadError)) console.error(error);
+    code = exitCodeFor(error);
+  }
+  Deno.exit(code);
+}
