@@ -410,21 +410,44 @@ function payloadRow(row: UploadRow): Record<string, unknown> {
   };
 }
 
-/** Throws when a value holds text PostgreSQL cannot store (NUL, unpaired surrogate). */
+/** A value still to check, with the step that leads to it from its parent. */
+interface StorableNode {
+  value: unknown;
+  parent: StorableNode | null;
+  step: string;
+}
+
+/**
+ * Throws when a value holds text PostgreSQL cannot store (NUL, unpaired surrogate).
+ * Iterative, in document order: a stats.json nested thousands of levels deep must fail
+ * or pass on its merits, not overflow the call stack. The path is built only for an error.
+ */
 function checkStorable(value: unknown, row: UploadRow, path: string): void {
-  if (typeof value === "string") {
-    if (value.includes("\0") || !value.isWellFormed()) {
-      const what = value.includes("\0") ? "a NUL character" : "an unpaired UTF-16 surrogate";
-      throw new UploadError("data", `Cannot upload ${path}: it contains ${what}`, {
-        subject: row.folder_key,
-      });
-    }
-  } else if (Array.isArray(value)) {
-    value.forEach((item, index) => checkStorable(item, row, `${path}[${index}]`));
-  } else if (value !== null && typeof value === "object") {
-    for (const [key, item] of Object.entries(value)) {
-      checkStorable(key, row, `${path} key`);
-      checkStorable(item, row, `${path}.${key}`);
+  const stack: StorableNode[] = [{ value, parent: null, step: path }];
+  while (stack.length > 0) {
+    const node = stack.pop()!;
+    const v = node.value;
+    if (typeof v === "string") {
+      if (v.includes("\0") || !v.isWellFormed()) {
+        const what = v.includes("\0") ? "a NUL character" : "an unpaired UTF-16 surrogate";
+        const steps: string[] = [];
+        for (let n: StorableNode | null = node; n; n = n.parent) steps.push(n.step);
+        const at = steps.reverse().join("");
+        throw new UploadError("data", `Cannot upload ${at}: it contains ${what}`, {
+          subject: row.folder_key,
+        });
+      }
+    } else if (Array.isArray(v)) {
+      for (let i = v.length - 1; i >= 0; i--) {
+        stack.push({ value: v[i], parent: node, step: `[${i}]` });
+      }
+    } else if (v !== null && typeof v === "object") {
+      const entries = Object.entries(v);
+      for (let i = entries.length - 1; i >= 0; i--) {
+        const [key, item] = entries[i];
+        stack.push({ value: item, parent: node, step: `.${key}` });
+        stack.push({ value: key, parent: node, step: " key" });
+      }
     }
   }
 }
