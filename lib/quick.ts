@@ -30,8 +30,15 @@ import {
 
 /** What a quick upload reports as it goes. */
 export type QuickEvent =
-  | { event: "run_start"; mode: "quick"; base: string | null; target: string; embedded: boolean }
-  | { event: "tracker"; recorded: boolean; path: string; reason?: string }
+  | {
+    event: "run_start";
+    mode: "quick";
+    base: string | null;
+    target: string;
+    embedded: boolean;
+    /** The tracking database folders are recorded in, or null. */
+    tracker: string | null;
+  }
   | { event: "folder_start"; path: string }
   | { event: "folder_skipped"; path: string; reason: string }
   | { event: "settle_wait"; path: string; wait_ms: number }
@@ -303,6 +310,7 @@ export async function runQuickUpload(
     base,
     target: options.connector.display,
     embedded: options.connector.embedded,
+    tracker: tracker?.path ?? null,
   });
 
   // The reader: fills the queue while batches are written, so a stream is served as it
@@ -712,8 +720,6 @@ export function quickEventLines(
   const info = (text: string): QuickLine => ({ level: "info", text });
   const warn = (text: string): QuickLine => ({ level: "warn", text });
   switch (e.event) {
-    case "tracker":
-      return e.recorded ? [] : [warn(`Not recording in ${e.path}: ${e.reason}`)];
     case "folder_start":
       return [info(`Processing folder: ${e.path}`)];
     case "folder_skipped":

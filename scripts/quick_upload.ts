@@ -88,16 +88,11 @@ async function main(argv: string[]): Promise<number> {
       const previous = tracker.getMeta("target");
       if (previous === undefined || previous === targetId) {
         tracker.useTarget(targetId);
-        onEvent({ event: "tracker", recorded: true, path: tracker.path });
       } else {
-        onEvent({
-          event: "tracker",
-          recorded: false,
-          path: tracker.path,
-          reason: `it tracks uploads to another database (${
-            redactUrl(previous.replace(/#[^#]*$/, ""))
-          })`,
-        });
+        reporter.warn(
+          `Not recording these folders in ${tracker.path}: it tracks uploads to another ` +
+            `database (${redactUrl(previous.replace(/#[^#]*$/, ""))})`,
+        );
         tracker.close();
         tracker = null;
       }

@@ -211,6 +211,31 @@ Deno.test("quick: with a tracking database the manager afterwards sends none of 
       lock.close();
     }
     assert.ok(!(await rows(dir)).has("Batch99"));
+
+    // A tracker that records uploads to another database is left alone: recording this
+    // upload there would make the manager skip Batch99 on its own target.
+    const other = new DatabaseSync(db);
+    const target = other.prepare("SELECT value FROM meta WHERE key = 'target'").get()!.value;
+    other.prepare(
+      "UPDATE meta SET value = 'db.example.com:5432/postgres#device_test' " +
+        "WHERE key = 'target'",
+    ).run();
+    other.close();
+    const elsewhere = await quick(dir, ["data/Batch99", "--json"]);
+    assert.equal(elsewhere.code, 0, describeRun(elsewhere));
+    assert.equal(summaryOf(elsewhere).recorded, 0);
+    assert.ok((await rows(dir)).has("Batch99"));
+    const after = new DatabaseSync(db, { readOnly: true });
+    try {
+      assert.equal(
+        after.prepare("SELECT count(*) AS n FROM folder_status WHERE folder_key = 'Batch99'")
+          .get()!.n,
+        0,
+      );
+      assert.notEqual(target, undefined);
+    } finally {
+      after.close();
+    }
   });
 });
 
