@@ -270,10 +270,15 @@ async function writePart(
       batchName,
     });
   } catch (error) {
-    // Text PostgreSQL cannot store: find the row(s) the same way the server's refusals are.
-    if (!(error instanceof UploadError) || error.kind !== "data") throw error;
+    // Text PostgreSQL cannot store, or a value nested too deeply to serialize (RangeError):
+    // find the row(s) the same way the server's refusals are.
+    const unstorable = error instanceof UploadError && error.kind === "data";
+    if (!unstorable && !(error instanceof RangeError)) throw error;
     if (items.length === 1) {
-      result.outcomes.push({ item: items[0], ok: false, error: error.message });
+      const message = unstorable
+        ? error.message
+        : `Cannot build the upsert for ${items[0].row.folder_key}: ${messageOf(error)}`;
+      result.outcomes.push({ item: items[0], ok: false, error: message });
       return;
     }
     const half = Math.ceil(items.length / 2);
