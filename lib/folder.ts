@@ -169,5 +169,18 @@ export function buildRow(snapshot: FolderSnapshot, config: RowConfig, now = new 
       upload_timestamp: now.toISOString(),
     },
   };
-  return { row, json: JSON.stringify(row) };
+  let json: string;
+  try {
+    json = JSON.stringify(row);
+  } catch (error) {
+    // V8 serializes recursively: a stats.json nested some 10,000+ levels overflows the stack.
+    if (!(error instanceof RangeError)) throw error;
+    throw new UploadError(
+      "folder",
+      `Cannot upload ${join(snapshot.path, config.statsFileName)}: it is nested too deeply ` +
+        `(${error.message})`,
+      { subject: snapshot.path },
+    );
+  }
+  return { row, json };
 }
