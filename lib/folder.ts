@@ -72,7 +72,7 @@ export function readStats(
   }
   let value: unknown;
   try {
-    value = JSON.parse(text);
+    value = MAYBE_INEXACT_NUMBER.test(text) ? JSON.parse(text, keepExactNumbers) : JSON.parse(text);
   } catch (error) {
     const detail = error instanceof Error ? error.message : String(error);
     throw new UploadError("folder", `Cannot parse ${file}: ${detail}`, { subject: folderPath });
@@ -183,4 +183,44 @@ export function buildRow(snapshot: FolderSnapshot, config: RowConfig, now = new 
     );
   }
   return { row, json };
+}
+
+/**
+ * Whether a JSON text may hold a number a double cannot represent exactly: 16 or more
+ * digits (and dots) in a row, or an exponent. A decimal of 15 significant digits or fewer
+ * always survives the trip through a double; matches inside strings only cost a reviver.
+ */
+const MAYBE_INEXACT_NUMBER = /\d[\d.]{15,}|\d[eE][-+]?\d/;
+
+const JSON_WITH_RAW = JSON as unknown as { rawJSON(text: string): unknown };
+
+/**
+ * JSON.parse reviver keeping the file's own digits for numbers a double would change
+ * (12345678901234567890, 0.1000000000000000055511151231257827, 1e400 which would become
+ * null, 1e-400 which would become 0): they travel as raw JSON, so jsonb stores the value
+ * the file holds. Numbers a double holds exactly stay plain numbers for the status rule.
+ */
+function keepExactNumbers(_key: string, value: unknown, context?: { source?: string }): unknown {
+  if (typeof value !== "number" || context?.source === undefined) return value;
+  const exact = decimalDigits(context.source);
+  const parsed = decimalDigits(String(value));
+  if (exact !== undefined && exact === parsed) return value;
+  return JSON_WITH_RAW.rawJSON(context.source);
+}
+
+/**
+ * A number's decimal value as `digits@exponent` (no leading or trailing zeros, sign
+ * dropped for zero), so "1.10", "1.1" and "11e-1" compare equal; undefined for text that
+ * is not a finite decimal ("Infinity").
+ */
+function decimalDigits(text: string): string | undefined {
+  const match = /^(-?)(\d+)(?:\.(\d*))?(?:[eE]([-+]?\d+))?$/.exec(text);
+  if (!match) return undefined;
+  const [, sign, whole, fraction = "", exponent = "0"] = match;
+  const all = whole + fraction;
+  const lead = all.search(/[1-9]/);
+  if (lead < 0) return "0";
+  const digits = all.slice(lead).replace(/0+$/, "");
+  const scale = Number(exponent) + whole.length - lead;
+  return `${sign}${digits}@${scale}`;
 }
