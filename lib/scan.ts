@@ -73,7 +73,9 @@ export function* scanFolders(base: string, options: ScanOptions = {}): Generator
   const extensions = options.imageExtensions ?? DEFAULT_IMAGE_EXTENSIONS;
   const statsName = options.statsFileName ?? "stats.json";
   const markers = options.markerNames ?? new Set<string>();
-  const rootInfo = Deno.lstatSync(root);
+  // The base is the one path followed when it is a symlink (as `find -H` does): the user
+  // named it. Links below it are never followed.
+  const rootInfo = Deno.statSync(root);
   if (!rootInfo.isDirectory) {
     yield { kind: "problem", problem: { path: root, reason: "Not a directory" } };
     return;
@@ -164,7 +166,7 @@ export function snapshotFolder(
   const dir = resolve(path);
   let info: Deno.FileInfo;
   try {
-    info = Deno.lstatSync(dir);
+    info = Deno.statSync(dir); // the named folder may be a symlink; what is inside is not followed
   } catch (error) {
     return { kind: "problem", problem: { path: dir, reason: describeFsError(error) } };
   }

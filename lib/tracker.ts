@@ -557,20 +557,26 @@ export class Tracker {
       byStatus[row.s] = Number(row.n);
       total += Number(row.n);
     }
-    const settling = Number(
-      (this.db.prepare(
-        "SELECT count(*) AS n FROM folder_status WHERE settling = 1 AND upload_status = 'pending'",
-      ).get() as { n: number }).n,
-    );
+    // An original tool's database opened read-only has no settling, base_path or runs yet.
+    const migrated = this.schemaVersion() >= 2;
+    const settling = migrated
+      ? Number(
+        (this.db.prepare(
+          "SELECT count(*) AS n FROM folder_status WHERE settling = 1 AND upload_status = 'pending'",
+        ).get() as { n: number }).n,
+      )
+      : 0;
     const missingWhere = "FROM folder_status f JOIN (SELECT base_path, max(run_id) AS last " +
       "FROM runs WHERE scan_complete = 1 GROUP BY base_path) r ON f.base_path = r.base_path " +
       "WHERE COALESCE(f.last_seen_run, 0) < r.last";
-    const missing = Number(
-      (this.db.prepare(`SELECT count(*) AS n ${missingWhere}`).get() as { n: number }).n,
-    );
-    const missingSample = (this.db.prepare(
-      `SELECT f.folder_path AS p ${missingWhere} ORDER BY f.folder_path LIMIT ?`,
-    ).all(options.missing ?? 10) as { p: string }[]).map((r) => r.p);
+    const missing = migrated
+      ? Number((this.db.prepare(`SELECT count(*) AS n ${missingWhere}`).get() as { n: number }).n)
+      : 0;
+    const missingSample = migrated
+      ? (this.db.prepare(
+        `SELECT f.folder_path AS p ${missingWhere} ORDER BY f.folder_path LIMIT ?`,
+      ).all(options.missing ?? 10) as { p: string }[]).map((r) => r.p)
+      : [];
     const recentBatches = (this.db.prepare(
       "SELECT batch_name, successful_uploads, failed_uploads, total_folders, status, start_time, " +
         "end_time FROM upload_batches ORDER BY start_time DESC, batch_id DESC LIMIT ?",
@@ -698,7 +704,15 @@ export interface LockHolder {
  * @throws {UploadError} kind `locked` naming the holder when another process has it.
  */
 export function acquireLock(lockPath: string, command = "upload"): Deno.FsFile {
-  const file = Deno.openSync(lockPath, { read: true, write: true, create: true });
+  let file: Deno.FsFile;
+  try {
+    file = Deno.openSync(lockPath, { read: true, write: true, create: true });
+  } catch (error) {
+    throw new UploadError("config", `Cannot open lock file ${lockPath}: ${error}`, {
+      subject: lockPath,
+      cause: error,
+    });
+  }
   let locked: boolean;
   try {
     locked = file.tryLockSync(true);
