@@ -5,6 +5,9 @@
  * @module
  */
 
+/** How far in the future a file's mtime may be and still count as "just written". */
+export const FUTURE_TOLERANCE_MS = 60_000;
+
 /** The part of a tracked row the rule looks at. */
 export interface TrackedState {
   /** Fingerprint recorded by the last scan that saw the folder. */
@@ -73,7 +76,11 @@ export function decideFolder(
   seen: SeenState,
   options: DiffOptions,
 ): DiffDecision {
-  const settling = options.nowMs - seen.newestMtimeMs < options.minAgeMs;
+  // A file dated more than a minute ahead of this clock is not being written now: the
+  // device's clock was wrong (a Raspberry Pi without a real-time clock). Waiting for the
+  // clock to catch up could take years, so such folders count as settled.
+  const age = options.nowMs - seen.newestMtimeMs;
+  const settling = age < options.minAgeMs && age > -FUTURE_TOLERANCE_MS;
   if (tracked === undefined) {
     return { change: "new", status: "pending", retryCount: 0, settling, upload: !settling };
   }

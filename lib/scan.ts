@@ -7,7 +7,7 @@
  * @module
  */
 
-import { basename, join, relative, resolve, sep as SEPARATOR } from "node:path";
+import { basename, join, resolve } from "node:path";
 import { compareNames, type FileEntry, fingerprintFiles } from "./fingerprint.ts";
 
 /** What the scan knows of one upload unit. */
@@ -80,43 +80,63 @@ export function* scanFolders(base: string, options: ScanOptions = {}): Generator
     yield { kind: "problem", problem: { path: root, reason: "Not a directory" } };
     return;
   }
-  // Each stack entry is a directory still to read. Children are pushed in reverse name
-  // order so they are visited in name order.
-  const stack: string[] = [root];
-  while (stack.length > 0) {
+  // One frame per directory level being walked: its sorted subdirectory names and the
+  // index of the next one to visit. Memory grows with depth and the widest directory's
+  // names, never with the whole tree.
+  interface Frame {
+    dir: string;
+    key: string;
+    subdirs: string[];
+    next: number;
+  }
+  const stack: Frame[] = [];
+  let pending: { dir: string; key: string } | null = { dir: root, key: "" };
+  while (pending !== null || stack.length > 0) {
     if (options.signal?.aborted) return;
-    const dir = stack.pop()!;
-    let entries: Deno.DirEntry[];
+    if (pending === null) {
+      const top = stack[stack.length - 1];
+      if (top.next >= top.subdirs.length) {
+        stack.pop();
+        continue;
+      }
+      const name = top.subdirs[top.next++];
+      pending = { dir: join(top.dir, name), key: top.key === "" ? name : `${top.key}/${name}` };
+    }
+    const { dir, key } = pending;
+    pending = null;
+    const subdirs: string[] = [];
+    const fileNames: string[] = [];
+    let isUnit = false;
+    const badNames: string[] = [];
     try {
-      entries = Array.from(Deno.readDirSync(dir));
+      for (const entry of Deno.readDirSync(dir)) {
+        const name = entry.name;
+        if (name.charCodeAt(0) === 46 /* . */ || entry.isSymlink) continue;
+        if (name.includes("\uFFFD")) {
+          badNames.push(name);
+          continue;
+        }
+        if (entry.isDirectory) {
+          subdirs.push(name);
+        } else if (entry.isFile) {
+          fileNames.push(name);
+          if (!isUnit && (name === statsName || isImageName(name, extensions))) isUnit = true;
+        }
+      }
     } catch (error) {
       yield { kind: "problem", problem: { path: dir, reason: describeFsError(error) } };
       continue;
     }
-    const subdirs: string[] = [];
-    const fileNames: string[] = [];
-    let isUnit = false;
-    for (const entry of entries) {
-      if (entry.name.startsWith(".")) continue;
-      if (entry.isSymlink) continue;
-      if (entry.name.includes("\uFFFD")) {
-        yield {
-          kind: "problem",
-          problem: { path: join(dir, entry.name), reason: "Name is not valid UTF-8" },
-        };
-        continue;
-      }
-      if (entry.isDirectory) {
-        subdirs.push(entry.name);
-      } else if (entry.isFile) {
-        fileNames.push(entry.name);
-        if (!isUnit && (entry.name === statsName || isImageName(entry.name, extensions))) {
-          isUnit = true;
-        }
-      }
+    for (const name of badNames) {
+      yield {
+        kind: "problem",
+        problem: { path: join(dir, name), reason: "Name is not valid UTF-8" },
+      };
     }
-    subdirs.sort();
-    for (let i = subdirs.length - 1; i >= 0; i--) stack.push(join(dir, subdirs[i]));
+    if (subdirs.length > 0) {
+      subdirs.sort();
+      stack.push({ dir, key, subdirs, next: 0 });
+    }
     if (!isUnit) continue;
 
     const files: FileEntry[] = [];
@@ -140,12 +160,11 @@ export function* scanFolders(base: string, options: ScanOptions = {}): Generator
     files.sort(compareNames);
     let newest = 0;
     for (const f of files) if (!markers.has(f.name) && f.mtimeMs > newest) newest = f.mtimeMs;
-    const key = dir === root ? basename(root) : relative(root, dir).split(SEPARATOR).join("/");
     yield {
       kind: "folder",
       snapshot: {
         path: dir,
-        key,
+        key: key === "" ? basename(root) : key,
         name: basename(dir),
         files,
         fingerprint: fingerprintFiles(files, markers),

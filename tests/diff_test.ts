@@ -108,10 +108,16 @@ const CASES: Case[] = [
     want: { change: "unchanged", status: "pending", retryCount: 0, settling: false, upload: true },
   },
   {
-    name: "mtime in the future counts as settling",
+    name: "mtime slightly in the future (clock skew) counts as settling",
     tracked: tracked({ status: "pending" }),
-    seen: { newestMtimeMs: NOW + 60_000 },
+    seen: { newestMtimeMs: NOW + 59_999 },
     want: { change: "unchanged", status: "pending", retryCount: 0, settling: true, upload: false },
+  },
+  {
+    name: "mtime far in the future (a device clock gone wrong) does not hold the folder back",
+    tracked: tracked({ status: "pending" }),
+    seen: { newestMtimeMs: NOW + 365 * 86_400_000 },
+    want: { change: "unchanged", status: "pending", retryCount: 0, settling: false, upload: true },
   },
   {
     name: "no settle time: a folder from this very millisecond is uploaded",
