@@ -315,6 +315,22 @@ export class Tracker {
     });
   }
 
+  /**
+   * Records every run and batch still marked `running` as interrupted, for a process that
+   * quits at once (a second Ctrl-C) without waiting for its batches. Call it only while
+   * holding the lock: every running row is then this process's or a dead one's. Their
+   * folders stay pending.
+   */
+  markInterrupted(now = new Date()): void {
+    this.transaction(() => {
+      this.#stmt("UPDATE runs SET status = 'interrupted', ended_at = ? WHERE status = 'running'")
+        .run(iso(now));
+      this.#stmt(
+        "UPDATE upload_batches SET status = 'interrupted', end_time = ? WHERE status = 'running'",
+      ).run(iso(now));
+    });
+  }
+
   /** Records how a run ended. `scanComplete` says the whole tree was walked. */
   finishRun(
     runId: number,
