@@ -88,6 +88,7 @@ async function main(argv: string[]): Promise<number> {
       abort.abort();
     } else {
       reporter.warn("Interrupted again: quitting now; unacknowledged folders stay pending");
+      if (mode !== "dry-run") tracker.markInterrupted();
       Deno.exit(EXIT.INTERRUPTED);
     }
   };
