@@ -143,9 +143,14 @@ function textArray(items: readonly string[]): string {
 }
 
 /** Writes the rows the uploader would send as a COPY text file; returns the row count. */
-function writeCopyFile(tree: string, file: string): { rows: number; bytes: number } {
+function writeCopyFile(
+  tree: string,
+  file: string,
+  unitList: string,
+): { rows: number; bytes: number } {
   const config = DEFAULT_CONFIG;
   const out = Deno.openSync(file, { write: true, create: true, truncate: true });
+  const units: string[] = [];
   const encoder = new TextEncoder();
   let rows = 0;
   let bytes = 0;
@@ -168,6 +173,7 @@ function writeCopyFile(tree: string, file: string): { rows: number; bytes: numbe
     ) {
       if (item.kind !== "folder") continue;
       const { row } = buildRow(item.snapshot, config, now);
+      units.push(`${item.snapshot.path}/perf_floor_marker.json`);
       const values = [
         DEVICE.id,
         DEVICE.name,
@@ -190,6 +196,7 @@ function writeCopyFile(tree: string, file: string): { rows: number; bytes: numbe
   } finally {
     out.close();
   }
+  Deno.writeTextFileSync(unitList, units.join("\n") + "\n");
   return { rows, bytes };
 }
 
@@ -266,6 +273,26 @@ function batchMs(run: Timed): number {
   return total;
 }
 
+/** Areas of the main thread's time, matched on "function file:line" in this order. */
+const CATEGORIES: [string, RegExp][] = [
+  ["idle (waiting for psql)", /^\(idle\)/],
+  ["gc", /^\(garbage collector\)/],
+  [
+    "walk",
+    /^(op_fs_read_dir_sync|op_fs_lstat_sync|readDirSync|lstatSync|scanFolders|normalize|normalizeString|relative|join|resolve|basename|compareNames|isImageName|fingerprintFiles|op_node_hash|op_node_create_hash|Hash|update|digest) /,
+  ],
+  [
+    "markers",
+    /^(op_fs_write_file_sync|op_fs_remove_sync|op_fs_rename_sync|writeMarker|removeSync|writeTextFileSync|renameSync|buildCustomError|NotFound|putMarker) /,
+  ],
+  ["stats.json read", /^(op_fs_read_file_sync|readStats|readFileSync|containsNul|wellFormed) /],
+  ["tracker (SQLite)", /^(run|get|all|exec|apply|transaction|prepare|recordBatch|applyScan) /],
+  [
+    "rows + SQL",
+    /^(buildRow|checkStorable|buildUpsertStatement|payloadRow|sqlLiteral|terminateStatement|skipQuoted|stringify|estimateRowBytes) /,
+  ],
+];
+
 interface ProfileNode {
   id: number;
   callFrame: { functionName: string; url: string; lineNumber: number };
@@ -296,7 +323,15 @@ function profileSummary(dir: string, top = 25): string {
     total += dt;
   });
   const rows = [...self.entries()].sort((a, b) => b[1] - a[1]).slice(0, top);
-  return `${files[0]} (${(total / 1000).toFixed(0)} ms sampled)\n` +
+  const groups = new Map<string, number>();
+  for (const [key, us] of self) {
+    const group = CATEGORIES.find(([, re]) => re.test(key))?.[0] ?? "other";
+    groups.set(group, (groups.get(group) ?? 0) + us);
+  }
+  const grouped = [...groups.entries()].sort((a, b) => b[1] - a[1])
+    .map(([g, us]) => `${g} ${(us / 1000).toFixed(0)} ms (${(100 * us / total).toFixed(0)}%)`)
+    .join(", ");
+  return `${files[0]} (${(total / 1000).toFixed(0)} ms sampled)\n  by area: ${grouped}\n` +
     rows.map(([k, us]) =>
       `  ${(us / 1000).toFixed(0).padStart(7)} ms ${
         (100 * us / total).toFixed(1).padStart(5)
@@ -362,7 +397,8 @@ async function main(): Promise<void> {
     // (b) \copy of the same rows into an empty table with the same indexes.
     const copyFile = join(root, "rows.tsv");
     t = performance.now();
-    const copy = writeCopyFile(tree, copyFile);
+    const unitList = join(root, "units.txt");
+    const copy = writeCopyFile(tree, copyFile, unitList);
     log(
       `copy file: ${copy.rows} rows, ${(copy.bytes / 1e6).toFixed(1)} MB built in ` +
         fmtMs(performance.now() - t),
@@ -390,6 +426,18 @@ async function main(): Promise<void> {
     const copyMs = median(copyRuns);
     log(`\\copy: ${copyRuns.map(fmtMs).join(", ")}`);
     await sql(url, `drop table ${COPY_TABLE};`);
+
+    // The floor of writing markers: one new small file per unit (`xargs touch`).
+    const touchRuns: number[] = [];
+    for (let i = 0; i < repeat; i++) {
+      const r = await timed("xargs", ["-a", unitList, "-d", "\n", "touch"]);
+      if (r.code !== 0) throw new Error(`xargs touch failed: ${r.stderr}`);
+      touchRuns.push(r.ms);
+      const rm = await timed("xargs", ["-a", unitList, "-d", "\n", "rm", "-f"]);
+      if (rm.code !== 0) throw new Error(`xargs rm failed: ${rm.stderr}`);
+    }
+    const touchMs = median(touchRuns);
+    log(`touch one file per unit: ${touchRuns.map(fmtMs).join(", ")}`);
 
     // (c) first full upload, (d) unchanged re-run: without markers, then with.
     const results: Record<string, { first: Timed[]; rerun: Timed[] }> = {};
@@ -437,12 +485,14 @@ async function main(): Promise<void> {
         `${(noMarkersFirst / floor).toFixed(2)} x (find+copy)`,
         "<= 3",
       ],
+      ["touch 1 file per unit", fmtMs(touchMs), "", ""],
       [
         "first upload, markers",
         fmtMs(markersFirst),
         `${(markersFirst / floor).toFixed(2)} x (find+copy)`,
         "<= 3",
       ],
+      ["", "", `${(markersFirst / (floor + touchMs)).toFixed(2)} x (find+copy+touch)`, ""],
       [
         "re-run --no-markers",
         fmtMs(noMarkersRerun),
@@ -473,6 +523,7 @@ async function main(): Promise<void> {
             units: generated.units,
             findMs: findRuns,
             copyMs: copyRuns,
+            touchMs: touchRuns,
             firstNoMarkersMs: results["no-markers"].first.map((r) => r.ms),
             rerunNoMarkersMs: results["no-markers"].rerun.map((r) => r.ms),
             firstMarkersMs: results.markers.first.map((r) => r.ms),
