@@ -239,6 +239,66 @@ Deno.test("quick: with a tracking database the manager afterwards sends none of 
   });
 });
 
+Deno.test("quick: stdin is served as it arrives; Ctrl-C ends a waiting run with 130", async () => {
+  await withDir(async (dir) => {
+    const data = join(dir, "data");
+    copyExamples(data);
+    const env: Record<string, string> = { NO_COLOR: "1" };
+    for (const name of ["PATH", "HOME", "DENO_DIR", "TMPDIR"]) {
+      const value = Deno.env.get(name);
+      if (value !== undefined) env[name] = value;
+    }
+    const child = new Deno.Command(Deno.execPath(), {
+      args: [
+        "run",
+        "-A",
+        "--quiet",
+        "--config",
+        join(REPO_ROOT, "deno.json"),
+        QUICK,
+        "-",
+        "--json",
+      ],
+      cwd: dir,
+      env,
+      clearEnv: true,
+      stdin: "piped",
+      stdout: "piped",
+      stderr: "piped",
+    }).spawn();
+    const stderr = new Response(child.stderr).text();
+    const writer = child.stdin.getWriter();
+    const lines = readLines(child.stdout)[Symbol.asyncIterator]();
+    const kill = setTimeout(() => child.kill("SIGKILL"), 60_000);
+    try {
+      // One path, stdin left open: the folder is uploaded without waiting for the end.
+      await writer.write(new TextEncoder().encode("data/Batch54\n"));
+      let uploaded = false;
+      while (!uploaded) {
+        const next = await lines.next();
+        if (next.done) assert.fail(`output ended early: ${await stderr}`);
+        uploaded = JSON.parse(next.value).event === "folder_uploaded";
+      }
+      child.kill("SIGINT");
+      const rest: Record<string, unknown>[] = [];
+      for (let next = await lines.next(); !next.done; next = await lines.next()) {
+        rest.push(JSON.parse(next.value));
+      }
+      const status = await child.status;
+      assert.equal(status.code, 130, await stderr);
+      const summary = rest.at(-1)!;
+      assert.equal(summary.event, "summary");
+      assert.equal(summary.status, "interrupted");
+      assert.equal(summary.uploaded, 1);
+    } finally {
+      clearTimeout(kill);
+      await writer.close().catch(() => {});
+      await stderr;
+    }
+    assert.deepEqual([...(await rows(dir)).keys()], ["Batch54"]);
+  });
+});
+
 Deno.test("quick: folder keys, device id, stdin lines and argument errors", async () => {
   assert.equal(folderKeyFor("/data/Line2/Batch12", null), "Batch12");
   assert.equal(folderKeyFor("/data/Line2/Batch12/", "/data"), "Line2/Batch12");
