@@ -154,6 +154,7 @@ export async function startEmbedded(
     const db = await _openDatabase(dir, options.assetsDir);
     cleanup.push(() => db.close());
     const server = new PGLiteSocketServer({ db, path: socketPath, maxConnections });
+    _closeCancelRequests(server);
     server.addEventListener("error", (event) => {
       log(`Embedded server error: ${messageOf((event as CustomEvent).detail)}`);
     });
@@ -404,6 +405,39 @@ async function _listen(server: PGLiteSocketServer, path: string): Promise<void> 
       cause: error,
     });
   }
+}
+
+/** The first eight bytes of a CancelRequest: its length (16) and its code. */
+const CANCEL_REQUEST_HEAD = [16, 80877102];
+
+/**
+ * Closes connections that carry a CancelRequest. psql's Ctrl-C sends one on a new
+ * connection and then waits until the server closes it; pglite-socket 0.2.17 reads the
+ * request, ignores it and keeps the connection open, so psql hung for good. PGlite cannot
+ * cancel a running statement anyway: closing the connection at once lets the statement
+ * finish and psql go on, as a server that has nothing to cancel does.
+ */
+function _closeCancelRequests(server: PGLiteSocketServer): void {
+  type Socket = {
+    once(event: "data", listener: (chunk: Uint8Array) => void): void;
+    end(): void;
+  };
+  const target = server as unknown as { handleConnection(socket: Socket): Promise<void> };
+  const handle = target.handleConnection.bind(server);
+  target.handleConnection = (socket) => {
+    // Registered before pglite-socket's own listener, which then sees the request and
+    // ignores it; the socket is closed right after.
+    socket.once("data", (chunk) => {
+      if (chunk.length < 8) return;
+      const view = new DataView(chunk.buffer, chunk.byteOffset, chunk.byteLength);
+      if (
+        view.getInt32(0) === CANCEL_REQUEST_HEAD[0] && view.getInt32(4) === CANCEL_REQUEST_HEAD[1]
+      ) {
+        socket.end();
+      }
+    });
+    return handle(socket);
+  };
 }
 
 /** Swallows the one expected failure of removing a file that is already gone. */
