@@ -155,6 +155,65 @@ Deno.test("sql: the embedded database, started for the session, refused while in
   }
 });
 
+Deno.test("sql: Ctrl-C during a statement on the embedded database does not hang psql", async () => {
+  const dir = Deno.makeTempDirSync({ prefix: "sql_task_test_" });
+  try {
+    const server = await startEmbedded(join(dir, "upload_tracker.pgdata"));
+    await server.stop();
+    const env: Record<string, string> = { NO_COLOR: "1" };
+    for (const name of ["PATH", "HOME", "DENO_DIR", "TMPDIR"]) {
+      const value = Deno.env.get(name);
+      if (value !== undefined) env[name] = value;
+    }
+    const statement = "select pg_sleep(1.5), 'cancel test'";
+    const child = new Deno.Command(Deno.execPath(), {
+      args: [
+        "run",
+        "-A",
+        "--quiet",
+        "--config",
+        join(REPO_ROOT, "deno.json"),
+        SQL,
+        "-XAt",
+        "-c",
+        statement,
+      ],
+      cwd: dir,
+      env,
+      clearEnv: true,
+      stdin: "null",
+      stdout: "piped",
+      stderr: "piped",
+    }).spawn();
+    const output = child.output();
+    const timer = setTimeout(() => child.kill("SIGKILL"), 30_000);
+    try {
+      // Wait for psql to run the statement, then press "Ctrl-C": the terminal sends SIGINT
+      // to the whole foreground group, deno and psql alike.
+      let psqlPid: number | undefined;
+      for (let i = 0; i < 200 && psqlPid === undefined; i++) {
+        await new Promise((r) => setTimeout(r, 50));
+        const hit = argvContaining("cancel test").find((p) => /\bpsql /.test(p));
+        if (hit) psqlPid = Number(hit.split(":")[0]);
+      }
+      assert.ok(psqlPid, "psql started");
+      await new Promise((r) => setTimeout(r, 300));
+      Deno.kill(psqlPid, "SIGINT");
+      child.kill("SIGINT");
+      const out = await output;
+      const stderr = new TextDecoder().decode(out.stderr);
+      assert.notEqual(out.signal, "SIGKILL", `psql hung after the cancel request:\n${stderr}`);
+      // PGlite cannot cancel a running statement: it finishes, and psql ends by itself with
+      // its own exit code (1, as after a cancelled statement on a server).
+      assert.ok(out.code === 0 || out.code === 1, `exit ${out.code}: ${stderr}`);
+    } finally {
+      clearTimeout(timer);
+    }
+  } finally {
+    removeTree(dir);
+  }
+});
+
 Deno.test("sql: argument parsing keeps psql's arguments as they are", () => {
   const cmd = parseSqlCommand(
     [
