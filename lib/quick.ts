@@ -15,7 +15,7 @@ import { markerNames, type UploaderConfig } from "../config.ts";
 import { EXIT, messageOf, UploadError } from "./errors.ts";
 import { buildRow } from "./folder.ts";
 import { writeMarker } from "./markers.ts";
-import { type FolderSnapshot, isUploadUnit, snapshotFolder } from "./scan.ts";
+import { type FolderSnapshot, isImageName, isUploadUnit, snapshotFolder } from "./scan.ts";
 import { sleep } from "./retry.ts";
 import type { Connector } from "./connect.ts";
 import type { Tracker } from "./tracker.ts";
@@ -42,14 +42,8 @@ export type QuickEvent =
   | { event: "folder_start"; path: string }
   | { event: "folder_skipped"; path: string; reason: string }
   | { event: "settle_wait"; path: string; wait_ms: number }
-  | {
-    event: "folder_read";
-    path: string;
-    key: string;
-    images: number;
-    stats: boolean;
-    test_status: string;
-  }
+  | { event: "folder_found"; path: string; key: string; images: number; stats: boolean }
+  | { event: "folder_read"; path: string; key: string; stats: boolean; test_status: string }
   | { event: "folder_failed"; path: string; key: string | null; error: string }
   | { event: "inserting"; batch: string; table: string; folders: number }
   | { event: "folder_uploaded"; path: string; key: string; batch: string }
@@ -481,6 +475,14 @@ export async function runQuickUpload(
       await sleep(wait, stop.signal);
     }
     if (stop.signal.aborted) return null;
+    const stats = snap.files.some((f) => f.name === config.statsFileName);
+    emit({
+      event: "folder_found",
+      path,
+      key,
+      images: snap.files.filter((f) => isImageName(f.name, config.imageExtensions)).length,
+      stats,
+    });
     let built;
     try {
       built = buildRow(snap, config, new Date(now()));
@@ -488,14 +490,7 @@ export async function runQuickUpload(
       failFolder(path, key, messageOf(error), snap);
       return null;
     }
-    emit({
-      event: "folder_read",
-      path,
-      key,
-      images: built.row.images.length,
-      stats: snap.files.some((f) => f.name === config.statsFileName),
-      test_status: built.row.test_status,
-    });
+    emit({ event: "folder_read", path, key, stats, test_status: built.row.test_status });
     return { snap, item: { path: snap.path, row: built.row, json: built.json } };
   };
 
@@ -728,12 +723,14 @@ export function quickEventLines(
       return [
         info(`  Waiting ${(e.wait_ms / 1000).toFixed(1)} s: the folder is still being written`),
       ];
-    case "folder_read":
+    case "folder_found":
       return [
         info(`  Found ${e.images} image${e.images === 1 ? "" : "s"}`),
-        ...(e.stats
-          ? [info(`  Found ${config.statsFileName}`), info(`  Loaded ${config.statsFileName}`)]
-          : [info(`  No ${config.statsFileName}`)]),
+        info(e.stats ? `  Found ${config.statsFileName}` : `  No ${config.statsFileName}`),
+      ];
+    case "folder_read":
+      return [
+        ...(e.stats ? [info(`  Loaded ${config.statsFileName}`)] : []),
         info(`  Test status: ${e.test_status}`),
       ];
     case "folder_failed":

@@ -31,6 +31,7 @@ const QUICK_EVENTS = new Set([
   "folder_start",
   "folder_skipped",
   "settle_wait",
+  "folder_found",
   "folder_read",
   "folder_failed",
   "inserting",
