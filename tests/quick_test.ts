@@ -22,6 +22,7 @@ import {
   runUploadCli,
   summaryOf,
 } from "./support/cli.ts";
+import { hasPostgres, startPostgres, TEST_PASSWORD } from "./support/postgres.ts";
 import { removeTree, setMtime, T1, writeTree } from "./support/tree.ts";
 
 const QUICK = join(REPO_ROOT, "scripts", "quick_upload.ts");
@@ -297,6 +298,36 @@ Deno.test("quick: stdin is served as it arrives; Ctrl-C ends a waiting run with 
     }
     assert.deepEqual([...(await rows(dir)).keys()], ["Batch54"]);
   });
+});
+
+Deno.test({
+  name: "quick: to a server URL from SUPABASE_DB_URL, with DEVICE_ID, password never printed",
+  ignore: !hasPostgres(),
+  async fn() {
+    const pg = await startPostgres();
+    try {
+      await withDir(async (dir) => {
+        copyExamples(join(dir, "data"));
+        const deviceId = "0b6f0a52-8f5e-4b8e-9a51-6c1d2e3f4a5b";
+        const result = await runUploadCli(
+          ["--base", "data", "data/Line2/Batch14 (O'Brien rerun)", "data/Batch56", "--json"],
+          { script: QUICK, cwd: dir, env: { SUPABASE_DB_URL: pg.url, DEVICE_ID: deviceId } },
+        );
+        assert.equal(result.code, 0, describeRun(result));
+        assert.ok(!(result.stdout + result.stderr).includes(TEST_PASSWORD));
+        const table = await pg.psql(
+          "select device_id, folder_key, test_status, images from device_test order by 2",
+        );
+        assert.deepEqual(table.trim().split("\n"), [
+          `${deviceId}|Batch56|pending|{"2025-06-03 09:12:01.png","2025-06-03 09:12:31.PNG"}`,
+          `${deviceId}|Line2/Batch14 (O'Brien rerun)|passed|{"2025-06-05 11:20:00.gif"}`,
+        ]);
+        assert.ok(!exists(join(dir, "upload_tracker.pgdata")), "the embedded database not used");
+      });
+    } finally {
+      await pg.close();
+    }
+  },
 });
 
 Deno.test("quick: folder keys, device id, stdin lines and argument errors", async () => {
