@@ -109,6 +109,7 @@ async function main(argv: string[]): Promise<number> {
         abort.abort();
       } else {
         reporter.warn("Interrupted again: quitting now; unacknowledged folders were not uploaded");
+        tracker?.markInterrupted();
         Deno.exit(EXIT.INTERRUPTED);
       }
     };
