@@ -9,7 +9,6 @@
  * @module
  */
 
-import { createHash } from "node:crypto";
 import { basename, isAbsolute, relative, resolve, sep as SEPARATOR } from "node:path";
 import { markerNames, type UploaderConfig } from "../config.ts";
 import { EXIT, messageOf, UploadError } from "./errors.ts";
@@ -168,26 +167,6 @@ export function folderKeyFor(path: string, base: string | null): string {
     throw new UploadError("folder", `Folder ${dir} is outside --base ${root}`, { subject: dir });
   }
   return rel.split(SEPARATOR).join("/");
-}
-
-/**
- * A stable device id for a host, used when neither DEVICE_ID nor a tracking database
- * gives one: a name-based UUID (version 3 layout) of the host name, so repeated quick
- * uploads from one machine land on the same rows.
- *
- * @example
- * ```ts
- * deviceIdForHost("pi-lab-3") === deviceIdForHost("pi-lab-3"); // true
- * ```
- */
-export function deviceIdForHost(host: string): string {
-  const bytes = createHash("md5").update(`folder-uploader device ${host}`).digest();
-  bytes[6] = (bytes[6] & 0x0f) | 0x30;
-  bytes[8] = (bytes[8] & 0x3f) | 0x80;
-  const hex = bytes.toString("hex");
-  return `${hex.slice(0, 8)}-${hex.slice(8, 12)}-${hex.slice(12, 16)}-${hex.slice(16, 20)}-${
-    hex.slice(20)
-  }`;
 }
 
 /**

@@ -15,6 +15,7 @@ import { hostname } from "node:os";
 import { decideFolder, type DiffDecision, type DiffOptions, type TrackedState } from "./diff.ts";
 import type { FolderSnapshot } from "./scan.ts";
 import { UploadError } from "./errors.ts";
+import { localDeviceId } from "./device.ts";
 
 /** The schema version this code writes. */
 export const SCHEMA_VERSION = 2;
@@ -283,7 +284,7 @@ export class Tracker {
 
   /**
    * This device's id: `preferred` when given (and then remembered), else the id kept in
-   * the tracker, else a new random UUID that is kept from now on.
+   * the tracker, else the machine's default id ({@linkcode localDeviceId}), kept from now on.
    */
   deviceId(preferred?: string): string {
     if (preferred) {
@@ -292,7 +293,7 @@ export class Tracker {
     }
     const kept = this.getMeta("device_id");
     if (kept) return kept;
-    const id = crypto.randomUUID();
+    const id = localDeviceId();
     this.setMeta("device_id", id);
     return id;
   }

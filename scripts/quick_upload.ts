@@ -6,6 +6,7 @@
  * @module
  */
 
+import { localDeviceId } from "../lib/device.ts";
 import { resolve } from "node:path";
 import { EXIT, exitCodeFor, messageOf, UploadError } from "../lib/errors.ts";
 import { parseQuickCommand, quickHelp } from "../lib/cli.ts";
@@ -13,7 +14,6 @@ import { connectorFor } from "../lib/connect.ts";
 import { checkPsql } from "../lib/psql.ts";
 import { Reporter } from "../lib/progress.ts";
 import {
-  deviceIdForHost,
   type QuickEvent,
   quickEventLines,
   type QuickResult,
@@ -71,7 +71,7 @@ async function main(argv: string[]): Promise<number> {
   try {
     const deviceId = tracker
       ? tracker.deviceId(config.deviceId || undefined)
-      : config.deviceId || deviceIdForHost(Deno.hostname());
+      : config.deviceId || localDeviceId();
     if (connector.embedded) {
       reporter.info(
         `Using the ${connector.display} (no --db-url, SUPABASE_DB_URL or DATABASE_URL set). ` +

@@ -11,7 +11,8 @@ import assert from "node:assert/strict";
 import { DatabaseSync } from "node:sqlite";
 import { join } from "node:path";
 import { acquireLock } from "../lib/tracker.ts";
-import { deviceIdForHost, folderKeyFor, readLines } from "../lib/quick.ts";
+import { folderKeyFor, readLines } from "../lib/quick.ts";
+import { localDeviceId, nameBasedUuid } from "../lib/device.ts";
 import { parseQuickCommand } from "../lib/cli.ts";
 import { UploadError } from "../lib/errors.ts";
 import {
@@ -159,7 +160,7 @@ Deno.test("quick: folders as arguments and on stdin, --base, failures alone, no 
       ["-XAt", "-c", "select distinct device_id from device_test"],
       { script: SQL, cwd: dir },
     );
-    assert.deepEqual(ids.stdout.trim().split("\n"), [deviceIdForHost(Deno.hostname())]);
+    assert.deepEqual(ids.stdout.trim().split("\n"), [localDeviceId()]);
     assert.ok(!exists(join(dir, "upload_tracker.db")), "still no tracking database");
   });
 });
@@ -339,10 +340,10 @@ Deno.test("quick: folder keys, device id, stdin lines and argument errors", asyn
     (e) => e instanceof UploadError && e.kind === "folder" && /outside --base/.test(e.message),
   );
   assert.throws(() => folderKeyFor("/Batch1", "/data"), /outside --base/);
-  const id = deviceIdForHost("pi-lab-3");
+  const id = nameBasedUuid("pi-lab-3");
   assert.match(id, /^[0-9a-f]{8}-[0-9a-f]{4}-3[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/);
-  assert.equal(deviceIdForHost("pi-lab-3"), id);
-  assert.notEqual(deviceIdForHost("pi-lab-4"), id);
+  assert.equal(nameBasedUuid("pi-lab-3"), id);
+  assert.notEqual(nameBasedUuid("pi-lab-4"), id);
 
   const chunks = ["a/b\r", "\nc", "\n\n  \nd e\n", "last"];
   const stream = new ReadableStream<Uint8Array>({
