@@ -60,3 +60,5 @@ export {
 } from "./lib/pipeline.ts";
 export { Reporter } from "./lib/progress.ts";
 export { formatStatus } from "./lib/report.ts";
+export { folderKeyFor, type QuickOptions, type QuickResult, runQuickUpload } from "./lib/quick.ts";
+export { localDeviceId, nameBasedUuid } from "./lib/device.ts";
