@@ -248,6 +248,42 @@ function freePort(): number {
   return port;
 }
 
+Deno.test({
+  name: "CLI: a wrong password exits 2 at once (not retried as unreachable), folders pending",
+  ignore: NO_SERVER,
+  async fn() {
+    const pg = await startPostgres();
+    using dir = tempDir();
+    try {
+      generateTree(join(dir.path, "data"), { folders: 12 });
+      const db = join(dir.path, "t.db");
+      const wrong = "wrong-password-77";
+      const url = pg.url.replace(TEST_PASSWORD, wrong);
+      const started = Date.now();
+      const run = await runUploadCli(
+        [join(dir.path, "data"), "--db-path", db, "--give-up-after", "120"],
+        { env: { SUPABASE_DB_URL: url }, cwd: dir.path },
+      );
+      assert.equal(run.code, 2, describeRun(run));
+      assert.ok(Date.now() - started < 60_000, "an authentication failure was retried");
+      assert.match(run.stderr, /password authentication failed/);
+      assert.ok(!(run.stdout + run.stderr).includes(wrong), describeRun(run));
+      assert.deepEqual(filesContaining(dir.path, wrong), []);
+      const sqlite = new DatabaseSync(db, { readOnly: true });
+      try {
+        const row = sqlite.prepare(
+          "SELECT count(*) AS n FROM folder_status WHERE upload_status <> 'pending'",
+        ).get() as { n: number };
+        assert.equal(Number(row.n), 0);
+      } finally {
+        sqlite.close();
+      }
+    } finally {
+      await pg.close();
+    }
+  },
+});
+
 Deno.test("CLI: an unreachable server exits 3 and leaves the folders pending", async () => {
   using dir = tempDir();
   generateTree(join(dir.path, "data"), { folders: 30 });
