@@ -11,7 +11,7 @@ import { markerNames, type UploaderConfig } from "../config.ts";
 import { UploadError } from "./errors.ts";
 import type { FolderSnapshot } from "./scan.ts";
 import { isImageName } from "./scan.ts";
-import type { UploadRow } from "./sql.ts";
+import { rowToJson, type UploadRow } from "./sql.ts";
 
 /** What {@linkcode buildRow} needs from the configuration. */
 export type RowConfig = Pick<
@@ -171,7 +171,7 @@ export function buildRow(snapshot: FolderSnapshot, config: RowConfig, now = new 
   };
   let json: string;
   try {
-    json = JSON.stringify(row);
+    json = rowToJson(row);
   } catch (error) {
     // V8 serializes recursively: a stats.json nested some 10,000+ levels overflows the stack.
     if (!(error instanceof RangeError)) throw error;

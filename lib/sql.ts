@@ -397,6 +397,21 @@ export function parseRekeyReply(rows: readonly string[]): number | undefined {
   return typeof value === "number" ? value : undefined;
 }
 
+/**
+ * Matches a JSON text that may hold a NUL (`\u0000`) or an unpaired surrogate escape
+ * (`\ud800`-`\udfff`, which JSON.stringify writes only for lone surrogates): an escape
+ * preceded by an even number of backslashes.
+ */
+const MAY_BE_UNSTORABLE = /(?<!\\)(?:\\\\)*\\u(?:0000|[dD][89a-fA-F][0-9a-fA-F]{2})/;
+
+/**
+ * The JSON text of a row as it travels in an upsert: the fields in a fixed order, no stray
+ * properties. Pass texts made by this function to {@linkcode buildUpsertStatement}.
+ */
+export function rowToJson(row: UploadRow): string {
+  return JSON.stringify(payloadRow(row));
+}
+
 /** The fields of a row that travel, in a fixed order (no stray properties). */
 function payloadRow(row: UploadRow): Record<string, unknown> {
   return {
@@ -474,30 +489,45 @@ function checkStorable(value: unknown, row: UploadRow, path: string): void {
  * });
  * ```
  */
-export function buildUpsertStatement(rows: readonly UploadRow[], options: UpsertOptions): string {
+export function buildUpsertStatement(
+  rows: readonly UploadRow[],
+  options: UpsertOptions,
+  rowJson?: readonly string[],
+): string {
   checkDevice(options.device);
   const ref = tableRef(options.table);
   if (rows.length === 0) throw new UploadError("fatal", "Cannot build an upsert of no rows");
+  if (rowJson !== undefined && rowJson.length !== rows.length) {
+    throw new UploadError("fatal", "Upsert rows and their JSON texts differ in number");
+  }
   const keys = new Set<string>();
-  for (const row of rows) {
+  for (let i = 0; i < rows.length; i++) {
+    const row = rows[i];
     if (keys.has(row.folder_key)) {
       throw new UploadError("fatal", "The same folder_key appears twice in one batch", {
         subject: row.folder_key,
       });
     }
     keys.add(row.folder_key);
-    checkStorable(payloadRow(row), row, "row");
+    // JSON text shows what a walk would find: NUL and lone surrogates are the only text
+    // JSON.stringify writes as \u0000 and \ud800-\udfff escapes. Walk only when one appears.
+    if (rowJson === undefined || MAY_BE_UNSTORABLE.test(rowJson[i])) {
+      checkStorable(payloadRow(row), row, "row");
+    }
   }
-  const payload = {
+  const header = JSON.stringify({
     device_id: options.device.id,
     device_name: options.device.name,
     device_type: options.device.type,
     upload_batch: options.batchName,
-    rows: rows.map(payloadRow),
-  };
+  });
+  const rowsText = rowJson !== undefined
+    ? rowJson.join(",")
+    : rows.map((r) => JSON.stringify(payloadRow(r))).join(",");
+  const payloadText = `${header.slice(0, -1)},"rows":[${rowsText}]}`;
   const t = ref.sql;
   return `with payload as (\n` +
-    `  select ${sqlLiteral(JSON.stringify(payload))}::jsonb as p\n` +
+    `  select ${sqlLiteral(payloadText)}::jsonb as p\n` +
     `), input as (\n` +
     `  select r.* from payload, jsonb_to_recordset(payload.p->'rows') as r(\n` +
     `    folder_key text, folder_name text, images text[], test_results jsonb,\n` +

@@ -115,7 +115,7 @@ export interface BatchItem {
   /** Tracker key (the folder path). */
   path: string;
   row: UploadRow;
-  /** The row's JSON text, for the size bound. */
+  /** The row as JSON text, made by `rowToJson` (sent as it is; also bounds batch bytes). */
   json: string;
 }
 
@@ -268,7 +268,7 @@ async function writePart(
       table: ctx.table,
       device: ctx.device,
       batchName,
-    });
+    }, items.map((i) => i.json));
   } catch (error) {
     // Text PostgreSQL cannot store, or a value nested too deeply to serialize (RangeError):
     // find the row(s) the same way the server's refusals are.

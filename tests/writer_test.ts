@@ -11,6 +11,7 @@
  * file and by tests/upload_test.ts, against a real PostgreSQL.
  */
 
+import { rowToJson } from "../lib/sql.ts";
 import assert from "node:assert/strict";
 import { UploadError } from "../lib/errors.ts";
 import type { PsqlConnection, StatementReply } from "../lib/psql.ts";
@@ -52,7 +53,7 @@ function row(key: string, extra: Partial<UploadRow> = {}): UploadRow {
 function items(keys: string[]): BatchItem[] {
   return keys.map((key) => {
     const r = row(key);
-    return { path: `/data/${key}`, row: r, json: JSON.stringify(r) };
+    return { path: `/data/${key}`, row: r, json: rowToJson(r) };
   });
 }
 
@@ -247,7 +248,7 @@ Deno.test("writeBatch: a row PostgreSQL cannot store is isolated without being s
   const keys = keysOf(8);
   const batch = items(keys);
   const bad = row(keys[5], { test_results: { note: "\ud800" } });
-  batch[5] = { path: "/data/bad", row: bad, json: JSON.stringify(bad) };
+  batch[5] = { path: "/data/bad", row: bad, json: rowToJson(bad) };
   const server = new FakeServer((k) => ok(k));
   const { ctx } = context(server);
   const result = await writeBatch(batch, "b1", ctx);
@@ -440,7 +441,10 @@ Deno.test({
         "0",
       );
       const changed = items(good.slice(0, 3));
-      for (const c of changed) c.row.metadata = { content_hash: "new" };
+      for (const c of changed) {
+        c.row.metadata = { content_hash: "new" };
+        c.json = rowToJson(c.row); // the JSON text is what travels
+      }
       const third = await writeBatch(changed, "batch_3", ctx);
       assert.deepEqual([third.inserted, third.updated], [0, 3]);
     } finally {
