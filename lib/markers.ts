@@ -35,8 +35,29 @@ export interface FailedMarker {
 /** Marker names the writer needs. */
 export type MarkerConfig = Pick<UploaderConfig, "successMarker" | "failedMarker" | "legacyMarkers">;
 
+/** Where a marker goes, its temp file, and the stale markers to remove. */
+function planMarker(
+  folderPath: string,
+  marker: SuccessMarker | FailedMarker,
+  config: MarkerConfig,
+  present?: ReadonlySet<string>,
+): { target: string; temp: string; text: string; stale: string[] } {
+  const name = marker.status === "success" ? config.successMarker : config.failedMarker;
+  const other = marker.status === "success" ? config.failedMarker : config.successMarker;
+  const stale = [other, ...config.legacyMarkers]
+    .filter((n) => present === undefined || present.has(n))
+    .map((n) => join(folderPath, n));
+  return {
+    target: join(folderPath, name),
+    temp: join(folderPath, `.${name}.${Deno.pid}.tmp`),
+    text: JSON.stringify(marker, null, 2) + "\n",
+    stale,
+  };
+}
+
 /**
- * Writes the marker for a folder's outcome and removes the opposite and legacy markers.
+ * Writes the marker for a folder's outcome and removes the opposite and legacy markers
+ * (only those in `present`, the folder's file names, when given).
  *
  * @throws the file-system error when the folder is read-only, full or gone; callers report
  * it for that folder and go on (the upload itself already counted).
@@ -45,27 +66,94 @@ export function writeMarker(
   folderPath: string,
   marker: SuccessMarker | FailedMarker,
   config: MarkerConfig,
+  present?: ReadonlySet<string>,
 ): void {
-  const name = marker.status === "success" ? config.successMarker : config.failedMarker;
-  const other = marker.status === "success" ? config.failedMarker : config.successMarker;
-  const target = join(folderPath, name);
-  const temp = join(folderPath, `.${name}.${Deno.pid}.tmp`);
+  const plan = planMarker(folderPath, marker, config, present);
   try {
-    Deno.writeTextFileSync(temp, JSON.stringify(marker, null, 2) + "\n");
-    Deno.renameSync(temp, target);
+    Deno.writeTextFileSync(plan.temp, plan.text);
+    Deno.renameSync(plan.temp, plan.target);
   } catch (error) {
     try {
-      Deno.removeSync(temp);
+      Deno.removeSync(plan.temp);
     } catch {
       // The temp file was never created or is already gone; the original error matters.
     }
     throw error;
   }
-  for (const stale of [other, ...config.legacyMarkers]) {
+  for (const stale of plan.stale) {
     try {
-      Deno.removeSync(join(folderPath, stale));
+      Deno.removeSync(stale);
     } catch (error) {
       if (!(error instanceof Deno.errors.NotFound)) throw error;
     }
+  }
+}
+
+/**
+ * Writes markers off the upload's hot path: each write runs on the runtime's I/O threads,
+ * up to `concurrency` at once, while the next batch is built. {@linkcode drain} waits for
+ * all of them; a failed write is reported through `onError` for its folder and never
+ * throws into the run.
+ */
+export class MarkerWriter {
+  #config: MarkerConfig;
+  #concurrency: number;
+  #onError: (path: string, error: unknown) => void;
+  #running = new Set<Promise<void>>();
+
+  constructor(
+    config: MarkerConfig,
+    options: { concurrency?: number; onError: (path: string, error: unknown) => void },
+  ) {
+    this.#config = config;
+    this.#concurrency = options.concurrency ?? 16;
+    this.#onError = options.onError;
+  }
+
+  /**
+   * Queues the marker for a folder. `present` lists the folder's file names as the scan
+   * saw them: only marker names among them are removed, sparing a failed unlink per name.
+   * Resolves once the write has started (waiting while `concurrency` writes run).
+   */
+  async write(
+    folderPath: string,
+    marker: SuccessMarker | FailedMarker,
+    present: ReadonlySet<string> | readonly string[],
+  ): Promise<void> {
+    while (this.#running.size >= this.#concurrency) await Promise.race(this.#running);
+    const names = present instanceof Set ? present : new Set(present);
+    const task: Promise<void> = writeMarkerAsync(folderPath, marker, this.#config, names)
+      .catch((error) => this.#onError(folderPath, error))
+      .finally(() => this.#running.delete(task));
+    this.#running.add(task);
+  }
+
+  /** Waits for every queued write. */
+  async drain(): Promise<void> {
+    while (this.#running.size > 0) await Promise.allSettled([...this.#running]);
+  }
+}
+
+/** {@linkcode writeMarker}, asynchronous. */
+export async function writeMarkerAsync(
+  folderPath: string,
+  marker: SuccessMarker | FailedMarker,
+  config: MarkerConfig,
+  present?: ReadonlySet<string>,
+): Promise<void> {
+  const plan = planMarker(folderPath, marker, config, present);
+  try {
+    await Deno.writeTextFile(plan.temp, plan.text);
+    await Deno.rename(plan.temp, plan.target);
+  } catch (error) {
+    await Deno.remove(plan.temp).catch(() => {
+      // The temp file was never created or is already gone; the original error matters.
+    });
+    throw error;
+  }
+  for (const stale of plan.stale) {
+    await Deno.remove(stale).catch((error) => {
+      if (!(error instanceof Deno.errors.NotFound)) throw error;
+    });
   }
 }

@@ -10,7 +10,7 @@
 import { markerNames, type UploaderConfig } from "../config.ts";
 import { EXIT, messageOf, UploadError } from "./errors.ts";
 import { buildRow } from "./folder.ts";
-import { writeMarker } from "./markers.ts";
+import { type FailedMarker, MarkerWriter, type SuccessMarker } from "./markers.ts";
 import { type FolderSnapshot, scanFolders, snapshotFolder } from "./scan.ts";
 import { sleep } from "./retry.ts";
 import type { ScanDecision, Tracker } from "./tracker.ts";
@@ -257,7 +257,7 @@ export async function runUpload(options: UploadOptions): Promise<RunResult> {
     emit({ event: "folder_failed", path: snap.path, key: snap.key, error });
   };
 
-  const markFailedLocally = (pairs: { snap: FolderSnapshot; error: string }[]) => {
+  const markFailedLocally = async (pairs: { snap: FolderSnapshot; error: string }[]) => {
     if (pairs.length === 0) return;
     if (!dryRun) {
       tracker.recordFolderFailures(pairs.map((p) => ({ path: p.snap.path, error: p.error })));
@@ -265,7 +265,7 @@ export async function runUpload(options: UploadOptions): Promise<RunResult> {
     for (const p of pairs) {
       failFolder(p.snap, p.error);
       if (writeMarkers) {
-        putMarker(p.snap.path, {
+        await putMarker(p.snap, {
           status: "failed",
           folder_name: p.snap.name,
           folder_key: p.snap.key,
@@ -276,18 +276,18 @@ export async function runUpload(options: UploadOptions): Promise<RunResult> {
     }
   };
 
-  const putMarker = (path: string, marker: Parameters<typeof writeMarker>[1]) => {
-    try {
-      writeMarker(path, marker, config);
-    } catch (error) {
+  const markerWriter = new MarkerWriter(config, {
+    onError: (path, error) => {
       counters.markerErrors++;
       emit({
         event: "marker_error",
         path,
         error: `Cannot write marker in ${path}: ${messageOf(error)}`,
       });
-    }
-  };
+    },
+  });
+  const putMarker = (snap: FolderSnapshot, marker: SuccessMarker | FailedMarker) =>
+    markerWriter.write(snap.path, marker, snap.files.map((f) => f.name));
 
   const processBatch = async (items: BatchItem[], snaps: Map<string, FolderSnapshot>) => {
     batchSeq++;
@@ -333,7 +333,7 @@ export async function runUpload(options: UploadOptions): Promise<RunResult> {
       if (o.ok) {
         counters.uploaded++;
         if (writeMarkers) {
-          putMarker(snap.path, {
+          await putMarker(snap, {
             status: "success",
             folder_name: snap.name,
             folder_key: snap.key,
@@ -347,7 +347,7 @@ export async function runUpload(options: UploadOptions): Promise<RunResult> {
       } else {
         failFolder(snap, o.error ?? "Refused by the server");
         if (writeMarkers) {
-          putMarker(snap.path, {
+          await putMarker(snap, {
             status: "failed",
             folder_name: snap.name,
             folder_key: snap.key,
@@ -449,7 +449,7 @@ export async function runUpload(options: UploadOptions): Promise<RunResult> {
       itemSnaps.set(d.snapshot.path, d.snapshot);
       itemBytes += bytes;
     }
-    markFailedLocally(localFailures);
+    await markFailedLocally(localFailures);
     if (items.length >= config.batchSize) await flush();
   };
 
@@ -545,6 +545,7 @@ export async function runUpload(options: UploadOptions): Promise<RunResult> {
   } else {
     await Promise.allSettled([...inflight]);
   }
+  await markerWriter.drain();
   await pool?.close();
   options.signal?.removeEventListener("abort", onAbort);
 
