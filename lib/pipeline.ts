@@ -11,7 +11,7 @@ import { markerNames, type UploaderConfig } from "../config.ts";
 import { EXIT, messageOf, UploadError } from "./errors.ts";
 import { buildRow } from "./folder.ts";
 import { type FailedMarker, MarkerWriter, type SuccessMarker } from "./markers.ts";
-import { type FolderSnapshot, scanFolders, snapshotFolder } from "./scan.ts";
+import { type FolderSnapshot, scanFolders, scanFoldersInWorker, snapshotFolder } from "./scan.ts";
 import { sleep } from "./retry.ts";
 import type { ScanDecision, Tracker } from "./tracker.ts";
 import type { Connector } from "./connect.ts";
@@ -133,6 +133,8 @@ export interface UploadOptions {
   statementTimeoutMs?: number;
   /** Longest the run waits at the end for settling folders to settle. Default: min-age. */
   settleWaitMs?: number;
+  /** Walk the tree on a worker thread, in parallel with the rest. Default true. */
+  scanInWorker?: boolean;
   /** The clock. */
   now?: () => number;
 }
@@ -462,29 +464,34 @@ export async function runUpload(options: UploadOptions): Promise<RunResult> {
   let scanComplete = false;
   try {
     let chunk: FolderSnapshot[] = [];
-    const scan = scanFolders(basePath, {
+    const scanOptions = {
       imageExtensions: config.imageExtensions,
       statsFileName: config.statsFileName,
       markerNames: markers,
       signal: stop.signal,
-    });
-    for (const item of scan) {
-      if (item.kind === "problem") {
-        counters.unreadable++;
-        emit({ event: "problem", path: item.problem.path, reason: item.problem.reason });
-        continue;
-      }
-      counters.scanned++;
-      chunk.push(item.snapshot);
-      if (chunk.length >= chunkSize) {
-        await handleDecisions(tracker.applyScan(chunk, runId ?? 0, basePath, {
-          ...diffOptions(),
-          dryRun,
-        }));
-        chunk = [];
-        // Let replies from psql be read between chunks.
-        await new Promise((r) => setTimeout(r, 0));
-        if (fatal) break;
+    };
+    const scan = options.scanInWorker === false
+      ? chunked(scanFolders(basePath, scanOptions), 256)
+      : scanFoldersInWorker(basePath, scanOptions);
+    walk: for await (const items of scan) {
+      for (const item of items) {
+        if (item.kind === "problem") {
+          counters.unreadable++;
+          emit({ event: "problem", path: item.problem.path, reason: item.problem.reason });
+          continue;
+        }
+        counters.scanned++;
+        chunk.push(item.snapshot);
+        if (chunk.length >= chunkSize) {
+          await handleDecisions(tracker.applyScan(chunk, runId ?? 0, basePath, {
+            ...diffOptions(),
+            dryRun,
+          }));
+          chunk = [];
+          // Let replies from psql be read between chunks.
+          await new Promise((r) => setTimeout(r, 0));
+          if (fatal || stop.signal.aborted) break walk;
+        }
       }
     }
     if (chunk.length > 0 && !fatal && !stop.signal.aborted) {
@@ -591,6 +598,19 @@ export async function runUpload(options: UploadOptions): Promise<RunResult> {
     runId,
     exhausted,
   };
+}
+
+/** Groups a generator's items into arrays of `size`. */
+function* chunked<T>(items: Iterable<T>, size: number): Generator<T[]> {
+  let buffer: T[] = [];
+  for (const item of items) {
+    buffer.push(item);
+    if (buffer.length >= size) {
+      yield buffer;
+      buffer = [];
+    }
+  }
+  if (buffer.length > 0) yield buffer;
 }
 
 function countExhausted(tracker: Tracker, maxRetries: number): number {

@@ -246,3 +246,71 @@ export function describeFsError(error: unknown): string {
   if (error instanceof Error) return error.message;
   return String(error);
 }
+
+/** Options for {@linkcode scanFoldersInWorker}. */
+export interface WorkerScanOptions extends ScanOptions {
+  /** Items per chunk. Default 256. */
+  chunk?: number;
+  /** Chunks the worker may walk ahead. Default 8. */
+  window?: number;
+}
+
+/**
+ * {@linkcode scanFolders} on a worker thread, yielding its items in chunks. The walk runs
+ * in parallel with whatever the caller does with the chunks, a bounded number of chunks
+ * ahead. Stops (and ends the worker) when `signal` aborts or the caller stops iterating.
+ *
+ * @throws {Deno.errors.NotFound} when `base` does not exist; Error for a failed walk.
+ */
+export async function* scanFoldersInWorker(
+  base: string,
+  options: WorkerScanOptions = {},
+): AsyncGenerator<ScanItem[]> {
+  const worker = new Worker(new URL("./scan_worker.ts", import.meta.url).href, {
+    type: "module",
+  });
+  type Message =
+    | { type: "items"; items: ScanItem[] }
+    | { type: "done" }
+    | { type: "error"; message: string; notFound: boolean };
+  const inbox: Message[] = [];
+  let notify: (() => void) | null = null;
+  const arrive = (message: Message) => {
+    inbox.push(message);
+    const n = notify;
+    notify = null;
+    n?.();
+  };
+  worker.onmessage = (event: MessageEvent<Message>) => arrive(event.data);
+  worker.onerror = (event: ErrorEvent) => {
+    event.preventDefault();
+    arrive({ type: "error", message: event.message, notFound: false });
+  };
+  const onAbort = () => arrive({ type: "done" });
+  options.signal?.addEventListener("abort", onAbort, { once: true });
+  try {
+    worker.postMessage({
+      type: "start",
+      base,
+      imageExtensions: options.imageExtensions,
+      statsFileName: options.statsFileName,
+      markerNames: [...(options.markerNames ?? [])],
+      chunk: options.chunk ?? 256,
+      window: options.window ?? 8,
+    });
+    while (!options.signal?.aborted) {
+      while (inbox.length === 0) await new Promise<void>((resolve) => (notify = resolve));
+      const message = inbox.shift()!;
+      if (message.type === "done") return;
+      if (message.type === "error") {
+        if (message.notFound) throw new Deno.errors.NotFound(message.message);
+        throw new Error(`Cannot walk ${base}: ${message.message}`);
+      }
+      worker.postMessage({ type: "ack" });
+      yield message.items;
+    }
+  } finally {
+    options.signal?.removeEventListener("abort", onAbort);
+    worker.terminate();
+  }
+}

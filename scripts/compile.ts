@@ -66,6 +66,9 @@ async function main(argv: string[]): Promise<number> {
       "compile",
       ...PERMISSIONS,
       ...includes.flatMap((file) => ["--include", file]),
+      // The folder walk runs in a worker, loaded by URL at run time: bundle its module too.
+      "--include",
+      join(ROOT, "lib", "scan_worker.ts"),
       ...(target ? ["--target", target] : []),
       "--output",
       output,

@@ -1,0 +1,78 @@
+/**
+ * The folder walk in a worker thread: runs {@linkcode scanFolders} and posts its items to
+ * the main thread in chunks, at most a few chunks ahead of what the main thread has taken
+ * (so memory stays flat). The walk's system calls then use one core while the tracker,
+ * row building and psql use the other.
+ *
+ * Protocol: main -> worker `{type: "start", ...WalkRequest}` then one `{type: "ack"}` per
+ * chunk taken; worker -> main `{type: "items", items}` ..., then `{type: "done"}` or
+ * `{type: "error", message, notFound}`.
+ *
+ * @module
+ */
+
+/// <reference no-default-lib="true" />
+/// <reference lib="deno.worker" />
+
+import { scanFolders, type ScanItem } from "./scan.ts";
+
+/** What the main thread asks the worker to walk. */
+export interface WalkRequest {
+  base: string;
+  imageExtensions?: readonly string[];
+  statsFileName?: string;
+  markerNames?: string[];
+  /** Items per message. */
+  chunk: number;
+  /** Messages the worker may post ahead of the main thread. */
+  window: number;
+}
+
+let credits = 0;
+let wake: (() => void) | null = null;
+
+async function post(items: ScanItem[]): Promise<void> {
+  while (credits <= 0) await new Promise<void>((resolve) => (wake = resolve));
+  credits--;
+  self.postMessage({ type: "items", items });
+}
+
+async function walk(request: WalkRequest): Promise<void> {
+  credits = request.window;
+  try {
+    let buffer: ScanItem[] = [];
+    for (
+      const item of scanFolders(request.base, {
+        imageExtensions: request.imageExtensions,
+        statsFileName: request.statsFileName,
+        markerNames: new Set(request.markerNames ?? []),
+      })
+    ) {
+      buffer.push(item);
+      if (buffer.length >= request.chunk) {
+        await post(buffer);
+        buffer = [];
+      }
+    }
+    if (buffer.length > 0) await post(buffer);
+    self.postMessage({ type: "done" });
+  } catch (error) {
+    self.postMessage({
+      type: "error",
+      message: error instanceof Error ? error.message : String(error),
+      notFound: error instanceof Deno.errors.NotFound,
+    });
+  }
+}
+
+self.onmessage = (event: MessageEvent) => {
+  const data = event.data as { type: string } & Partial<WalkRequest>;
+  if (data.type === "ack") {
+    credits++;
+    const w = wake;
+    wake = null;
+    w?.();
+  } else if (data.type === "start") {
+    walk(data as WalkRequest);
+  }
+};
