@@ -77,7 +77,8 @@ export class UploaderProcess {
   readonly done: Promise<UploaderExit>;
   #exited = false;
   #waiters: { pred: (e: UploaderEvent) => boolean; resolve: (e: UploaderEvent) => void }[] = [];
-  #exitWaiters: (() => void)[] = [];
+  #exitWaiters: ((exit: UploaderExit) => void)[] = [];
+  #exit: UploaderExit | undefined;
 
   constructor(args: string[], options: UploaderOptions = {}) {
     const env: Record<string, string> = { NO_COLOR: "1" };
@@ -115,8 +116,7 @@ export class UploaderProcess {
       live.delete(this);
       // Children a SIGKILL left behind (psql) go with the group.
       this.#signalGroup("SIGKILL");
-      for (const w of this.#exitWaiters) w();
-      return {
+      const exit: UploaderExit = {
         code: status.code,
         signal: status.signal,
         stdout: out,
@@ -124,6 +124,9 @@ export class UploaderProcess {
         events: this.events,
         durationMs: performance.now() - started,
       };
+      this.#exit = exit;
+      for (const w of this.#exitWaiters) w(exit);
+      return exit;
     })();
   }
 
@@ -168,9 +171,7 @@ export class UploaderProcess {
   ): Promise<UploaderEvent> {
     const seen = this.events.find(pred);
     if (seen) return Promise.resolve(seen);
-    if (this.#exited) {
-      return Promise.reject(new Error(`Uploader ${this.pid} exited before the awaited event`));
-    }
+    if (this.#exit) return Promise.reject(this.#exitedError(this.#exit));
     return new Promise((resolve, reject) => {
       const timer = setTimeout(() => {
         cleanup();
@@ -183,9 +184,9 @@ export class UploaderProcess {
           resolve(e);
         },
       };
-      const onExit = () => {
+      const onExit = (exit: UploaderExit) => {
         cleanup();
-        reject(new Error(`Uploader ${this.pid} exited before the awaited event`));
+        reject(this.#exitedError(exit));
       };
       const cleanup = () => {
         clearTimeout(timer);
@@ -195,6 +196,12 @@ export class UploaderProcess {
       this.#waiters.push(waiter);
       this.#exitWaiters.push(onExit);
     });
+  }
+
+  #exitedError(exit: UploaderExit): Error {
+    return new Error(
+      `Uploader ${this.pid} exited before the awaited event: ${describeExit(exit)}`,
+    );
   }
 
   /** Whether the process has exited. */
