@@ -356,9 +356,11 @@ export class Tracker {
     basePath: string,
     options: DiffOptions & { dryRun?: boolean },
   ): ScanDecision[] {
+    // One lookup and one last-seen update per chunk, not per folder: on a rescan of an
+    // unchanged tree these two are nearly all the tracker does.
     const select = this.#stmt(
-      "SELECT file_hash, folder_key, upload_status, retry_count, next_attempt_at " +
-        "FROM folder_status WHERE folder_path = ?",
+      "SELECT folder_path, file_hash, folder_key, upload_status, retry_count, next_attempt_at " +
+        "FROM folder_status WHERE folder_path IN (SELECT value FROM json_each(?))",
     );
     const insert = this.#stmt(
       "INSERT INTO folder_status (folder_path, folder_name, last_modified, file_count, file_hash, " +
@@ -372,13 +374,24 @@ export class Tracker {
         "WHERE folder_path = ?",
     );
     const seen = this.#stmt(
-      "UPDATE folder_status SET last_seen_run = ?, settling = ?, base_path = ? WHERE folder_path = ?",
+      "UPDATE folder_status SET last_seen_run = ?, settling = ?, base_path = ? " +
+        "WHERE folder_path IN (SELECT value FROM json_each(?))",
     );
     const nowText = iso(new Date(options.nowMs));
     const apply = () => {
       const out: ScanDecision[] = [];
+      const rows = new Map<string, FolderRow>();
+      for (
+        const row of select.all(
+          JSON.stringify(snapshots.map((s) => s.path)),
+        ) as unknown as (FolderRow & {
+          folder_path: string;
+        })[]
+      ) rows.set(row.folder_path, row);
+      const seenSettled: string[] = [];
+      const seenSettling: string[] = [];
       for (const snap of snapshots) {
-        const row = select.get(snap.path) as FolderRow | undefined;
+        const row = rows.get(snap.path);
         const tracked: TrackedState | undefined = row && {
           fileHash: row.file_hash ?? "",
           folderKey: row.folder_key,
@@ -423,9 +436,11 @@ export class Tracker {
             snap.path,
           );
         } else {
-          seen.run(runId, settling, basePath, snap.path);
+          (settling ? seenSettling : seenSettled).push(snap.path);
         }
       }
+      if (seenSettled.length > 0) seen.run(runId, 0, basePath, JSON.stringify(seenSettled));
+      if (seenSettling.length > 0) seen.run(runId, 1, basePath, JSON.stringify(seenSettling));
       return out;
     };
     return options.dryRun ? apply() : this.transaction(apply);
@@ -445,29 +460,37 @@ export class Tracker {
    * their message and one more retry counted.
    */
   recordBatch(batch: BatchRecord, outcomes: readonly FolderOutcome[]): void {
+    // Acknowledged folders in two statements per batch: those still as scanned become
+    // success; those rescanned with another fingerprint meanwhile keep their pending status.
+    const acked =
+      "FROM (SELECT json_extract(value, '$[0]') AS p, json_extract(value, '$[1]') AS h " +
+      "FROM json_each(?)) AS o WHERE folder_status.folder_path = o.p";
     const ok = this.#stmt(
-      "UPDATE folder_status SET upload_status = 'success', uploaded_hash = ?, upload_timestamp = ?, " +
-        "error_message = NULL, retry_count = 0, next_attempt_at = NULL, updated_at = ? " +
-        "WHERE folder_path = ? AND file_hash = ?",
+      "UPDATE folder_status SET upload_status = 'success', uploaded_hash = o.h, " +
+        "upload_timestamp = ?, error_message = NULL, retry_count = 0, next_attempt_at = NULL, " +
+        `updated_at = ? ${acked} AND folder_status.file_hash = o.h`,
     );
     const okStale = this.#stmt(
-      "UPDATE folder_status SET uploaded_hash = ?, upload_timestamp = ?, updated_at = ? " +
-        "WHERE folder_path = ?",
+      "UPDATE folder_status SET uploaded_hash = o.h, upload_timestamp = ?, updated_at = ? " +
+        `${acked} AND folder_status.file_hash IS NOT o.h`,
     );
     const endText = iso(batch.endTime);
     this.transaction(() => {
-      let successful = 0;
       let failed = 0;
+      const done: [string, string][] = [];
       for (const o of outcomes) {
         if (o.ok) {
-          successful++;
-          const changed = ok.run(o.fingerprint, endText, endText, o.path, o.fingerprint);
-          // The folder was rescanned with another fingerprint meanwhile: keep it pending.
-          if (Number(changed.changes) === 0) okStale.run(o.fingerprint, endText, endText, o.path);
+          done.push([o.path, o.fingerprint]);
         } else {
           failed++;
           this.#markFailed(o.path, o.error ?? "Unknown error", endText);
         }
+      }
+      const successful = done.length;
+      if (successful > 0) {
+        const pairs = JSON.stringify(done);
+        ok.run(endText, endText, pairs);
+        okStale.run(endText, endText, pairs);
       }
       this.#stmt(
         "INSERT INTO upload_batches (batch_id, batch_name, total_folders, successful_uploads, " +
