@@ -25,7 +25,14 @@ import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { generateTree } from "../tests/support/tree.ts";
 import { type PgServer, startPostgres } from "../tests/support/postgres.ts";
-import { copyFloor, findFloor, floorTableSql, psqlExec, writeCopyFile } from "./floor.ts";
+import {
+  type CopyFile,
+  copyFloor,
+  findFloor,
+  floorTableSql,
+  psqlExec,
+  writeCopyFile,
+} from "./floor.ts";
 import { cpuSeconds, type Measured, runMeasured } from "./proc.ts";
 import { startDelayProxy } from "./delay_proxy.ts";
 import {
@@ -52,6 +59,8 @@ interface Options {
   tree?: string;
   latencyMs: number;
   parallelList: number[];
+  /** Steps to run: scan, first, unchanged, percent (the last two imply first). */
+  steps: Set<string>;
   profile?: string;
   jsonOut: string;
 }
@@ -75,6 +84,7 @@ function parseOptions(argv: string[]): Options {
       tree: { type: "string" },
       "latency-ms": { type: "string", default: "0" },
       "parallel-list": { type: "string", default: "1,4,8" },
+      steps: { type: "string", default: "scan,first,unchanged,percent" },
       profile: { type: "string" },
       "json-out": { type: "string" },
       help: { type: "boolean", short: "h" },
@@ -94,9 +104,21 @@ function parseOptions(argv: string[]): Options {
     tree: values.tree,
     latencyMs: int("latency-ms", values["latency-ms"], 0),
     parallelList: values["parallel-list"].split(",").map((p) => int("parallel-list", p, 1)),
+    steps: parseSteps(values.steps),
     profile: values.profile,
     jsonOut: values["json-out"] ?? join(ROOT, "bench", "out", `${stamp}.json`),
   };
+}
+
+const STEPS = ["scan", "first", "unchanged", "percent"];
+
+function parseSteps(text: string): Set<string> {
+  const steps = new Set(text.split(",").map((s) => s.trim()).filter((s) => s !== ""));
+  for (const step of steps) {
+    if (!STEPS.includes(step)) usage(`--steps takes some of ${STEPS.join(",")}`);
+  }
+  if (steps.has("unchanged") || steps.has("percent")) steps.add("first");
+  return steps;
 }
 
 function log(line: string): void {
@@ -399,18 +421,24 @@ async function main(): Promise<number> {
     }
 
     // The rows the uploader would send, as a COPY file (building them is not timed).
+    const runsOf = (step: string) => (options.steps.has(step) ? runs : 0);
     const copyFile = join(work, "rows.copy");
-    const copy = writeCopyFile(bench.tree, copyFile, {
-      id: DEVICE_ID,
-      name: DEVICE_NAME,
-      type: "image_analyzer",
-    });
-    if (copy.rows !== units) throw new Error(`COPY file has ${copy.rows} rows, expected ${units}`);
-    log(
-      `COPY file: ${copy.rows} rows, ${(copy.bytes / 1e6).toFixed(1)} MB, built in ${
-        (copy.buildMs / 1000).toFixed(1)
-      } s`,
-    );
+    let copy: CopyFile | null = null;
+    if (runsOf("first") > 0) {
+      copy = writeCopyFile(bench.tree, copyFile, {
+        id: DEVICE_ID,
+        name: DEVICE_NAME,
+        type: "image_analyzer",
+      });
+      if (copy.rows !== units) {
+        throw new Error(`COPY file has ${copy.rows} rows, expected ${units}`);
+      }
+      log(
+        `COPY file: ${copy.rows} rows, ${(copy.bytes / 1e6).toFixed(1)} MB, built in ${
+          (copy.buildMs / 1000).toFixed(1)
+        } s`,
+      );
+    }
 
     // 1. Scan only, fresh tracker each run, vs find.
     const scan: StepResult = {
@@ -420,8 +448,8 @@ async function main(): Promise<number> {
       folders: units,
       runs: [],
     };
-    bench.steps.push(scan);
-    for (let i = 0; i < runs; i++) {
+    if (runsOf("scan") > 0) bench.steps.push(scan);
+    for (let i = 0; i < runsOf("scan"); i++) {
       const floorMs = await bench.find();
       const { summary, figures } = await bench.upload([
         "--scan-only",
@@ -452,9 +480,9 @@ async function main(): Promise<number> {
       runs: [],
     };
     const findStep: StepResult = { key: "find_floor", label: "(floor) find", runs: [] };
-    bench.steps.push(first);
+    if (runsOf("first") > 0) bench.steps.push(first);
     let tracker = "";
-    for (let i = 0; i < runs; i++) {
+    for (let i = 0; i < runsOf("first"); i++) {
       const findMs = await bench.find();
       await bench.emptyTable(FLOOR_TABLE);
       const copied = await copyFloor(bench.url, FLOOR_TABLE, copyFile);
@@ -494,8 +522,8 @@ async function main(): Promise<number> {
       folders: units,
       runs: [],
     };
-    bench.steps.push(unchanged);
-    for (let i = 0; i < runs; i++) {
+    if (runsOf("unchanged") > 0) bench.steps.push(unchanged);
+    for (let i = 0; i < runsOf("unchanged"); i++) {
       const floorMs = await bench.find();
       const { summary, figures } = await bench.upload(["--db-path", tracker]);
       expectCounts("unchanged re-run", summary, {
@@ -522,8 +550,8 @@ async function main(): Promise<number> {
       folders: units,
       runs: [],
     };
-    bench.steps.push(percent);
-    for (let i = 0; i < runs; i++) {
+    if (runsOf("percent") > 0) bench.steps.push(percent);
+    for (let i = 0; i < runsOf("percent"); i++) {
       const changed = bench.changeOnePercent(i);
       const floorMs = await bench.find();
       const { summary, figures } = await bench.upload(["--db-path", tracker]);
@@ -542,7 +570,7 @@ async function main(): Promise<number> {
           `(find ${(floorMs / 1000).toFixed(2)} s)`,
       );
     }
-    bench.steps.push(findStep, copyStep);
+    if (runsOf("first") > 0) bench.steps.push(findStep, copyStep);
 
     // 5. Latency: the first upload through a delaying proxy, at several --parallel.
     const latencySteps: { parallel: number; step: StepResult }[] = [];
@@ -616,6 +644,7 @@ async function main(): Promise<number> {
     const fig = (step: StepResult) => stepFigures(step);
     const targets: TargetResult[] = [];
     const ratioTarget = (label: string, step: StepResult, limit: number) => {
+      if (step.runs.length === 0) return;
       const f = fig(step);
       if (f.ratio !== null) {
         targets.push({ label, measured: f.ratio, limit, unit: "x", pass: f.ratio <= limit });
@@ -626,6 +655,7 @@ async function main(): Promise<number> {
     ratioTarget("1 % changed / find", percent, 2);
     if (big) {
       const abs = (label: string, step: StepResult, limitS: number) => {
+        if (step.runs.length === 0) return;
         const s = fig(step).medianMs / 1000;
         targets.push({ label, measured: s, limit: limitS, unit: "s", pass: s <= limitS });
       };
@@ -646,7 +676,7 @@ async function main(): Promise<number> {
     const local = fig(first).rate ?? 0;
     for (const { parallel, step } of latencySteps) {
       const rate = fig(step).rate ?? 0;
-      if (parallel < 4) continue;
+      if (parallel < 4 || first.runs.length === 0) continue;
       targets.push({
         label: `+${options.latencyMs} ms, --parallel ${parallel}: rate / local rate`,
         measured: rate / local,

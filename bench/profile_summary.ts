@@ -54,6 +54,40 @@ export interface ProfileSummary {
   files: Entry[];
   /** Functions by inclusive time (counted once per sample however deep the recursion). */
   inclusive: Entry[];
+  /** Time by phase of the pipeline: each sample goes to its innermost known phase. */
+  phases: Entry[];
+}
+
+/**
+ * The pipeline's phases, by the function that marks them, most specific first. A sample
+ * belongs to the first phase whose function is anywhere on its stack; samples under none
+ * of them are "other" (startup, glue).
+ */
+const PHASES: [RegExp, string][] = [
+  [/^readStats lib\/folder\.ts/, "read stats.json (buildRow)"],
+  [/^fingerprintFiles lib\/fingerprint\.ts/, "fingerprint md5 (scan)"],
+  [/^buildUpsertStatement lib\/sql\.ts/, "upsert SQL text (writer)"],
+  [/^buildRow lib\/folder\.ts/, "build row: md5, JSON (buildRow)"],
+  [/^applyScan lib\/tracker\.ts/, "tracker diff (SQLite)"],
+  [
+    /^(recordBatch|startBatch|recordFolderFailures) lib\/tracker\.ts/,
+    "tracker record batch (SQLite)",
+  ],
+  [/^(missing|finishRun|startRun) lib\/tracker\.ts/, "tracker run bookkeeping (SQLite)"],
+  [/^(scanFolders|snapshotFolder) lib\/scan\.ts/, "walk: readdir + lstat (scan)"],
+  [/ lib\/psql\.ts/, "psql session I/O"],
+  [/ lib\/writer\.ts/, "writer (pool, retry)"],
+  [/ lib\/progress\.ts/, "progress output"],
+  [/ lib\/tracker\.ts/, "tracker other (open, lock, migrate)"],
+  [/^\(idle\)$/, "idle (waiting for psql / timers)"],
+  [/^\(garbage collector\)$/, "GC"],
+];
+
+function phaseOf(names: string[]): string {
+  for (const [pattern, phase] of PHASES) {
+    if (names.some((name) => pattern.test(name))) return phase;
+  }
+  return "other (startup, module load, pipeline glue)";
 }
 
 /** Short source location: the path after the repository root, or the URL as it is. */
@@ -76,6 +110,7 @@ export function summarise(profiles: CpuProfile[], top = 25): ProfileSummary {
   const self = new Map<string, number>();
   const files = new Map<string, number>();
   const inclusive = new Map<string, number>();
+  const phases = new Map<string, number>();
   let totalMs = 0;
   let idleMs = 0;
   let gcMs = 0;
@@ -103,14 +138,18 @@ export function summarise(profiles: CpuProfile[], top = 25): ProfileSummary {
         : shortUrl(node.callFrame.url);
       files.set(file, (files.get(file) ?? 0) + ms);
       const seen = new Set<string>();
+      const stack: string[] = [];
       for (let id: number | undefined = node.id; id !== undefined; id = parent.get(id)) {
         const frame = byId.get(id)!.callFrame;
         if (frame.functionName === "(root)") continue;
         const key = frameName(frame);
+        stack.push(key);
         if (seen.has(key)) continue;
         seen.add(key);
         inclusive.set(key, (inclusive.get(key) ?? 0) + ms);
       }
+      const phase = phaseOf(stack);
+      phases.set(phase, (phases.get(phase) ?? 0) + ms);
     }
   }
   const rank = (map: Map<string, number>, count: number): Entry[] =>
@@ -125,6 +164,7 @@ export function summarise(profiles: CpuProfile[], top = 25): ProfileSummary {
     self: rank(self, top),
     files: rank(files, top),
     inclusive: rank(inclusive, top * 2),
+    phases: rank(phases, PHASES.length + 1),
   };
 }
 
@@ -157,6 +197,8 @@ export function formatSummary(title: string, s: ProfileSummary): string {
     `Wall ${(s.totalMs / 1000).toFixed(2)} s; idle (waiting on psql, I/O) ${
       (s.idleMs / 1000).toFixed(2)
     } s; GC ${(s.gcMs / 1000).toFixed(2)} s.`,
+    "",
+    table("phase", s.phases),
     "",
     table("self time: function", s.self),
     "",

@@ -62,6 +62,8 @@ export interface StepFigures {
   psqlPeakMb: number | null;
   psqlSumMb: number | null;
   cpu: { deno: number; psql: number; server: number | null } | null;
+  /** Median 1-minute load average at the start of the runs. */
+  load: number | null;
 }
 
 const mb = (kb: number | undefined) => (kb === undefined ? null : kb / 1024);
@@ -77,6 +79,7 @@ export function stepFigures(step: StepResult): StepFigures {
   };
   const cpus = step.runs.map((r) => r.cpu).filter((c) => c !== undefined);
   const servers = cpus.map((c) => c.server).filter((v): v is number => v !== null);
+  const loads = step.runs.map((r) => r.load).filter((v): v is number => v !== undefined);
   return {
     medianMs,
     floorMs,
@@ -92,6 +95,7 @@ export function stepFigures(step: StepResult): StepFigures {
         server: servers.length > 0 ? median(servers) : null,
       }
       : null,
+    load: loads.length > 0 ? median(loads) : null,
   };
 }
 
@@ -104,8 +108,8 @@ const fmt = (
 export function formatSteps(steps: StepResult[]): string {
   const lines = [
     "| step | runs | median s | floor | floor s | x floor | folders/s | Deno RSS MB | " +
-    "psql RSS MB peak / sum | CPU s Deno / psql / server |",
-    "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|",
+    "psql RSS MB peak / sum | CPU s Deno / psql / server | load |",
+    "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|",
   ];
   for (const step of steps) {
     const f = stepFigures(step);
@@ -116,6 +120,8 @@ export function formatSteps(steps: StepResult[]): string {
       : "";
     const psql = f.psqlPeakMb === null || f.psqlPeakMb === 0
       ? ""
+      : f.psqlSumMb === null
+      ? fmt(f.psqlPeakMb, 0)
       : `${fmt(f.psqlPeakMb, 0)} / ${fmt(f.psqlSumMb, 0)}`;
     lines.push(
       `| ${step.label} | ${step.runs.length} | ${fmt(f.medianMs / 1000)} | ${
@@ -125,7 +131,7 @@ export function formatSteps(steps: StepResult[]): string {
         `${f.rate === null ? "" : Math.round(f.rate).toLocaleString("en-US")} | ${
           fmt(f.rssMb, 0)
         } | ` +
-        `${psql} | ${cpu} |`,
+        `${psql} | ${cpu} | ${fmt(f.load, 1)} |`,
     );
   }
   return lines.join("\n");
