@@ -153,7 +153,25 @@ async function machineInfo(tmp: string) {
     v8: Deno.version.v8,
     psql: await commandText("psql", ["--version"]),
     load_at_start: Deno.readTextFileSync("/proc/loadavg").trim(),
+    ...await gitInfo(),
   };
+}
+
+/** The commit measured, and whether the code differs from it (a shared working tree). */
+async function gitInfo(): Promise<{ commit: string; uncommitted: string[] }> {
+  const commit = await commandText("git", ["-C", ROOT, "rev-parse", "--short", "HEAD"]);
+  const status = await commandText("git", [
+    "-C",
+    ROOT,
+    "status",
+    "--porcelain",
+    "--",
+    "lib",
+    "scripts",
+    "config.ts",
+    "deno.json",
+  ]);
+  return { commit, uncommitted: status.split("\n").filter((l) => l.trim() !== "") };
 }
 
 /** The uploader's final `{"event":"summary"}` line. */
@@ -689,12 +707,17 @@ async function main(): Promise<number> {
     const loadAtEnd = Deno.readTextFileSync("/proc/loadavg").trim();
     const table = formatSteps(bench.steps);
     const targetTable = formatTargets(targets);
+    const code = machine.uncommitted.length === 0
+      ? `code: ${machine.commit}`
+      : `code: ${machine.commit} plus uncommitted changes to ${
+        machine.uncommitted.map((l) => l.slice(3)).join(", ")
+      }`;
     const header = `Tree: ${options.folders.toLocaleString("en-US")} folders ` +
       `(${units.toLocaleString("en-US")} upload units, nested Line<n>/Batch<i>, 1000 per line); ` +
       `${runs} run(s) per step (latency and profile runs: 1 each); ` +
       `server: ${bench.external ? "$SUPABASE_DB_URL" : `private PostgreSQL ${pgVersion}`}; ` +
       `load average at start ${machine.load_at_start.split(" ").slice(0, 3).join(" ")}, ` +
-      `at end ${loadAtEnd.split(" ").slice(0, 3).join(" ")}.`;
+      `at end ${loadAtEnd.split(" ").slice(0, 3).join(" ")}; ${code}.`;
     console.log(`${header}\n\n${table}\n\n${targetTable}\n`);
     if (profileText.length > 0) console.log(profileText.join("\n"));
 
