@@ -49,6 +49,12 @@ export interface ScanOptions {
   markerNames?: ReadonlySet<string>;
   /** Checked between folders; when aborted the scan stops early. */
   signal?: AbortSignal;
+  /**
+   * Walk only part of the tree, for parallel walkers: the base's subfolders whose index
+   * (in name order) modulo `count` is `index`; the base folder itself belongs to part 0.
+   * Default: the whole tree.
+   */
+  partition?: { index: number; count: number };
 }
 
 const DEFAULT_IMAGE_EXTENSIONS = [".jpg", ".jpeg", ".png", ".gif", ".bmp"];
@@ -73,6 +79,7 @@ export function* scanFolders(base: string, options: ScanOptions = {}): Generator
   const extensions = options.imageExtensions ?? DEFAULT_IMAGE_EXTENSIONS;
   const statsName = options.statsFileName ?? "stats.json";
   const markers = options.markerNames ?? new Set<string>();
+  const part = options.partition && options.partition.count > 1 ? options.partition : undefined;
   // The base is the one path followed when it is a symlink (as `find -H` does): the user
   // named it. Links below it are never followed.
   const rootInfo = Deno.statSync(root);
@@ -127,17 +134,26 @@ export function* scanFolders(base: string, options: ScanOptions = {}): Generator
       yield { kind: "problem", problem: { path: dir, reason: describeFsError(error) } };
       continue;
     }
-    for (const name of badNames) {
-      yield {
-        kind: "problem",
-        problem: { path: join(dir, name), reason: "Name is not valid UTF-8" },
-      };
+    let ownsDir = true;
+    let children = subdirs;
+    if (part && dir === root) {
+      ownsDir = part.index === 0;
+      children.sort();
+      children = children.filter((_, i) => i % part.count === part.index);
     }
-    if (subdirs.length > 0) {
-      subdirs.sort();
-      stack.push({ dir, key, subdirs, next: 0 });
+    if (ownsDir) {
+      for (const name of badNames) {
+        yield {
+          kind: "problem",
+          problem: { path: join(dir, name), reason: "Name is not valid UTF-8" },
+        };
+      }
     }
-    if (!isUnit) continue;
+    if (children.length > 0) {
+      children.sort();
+      stack.push({ dir, key, subdirs: children, next: 0 });
+    }
+    if (!isUnit || !ownsDir) continue;
 
     const files: FileEntry[] = [];
     let vanished = false;
@@ -251,8 +267,10 @@ export function describeFsError(error: unknown): string {
 export interface WorkerScanOptions extends ScanOptions {
   /** Items per chunk. Default 256. */
   chunk?: number;
-  /** Chunks the worker may walk ahead. Default 8. */
+  /** Chunks each worker may walk ahead. Default 8. */
   window?: number;
+  /** Walkers in parallel, each taking a share of the base's subfolders. Default 2. */
+  workers?: number;
 }
 
 /**
@@ -266,51 +284,68 @@ export async function* scanFoldersInWorker(
   base: string,
   options: WorkerScanOptions = {},
 ): AsyncGenerator<ScanItem[]> {
-  const worker = new Worker(new URL("./scan_worker.ts", import.meta.url).href, {
-    type: "module",
-  });
   type Message =
     | { type: "items"; items: ScanItem[] }
     | { type: "done" }
     | { type: "error"; message: string; notFound: boolean };
-  const inbox: Message[] = [];
+  const count = Math.max(1, options.workers ?? 2);
+  const inbox: { from: Worker; message: Message }[] = [];
   let notify: (() => void) | null = null;
-  const arrive = (message: Message) => {
-    inbox.push(message);
+  const arrive = (from: Worker, message: Message) => {
+    inbox.push({ from, message });
     const n = notify;
     notify = null;
     n?.();
   };
-  worker.onmessage = (event: MessageEvent<Message>) => arrive(event.data);
-  worker.onerror = (event: ErrorEvent) => {
-    event.preventDefault();
-    arrive({ type: "error", message: event.message, notFound: false });
+  const workers: Worker[] = [];
+  const onAbort = () => {
+    const n = notify;
+    notify = null;
+    n?.();
   };
-  const onAbort = () => arrive({ type: "done" });
   options.signal?.addEventListener("abort", onAbort, { once: true });
   try {
-    worker.postMessage({
-      type: "start",
-      base,
-      imageExtensions: options.imageExtensions,
-      statsFileName: options.statsFileName,
-      markerNames: [...(options.markerNames ?? [])],
-      chunk: options.chunk ?? 256,
-      window: options.window ?? 8,
-    });
-    while (!options.signal?.aborted) {
-      while (inbox.length === 0) await new Promise<void>((resolve) => (notify = resolve));
-      const message = inbox.shift()!;
-      if (message.type === "done") return;
+    for (let index = 0; index < count; index++) {
+      const worker = new Worker(new URL("./scan_worker.ts", import.meta.url).href, {
+        type: "module",
+      });
+      worker.onmessage = (event: MessageEvent<Message>) => arrive(worker, event.data);
+      worker.onerror = (event: ErrorEvent) => {
+        event.preventDefault();
+        arrive(worker, { type: "error", message: event.message, notFound: false });
+      };
+      workers.push(worker);
+      worker.postMessage({
+        type: "start",
+        base,
+        imageExtensions: options.imageExtensions,
+        statsFileName: options.statsFileName,
+        markerNames: [...(options.markerNames ?? [])],
+        chunk: options.chunk ?? 256,
+        window: options.window ?? 8,
+        partition: { index, count },
+      });
+    }
+    let running = count;
+    while (running > 0 && !options.signal?.aborted) {
+      if (inbox.length === 0) {
+        await new Promise<void>((resolve) => (notify = resolve));
+        continue;
+      }
+      const { from, message } = inbox.shift()!;
+      if (message.type === "done") {
+        running--;
+        continue;
+      }
       if (message.type === "error") {
         if (message.notFound) throw new Deno.errors.NotFound(message.message);
         throw new Error(`Cannot walk ${base}: ${message.message}`);
       }
-      worker.postMessage({ type: "ack" });
+      from.postMessage({ type: "ack" });
       yield message.items;
     }
   } finally {
     options.signal?.removeEventListener("abort", onAbort);
-    worker.terminate();
+    for (const worker of workers) worker.terminate();
   }
 }

@@ -26,6 +26,8 @@ export interface WalkRequest {
   chunk: number;
   /** Messages the worker may post ahead of the main thread. */
   window: number;
+  /** This walker's share of the tree. */
+  partition?: { index: number; count: number };
 }
 
 let credits = 0;
@@ -46,6 +48,7 @@ async function walk(request: WalkRequest): Promise<void> {
         imageExtensions: request.imageExtensions,
         statsFileName: request.statsFileName,
         markerNames: new Set(request.markerNames ?? []),
+        partition: request.partition,
       })
     ) {
       buffer.push(item);

@@ -13,6 +13,7 @@ import {
   isImageName,
   isUploadUnit,
   scanFolders,
+  scanFoldersInWorker,
   type ScanItem,
   type ScanOptions,
   type ScanProblem,
@@ -485,4 +486,28 @@ Deno.test("scanFolders: a generated tree of 10,000 folders yields every unit exa
   assert.deepEqual([...seen.keys()].sort(), [...tree.keys!].sort());
   // About 1 s on a laptop; the bound only catches pathological slowness.
   assert.ok(elapsed < 30_000, `Scan of 10,000 folders took ${Math.round(elapsed)} ms`);
+});
+
+Deno.test("scanFolders partitions and the worker walk: every unit once, whatever the split", async () => {
+  using dir = tempDir();
+  generateTree(dir.path, { folders: 600, nested: true, perLine: 50 });
+  writeTree(dir.path, { "stats.json": { text: "{}" } }); // the base itself is a unit too
+  const keysOf = (items: Iterable<ScanItem>) =>
+    [...items].flatMap((i) => i.kind === "folder" ? [i.snapshot.key] : []).sort();
+  const whole = keysOf(scanFolders(dir.path));
+  for (const count of [2, 3]) {
+    const parts = Array.from(
+      { length: count },
+      (_, index) => keysOf(scanFolders(dir.path, { partition: { index, count } })),
+    );
+    assert.deepEqual(parts.flat().sort(), whole, `${count} parts`);
+    assert.ok(parts[0].includes(whole.find((k) => !k.includes("/"))!), "the base is in part 0");
+  }
+  for (const workers of [1, 2]) {
+    const items: ScanItem[] = [];
+    for await (const chunk of scanFoldersInWorker(dir.path, { workers, chunk: 7 })) {
+      items.push(...chunk);
+    }
+    assert.deepEqual(keysOf(items), whole, `${workers} worker(s)`);
+  }
 });
