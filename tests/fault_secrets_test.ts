@@ -30,13 +30,20 @@ function findLeak(haystack: string, secrets: string[]): string | undefined {
   return secrets.find((s) => haystack.includes(s));
 }
 
-/** Every file below `dir` (not following symlinks), as latin1 text, with its path. */
+/**
+ * Every file below `dir` (not following symlinks), as latin1 text, with its path. Files
+ * that vanish while it reads (a marker's temp file renamed during the run) are skipped.
+ */
 function filesBelow(dir: string): { path: string; text: string }[] {
   const out: { path: string; text: string }[] = [];
   for (const entry of Deno.readDirSync(dir)) {
     const path = join(dir, entry.name);
-    if (entry.isDirectory) out.push(...filesBelow(path));
-    else if (entry.isFile) out.push({ path, text: LATIN1.decode(Deno.readFileSync(path)) });
+    try {
+      if (entry.isDirectory) out.push(...filesBelow(path));
+      else if (entry.isFile) out.push({ path, text: LATIN1.decode(Deno.readFileSync(path)) });
+    } catch (error) {
+      if (!(error instanceof Deno.errors.NotFound)) throw error;
+    }
   }
   return out;
 }
