@@ -15,14 +15,7 @@ import { type FolderSnapshot, scanFolders, scanFoldersInWorker, snapshotFolder }
 import { sleep } from "./retry.ts";
 import type { ScanDecision, Tracker } from "./tracker.ts";
 import type { Connector } from "./connect.ts";
-import {
-  type BatchItem,
-  ensureSchema,
-  psqlFactory,
-  SessionPool,
-  writeBatch,
-  type WriteContext,
-} from "./writer.ts";
+import { type BatchItem, LazyWriter, writeBatch } from "./writer.ts";
 
 /** Live counts of a run, read by progress output. */
 export interface RunCounters {
@@ -206,45 +199,24 @@ export async function runUpload(options: UploadOptions): Promise<RunResult> {
   if (options.signal?.aborted) onAbort();
 
   // The write side, opened on the first batch.
-  const batchAbort = new AbortController();
-  let pool: SessionPool | undefined;
-  let opening: Promise<WriteContext> | undefined;
-  const openWriter = (): Promise<WriteContext> => {
-    opening ??= (async () => {
-      if (!options.connector) throw new UploadError("fatal", "No target to upload to");
-      const connection = await options.connector.open();
-      pool = new SessionPool(psqlFactory(connection));
-      const context: WriteContext = {
-        pool,
-        table: config.table,
-        device: {
-          id: options.deviceId,
-          name: config.deviceName || Deno.hostname(),
-          type: config.deviceType,
-        },
-        targetDisplay: options.connector.display,
-        giveUpAfterMs: config.giveUpAfterSeconds * 1000,
-        statementTimeoutMs: options.statementTimeoutMs ?? 600_000,
-        signal: batchAbort.signal,
-        health: { failingSince: null },
-        onRetry: (n) => {
-          counters.retries++;
-          emit({
-            event: "retry",
-            subject: n.subject,
-            attempt: n.attempt,
-            delay_ms: n.delayMs,
-            reason: n.reason,
-          });
-        },
-        now,
-      };
-      const schema = await ensureSchema(context);
-      emit({ event: "schema", table: config.table, rekeyed: schema.rekeyed });
-      return context;
-    })();
-    return opening;
-  };
+  const writer = new LazyWriter({
+    connector: options.connector ?? NO_CONNECTOR,
+    config,
+    deviceId: options.deviceId,
+    statementTimeoutMs: options.statementTimeoutMs,
+    onRetry: (n) => {
+      counters.retries++;
+      emit({
+        event: "retry",
+        subject: n.subject,
+        attempt: n.attempt,
+        delay_ms: n.delayMs,
+        reason: n.reason,
+      });
+    },
+    onSchema: (rekeyed) => emit({ event: "schema", table: config.table, rekeyed }),
+    now,
+  });
 
   const runStamp = new Date(started).toISOString().replace(/[-:]/g, "").replace("T", "_").slice(
     0,
@@ -296,7 +268,7 @@ export async function runUpload(options: UploadOptions): Promise<RunResult> {
     const batchName = `batch_${runStamp}_${String(batchSeq).padStart(4, "0")}`;
     const batchId = `${runId}-${batchSeq}`;
     const bytes = items.reduce((s, i) => s + i.json.length, 0);
-    const context = await openWriter();
+    const context = await writer.open();
     const startedAt = new Date(now());
     tracker.startBatch(batchId, batchName, runId!, items.length, startedAt);
     let result;
@@ -545,15 +517,14 @@ export async function runUpload(options: UploadOptions): Promise<RunResult> {
       sleep(grace).then(() => true),
     ]);
     if (timedOut) {
-      batchAbort.abort();
-      pool?.kill();
+      writer.abandon();
       await Promise.allSettled([...inflight]);
     }
   } else {
     await Promise.allSettled([...inflight]);
   }
   await markerWriter.drain();
-  await pool?.close();
+  await writer.close();
   options.signal?.removeEventListener("abort", onAbort);
 
   if (scanComplete && runId !== null && mode !== "dry-run") {
@@ -599,6 +570,15 @@ export async function runUpload(options: UploadOptions): Promise<RunResult> {
     exhausted,
   };
 }
+
+/** The connector of a run that uploads nothing (scan-only, dry run): never opened. */
+const NO_CONNECTOR: Connector = {
+  display: "",
+  embedded: false,
+  id: "",
+  open: () => Promise.reject(new UploadError("fatal", "No target to upload to")),
+  close: () => Promise.resolve(),
+};
 
 /** Groups a generator's items into arrays of `size`. */
 function* chunked<T>(items: Iterable<T>, size: number): Generator<T[]> {

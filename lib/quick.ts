@@ -1,6 +1,6 @@
 /**
  * Quick upload: named folders (or paths streamed on stdin) go straight to the server, with
- * no tree scan. Uses the manager's write path (SessionPool, ensureSchema, writeBatch), row
+ * no tree scan. Uses the manager's write path (LazyWriter, writeBatch), row
  * builder, snapshot and markers, and records each folder in the tracking database when
  * one is given, so a later `deno task upload` does not send it again. Never prints: it
  * reports through typed events, which {@linkcode quickEventLines} turns into the original
@@ -18,14 +18,7 @@ import { type FolderSnapshot, isImageName, isUploadUnit, snapshotFolder } from "
 import { sleep } from "./retry.ts";
 import type { Connector } from "./connect.ts";
 import type { Tracker } from "./tracker.ts";
-import {
-  type BatchItem,
-  ensureSchema,
-  psqlFactory,
-  SessionPool,
-  writeBatch,
-  type WriteContext,
-} from "./writer.ts";
+import { type BatchItem, LazyWriter, writeBatch } from "./writer.ts";
 
 /** What a quick upload reports as it goes. */
 export type QuickEvent =
@@ -308,44 +301,24 @@ export async function runQuickUpload(
   })();
 
   // The write side, opened on the first batch.
-  const batchAbort = new AbortController();
-  let pool: SessionPool | undefined;
-  let opening: Promise<WriteContext> | undefined;
-  const openWriter = (): Promise<WriteContext> => {
-    opening ??= (async () => {
-      const connection = await options.connector.open();
-      pool = new SessionPool(psqlFactory(connection));
-      const context: WriteContext = {
-        pool,
-        table: config.table,
-        device: {
-          id: options.deviceId,
-          name: config.deviceName || Deno.hostname(),
-          type: config.deviceType,
-        },
-        targetDisplay: options.connector.display,
-        giveUpAfterMs: config.giveUpAfterSeconds * 1000,
-        statementTimeoutMs: options.statementTimeoutMs ?? 600_000,
-        signal: batchAbort.signal,
-        health: { failingSince: null },
-        onRetry: (n) => {
-          counters.retries++;
-          emit({
-            event: "retry",
-            subject: n.subject,
-            attempt: n.attempt,
-            delay_ms: n.delayMs,
-            reason: n.reason,
-          });
-        },
-        now,
-      };
-      const schema = await ensureSchema(context);
-      emit({ event: "schema", table: config.table, rekeyed: schema.rekeyed });
-      return context;
-    })();
-    return opening;
-  };
+  const writer = new LazyWriter({
+    connector: options.connector,
+    config,
+    deviceId: options.deviceId,
+    statementTimeoutMs: options.statementTimeoutMs,
+    onRetry: (n) => {
+      counters.retries++;
+      emit({
+        event: "retry",
+        subject: n.subject,
+        attempt: n.attempt,
+        delay_ms: n.delayMs,
+        reason: n.reason,
+      });
+    },
+    onSchema: (rekeyed) => emit({ event: "schema", table: config.table, rekeyed }),
+    now,
+  });
 
   const putMarker = (path: string, marker: Parameters<typeof writeMarker>[1]) => {
     if (!writeMarkers) return;
@@ -487,7 +460,7 @@ export async function runQuickUpload(
     const items = prepared.map((p) => p.item);
     const snaps = new Map(prepared.map((p) => [p.snap.path, p.snap]));
     const bytes = items.reduce((s, i) => s + i.json.length, 0);
-    const context = await openWriter();
+    const context = await writer.open();
     const startedAt = new Date(now());
     if (tracker && runId !== null) {
       tracker.transaction(() => {
@@ -635,12 +608,11 @@ export async function runQuickUpload(
     ]);
     graceOver.abort();
     if (timedOut) {
-      batchAbort.abort();
-      pool?.kill();
+      writer.abandon();
       await inflight;
     }
   }
-  await pool?.close();
+  await writer.close();
   options.signal?.removeEventListener("abort", onAbort);
   // After an abort the reader may wait on an open stdin forever: leave it.
   if (!stop.signal.aborted) await reading;

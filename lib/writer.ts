@@ -18,6 +18,8 @@ import {
   type UploadRow,
 } from "./sql.ts";
 import { unreachableHint } from "./target.ts";
+import type { Connector } from "./connect.ts";
+import type { UploaderConfig } from "../config.ts";
 
 /** Something that runs one statement at a time: a psql session, or a stand-in in tests. */
 export interface StatementRunner {
@@ -315,4 +317,76 @@ async function writePart(
   const half = Math.ceil(items.length / 2);
   await writePart(items.slice(0, half), batchName, ctx, result);
   await writePart(items.slice(half), batchName, ctx, result);
+}
+
+/** Settings of {@linkcode LazyWriter}. */
+export interface LazyWriterOptions {
+  /** Where rows go. */
+  connector: Connector;
+  /** Table, device name and type, give-up deadline. */
+  config: Pick<UploaderConfig, "table" | "deviceName" | "deviceType" | "giveUpAfterSeconds">;
+  /** This device's id. */
+  deviceId: string;
+  /** Client-side statement timeout (ms). Default 10 minutes. */
+  statementTimeoutMs?: number;
+  /** Called before each retry of a transient failure. */
+  onRetry?: (notice: RetryNotice) => void;
+  /** Called once the schema is ready, with the count of re-keyed duplicates. */
+  onSchema?: (rekeyed: number) => void;
+  now?: () => number;
+}
+
+/**
+ * The write side of a run, opened on first use: starts the target (the embedded server
+ * included), the session pool, and prepares the schema, once, however many batches ask.
+ */
+export class LazyWriter {
+  #options: LazyWriterOptions;
+  #abort = new AbortController();
+  #pool: SessionPool | undefined;
+  #opening: Promise<WriteContext> | undefined;
+
+  constructor(options: LazyWriterOptions) {
+    this.#options = options;
+  }
+
+  /** The write context, opening the target and preparing the schema on the first call. */
+  open(): Promise<WriteContext> {
+    this.#opening ??= (async () => {
+      const o = this.#options;
+      const connection = await o.connector.open();
+      this.#pool = new SessionPool(psqlFactory(connection));
+      const context: WriteContext = {
+        pool: this.#pool,
+        table: o.config.table,
+        device: {
+          id: o.deviceId,
+          name: o.config.deviceName || Deno.hostname(),
+          type: o.config.deviceType,
+        },
+        targetDisplay: o.connector.display,
+        giveUpAfterMs: o.config.giveUpAfterSeconds * 1000,
+        statementTimeoutMs: o.statementTimeoutMs ?? 600_000,
+        signal: this.#abort.signal,
+        health: { failingSince: null },
+        onRetry: o.onRetry,
+        now: o.now,
+      };
+      const schema = await ensureSchema(context);
+      o.onSchema?.(schema.rekeyed);
+      return context;
+    })();
+    return this.#opening;
+  }
+
+  /** Abandons statements in flight: stops retries and kills every psql session. */
+  abandon(): void {
+    this.#abort.abort();
+    this.#pool?.kill();
+  }
+
+  /** Closes the sessions (the connector is closed by its owner). */
+  async close(): Promise<void> {
+    await this.#pool?.close();
+  }
 }
