@@ -306,17 +306,8 @@ export async function runQuickUpload(
     config,
     deviceId: options.deviceId,
     statementTimeoutMs: options.statementTimeoutMs,
-    onRetry: (n) => {
-      counters.retries++;
-      emit({
-        event: "retry",
-        subject: n.subject,
-        attempt: n.attempt,
-        delay_ms: n.delayMs,
-        reason: n.reason,
-      });
-    },
-    onSchema: (rekeyed) => emit({ event: "schema", table: config.table, rekeyed }),
+    counters,
+    emit,
     now,
   });
 

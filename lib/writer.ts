@@ -319,6 +319,11 @@ async function writePart(
   await writePart(items.slice(half), batchName, ctx, result);
 }
 
+/** What the write side reports, as run events. */
+export type WriterEvent =
+  | { event: "retry"; subject: string; attempt: number; delay_ms: number; reason: string }
+  | { event: "schema"; table: string; rekeyed: number };
+
 /** Settings of {@linkcode LazyWriter}. */
 export interface LazyWriterOptions {
   /** Where rows go. */
@@ -329,10 +334,10 @@ export interface LazyWriterOptions {
   deviceId: string;
   /** Client-side statement timeout (ms). Default 10 minutes. */
   statementTimeoutMs?: number;
-  /** Called before each retry of a transient failure. */
-  onRetry?: (notice: RetryNotice) => void;
-  /** Called once the schema is ready, with the count of re-keyed duplicates. */
-  onSchema?: (rekeyed: number) => void;
+  /** Counts retries (the run's counters). */
+  counters: { retries: number };
+  /** Receives a `retry` event before each retry and a `schema` event once it is ready. */
+  emit: (event: WriterEvent) => void;
   now?: () => number;
 }
 
@@ -369,11 +374,20 @@ export class LazyWriter {
         statementTimeoutMs: o.statementTimeoutMs ?? 600_000,
         signal: this.#abort.signal,
         health: { failingSince: null },
-        onRetry: o.onRetry,
+        onRetry: (n) => {
+          o.counters.retries++;
+          o.emit({
+            event: "retry",
+            subject: n.subject,
+            attempt: n.attempt,
+            delay_ms: n.delayMs,
+            reason: n.reason,
+          });
+        },
         now: o.now,
       };
       const schema = await ensureSchema(context);
-      o.onSchema?.(schema.rekeyed);
+      o.emit({ event: "schema", table: o.config.table, rekeyed: schema.rekeyed });
       return context;
     })();
     return this.#opening;
