@@ -5,6 +5,7 @@
  * ```sh
  * deno task bench [--folders N] [--runs K] [--keep] [--tree DIR] [--latency-ms MS]
  *                 [--parallel-list 1,4,8] [--profile DIR] [--json-out FILE]
+ *                 [--steps scan,first,unchanged,percent] [--v8-flags FLAGS]
  * ```
  *
  * Steps (each run beside its floor, the floor measured just before it):
@@ -43,7 +44,7 @@ import {
   type StepResult,
   type TargetResult,
 } from "./report.ts";
-import { formatSummary, profilesIn, readProfiles, summarise } from "./profile_summary.ts";
+import { formatSummary, profilesIn, summariseEach } from "./profile_summary.ts";
 
 const ROOT = fileURLToPath(new URL("..", import.meta.url));
 const UPLOADER = join(ROOT, "scripts", "upload_manager.ts");
@@ -59,6 +60,8 @@ interface Options {
   tree?: string;
   latencyMs: number;
   parallelList: number[];
+  /** `--v8-flags` for the uploader's Deno, e.g. `--max-semi-space-size=2`. */
+  v8Flags?: string;
   /** Steps to run: scan, first, unchanged, percent (the last two imply first). */
   steps: Set<string>;
   profile?: string;
@@ -69,7 +72,8 @@ function usage(message: string): never {
   console.error(`Error: ${message}`);
   console.error(
     "Usage: deno task bench [--folders N] [--runs K] [--keep] [--tree DIR] [--latency-ms MS]\n" +
-      "                       [--parallel-list 1,4,8] [--profile DIR] [--json-out FILE]",
+      "                       [--parallel-list 1,4,8] [--profile DIR] [--json-out FILE]\n" +
+      "                       [--steps scan,first,unchanged,percent] [--v8-flags FLAGS]",
   );
   Deno.exit(2);
 }
@@ -85,6 +89,7 @@ function parseOptions(argv: string[]): Options {
       "latency-ms": { type: "string", default: "0" },
       "parallel-list": { type: "string", default: "1,4,8" },
       steps: { type: "string", default: "scan,first,unchanged,percent" },
+      "v8-flags": { type: "string" },
       profile: { type: "string" },
       "json-out": { type: "string" },
       help: { type: "boolean", short: "h" },
@@ -105,6 +110,7 @@ function parseOptions(argv: string[]): Options {
     latencyMs: int("latency-ms", values["latency-ms"], 0),
     parallelList: values["parallel-list"].split(",").map((p) => int("parallel-list", p, 1)),
     steps: parseSteps(values.steps),
+    v8Flags: values["v8-flags"],
     profile: values.profile,
     jsonOut: values["json-out"] ?? join(ROOT, "bench", "out", `${stamp}.json`),
   };
@@ -261,6 +267,7 @@ class Bench {
     options: { url?: string; profileDir?: string } = {},
   ): Promise<{ result: Measured; summary: Record<string, unknown>; figures: RunFigures }> {
     const denoArgs = ["run", "-A"];
+    if (this.options.v8Flags) denoArgs.push(`--v8-flags=${this.options.v8Flags}`);
     if (options.profileDir) denoArgs.push("--cpu-prof", `--cpu-prof-dir=${options.profileDir}`);
     const load = loadAverage();
     const serverBefore = this.serverCpu();
@@ -640,11 +647,16 @@ async function main(): Promise<number> {
         for (const f of profilesIn(out)) Deno.removeSync(f);
         await prepare?.();
         const { figures } = await bench.upload(args, { profileDir: out });
-        const summary = summarise(readProfiles(profilesIn(out)));
-        profiles[name] = { wall_ms: figures.ms, summary };
-        profileText.push(
-          formatSummary(`${name} (profiled run: ${(figures.ms / 1000).toFixed(2)} s)`, summary),
-        );
+        const threads = summariseEach(profilesIn(out));
+        profiles[name] = { wall_ms: figures.ms, threads };
+        for (const t of threads) {
+          profileText.push(
+            formatSummary(
+              `${name}, ${t.thread} (profiled run: ${(figures.ms / 1000).toFixed(2)} s)`,
+              t.summary,
+            ),
+          );
+        }
         log(`profiled ${name}: ${(figures.ms / 1000).toFixed(2)} s`);
       };
       const profTracker = bench.freshTracker();
@@ -715,6 +727,7 @@ async function main(): Promise<number> {
     const header = `Tree: ${options.folders.toLocaleString("en-US")} folders ` +
       `(${units.toLocaleString("en-US")} upload units, nested Line<n>/Batch<i>, 1000 per line); ` +
       `${runs} run(s) per step (latency and profile runs: 1 each); ` +
+      (options.v8Flags ? `uploader run with --v8-flags=${options.v8Flags}; ` : "") +
       `server: ${bench.external ? "$SUPABASE_DB_URL" : `private PostgreSQL ${pgVersion}`}; ` +
       `load average at start ${machine.load_at_start.split(" ").slice(0, 3).join(" ")}, ` +
       `at end ${loadAtEnd.split(" ").slice(0, 3).join(" ")}; ${code}.`;

@@ -1,6 +1,7 @@
 /**
- * Summarises V8 `.cpuprofile` files (from `deno run --cpu-prof`): the top functions by self
- * time, self time by source file, and inclusive time of the functions that matter.
+ * Summarises V8 `.cpuprofile` files (from `deno run --cpu-prof`, one per thread): time by
+ * pipeline phase, the top functions by self time, self time by source file, and inclusive
+ * time of the functions that matter.
  *
  * ```sh
  * deno run -A bench/profile_summary.ts /tmp/prof/*.cpuprofile [--top 25] [--json]
@@ -79,7 +80,7 @@ const PHASES: [RegExp, string][] = [
   [/ lib\/writer\.ts/, "writer (pool, retry)"],
   [/ lib\/progress\.ts/, "progress output"],
   [/ lib\/tracker\.ts/, "tracker other (open, lock, migrate)"],
-  [/^\(idle\)$/, "idle (waiting for psql / timers)"],
+  [/^\(idle\)$/, "idle (waiting: psql replies, timers, messages)"],
   [/^\(garbage collector\)$/, "GC"],
 ];
 
@@ -168,6 +169,35 @@ export function summarise(profiles: CpuProfile[], top = 25): ProfileSummary {
   };
 }
 
+/**
+ * Which thread a profile is of: the main thread runs `scripts/`; a worker's is named by
+ * the first `lib/` file whose name holds "worker", else by the most common `lib/` file.
+ */
+export function threadName(profile: CpuProfile): string {
+  const urls = profile.nodes.map((n) => n.callFrame.url);
+  if (urls.some((u) => /\/scripts\/[^/]+\.ts$/.test(u))) return "main thread";
+  const libs = urls.filter((u) => /\/lib\/[^/]+\.ts$/.test(u)).map(shortUrl);
+  const named = libs.find((u) => u.includes("worker"));
+  if (named) return `worker thread (${named})`;
+  const counts = new Map<string, number>();
+  for (const u of libs) counts.set(u, (counts.get(u) ?? 0) + 1);
+  const top = [...counts.entries()].sort((a, b) => b[1] - a[1])[0];
+  return top ? `worker thread (${top[0]})` : "worker thread";
+}
+
+/** One summary per profile file, each named by its thread, main thread first. */
+export function summariseEach(
+  paths: string[],
+  top = 25,
+): { thread: string; file: string; summary: ProfileSummary }[] {
+  return paths
+    .map((file) => {
+      const [profile] = readProfiles([file]);
+      return { thread: threadName(profile), file, summary: summarise([profile], top) };
+    })
+    .sort((a, b) => (a.thread === "main thread" ? -1 : b.thread === "main thread" ? 1 : 0));
+}
+
 /** Reads `.cpuprofile` files. */
 export function readProfiles(paths: string[]): CpuProfile[] {
   return paths.map((p) => JSON.parse(Deno.readTextFileSync(p)) as CpuProfile);
@@ -194,7 +224,7 @@ export function formatSummary(title: string, s: ProfileSummary): string {
   return [
     `### ${title}`,
     "",
-    `Wall ${(s.totalMs / 1000).toFixed(2)} s; idle (waiting on psql, I/O) ${
+    `Wall ${(s.totalMs / 1000).toFixed(2)} s; idle (waiting for psql, timers, messages) ${
       (s.idleMs / 1000).toFixed(2)
     } s; GC ${(s.gcMs / 1000).toFixed(2)} s.`,
     "",
@@ -220,7 +250,7 @@ if (import.meta.main) {
     console.error("Usage: profile_summary.ts <file.cpuprofile|dir>... [--top N] [--json]");
     Deno.exit(2);
   }
-  const summary = summarise(readProfiles(paths), Number(values.top));
-  if (values.json) console.log(JSON.stringify(summary, null, 2));
-  else console.log(formatSummary(paths.join(", "), summary));
+  const each = summariseEach(paths, Number(values.top));
+  if (values.json) console.log(JSON.stringify(each, null, 2));
+  else for (const e of each) console.log(formatSummary(`${e.thread}: ${e.file}`, e.summary));
 }
