@@ -365,7 +365,8 @@ export class Tracker {
     const insert = this.#stmt(
       "INSERT INTO folder_status (folder_path, folder_name, last_modified, file_count, file_hash, " +
         "upload_status, retry_count, created_at, updated_at, base_path, folder_key, last_seen_run, " +
-        "settling) VALUES (?, ?, ?, ?, ?, 'pending', 0, ?, ?, ?, ?, ?, ?)",
+        "settling) SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, " +
+        "'pending', 0, ?1, ?1, ?2, value ->> 5, ?3, value ->> 6 FROM json_each(?4)",
     );
     const reset = this.#stmt(
       "UPDATE folder_status SET folder_name = ?, last_modified = ?, file_count = ?, file_hash = ?, " +
@@ -388,6 +389,7 @@ export class Tracker {
           folder_path: string;
         })[]
       ) rows.set(row.folder_path, row);
+      const fresh: unknown[][] = [];
       const seenSettled: string[] = [];
       const seenSettling: string[] = [];
       for (const snap of snapshots) {
@@ -409,19 +411,15 @@ export class Tracker {
         const lastModified = snap.newestMtimeMs / 1000;
         const settling = decision.settling ? 1 : 0;
         if (decision.change === "new") {
-          insert.run(
+          fresh.push([
             snap.path,
             snap.name,
             lastModified,
             snap.files.length,
             snap.fingerprint,
-            nowText,
-            nowText,
-            basePath,
             snap.key,
-            runId,
             settling,
-          );
+          ]);
         } else if (decision.change === "changed") {
           reset.run(
             snap.name,
@@ -439,6 +437,7 @@ export class Tracker {
           (settling ? seenSettling : seenSettled).push(snap.path);
         }
       }
+      if (fresh.length > 0) insert.run(nowText, basePath, runId, JSON.stringify(fresh));
       if (seenSettled.length > 0) seen.run(runId, 0, basePath, JSON.stringify(seenSettled));
       if (seenSettling.length > 0) seen.run(runId, 1, basePath, JSON.stringify(seenSettling));
       return out;
