@@ -14,7 +14,10 @@ import { compareNames, type FileEntry, fingerprintFiles } from "./fingerprint.ts
 export interface FolderSnapshot {
   /** The folder's absolute path. */
   path: string;
-  /** The path relative to the base, `/`-separated; the base's own name when the base is the unit. */
+  /**
+   * The path relative to the base, `/`-separated. When the base is itself a unit, keys are
+   * relative to its parent (its own key is its name; its subfolders' start with it).
+   */
   key: string;
   /** The folder's own name. */
   name: string;
@@ -151,7 +154,10 @@ export function* scanFolders(base: string, options: ScanOptions = {}): Generator
     }
     if (children.length > 0) {
       children.sort();
-      stack.push({ dir, key, subdirs: children, next: 0 });
+      // Below a base that is itself a unit, keys start with the base's name, as they would
+      // from its parent: the base's key and a subfolder of the same name cannot collide.
+      const frameKey = dir === root && isUnit ? basename(root) : key;
+      stack.push({ dir, key: frameKey, subdirs: children, next: 0 });
     }
     if (!isUnit || !ownsDir) continue;
 

@@ -124,17 +124,22 @@ Deno.test("scanFolders: keys are /-separated paths relative to the base", () => 
   assert.equal(abc.path, join(dir.path, "A", "B", "C"));
 });
 
-Deno.test("scanFolders: the base itself as a unit gets its own name as key", () => {
+Deno.test("scanFolders: a base that is a unit is keyed by its name, its subfolders below it", () => {
   using dir = tempDir();
   writeTree(dir.path, {
     "Batch7/stats.json": { json: { result: "PASS" } },
     "Batch7/a.jpg": { bytes: 5 },
     "Batch7/Retake/b.jpg": { bytes: 5 },
+    "Batch7/Batch7/c.jpg": { bytes: 5 }, // same name as the base: must not share its key
   });
   const base = join(dir.path, "Batch7");
   for (const given of [base, base + "/", join(base, "Retake", "..")]) {
     const scanned = scanAll(given);
-    assert.deepEqual(scanned.keys, ["Batch7", "Retake"], `base given as ${given}`);
+    assert.deepEqual(
+      scanned.keys,
+      ["Batch7", "Batch7/Batch7", "Batch7/Retake"],
+      `base given as ${given}`,
+    );
     assert.equal(scanned.folders[0].path, base);
     assert.equal(scanned.folders[0].name, "Batch7");
   }
