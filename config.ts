@@ -81,7 +81,7 @@ export function defaultTestStatus({ stats }: StatusInput): TestStatus {
 /** The shipped defaults. */
 export const DEFAULT_CONFIG: Readonly<UploaderConfig> = Object.freeze({
   batchSize: 500,
-  maxBatchBytes: 8 * 1024 * 1024,
+  maxBatchBytes: 4 * 1024 * 1024,
   maxRetries: 3,
   parallel: 4,
   minAgeSeconds: 3,

@@ -34,6 +34,13 @@ export interface BuiltRow {
 const UTF8 = new TextDecoder("utf-8", { fatal: true });
 
 /**
+ * The largest stats.json uploaded (16 MiB). Test statistics are kilobytes; a file this
+ * large is almost surely not one, and parsing it would take several times its size in
+ * memory.
+ */
+export const MAX_STATS_BYTES = 16 * 1024 * 1024;
+
+/**
  * Reads and parses a folder's stats file.
  *
  * @returns the parsed JSON value and the raw bytes, or `null` when the folder has none.
@@ -55,6 +62,14 @@ export function readStats(
       ? "permission denied"
       : String(error);
     throw new UploadError("folder", `Cannot read ${file}: ${reason}`, { subject: folderPath });
+  }
+  if (bytes.length > MAX_STATS_BYTES) {
+    throw new UploadError(
+      "folder",
+      `Cannot upload ${file}: it holds ${(bytes.length / 1048576).toFixed(1)} MiB, more than ` +
+        `the ${MAX_STATS_BYTES / 1048576} MiB a stats file may have`,
+      { subject: folderPath },
+    );
   }
   let text: string;
   try {

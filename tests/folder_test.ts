@@ -9,7 +9,7 @@ import assert from "node:assert/strict";
 import { join } from "node:path";
 import { DEFAULT_CONFIG, markerNames, type StatusInput, type UploaderConfig } from "../config.ts";
 import { UploadError } from "../lib/errors.ts";
-import { buildRow, readStats } from "../lib/folder.ts";
+import { buildRow, MAX_STATS_BYTES, readStats } from "../lib/folder.ts";
 import { type FolderSnapshot, snapshotFolder } from "../lib/scan.ts";
 import { setMtime, T1, T2, T3, tempDir, type TreeSpec, writeTree } from "./support/tree.ts";
 
@@ -256,4 +256,20 @@ Deno.test("readStats returns the parsed value and the raw bytes", () => {
   const read = readStats(dir.path, "stats.json");
   assert.deepEqual(read.value, { a: 1.5 });
   assert.equal(new TextDecoder().decode(read.bytes), '{"a": 1.50}');
+});
+
+Deno.test("readStats: a stats.json over the size limit fails its folder, naming the file", () => {
+  const dir = Deno.makeTempDirSync();
+  try {
+    const big = new Uint8Array(MAX_STATS_BYTES + 1).fill(0x20);
+    big[0] = 0x5b; // "[" ... " " ... a JSON text too large to be a test's statistics
+    Deno.writeFileSync(join(dir, "stats.json"), big);
+    assert.throws(() => readStats(dir, "stats.json"), (error: unknown) => {
+      assert.ok(error instanceof UploadError && error.kind === "folder");
+      assert.match(error.message, /stats\.json.*16 MiB/);
+      return true;
+    });
+  } finally {
+    Deno.removeSync(dir, { recursive: true });
+  }
 });
