@@ -34,7 +34,7 @@ import {
   psqlExec,
   writeCopyFile,
 } from "./floor.ts";
-import { cpuSeconds, type Measured, runMeasured } from "./proc.ts";
+import { cpuSeconds, type Measured, runMeasured, runningChildren } from "./proc.ts";
 import { startDelayProxy } from "./delay_proxy.ts";
 import {
   formatSteps,
@@ -395,17 +395,49 @@ function generateKeys(folders: number): string[] {
 async function main(): Promise<number> {
   const options = parseOptions(Deno.args);
   const work = Deno.makeTempDirSync({ prefix: "uploader_bench_" });
-  const machine = await machineInfo(work);
-  log(`Machine: ${JSON.stringify(machine)}`);
-  const prepared = await prepareTree(options, work);
-  const bench = new Bench(options, work, prepared.tree);
-  bench.units = prepared.units;
-  bench.keys = prepared.keys;
-  const units = prepared.units;
-  const runs = options.runs;
   const cleanups: (() => Promise<void> | void)[] = [];
+  let cleaned = false;
+  const cleanUp = async () => {
+    if (cleaned) return;
+    cleaned = true;
+    for (const cleanup of cleanups.reverse()) {
+      try {
+        await cleanup();
+      } catch (error) {
+        console.error(`Cleanup failed: ${error instanceof Error ? error.message : error}`);
+      }
+    }
+    if (options.keep) {
+      log(`Kept ${work}; reuse the tree with --tree ${options.tree ?? join(work, "tree")}`);
+    } else {
+      // A tree given with --tree lives outside `work` and stays.
+      Deno.removeSync(work, { recursive: true });
+    }
+  };
+  // Ctrl-C stops the server and removes the temporary files too.
+  const onSignal = () => {
+    log("Interrupted: cleaning up");
+    for (const child of runningChildren) {
+      try {
+        child.kill("SIGTERM");
+      } catch {
+        // It exited meanwhile.
+      }
+    }
+    cleanUp().finally(() => Deno.exit(130));
+  };
+  Deno.addSignalListener("SIGINT", onSignal);
+  Deno.addSignalListener("SIGTERM", onSignal);
   let exitCode = 0;
   try {
+    const machine = await machineInfo(work);
+    log(`Machine: ${JSON.stringify(machine)}`);
+    const prepared = await prepareTree(options, work);
+    const bench = new Bench(options, work, prepared.tree);
+    bench.units = prepared.units;
+    bench.keys = prepared.keys;
+    const units = prepared.units;
+    const runs = options.runs;
     const external = Deno.env.get("SUPABASE_DB_URL");
     if (external) {
       bench.url = external;
@@ -752,19 +784,9 @@ async function main(): Promise<number> {
     console.error(`Error: ${error instanceof Error ? error.stack ?? error.message : error}`);
     exitCode = 1;
   } finally {
-    for (const cleanup of cleanups.reverse()) {
-      try {
-        await cleanup();
-      } catch (error) {
-        console.error(`Cleanup failed: ${error instanceof Error ? error.message : error}`);
-      }
-    }
-    if (options.keep) {
-      log(`Kept ${work}; reuse the tree with --tree ${prepared.tree}`);
-    } else {
-      // A tree given with --tree lives outside `work` and stays.
-      Deno.removeSync(work, { recursive: true });
-    }
+    Deno.removeSignalListener("SIGINT", onSignal);
+    Deno.removeSignalListener("SIGTERM", onSignal);
+    await cleanUp();
   }
   return exitCode;
 }

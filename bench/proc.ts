@@ -41,6 +41,9 @@ export interface RunOptions {
 
 const CLK_TCK = 100;
 
+/** Children started by {@linkcode runMeasured} and still running (to stop on Ctrl-C). */
+export const runningChildren: Set<Deno.ChildProcess> = new Set();
+
 /** Reads a small /proc file, or undefined when the process is gone. */
 function readProc(path: string): string | undefined {
   try {
@@ -129,6 +132,7 @@ export async function runMeasured(
     await writer.write(new TextEncoder().encode(options.stdin));
     await writer.close();
   }
+  runningChildren.add(child);
   const pid = child.pid;
   let peak = 0;
   let cpu = 0;
@@ -148,7 +152,7 @@ export async function runMeasured(
   };
   const timer = setInterval(poll, options.pollMs ?? 100);
   poll();
-  const output = await child.output();
+  const output = await child.output().finally(() => runningChildren.delete(child));
   clearInterval(timer);
   const wallMs = performance.now() - started;
   const decoder = new TextDecoder();
