@@ -60,7 +60,10 @@ interface Options {
   tree?: string;
   latencyMs: number;
   parallelList: number[];
-  /** `--v8-flags` for the uploader's Deno, e.g. `--max-semi-space-size=2`. */
+  /**
+   * `--v8-flags` for the uploader's Deno, e.g. `--max-semi-space-size=2`. Default: those of
+   * the `upload` task in deno.json, so the benchmark runs what users run; "" for none.
+   */
   v8Flags?: string;
   /** Steps to run: scan, first, unchanged, percent (the last two imply first). */
   steps: Set<string>;
@@ -110,10 +113,23 @@ function parseOptions(argv: string[]): Options {
     latencyMs: int("latency-ms", values["latency-ms"], 0),
     parallelList: values["parallel-list"].split(",").map((p) => int("parallel-list", p, 1)),
     steps: parseSteps(values.steps),
-    v8Flags: values["v8-flags"],
+    v8Flags: values["v8-flags"] ?? uploadTaskV8Flags(),
     profile: values.profile,
     jsonOut: values["json-out"] ?? join(ROOT, "bench", "out", `${stamp}.json`),
   };
+}
+
+/** The `--v8-flags=...` value of deno.json's `upload` task, if it has one. */
+function uploadTaskV8Flags(): string | undefined {
+  try {
+    const config = JSON.parse(Deno.readTextFileSync(join(ROOT, "deno.json")));
+    const task: unknown = config?.tasks?.upload;
+    const text = typeof task === "string" ? task : (task as { command?: string })?.command ?? "";
+    return text.match(/--v8-flags=(\S+)/)?.[1];
+  } catch (error) {
+    if (error instanceof Deno.errors.NotFound) return undefined;
+    throw error;
+  }
 }
 
 const STEPS = ["scan", "first", "unchanged", "percent"];
@@ -759,7 +775,9 @@ async function main(): Promise<number> {
     const header = `Tree: ${options.folders.toLocaleString("en-US")} folders ` +
       `(${units.toLocaleString("en-US")} upload units, nested Line<n>/Batch<i>, 1000 per line); ` +
       `${runs} run(s) per step (latency and profile runs: 1 each); ` +
-      (options.v8Flags ? `uploader run with --v8-flags=${options.v8Flags}; ` : "") +
+      (options.v8Flags
+        ? `uploader run with --v8-flags=${options.v8Flags}; `
+        : "uploader run without --v8-flags; ") +
       `server: ${bench.external ? "$SUPABASE_DB_URL" : `private PostgreSQL ${pgVersion}`}; ` +
       `load average at start ${machine.load_at_start.split(" ").slice(0, 3).join(" ")}, ` +
       `at end ${loadAtEnd.split(" ").slice(0, 3).join(" ")}; ${code}.`;
