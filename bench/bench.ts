@@ -412,26 +412,37 @@ async function main(): Promise<number> {
   const options = parseOptions(Deno.args);
   const work = Deno.makeTempDirSync({ prefix: "uploader_bench_" });
   const cleanups: (() => Promise<void> | void)[] = [];
-  let cleaned = false;
-  const cleanUp = async () => {
-    if (cleaned) return;
-    cleaned = true;
-    for (const cleanup of cleanups.reverse()) {
-      try {
-        await cleanup();
-      } catch (error) {
-        console.error(`Cleanup failed: ${error instanceof Error ? error.message : error}`);
+  // One clean-up, shared by the signal handler and the normal end, awaited by both.
+  let cleaning: Promise<void> | undefined;
+  const cleanUp = () =>
+    cleaning ??= (async () => {
+      for (const cleanup of cleanups.reverse()) {
+        try {
+          await cleanup();
+        } catch (error) {
+          console.error(`Cleanup failed: ${error instanceof Error ? error.message : error}`);
+        }
       }
+      if (options.keep) {
+        log(`Kept ${work}; reuse the tree with --tree ${options.tree ?? join(work, "tree")}`);
+      } else {
+        // A tree given with --tree lives outside `work` and stays.
+        Deno.removeSync(work, { recursive: true });
+      }
+    })();
+  /** Registers a clean-up; after an interruption started cleaning, runs it at once. */
+  const addCleanup = async (fn: () => Promise<void> | void) => {
+    if (cleaning === undefined) {
+      cleanups.push(fn);
+      return;
     }
-    if (options.keep) {
-      log(`Kept ${work}; reuse the tree with --tree ${options.tree ?? join(work, "tree")}`);
-    } else {
-      // A tree given with --tree lives outside `work` and stays.
-      Deno.removeSync(work, { recursive: true });
-    }
+    await fn();
+    throw new Error("Interrupted");
   };
   // Ctrl-C stops the server and removes the temporary files too.
+  let interrupted = false;
   const onSignal = () => {
+    interrupted = true;
     log("Interrupted: cleaning up");
     for (const child of runningChildren) {
       try {
@@ -464,7 +475,7 @@ async function main(): Promise<number> {
       bench.server = await startPostgres({
         conf: { shared_buffers: "'256MB'", max_wal_size: "'4GB'", checkpoint_timeout: "'30min'" },
       });
-      cleanups.push(() => bench.server!.close());
+      await addCleanup(() => bench.server!.close());
       bench.url = bench.server.url;
     }
     const pgVersion = (await psqlExec(bench.url, "show server_version")).trim();
@@ -488,7 +499,7 @@ async function main(): Promise<number> {
       expectCounts("warm-up", summaryOf(warm), { exit_code: 0, uploaded: 18 });
       await bench.emptyTable();
       await psqlExec(bench.url, floorTableSql(TABLE, FLOOR_TABLE));
-      cleanups.push(async () => {
+      await addCleanup(async () => {
         await psqlExec(bench.url, `drop table if exists ${FLOOR_TABLE}`).catch(() => {});
       });
     }
@@ -653,7 +664,7 @@ async function main(): Promise<number> {
         targetPort: bench.server.port,
         delayMs: options.latencyMs,
       });
-      cleanups.push(() => proxy.close());
+      await addCleanup(() => proxy.close());
       const proxied = bench.url.replace(`:${bench.server.port}/`, `:${proxy.port}/`);
       const rtt = await psqlRoundTrip(proxied);
       log(`Delay proxy on port ${proxy.port}: select 1 takes ${rtt.toFixed(0)} ms through it`);
@@ -799,8 +810,12 @@ async function main(): Promise<number> {
     log(`Figures written to ${options.jsonOut}`);
     if (targets.some((t) => !t.pass)) log("Some targets were missed (see the table)");
   } catch (error) {
-    console.error(`Error: ${error instanceof Error ? error.stack ?? error.message : error}`);
-    exitCode = 1;
+    if (interrupted) {
+      exitCode = 130;
+    } else {
+      console.error(`Error: ${error instanceof Error ? error.stack ?? error.message : error}`);
+      exitCode = 1;
+    }
   } finally {
     Deno.removeSignalListener("SIGINT", onSignal);
     Deno.removeSignalListener("SIGTERM", onSignal);
