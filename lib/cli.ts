@@ -8,7 +8,8 @@
 
 import { parseArgs, type ParseArgsConfig } from "node:util";
 import { DEFAULT_CONFIG, type UploaderConfig } from "../config.ts";
-import { UploadError } from "./errors.ts";
+import { exitCodeFor, messageOf, UploadError } from "./errors.ts";
+import { redactUrl } from "./target.ts";
 
 /** Settings of `deno task upload`. */
 export interface UploadCommand {
@@ -465,4 +466,22 @@ Examples:
   deno task sql -c "select test_status, count(*) from device_test group by 1"
   deno task sql -At -c "select folder_key from device_test where test_status = 'failed'"
 `;
+}
+
+/**
+ * Runs a script's `main` and exits with its code. A thrown error is printed as one
+ * `Error:` line (passwords redacted) and one `Hint:` line when it has a hint; an
+ * unexpected error also gets its stack. The exit code follows the error's kind.
+ */
+export async function runMain(main: (argv: string[]) => Promise<number>): Promise<never> {
+  let code: number;
+  try {
+    code = await main(Deno.args);
+  } catch (error) {
+    console.error(`Error: ${redactUrl(messageOf(error))}`);
+    if (error instanceof UploadError && error.hint) console.error(`Hint: ${error.hint}`);
+    if (!(error instanceof UploadError)) console.error(error);
+    code = exitCodeFor(error);
+  }
+  Deno.exit(code);
 }

@@ -8,8 +8,8 @@
 
 import { localDeviceId } from "../lib/device.ts";
 import { resolve } from "node:path";
-import { EXIT, exitCodeFor, messageOf, UploadError } from "../lib/errors.ts";
-import { parseQuickCommand, quickHelp } from "../lib/cli.ts";
+import { EXIT, messageOf, UploadError } from "../lib/errors.ts";
+import { parseQuickCommand, quickHelp, runMain } from "../lib/cli.ts";
 import { connectorFor } from "../lib/connect.ts";
 import { checkPsql } from "../lib/psql.ts";
 import { Reporter } from "../lib/progress.ts";
@@ -189,16 +189,4 @@ function printSummary(reporter: Reporter, result: QuickResult, quiet: boolean, j
   for (const line of lines) json ? reporter.warn(line) : console.log(line);
 }
 
-if (import.meta.main) {
-  let code: number;
-  try {
-    code = await main(Deno.args);
-  } catch (error) {
-    const message = redactUrl(messageOf(error));
-    console.error(`Error: ${message}`);
-    if (error instanceof UploadError && error.hint) console.error(`Hint: ${error.hint}`);
-    if (!(error instanceof UploadError)) console.error(error);
-    code = exitCodeFor(error);
-  }
-  Deno.exit(code);
-}
+if (import.meta.main) await runMain(main);

@@ -6,11 +6,11 @@
  * @module
  */
 
-import { EXIT, exitCodeFor, messageOf, UploadError } from "../lib/errors.ts";
-import { parseSqlCommand, sqlHelp } from "../lib/cli.ts";
+import { EXIT, UploadError } from "../lib/errors.ts";
+import { parseSqlCommand, runMain, sqlHelp } from "../lib/cli.ts";
 import { connectorFor } from "../lib/connect.ts";
 import { runPsqlInteractive } from "../lib/psql.ts";
-import { redactUrl, resolveTarget } from "../lib/target.ts";
+import { resolveTarget } from "../lib/target.ts";
 
 async function main(argv: string[]): Promise<number> {
   const env = Deno.env.toObject();
@@ -49,15 +49,4 @@ async function main(argv: string[]): Promise<number> {
   }
 }
 
-if (import.meta.main) {
-  let code: number;
-  try {
-    code = await main(Deno.args);
-  } catch (error) {
-    console.error(`Error: ${redactUrl(messageOf(error))}`);
-    if (error instanceof UploadError && error.hint) console.error(`Hint: ${error.hint}`);
-    if (!(error instanceof UploadError)) console.error(error);
-    code = exitCodeFor(error);
-  }
-  Deno.exit(code);
-}
+if (import.meta.main) await runMain(main);

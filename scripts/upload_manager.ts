@@ -6,14 +6,14 @@
  */
 
 import { resolve } from "node:path";
-import { EXIT, exitCodeFor, messageOf, UploadError } from "../lib/errors.ts";
-import { parseUploadCommand, uploadHelp } from "../lib/cli.ts";
+import { EXIT, messageOf, UploadError } from "../lib/errors.ts";
+import { parseUploadCommand, runMain, uploadHelp } from "../lib/cli.ts";
 import { connectorFor } from "../lib/connect.ts";
 import { checkPsql } from "../lib/psql.ts";
 import { newCounters, type RunMode, runUpload } from "../lib/pipeline.ts";
 import { Reporter } from "../lib/progress.ts";
 import { formatStatus } from "../lib/report.ts";
-import { redactUrl, resolveTarget } from "../lib/target.ts";
+import { resolveTarget } from "../lib/target.ts";
 import { Tracker } from "../lib/tracker.ts";
 
 async function main(argv: string[]): Promise<number> {
@@ -174,16 +174,4 @@ function showStatus(dbPath: string, json: boolean): number {
   }
 }
 
-if (import.meta.main) {
-  let code: number;
-  try {
-    code = await main(Deno.args);
-  } catch (error) {
-    const message = redactUrl(messageOf(error));
-    console.error(`Error: ${message}`);
-    if (error instanceof UploadError && error.hint) console.error(`Hint: ${error.hint}`);
-    if (!(error instanceof UploadError)) console.error(error);
-    code = exitCodeFor(error);
-  }
-  Deno.exit(code);
-}
+if (import.meta.main) await runMain(main);
