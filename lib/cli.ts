@@ -27,7 +27,7 @@ export interface UploadCommand {
 
 type Env = Record<string, string | undefined>;
 
-/** The flags of `deno task upload`, in `--help` order: [flag, value, default text, description]. */
+/** The flags of `deno task upload`. */
 const UPLOAD_FLAGS = {
   "scan-only": { type: "boolean" },
   status: { type: "boolean" },
