@@ -15,7 +15,7 @@
  * `--parallel` values. The uploader runs as a subprocess (`scripts/upload_manager.ts
  * --json`) and its summary counts are checked, so a broken run cannot look fast.
  *
- * The server: a private PostgreSQL 15 (tests/support/postgres.ts), or `$SUPABASE_DB_URL`
+ * The server: a private PostgreSQL 15 (support/postgres.ts), or `$SUPABASE_DB_URL`
  * (then only the benchmark's own device's rows are deleted between runs).
  *
  * @module
@@ -24,8 +24,8 @@
 import { parseArgs } from "node:util";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
-import { generateTree } from "../tests/support/tree.ts";
-import { type PgServer, startPostgres } from "../tests/support/postgres.ts";
+import { generateTree } from "../support/tree.ts";
+import { type PgServer, startPostgres } from "../support/postgres.ts";
 import {
   type CopyFile,
   copyFloor,

@@ -13,8 +13,8 @@ import { DEFAULT_CONFIG } from "../config.ts";
 import { parseUploadCommand, uploadHelp } from "../lib/cli.ts";
 import { UploadError } from "../lib/errors.ts";
 import { type CliResult, describeRun, runUploadCli, summaryOf } from "./support/cli.ts";
-import { hasPostgres, startPostgres, TEST_PASSWORD } from "./support/postgres.ts";
-import { generateTree, removeTree, tempDir, writeTree } from "./support/tree.ts";
+import { hasPostgres, startPostgres, TEST_PASSWORD } from "../support/postgres.ts";
+import { generateTree, removeTree, tempDir, writeTree } from "../support/tree.ts";
 
 const NO_SERVER = !hasPostgres();
 

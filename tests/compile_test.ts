@@ -14,7 +14,7 @@ import assert from "node:assert/strict";
 import { join } from "node:path";
 import { explainFailure } from "../scripts/compile.ts";
 import { type CliResult, describeRun, REPO_ROOT, runUploadCli } from "./support/cli.ts";
-import { removeTree, setMtime, T1, writeTree } from "./support/tree.ts";
+import { removeTree, setMtime, T1, writeTree } from "../support/tree.ts";
 
 const COMPILE = join(REPO_ROOT, "scripts", "compile.ts");
 const SQL = join(REPO_ROOT, "scripts", "sql.ts");

@@ -9,7 +9,7 @@ import assert from "node:assert/strict";
 import { DatabaseSync } from "node:sqlite";
 import { join } from "node:path";
 import { describeRun, REPO_ROOT, runUploadCli } from "./support/cli.ts";
-import { removeTree, setMtime, T1 } from "./support/tree.ts";
+import { removeTree, setMtime, T1 } from "../support/tree.ts";
 
 const SQL = join(REPO_ROOT, "scripts", "sql.ts");
 const EXAMPLES = join(REPO_ROOT, "examples", "data");

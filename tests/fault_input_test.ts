@@ -13,8 +13,8 @@
 
 import assert from "node:assert/strict";
 import { join } from "node:path";
-import { hasPostgres, type PgServer, startPostgres } from "./support/postgres.ts";
-import { type TreeSpec, writeTree } from "./support/tree.ts";
+import { hasPostgres, type PgServer, startPostgres } from "../support/postgres.ts";
+import { type TreeSpec, writeTree } from "../support/tree.ts";
 import {
   assertTableMatches,
   describeExit,

@@ -9,9 +9,9 @@
 
 import assert from "node:assert/strict";
 import { join } from "node:path";
-import { hasPostgres, startPostgres } from "./support/postgres.ts";
-import { hasPgbouncer, startPgbouncer } from "./support/pgbouncer.ts";
-import { generateTree } from "./support/tree.ts";
+import { hasPostgres, startPostgres } from "../support/postgres.ts";
+import { hasPgbouncer, startPgbouncer } from "../support/pgbouncer.ts";
+import { generateTree } from "../support/tree.ts";
 import {
   assertTableMatches,
   assertTrackerComplete,

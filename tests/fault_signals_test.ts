@@ -8,8 +8,8 @@
 
 import assert from "node:assert/strict";
 import { join } from "node:path";
-import { hasPostgres, type PgServer, startPostgres } from "./support/postgres.ts";
-import { generateTree } from "./support/tree.ts";
+import { hasPostgres, type PgServer, startPostgres } from "../support/postgres.ts";
+import { generateTree } from "../support/tree.ts";
 import {
   assertTableMatches,
   assertTrackerComplete,

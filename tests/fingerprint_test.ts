@@ -11,7 +11,7 @@ import { join } from "node:path";
 import { compareNames, type FileEntry, fingerprintFiles } from "../lib/fingerprint.ts";
 import { snapshotFolder } from "../lib/scan.ts";
 import { DEFAULT_CONFIG, markerNames } from "../config.ts";
-import { setMtime, T1, T2, T3, tempDir, type TreeSpec, writeTree } from "./support/tree.ts";
+import { setMtime, T1, T2, T3, tempDir, type TreeSpec, writeTree } from "../support/tree.ts";
 
 const MARKERS = markerNames(DEFAULT_CONFIG);
 

@@ -11,7 +11,7 @@ import { DEFAULT_CONFIG, markerNames, type StatusInput, type UploaderConfig } fr
 import { UploadError } from "../lib/errors.ts";
 import { buildRow, MAX_STATS_BYTES, readStats } from "../lib/folder.ts";
 import { type FolderSnapshot, snapshotFolder } from "../lib/scan.ts";
-import { setMtime, T1, T2, T3, tempDir, type TreeSpec, writeTree } from "./support/tree.ts";
+import { setMtime, T1, T2, T3, tempDir, type TreeSpec, writeTree } from "../support/tree.ts";
 
 const NOW = new Date(Date.UTC(2025, 5, 2, 16, 42, 55, 0));
 

@@ -8,7 +8,7 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { type CliResult, describeRun, REPO_ROOT, runUploadCli } from "./support/cli.ts";
-import { removeTree, T1, T2, writeTree } from "./support/tree.ts";
+import { removeTree, T1, T2, writeTree } from "../support/tree.ts";
 
 const QUICK = join(REPO_ROOT, "scripts", "quick_upload.ts");
 

@@ -24,7 +24,7 @@ import {
   TEST_DATABASE,
   TEST_PASSWORD,
   TEST_USER,
-} from "./support/postgres.ts";
+} from "../support/postgres.ts";
 
 const NO_SERVER = !hasPostgres();
 

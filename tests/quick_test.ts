@@ -23,8 +23,8 @@ import {
   runUploadCli,
   summaryOf,
 } from "./support/cli.ts";
-import { hasPostgres, startPostgres, TEST_PASSWORD } from "./support/postgres.ts";
-import { removeTree, setMtime, T1, writeTree } from "./support/tree.ts";
+import { hasPostgres, startPostgres, TEST_PASSWORD } from "../support/postgres.ts";
+import { removeTree, setMtime, T1, writeTree } from "../support/tree.ts";
 
 const QUICK = join(REPO_ROOT, "scripts", "quick_upload.ts");
 const SQL = join(REPO_ROOT, "scripts", "sql.ts");

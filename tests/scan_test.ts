@@ -21,7 +21,7 @@ import {
 } from "../lib/scan.ts";
 import { fingerprintFiles } from "../lib/fingerprint.ts";
 import { DEFAULT_CONFIG, markerNames } from "../config.ts";
-import { generateTree, T1, T2, T3, tempDir, writeTree } from "./support/tree.ts";
+import { generateTree, T1, T2, T3, tempDir, writeTree } from "../support/tree.ts";
 
 const MARKERS = markerNames(DEFAULT_CONFIG);
 

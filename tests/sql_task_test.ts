@@ -10,8 +10,8 @@ import { join } from "node:path";
 import { startEmbedded } from "../lib/embedded.ts";
 import { parseSqlCommand } from "../lib/cli.ts";
 import { type CliResult, describeRun, REPO_ROOT, runUploadCli } from "./support/cli.ts";
-import { hasPostgres, startPostgres, TEST_PASSWORD } from "./support/postgres.ts";
-import { removeTree } from "./support/tree.ts";
+import { hasPostgres, startPostgres, TEST_PASSWORD } from "../support/postgres.ts";
+import { removeTree } from "../support/tree.ts";
 
 const SQL = join(REPO_ROOT, "scripts", "sql.ts");
 

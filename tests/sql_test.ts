@@ -25,7 +25,7 @@ import {
   startPostgres,
   TEST_DATABASE,
   TEST_USER,
-} from "./support/postgres.ts";
+} from "../support/postgres.ts";
 
 const NO_SERVER = !hasPostgres();
 

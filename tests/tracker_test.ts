@@ -16,7 +16,7 @@ import { type BatchRecord, SCHEMA_VERSION, Tracker } from "../lib/tracker.ts";
 import { UploadError } from "../lib/errors.ts";
 import type { DiffOptions } from "../lib/diff.ts";
 import { DEFAULT_CONFIG, markerNames } from "../config.ts";
-import { generateTree, T1, T2, tempDir, writeTree } from "./support/tree.ts";
+import { generateTree, T1, T2, tempDir, writeTree } from "../support/tree.ts";
 
 const MARKERS = markerNames(DEFAULT_CONFIG);
 const SQLITE3 = "/usr/bin/sqlite3";

@@ -1,6 +1,6 @@
 /**
  * The upload path end to end: the real CLI (`deno run scripts/upload_manager.ts` as a
- * subprocess), a real PostgreSQL 15 from tests/support/postgres.ts, real trees on disk.
+ * subprocess), a real PostgreSQL 15 from support/postgres.ts, real trees on disk.
  * The URL always travels in SUPABASE_DB_URL, never in argv. Every assertion reads the
  * outcome where a user would find it: the table's rows, the tracking database, the marker
  * files, the exit code and the `--json` summary line.
@@ -11,8 +11,8 @@ import { DatabaseSync } from "node:sqlite";
 import { join } from "node:path";
 import { buildSchemaStatements } from "../lib/sql.ts";
 import { describeRun, jsonEvents, runUploadCli, summaryOf } from "./support/cli.ts";
-import { hasPostgres, type PgServer, startPostgres } from "./support/postgres.ts";
-import { generateTree, removeTree, T1, T2, type TreeSpec, writeTree } from "./support/tree.ts";
+import { hasPostgres, type PgServer, startPostgres } from "../support/postgres.ts";
+import { generateTree, removeTree, T1, T2, type TreeSpec, writeTree } from "../support/tree.ts";
 
 const NO_SERVER = !hasPostgres();
 const IMAGE_EXTENSIONS = [".jpg", ".jpeg", ".png", ".gif", ".bmp"];

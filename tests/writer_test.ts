@@ -32,7 +32,7 @@ import {
   startPostgres,
   TEST_DATABASE,
   TEST_USER,
-} from "./support/postgres.ts";
+} from "../support/postgres.ts";
 
 const NO_SERVER = !hasPostgres();
 const DEVICE = { id: "0f0e0d0c-0b0a-4909-8807-060504030201", name: "writer-test", type: "t" };

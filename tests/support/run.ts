@@ -17,7 +17,7 @@ import assert from "node:assert/strict";
 import { DatabaseSync } from "node:sqlite";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
-import type { PgServer } from "./postgres.ts";
+import type { PgServer } from "../../support/postgres.ts";
 import { buildSchemaStatements } from "../../lib/sql.ts";
 
 /** The repository root (the uploader's working directory, so it finds deno.json). */

@@ -403,7 +403,7 @@ export async function startPostgres(options: StartPostgresOptions = {}): Promise
     const lines = Object.entries(settings).map(([name, value]) => `${name} = ${value}`);
     await Deno.writeTextFile(
       `${server.dataDir}/postgresql.conf`,
-      `\n# tests/support/postgres.ts\n${lines.join("\n")}\n`,
+      `\n# support/postgres.ts\n${lines.join("\n")}\n`,
       { append: true },
     );
     await server.startFresh();

@@ -8,7 +8,7 @@
  */
 
 import { dirname, join } from "node:path";
-import { defaultTestStatus } from "../../config.ts";
+import { defaultTestStatus } from "../config.ts";
 
 /** A fixed time with a sub-second part: 2024-03-01T10:00:00.123Z (ms since the epoch). */
 export const T1: number = Date.UTC(2024, 2, 1, 10, 0, 0, 123);
