@@ -29,8 +29,13 @@ export interface UploaderConfig {
   parallel: number;
   /** Seconds a folder's newest file must be old before the folder is uploaded (`--min-age`). */
   minAgeSeconds: number;
-  /** Seconds to keep retrying an unreachable server before giving up (`--give-up-after`). */
+  /** Seconds to keep retrying a server that went away before giving up (`--give-up-after`). */
   giveUpAfterSeconds: number;
+  /**
+   * Seconds a run that has not reached the server yet keeps trying before giving up
+   * (`--connect-timeout`): a wrong host or port says so quickly.
+   */
+  connectTimeoutSeconds: number;
   /** Pause between batches, for small shared databases (`--batch-delay`). */
   batchDelaySeconds: number;
   /** Image extensions, lower case with the dot. */
@@ -86,6 +91,7 @@ export const DEFAULT_CONFIG: Readonly<UploaderConfig> = Object.freeze({
   parallel: 4,
   minAgeSeconds: 3,
   giveUpAfterSeconds: 300,
+  connectTimeoutSeconds: 20,
   batchDelaySeconds: 0,
   imageExtensions: [".jpg", ".jpeg", ".png", ".gif", ".bmp"],
   statsFileName: "stats.json",

@@ -25,7 +25,15 @@ export {
   type TestStatus,
   type UploaderConfig,
 } from "./config.ts";
-export { type ErrorKind, EXIT, exitCodeFor, isRetryable, UploadError } from "./lib/errors.ts";
+export {
+  decideOutcome,
+  type ErrorKind,
+  EXIT,
+  exitCodeFor,
+  type RunStatus,
+  UploadError,
+} from "./lib/errors.ts";
+export { actionFor, classifySqlstate, type ErrorAction } from "./lib/policy.ts";
 export {
   type FolderSnapshot,
   isImageName,
@@ -52,13 +60,17 @@ export { startEmbedded } from "./lib/embedded.ts";
 export { backoffDelay } from "./lib/retry.ts";
 export { writeMarker } from "./lib/markers.ts";
 export {
+  type EngineEvent,
   newCounters,
-  type PipelineEvent,
   type RunCounters,
+  type RunMode,
   type RunResult,
-  runUpload,
-} from "./lib/pipeline.ts";
+} from "./lib/events.ts";
+export { type EngineOptions, runEngine } from "./lib/engine.ts";
+export { type FolderSource, pathSource, type SourceItem, treeSource } from "./lib/sources.ts";
+export { runUpload, type UploadOptions } from "./lib/pipeline.ts";
+export { runWatch, type WatchOptions } from "./lib/watch.ts";
 export { Reporter } from "./lib/progress.ts";
 export { formatStatus } from "./lib/report.ts";
-export { folderKeyFor, type QuickOptions, type QuickResult, runQuickUpload } from "./lib/quick.ts";
+export { folderKeyFor, type QuickOptions, runQuickUpload } from "./lib/quick.ts";
 export { localDeviceId, nameBasedUuid } from "./lib/device.ts";

@@ -6,17 +6,24 @@
  * @module
  */
 
+import { resolve } from "node:path";
 import { parseArgs, type ParseArgsConfig } from "node:util";
 import { DEFAULT_CONFIG, type UploaderConfig } from "../config.ts";
-import { exitCodeFor, messageOf, UploadError } from "./errors.ts";
+import { EXIT, exitCodeFor, messageOf, UploadError } from "./errors.ts";
 import { redactUrl } from "./target.ts";
 
-/** Settings of `deno task upload`. */
+/** Settings of `deno task upload`. Paths are absolute (resolved from the caller's directory). */
 export interface UploadCommand {
   basePath: string | null;
   scanOnly: boolean;
   status: boolean;
   dryRun: boolean;
+  /** Keep running: upload folders as they appear (`--watch`). */
+  watch: boolean;
+  /** Seconds between full rescans in watch mode (`--rescan-every`). */
+  rescanEverySeconds: number;
+  /** `--moved-from OLD`: the base used to live at OLD; move its tracked folders first. */
+  movedFrom: string | null;
   markers: boolean;
   json: boolean;
   quiet: boolean;
@@ -39,12 +46,33 @@ const UPLOAD_FLAGS = {
   parallel: { type: "string" },
   "min-age": { type: "string" },
   "give-up-after": { type: "string" },
+  "connect-timeout": { type: "string" },
   "batch-delay": { type: "string" },
   "no-markers": { type: "boolean" },
+  watch: { type: "boolean" },
+  "rescan-every": { type: "string" },
+  "moved-from": { type: "string" },
   json: { type: "boolean" },
   quiet: { type: "boolean", short: "q" },
   help: { type: "boolean", short: "h" },
 } as const;
+
+/** Default seconds between full rescans in watch mode. */
+export const DEFAULT_RESCAN_EVERY_SECONDS = 300;
+
+/**
+ * A path as the user meant it: relative paths are relative to the directory the command
+ * was typed in. `deno task` runs scripts from the project root and passes the caller's
+ * directory in `INIT_CWD`; a script run directly has it as its own working directory.
+ *
+ * @example
+ * ```ts
+ * fromCaller("data", { INIT_CWD: "/home/lab" }); // "/home/lab/data"
+ * ```
+ */
+export function fromCaller(path: string, env: Env): string {
+  return resolve(env.INIT_CWD || Deno.cwd(), path);
+}
 
 /**
  * Parses a whole number or decimal flag value.
@@ -122,6 +150,8 @@ export function parseUploadCommand(
   config.parallel = num("parallel", { min: 1, max: 64, integer: true }) ?? config.parallel;
   config.minAgeSeconds = num("min-age", { min: 0 }) ?? config.minAgeSeconds;
   config.giveUpAfterSeconds = num("give-up-after", { min: 0 }) ?? config.giveUpAfterSeconds;
+  config.connectTimeoutSeconds = num("connect-timeout", { min: 0 }) ??
+    config.connectTimeoutSeconds;
   config.batchDelaySeconds = num("batch-delay", { min: 0 }) ?? config.batchDelaySeconds;
   if (typeof values["db-path"] === "string") {
     if (values["db-path"] === "") {
@@ -131,12 +161,18 @@ export function parseUploadCommand(
     }
     config.dbPath = values["db-path"];
   }
+  config.dbPath = fromCaller(config.dbPath, env);
   const help = values.help === true;
   const status = values.status === true;
   const scanOnly = values["scan-only"] === true;
   const dryRun = values["dry-run"] === true;
-  const modes = [status && "--status", scanOnly && "--scan-only", dryRun && "--dry-run"]
-    .filter(Boolean);
+  const watch = values.watch === true;
+  const modes = [
+    status && "--status",
+    scanOnly && "--scan-only",
+    dryRun && "--dry-run",
+    watch && "--watch",
+  ].filter(Boolean);
   if (!help && modes.length > 1) {
     throw new UploadError("usage", `${modes.join(" and ")} cannot be combined`, {
       hint: `Run '${command} --help' for what each mode does`,
@@ -153,16 +189,36 @@ export function parseUploadCommand(
       hint: `Usage: ${command} <base_path> [options]; '${command} --help' for more`,
     });
   }
+  if (basePath !== null && basePath.trim() === "") {
+    throw new UploadError("usage", "Empty base path", {
+      hint: `Give the folder that holds the test folders; '.' for the current directory`,
+    });
+  }
+  const rescan = num("rescan-every", { min: 1 });
+  if (rescan !== undefined && !watch) {
+    throw new UploadError("usage", "--rescan-every needs --watch", {
+      hint: `Run '${command} --help' for what --watch does`,
+    });
+  }
+  const movedFrom = values["moved-from"];
+  if (movedFrom === "") {
+    throw new UploadError("usage", "Empty value for --moved-from", {
+      hint: "--moved-from takes the base folder's old path",
+    });
+  }
   if (values["db-url"] === "") {
     throw new UploadError("usage", "Empty value for --db-url", {
       hint: "Give a postgresql:// URL, or leave the flag out for the embedded database",
     });
   }
   return {
-    basePath,
+    basePath: basePath === null ? null : fromCaller(basePath, env),
     scanOnly,
     status,
     dryRun,
+    watch,
+    rescanEverySeconds: rescan ?? DEFAULT_RESCAN_EVERY_SECONDS,
+    movedFrom: typeof movedFrom === "string" ? fromCaller(movedFrom, env) : null,
     markers: values["no-markers"] !== true,
     json: values.json === true,
     quiet: values.quiet === true,
@@ -209,6 +265,7 @@ export function uploadHelp(config: UploaderConfig = DEFAULT_CONFIG): string {
   return `Upload test folders into PostgreSQL (Supabase), incrementally.
 
 Usage: deno task upload <base_path> [options]
+       deno task upload <base_path> --watch [--rescan-every S] [options]
        deno task upload --status [--db-path PATH] [--json]
 
 Walks <base_path>, finds every folder that directly holds an image or ${config.statsFileName},
@@ -235,13 +292,23 @@ Options:
                        for a change (default: ${config.maxRetries})
   --min-age S          seconds a folder's newest file must be old before it is
                        uploaded; younger folders are left for later (default: ${config.minAgeSeconds})
-  --give-up-after S    stop with exit code 3 when the server stays unreachable this
-                       long (default: ${config.giveUpAfterSeconds})
+  --give-up-after S    stop with exit code 3 when the server, once reached, stays
+                       unreachable this long (default: ${config.giveUpAfterSeconds})
+  --connect-timeout S  stop with exit code 3 when the server cannot be reached at all
+                       for this long, e.g. a wrong host or port (default: ${config.connectTimeoutSeconds})
   --batch-delay S      pause between batches, for small shared databases (default: ${config.batchDelaySeconds})
   --no-markers         do not write ${config.successMarker} / ${config.failedMarker} into folders
+  --watch              after the upload, keep running: upload each new or changed
+                       folder once it has settled (file-system events, plus a full
+                       rescan every --rescan-every seconds); SIGTERM stops it (exit 0)
+  --rescan-every S     with --watch: seconds between full rescans (default: ${DEFAULT_RESCAN_EVERY_SECONDS})
+  --moved-from OLD     the base folder used to be OLD (renamed, mounted elsewhere): its
+                       tracked folders move to <base_path> first, so none is sent again
   --json               one JSON event per line on stdout; human output on stderr
   -q, --quiet          no progress; errors and a failing summary still print
   -h, --help           this text
+
+Paths: a relative path means the directory the command was typed in.
 
 Environment:
   SUPABASE_DB_URL, DATABASE_URL   target URL (keeps the password out of argv and history)
@@ -314,6 +381,7 @@ export function parseQuickCommand(
     }
   }
   if (typeof values["db-path"] === "string") config.dbPath = values["db-path"];
+  config.dbPath = fromCaller(config.dbPath, env);
   const help = values.help === true;
   const stdin = positionals.length === 1 && positionals[0] === "-";
   if (!help && !stdin && positionals.includes("-")) {
@@ -332,9 +400,9 @@ export function parseQuickCommand(
     });
   }
   return {
-    paths: stdin ? [] : positionals,
+    paths: stdin ? [] : positionals.map((p) => fromCaller(p, env)),
     stdin,
-    base: typeof values.base === "string" ? values.base : null,
+    base: typeof values.base === "string" ? fromCaller(values.base, env) : null,
     markers: values["no-markers"] !== true,
     json: values.json === true,
     quiet: values.quiet === true,
@@ -441,7 +509,7 @@ export function parseSqlCommand(
       psqlArgs.push(arg);
     }
   }
-  return { psqlArgs, help, dbUrl, dbPath };
+  return { psqlArgs, help, dbUrl, dbPath: fromCaller(dbPath, env) };
 }
 
 /** The `--help` text of `deno task sql`. */
@@ -471,17 +539,77 @@ Examples:
 /**
  * Runs a script's `main` and exits with its code. A thrown error is printed as one
  * `Error:` line (passwords redacted) and one `Hint:` line when it has a hint; an
- * unexpected error also gets its stack. The exit code follows the error's kind.
+ * unexpected error also gets its stack. The exit code follows the error's kind. With
+ * `--json` among the arguments, the error is also one JSON event on stdout
+ * (`{"event":"error",...,"exit_code":N}`), so a pipeline reading stdout learns why.
  */
 export async function runMain(main: (argv: string[]) => Promise<number>): Promise<never> {
   let code: number;
   try {
     code = await main(Deno.args);
   } catch (error) {
-    console.error(`Error: ${redactUrl(messageOf(error))}`);
-    if (error instanceof UploadError && error.hint) console.error(`Hint: ${error.hint}`);
-    if (!(error instanceof UploadError)) console.error(error);
     code = exitCodeFor(error);
+    const message = redactUrl(messageOf(error));
+    console.error(`Error: ${message}`);
+    const upload = error instanceof UploadError ? error : undefined;
+    if (upload?.hint) console.error(`Hint: ${upload.hint}`);
+    if (!upload) console.error(error);
+    else if (upload.kind === "fatal" && upload.cause !== undefined) console.error(upload.cause);
+    const end = Deno.args.indexOf("--");
+    const flags = end < 0 ? Deno.args : Deno.args.slice(0, end);
+    if (flags.includes("--json")) console.log(JSON.stringify(errorEvent(error, code)));
   }
   Deno.exit(code);
+}
+
+/** The JSON event for an error that ended a command. */
+export function errorEvent(error: unknown, exitCode: number): Record<string, unknown> {
+  const upload = error instanceof UploadError ? error : undefined;
+  return {
+    event: "error",
+    kind: upload?.kind ?? "fatal",
+    message: redactUrl(messageOf(error)),
+    ...(upload?.hint ? { hint: upload.hint } : {}),
+    ...(upload?.sqlstate ? { sqlstate: upload.sqlstate } : {}),
+    ...(upload?.subject ? { subject: redactUrl(upload.subject) } : {}),
+    exit_code: exitCode,
+  };
+}
+
+/** What to do on Ctrl-C (SIGINT) and SIGTERM. */
+export interface StopHandlers {
+  /** The first Ctrl-C (and the first SIGTERM when there is no `finish`). */
+  interrupt: () => void;
+  /** The first SIGTERM, when it means a graceful stop (watch mode). */
+  finish?: () => void;
+  /** A second signal: called just before the process exits with 130. */
+  quit: () => void;
+}
+
+/**
+ * Installs the scripts' signal policy: the first Ctrl-C or SIGTERM asks the run to stop
+ * (batches in flight finish, none starts); a second one quits at once with exit code 130.
+ *
+ * @returns a function removing the listeners.
+ */
+export function handleStopSignals(handlers: StopHandlers): () => void {
+  if (Deno.build.os === "windows") return () => {};
+  let received = 0;
+  const listener = (signal: Deno.Signal) => () => {
+    received++;
+    if (received > 1) {
+      handlers.quit();
+      Deno.exit(EXIT.INTERRUPTED);
+    }
+    if (signal === "SIGTERM" && handlers.finish) handlers.finish();
+    else handlers.interrupt();
+  };
+  const onInt = listener("SIGINT");
+  const onTerm = listener("SIGTERM");
+  Deno.addSignalListener("SIGINT", onInt);
+  Deno.addSignalListener("SIGTERM", onTerm);
+  return () => {
+    Deno.removeSignalListener("SIGINT", onInt);
+    Deno.removeSignalListener("SIGTERM", onTerm);
+  };
 }

@@ -9,6 +9,7 @@
 import { startEmbedded } from "./embedded.ts";
 import type { PsqlConnection } from "./psql.ts";
 import { resolve } from "node:path";
+import { UploadError } from "./errors.ts";
 import { connectionFromUrl, libpqConnection, targetIdFromUrl, type TargetSpec } from "./target.ts";
 
 /** A target that can be opened on demand. */
@@ -19,8 +20,11 @@ export interface Connector {
   readonly embedded: boolean;
   /** Identity of the target (server, port, database; no user or password), kept in the tracker. */
   readonly id: string;
-  /** Starts what needs starting and returns how psql reaches the server. */
-  open(): Promise<PsqlConnection>;
+  /**
+   * Starts what needs starting and returns how psql reaches the server. Aborting `signal`
+   * gives up a start in progress (rejects with `interrupted`).
+   */
+  open(signal?: AbortSignal): Promise<PsqlConnection>;
   /** Stops what `open` started. */
   close(): Promise<void>;
 }
@@ -62,7 +66,10 @@ export function connectorFor(
     display: `embedded PostgreSQL (PGlite) in ${spec.dataDir}`,
     embedded: true,
     id: `embedded:${resolve(spec.dataDir)}`,
-    async open() {
+    async open(signal) {
+      if (signal?.aborted) {
+        throw new UploadError("interrupted", "Interrupted before the embedded database started");
+      }
       server ??= await startEmbedded(spec.dataDir, {
         maxConnections: Math.max(8, (options.maxConnections ?? 4) + 2),
       });

@@ -18,8 +18,6 @@ export interface TrackedState {
   status: string;
   /** Runs that already failed this folder for its data. */
   retryCount: number;
-  /** Earliest time (ms) another attempt may be made, or null. */
-  nextAttemptMs: number | null;
 }
 
 /** What the scan saw of the folder. */
@@ -62,7 +60,7 @@ export interface DiffOptions {
  * - new -> pending; fingerprint (or key) changed -> pending with retry_count reset to 0;
  *   unchanged -> the row keeps its status (a folder uploaded before stays success).
  * - A pending folder is uploaded unless it is still settling; a failed one is retried
- *   while its retry count is below `maxRetries` and its next attempt time has come.
+ *   while its retry count is below `maxRetries`.
  *
  * @example
  * ```ts
@@ -91,8 +89,7 @@ export function decideFolder(
   if (!settling) {
     if (tracked.status === "pending") upload = true;
     else if (tracked.status === "failed") {
-      upload = tracked.retryCount < options.maxRetries &&
-        (tracked.nextAttemptMs === null || tracked.nextAttemptMs <= options.nowMs);
+      upload = tracked.retryCount < options.maxRetries;
     }
   }
   return {

@@ -11,6 +11,8 @@
  * - `config`: the setup is wrong: missing psql, a refused role, a bad URL (exit 2).
  * - `folder`: this folder cannot be uploaded as it is (the folder fails, the run goes on).
  * - `data`: the server refused the rows of a batch for their content (bisected).
+ * - `timeout`: a statement ran past the server's `statement_timeout` or the client's own
+ *   limit (the batch is split; a single row that still times out fails alone).
  * - `transient`: connection lost or refused, timeout, pooler trouble (retried with backoff).
  * - `unreachable`: the target stayed unreachable past the deadline (exit 3).
  * - `locked`: another run holds the tracking database (exit 2).
@@ -22,6 +24,7 @@ export type ErrorKind =
   | "config"
   | "folder"
   | "data"
+  | "timeout"
   | "transient"
   | "unreachable"
   | "locked"
@@ -71,18 +74,15 @@ export const EXIT = {
 } as const;
 
 /**
- * Whether an error of this kind is retried with backoff in the same run.
+ * The exit code for an error that ends a run: the one mapping from error kinds to exit
+ * codes, used for errors thrown before a run starts and, through
+ * {@linkcode decideOutcome}, for errors that stop a run.
  *
  * @example
  * ```ts
- * isRetryable(new UploadError("transient", "Connection lost")); // true
+ * exitCodeFor(new UploadError("locked", "Tracking database in use")); // 2
  * ```
  */
-export function isRetryable(error: unknown): boolean {
-  return error instanceof UploadError && error.kind === "transient";
-}
-
-/** The exit code for an error that ends a run. */
 export function exitCodeFor(error: unknown): number {
   if (!(error instanceof UploadError)) return EXIT.SOME_FAILED;
   switch (error.kind) {
@@ -98,6 +98,50 @@ export function exitCodeFor(error: unknown): number {
     default:
       return EXIT.SOME_FAILED;
   }
+}
+
+/** How a run ended, as recorded in the tracker and printed in the summary. */
+export type RunStatus = "completed" | "stopped" | "failed" | "interrupted" | "unreachable";
+
+/** What {@linkcode decideOutcome} looks at. */
+export interface OutcomeInput {
+  /** The error that stopped the run early, if one did. */
+  error?: UploadError;
+  /** The user interrupted the run (Ctrl-C, or SIGTERM outside `--watch`). */
+  interrupted: boolean;
+  /**
+   * The run was asked to stop gracefully (SIGTERM in `--watch`): a normal end, exit 0
+   * (a service manager stopping the service must not see a failure; failed folders were
+   * reported as they happened and stay in the tracker).
+   */
+  stopped?: boolean;
+  /** Folders that failed in this run (refused, unreadable, bad stats.json). */
+  failed: number;
+}
+
+/**
+ * The one function that turns how a run went into its status and exit code: an error
+ * that stopped it decides (by {@linkcode exitCodeFor}); else an interruption (130); else
+ * a graceful stop (0); else any failed folder (1); else 0.
+ *
+ * @example
+ * ```ts
+ * decideOutcome({ interrupted: false, failed: 2 }); // { status: "completed", exitCode: 1 }
+ * ```
+ */
+export function decideOutcome(input: OutcomeInput): { status: RunStatus; exitCode: number } {
+  const error = input.error;
+  if (error && error.kind !== "interrupted") {
+    const exitCode = exitCodeFor(error);
+    return { status: exitCode === EXIT.UNREACHABLE ? "unreachable" : "failed", exitCode };
+  }
+  if (input.interrupted || error?.kind === "interrupted") {
+    return { status: "interrupted", exitCode: EXIT.INTERRUPTED };
+  }
+  if (input.stopped) {
+    return { status: "stopped", exitCode: EXIT.OK };
+  }
+  return { status: "completed", exitCode: input.failed > 0 ? EXIT.SOME_FAILED : EXIT.OK };
 }
 
 /** The message of any thrown value, for reports. */

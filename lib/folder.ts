@@ -6,12 +6,12 @@
  */
 
 import { createHash } from "node:crypto";
-import { join } from "node:path";
+import { dirname, join } from "node:path";
 import { markerNames, type UploaderConfig } from "../config.ts";
 import { UploadError } from "./errors.ts";
 import type { FolderSnapshot } from "./scan.ts";
 import { isImageName } from "./scan.ts";
-import { rowToJson, type UploadRow } from "./sql.ts";
+import { rowStatementBytes, rowToJsonWithStats, type UploadRow } from "./sql.ts";
 
 /** What {@linkcode buildRow} needs from the configuration. */
 export type RowConfig = Pick<
@@ -29,6 +29,8 @@ export interface BuiltRow {
   row: UploadRow;
   /** The row as JSON text (what travels to the server). */
   json: string;
+  /** Bytes the row adds to an upsert statement (see `rowStatementBytes`). */
+  bytes: number;
 }
 
 const UTF8 = new TextDecoder("utf-8", { fatal: true });
@@ -50,8 +52,12 @@ export const MAX_STATS_BYTES = 16 * 1024 * 1024;
 export function readStats(
   folderPath: string,
   statsFileName: string,
-): { value: unknown; bytes: Uint8Array } {
+  expectedSize?: number,
+): { value: unknown; bytes: Uint8Array; text: string } {
   const file = join(folderPath, statsFileName);
+  if (expectedSize !== undefined && expectedSize > MAX_STATS_BYTES) {
+    throw tooLarge(file, expectedSize);
+  }
   let bytes: Uint8Array;
   try {
     bytes = Deno.readFileSync(file);
@@ -63,14 +69,7 @@ export function readStats(
       : String(error);
     throw new UploadError("folder", `Cannot read ${file}: ${reason}`, { subject: folderPath });
   }
-  if (bytes.length > MAX_STATS_BYTES) {
-    throw new UploadError(
-      "folder",
-      `Cannot upload ${file}: it holds ${(bytes.length / 1048576).toFixed(1)} MiB, more than ` +
-        `the ${MAX_STATS_BYTES / 1048576} MiB a stats file may have`,
-      { subject: folderPath },
-    );
-  }
+  if (bytes.length > MAX_STATS_BYTES) throw tooLarge(file, bytes.length);
   let text: string;
   try {
     text = UTF8.decode(bytes);
@@ -107,7 +106,17 @@ export function readStats(
       { subject: folderPath },
     );
   }
-  return { value, bytes };
+  return { value, bytes, text };
+}
+
+/** The refusal of a stats file over the size limit, checked before it is read or parsed. */
+function tooLarge(file: string, size: number): UploadError {
+  return new UploadError(
+    "folder",
+    `Cannot upload ${file}: it holds ${(size / 1048576).toFixed(1)} MiB, more than ` +
+      `the ${MAX_STATS_BYTES / 1048576} MiB a stats file may have`,
+    { subject: dirname(file) },
+  );
 }
 
 /** Whether every string and key in a parsed JSON value is well-formed UTF-16. */
@@ -134,6 +143,12 @@ function containsNul(value: unknown): boolean {
   return false;
 }
 
+/** Options of {@linkcode buildRow}. */
+export interface BuildRowOptions {
+  /** The key is only the folder's name: the server must not let it overwrite another folder's row. */
+  strict?: boolean;
+}
+
 /**
  * Builds the upload row for a folder.
  *
@@ -142,21 +157,30 @@ function containsNul(value: unknown): boolean {
  * - `test_date`: mtime of stats.json, else of the newest image, else null.
  * - `metadata.folder_hash`: the fingerprint taken by the scan (before this read);
  *   `metadata.content_hash`: md5 of what the row carries (stats bytes, file names and sizes),
- *   which decides whether the server rewrites an existing row.
+ *   which decides whether the server rewrites an existing row; `metadata.source_path`: the
+ *   folder's path on this device.
+ * - The JSON text carries the stats file's own text (not a re-serialization).
  *
  * @throws {UploadError} kind `folder` when stats.json cannot be used (see {@linkcode readStats}).
  */
-export function buildRow(snapshot: FolderSnapshot, config: RowConfig, now = new Date()): BuiltRow {
+export function buildRow(
+  snapshot: FolderSnapshot,
+  config: RowConfig,
+  now = new Date(),
+  options: BuildRowOptions = {},
+): BuiltRow {
   const markers = markerNames(config);
   const files = snapshot.files.filter((f) => !markers.has(f.name));
   const images = files.filter((f) => isImageName(f.name, config.imageExtensions));
   const statsEntry = files.find((f) => f.name === config.statsFileName);
   let stats: unknown = null;
   let statsBytes: Uint8Array | null = null;
+  let statsText: string | null = null;
   if (statsEntry) {
-    const read = readStats(snapshot.path, config.statsFileName);
+    const read = readStats(snapshot.path, config.statsFileName, statsEntry.size);
     stats = read.value;
     statsBytes = read.bytes;
+    statsText = read.text;
   }
   const imageNames = images.map((f) => f.name); // snapshot files are sorted by name
   let dateMs: number | null = statsEntry ? statsEntry.mtimeMs : null;
@@ -182,22 +206,13 @@ export function buildRow(snapshot: FolderSnapshot, config: RowConfig, now = new 
       files_processed: files.map((f) => f.name),
       total_bytes: totalBytes,
       upload_timestamp: now.toISOString(),
+      source_path: snapshot.path,
     },
   };
-  let json: string;
-  try {
-    json = rowToJson(row);
-  } catch (error) {
-    // V8 serializes recursively: a stats.json nested some 10,000+ levels overflows the stack.
-    if (!(error instanceof RangeError)) throw error;
-    throw new UploadError(
-      "folder",
-      `Cannot upload ${join(snapshot.path, config.statsFileName)}: it is nested too deeply ` +
-        `(${error.message})`,
-      { subject: snapshot.path },
-    );
-  }
-  return { row, json };
+  if (options.strict) row.strict = true;
+  // null stats text also stands for a file holding just `null` (no statistics).
+  const json = rowToJsonWithStats(row, stats === null ? null : statsText);
+  return { row, json, bytes: rowStatementBytes(json) };
 }
 
 /**

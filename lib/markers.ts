@@ -99,15 +99,22 @@ export class MarkerWriter {
   #config: MarkerConfig;
   #concurrency: number;
   #onError: (path: string, error: unknown) => void;
+  #onWritten: ((path: string, name: string) => void) | undefined;
   #running = new Set<Promise<void>>();
 
   constructor(
     config: MarkerConfig,
-    options: { concurrency?: number; onError: (path: string, error: unknown) => void },
+    options: {
+      concurrency?: number;
+      onError: (path: string, error: unknown) => void;
+      /** Called with the folder and the marker's file name after each write. */
+      onWritten?: (path: string, name: string) => void;
+    },
   ) {
     this.#config = config;
     this.#concurrency = options.concurrency ?? 16;
     this.#onError = options.onError;
+    this.#onWritten = options.onWritten;
   }
 
   /**
@@ -122,8 +129,11 @@ export class MarkerWriter {
   ): Promise<void> {
     while (this.#running.size >= this.#concurrency) await Promise.race(this.#running);
     const names = present instanceof Set ? present : new Set(present);
+    const name = marker.status === "success"
+      ? this.#config.successMarker
+      : this.#config.failedMarker;
     const task: Promise<void> = writeMarkerAsync(folderPath, marker, this.#config, names)
-      .catch((error) => this.#onError(folderPath, error))
+      .then(() => this.#onWritten?.(folderPath, name), (error) => this.#onError(folderPath, error))
       .finally(() => this.#running.delete(task));
     this.#running.add(task);
   }

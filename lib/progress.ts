@@ -1,12 +1,14 @@
 /**
  * Output of a run: a live progress line on a terminal, a plain line every few seconds
- * otherwise, or one JSON object per line (`--json`) for pipelines. Reads the pipeline's
- * counters and turns its events into text; the pipeline itself never prints.
+ * otherwise, or one JSON object per line (`--json`) for pipelines; quick upload's step
+ * lines in the original script's words. Reads the engine's counters and turns its events
+ * into text; the engine itself never prints.
  *
  * @module
  */
 
-import type { PipelineEvent, RunCounters, RunResult } from "./pipeline.ts";
+import type { UploaderConfig } from "../config.ts";
+import type { EngineEvent, RunCounters, RunResult } from "./events.ts";
 
 /** Where and how to print. */
 export interface ReporterOptions {
@@ -31,6 +33,19 @@ function writeAll(file: { writeSync(p: Uint8Array): number }, text: string): voi
   const bytes = encoder.encode(text);
   let off = 0;
   while (off < bytes.length) off += file.writeSync(bytes.subarray(off));
+}
+
+/**
+ * A count with its noun, singular or plural.
+ *
+ * @example
+ * ```ts
+ * plural(1, "folder"); // "1 folder"
+ * plural(2, "batch", "batches"); // "2 batches"
+ * ```
+ */
+export function plural(n: number, one: string, many = `${one}s`): string {
+  return `${n} ${n === 1 ? one : many}`;
 }
 
 /** Human-readable byte count. */
@@ -151,8 +166,8 @@ export class Reporter {
     this.#clearLive();
   }
 
-  /** Turns a pipeline event into output. */
-  event(e: PipelineEvent): void {
+  /** Turns an event into output. */
+  event(e: EngineEvent): void {
     this.json(e as unknown as Record<string, unknown>);
     const human = this.#opts.json
       ? (l: string) => this.#err(l + "\n")
@@ -194,10 +209,13 @@ export class Reporter {
         break;
       case "settle_wait":
         this.info(
-          `Waiting ${
-            (e.wait_ms / 1000).toFixed(1)
-          } s for ${e.folders} folder(s) still being written`,
+          `Waiting up to ${(e.wait_ms / 1000).toFixed(1)} s for ${
+            plural(e.folders, "folder")
+          } still being written`,
         );
+        break;
+      case "warning":
+        human(`Warning: ${e.message}`);
         break;
       default:
         break;
@@ -231,53 +249,203 @@ export class Reporter {
       bytes: c.bytes,
       batches: c.batches,
       exhausted: result.exhausted,
+      adopted: c.adopted,
       duration_ms: result.durationMs,
+      ...errorFields(result),
     });
     const lines: string[] = [];
     const took = formatDuration(result.durationMs);
     if (mode === "scan-only") {
       lines.push(
-        `Scanned ${c.scanned} folders in ${took}: ${c.new} new, ${c.changed} changed, ` +
+        `Scanned ${plural(c.scanned, "folder")} in ${took}: ${c.new} new, ${c.changed} changed, ` +
           `${c.unchanged} unchanged, ${c.missing} missing, ${c.unreadable} unreadable`,
       );
     } else if (mode === "dry-run") {
       lines.push(
-        `Dry run: ${c.scanned} folders scanned in ${took}; would upload ${
-          c.queued - c.failed
-        } folders (${formatBytes(c.bytes)}); ${c.failed} would fail; nothing was written`,
+        `Dry run: ${plural(c.scanned, "folder")} scanned in ${took}; would upload ${
+          plural(c.queued - c.failed - c.adopted, "folder")
+        } (${formatBytes(c.bytes)}); ${c.failed} would fail; nothing was written`,
       );
     } else {
       lines.push(
-        `Scanned ${c.scanned} folders (${c.new} new, ${c.changed} changed, ${c.unchanged} ` +
-          `unchanged) in ${took}`,
+        `Scanned ${plural(c.scanned, "folder")} (${c.new} new, ${c.changed} changed, ` +
+          `${c.unchanged} unchanged) in ${took}`,
       );
       lines.push(
-        `Uploaded ${c.uploaded} folders in ${c.batches} batches (${c.inserted} inserted, ` +
-          `${c.updated} updated, ${
+        `Uploaded ${plural(c.uploaded, "folder")} in ${plural(c.batches, "batch", "batches")} ` +
+          `(${c.inserted} inserted, ${c.updated} updated, ${
             c.uploaded - c.inserted - c.updated
           } already up to date); ${c.failed} failed`,
       );
     }
-    if (c.settling > 0) {
-      lines.push(`${c.settling} folders are still being written and were left for the next run`);
+    if (c.adopted > 0) {
+      lines.push(
+        `${plural(c.adopted, "folder")} changed on disk but not in content: nothing sent`,
+      );
     }
-    if (c.missing > 0) lines.push(`${c.missing} tracked folders are missing on disk`);
-    if (c.unreadable > 0) lines.push(`${c.unreadable} folders could not be read (see above)`);
-    if (c.markerErrors > 0) lines.push(`${c.markerErrors} marker files could not be written`);
+    if (c.settling > 0) {
+      lines.push(
+        `${plural(c.settling, "folder")} still being written, left for the next run`,
+      );
+    }
+    if (c.missing > 0) lines.push(`${plural(c.missing, "tracked folder")} missing on disk`);
+    if (c.unreadable > 0) {
+      lines.push(
+        `${plural(c.unreadable, "folder")} could not be read (see above; --status lists them)`,
+      );
+    }
+    if (c.markerErrors > 0) {
+      lines.push(`${plural(c.markerErrors, "marker file")} could not be written`);
+    }
     if (result.exhausted > 0) {
       lines.push(
-        `${result.exhausted} folders failed ${
-          result.exhausted === 1 ? "its" : "their"
-        } maximum number of times and wait for a change (--status lists them)`,
+        `${plural(result.exhausted, "folder")} failed the maximum number of times and ` +
+          `wait for a change (--status lists them)`,
       );
     }
     if (result.status === "interrupted") {
       lines.push("Interrupted: folders not yet acknowledged stay pending for the next run");
     }
-    if (this.#opts.quiet && result.exitCode === 0) return;
+    this.#printSummary(lines, result.exitCode);
+  }
+
+  /** Prints the end of a quick upload: its summary line, and the summary event in JSON mode. */
+  quickSummary(result: RunResult): void {
+    this.stop();
+    const c = result.counters;
+    this.json({
+      event: "summary",
+      mode: "quick",
+      status: result.status,
+      exit_code: result.exitCode,
+      given: c.given,
+      duplicates: c.duplicates,
+      uploaded: c.uploaded,
+      inserted: c.inserted,
+      updated: c.updated,
+      failed: c.failed,
+      marker_errors: c.markerErrors,
+      retries: c.retries,
+      bytes: c.bytes,
+      batches: c.batches,
+      duration_ms: result.durationMs,
+      ...errorFields(result),
+    });
+    const folders = c.given - c.duplicates;
+    const lines = [
+      folders === 0
+        ? "No folders given"
+        : `Uploaded ${c.uploaded} of ${plural(folders, "folder")} ` +
+          `(${c.inserted} inserted, ${c.updated} updated, ` +
+          `${c.uploaded - c.inserted - c.updated} already up to date); ${c.failed} failed`,
+    ];
+    if (c.markerErrors > 0) {
+      lines.push(`${plural(c.markerErrors, "marker file")} could not be written`);
+    }
+    if (result.status === "interrupted") {
+      lines.push("Interrupted: folders not yet acknowledged were not uploaded");
+    }
+    this.#printSummary(lines, result.exitCode);
+  }
+
+  #printSummary(lines: string[], exitCode: number): void {
+    if (this.#opts.quiet && exitCode === 0) return;
     for (const l of lines) {
       if (this.#opts.json) this.#err(l + "\n");
       else this.#out(l + "\n");
     }
+  }
+}
+
+/** The summary event's fields about the error that stopped a run, if one did. */
+function errorFields(result: RunResult): Record<string, unknown> {
+  const e = result.error;
+  if (!e) return {};
+  return {
+    error: e.message,
+    error_kind: e.kind,
+    ...(e.sqlstate ? { sqlstate: e.sqlstate } : {}),
+    ...(e.hint ? { hint: e.hint } : {}),
+  };
+}
+
+/** One human line for an event: `info` lines are progress, `warn` lines always print. */
+export interface StepLine {
+  level: "info" | "warn";
+  text: string;
+}
+
+/**
+ * The human step lines of a quick upload's event, in the original quick upload script's
+ * words (`Processing folder: ...`, `Found 2 images`, `Test status: passed`, ...).
+ */
+export function quickStepLines(
+  e: EngineEvent,
+  config: Pick<UploaderConfig, "statsFileName">,
+): StepLine[] {
+  const info = (text: string): StepLine => ({ level: "info", text });
+  const warn = (text: string): StepLine => ({ level: "warn", text });
+  switch (e.event) {
+    case "folder_start":
+      return [info(`Processing folder: ${e.path}`)];
+    case "folder_skipped":
+      return [info(`Skipped ${e.path}: ${e.reason}`)];
+    case "settle_wait":
+      return [
+        info(
+          `Waiting up to ${(e.wait_ms / 1000).toFixed(1)} s for ${
+            plural(e.folders, "folder")
+          } still being written`,
+        ),
+      ];
+    case "folder_found":
+      return [
+        info(`  Found ${plural(e.images, "image")}`),
+        info(e.stats ? `  Found ${config.statsFileName}` : `  No ${config.statsFileName}`),
+      ];
+    case "folder_read":
+      return [
+        ...(e.stats ? [info(`  Loaded ${config.statsFileName}`)] : []),
+        info(`  Test status: ${e.test_status}`),
+      ];
+    case "folder_failed":
+      return [warn(`  Failed: ${e.error}`)];
+    case "inserting":
+      return [
+        info(
+          `Inserting into ${e.table}...${
+            e.folders > 1 ? ` (${plural(e.folders, "folder")}, ${e.batch})` : ""
+          }`,
+        ),
+      ];
+    case "folder_uploaded":
+      return [info(`  Success: uploaded ${e.key}`)];
+    case "marker_written":
+      return [info(`  Marker written: ${e.marker}`)];
+    case "marker_error":
+      return [warn(`  ${e.error}`)];
+    case "retry":
+      return [
+        info(
+          `Retrying ${e.subject} (attempt ${e.attempt}) in ${
+            (e.delay_ms / 1000).toFixed(1)
+          } s: ${e.reason}`,
+        ),
+      ];
+    case "schema":
+      return e.rekeyed > 0
+        ? [
+          warn(
+            `Upgraded ${e.table}: ${e.rekeyed} duplicate rows of the original tool were kept under ` +
+              `keys marked "(duplicate ...)"`,
+          ),
+        ]
+        : [];
+    case "warning":
+      return [warn(`Warning: ${e.message}`)];
+    case "stopping":
+      return [warn(`Stopping: ${e.reason}`)];
+    default:
+      return [];
   }
 }

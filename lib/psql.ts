@@ -25,7 +25,9 @@
  * @module
  */
 
-import { type ErrorKind, UploadError } from "./errors.ts";
+import { UploadError } from "./errors.ts";
+import { classifyConnectFailure, classifySqlstate, connectHint } from "./policy.ts";
+import { parseQuotedLiteral, terminateStatement } from "./psql_text.ts";
 
 /** How to reach a server with psql. Never holds a password in `args`. */
 export interface PsqlConnection {
@@ -99,90 +101,6 @@ const INSTALL_HINT =
 const MIN_PSQL_MAJOR = 12;
 
 const ENCODER = new TextEncoder();
-
-/**
- * What an SQLSTATE means for the run.
- *
- * - `transient` (retry, restart psql): class 08 (connection), class 53 (too many
- *   connections, out of memory, disk full), 57P01/57P02/57P03/57P05 (server shutting down,
- *   starting up, idle session closed), 40001 and 40P01 (serialization failure, deadlock),
- *   57014 (statement timeout: the caller retries in smaller pieces), 55P03 (lock not
- *   available).
- * - `config` (stop and tell the user): 42501 (permission or row-level security), class 28
- *   (authentication), 3D000 (no such database), 3F000 (no such schema), 25006 (read-only
- *   server or transaction), class 42 (no such table or column, and other errors in the
- *   statement against the schema).
- * - `data` (the rows are refused: bisect): classes 22, 23, 54, XX and anything else.
- *
- * @example
- * ```ts
- * classifySqlstate("23505"); // "data"
- * classifySqlstate("53300"); // "transient"
- * classifySqlstate("42501"); // "config"
- * ```
- */
-export function classifySqlstate(code: string): ErrorKind {
-  const sqlClass = code.slice(0, 2);
-  switch (code) {
-    case "57014":
-    case "57P01":
-    case "57P02":
-    case "57P03":
-    case "57P05":
-    case "40001":
-    case "40P01":
-    case "55P03":
-      return "transient";
-    case "3D000":
-    case "3F000":
-    case "25006":
-      return "config";
-  }
-  if (sqlClass === "08" || sqlClass === "53") return "transient";
-  if (sqlClass === "28" || sqlClass === "42") return "config";
-  return "data";
-}
-
-const TRANSIENT_CONNECT_PATTERNS = [
-  /connection refused/i,
-  /could not connect/i,
-  /timeout expired/i,
-  /timed out/i,
-  /network is unreachable/i,
-  /no route to host/i,
-  /host is unreachable/i,
-  /cannot assign requested address/i,
-  /could not translate host name/i,
-  /temporary failure in name resolution/i,
-  /too many clients/i,
-  /too many connections/i,
-  /remaining connection slots are reserved/i,
-  /no more connections allowed/i,
-  /max client connections reached/i,
-  /the database system is (starting up|shutting down|in recovery mode|not yet accepting)/i,
-  /server closed the connection unexpectedly/i,
-  /connection reset/i,
-  /ssl syscall error/i,
-  /terminating connection/i,
-  /is the server running/i,
-];
-
-/**
- * What a failure to connect means, from psql's stderr: `transient` for a refused,
- * unreachable or timed-out connection, too many connections, or a server starting up or
- * shutting down; `config` for everything else (authentication, no such role or
- * database, a malformed URL, SSL settings).
- */
-export function classifyConnectFailure(stderr: string): ErrorKind {
-  if (
-    /password authentication failed|role .* does not exist|database .* does not exist/i.test(stderr)
-  ) {
-    return "config";
-  }
-  return TRANSIENT_CONNECT_PATTERNS.some((pattern) => pattern.test(stderr))
-    ? "transient"
-    : "config";
-}
 
 /**
  * Checks that psql can be run and is recent enough (12+); returns its version line.
@@ -297,168 +215,6 @@ export async function runPsqlInteractive(
   }
 }
 
-/**
- * Checks that `sql` is exactly one complete statement psql will pass to the server as
- * is, and returns it terminated by `;` and a newline. Lexes like psql: quotes (`'...'`,
- * `E'...'`), quoted identifiers, dollar quotes, `--` and nested `/* *\/` comments. Plain
- * `'...'` literals are read as with `standard_conforming_strings` on; the project's
- * {@linkcode sqlLiteral} uses `E'...'` for any text with a backslash, so both readings
- * agree.
- *
- * @throws UploadError `fatal` (a bug in the caller) for an empty statement, several
- *   statements, an unterminated quote or comment (psql would read the reply trailer as
- *   part of it and never answer), or a backslash outside quotes (a psql meta-command).
- *
- * @example
- * ```ts
- * terminateStatement("select 1"); // "select 1;\n"
- * ```
- */
-export function terminateStatement(sql: string): string {
-  const fail = (why: string) =>
-    new UploadError("fatal", `Refusing to send SQL to psql: ${why}`, {
-      subject: sql.length > 120 ? `${sql.slice(0, 120)}...` : sql,
-    });
-  let i = 0;
-  const n = sql.length;
-  let sawCode = false; // something other than blanks and comments since the last ";"
-  let terminated = false; // a top-level ";" was seen and nothing but blanks/comments since
-  const isIdentStart = (c: string) => /[A-Za-z_\u0080-\uffff]/.test(c);
-  const isIdentChar = (c: string) => /[A-Za-z0-9_$\u0080-\uffff]/.test(c);
-  while (i < n) {
-    const c = sql[i];
-    if (c === " " || c === "\t" || c === "\n" || c === "\r" || c === "\f" || c === "\v") {
-      i++;
-      continue;
-    }
-    if (c === "-" && sql[i + 1] === "-") {
-      const end = sql.indexOf("\n", i);
-      i = end < 0 ? n : end + 1;
-      continue;
-    }
-    if (c === "/" && sql[i + 1] === "*") {
-      let depth = 1;
-      i += 2;
-      while (depth > 0) {
-        if (i >= n) throw fail("unterminated /* comment");
-        if (sql[i] === "/" && sql[i + 1] === "*") {
-          depth++;
-          i += 2;
-        } else if (sql[i] === "*" && sql[i + 1] === "/") {
-          depth--;
-          i += 2;
-        } else i++;
-      }
-      continue;
-    }
-    if (terminated) throw fail("more than one statement");
-    if (c === ";") {
-      if (!sawCode) throw fail("empty statement");
-      terminated = true;
-      i++;
-      continue;
-    }
-    sawCode = true;
-    if (c === "\\") throw fail("a backslash outside quotes (psql would run it as a command)");
-    if (c === "'") {
-      i = skipQuoted(sql, i + 1, false);
-      if (i < 0) throw fail("unterminated quoted string");
-      continue;
-    }
-    if (c === '"') {
-      for (i++;; i += 2) {
-        i = sql.indexOf('"', i);
-        if (i < 0) throw fail("unterminated quoted identifier");
-        if (sql[i + 1] !== '"') break;
-      }
-      i++;
-      continue;
-    }
-    if (c === "$") {
-      const match = /^\$([A-Za-z_\u0080-\uffff][A-Za-z0-9_\u0080-\uffff]*)?\$/.exec(
-        sql.slice(i, i + 64),
-      );
-      if (match) {
-        const tag = match[0];
-        const end = sql.indexOf(tag, i + tag.length);
-        if (end < 0) throw fail(`unterminated dollar quote ${tag}`);
-        i = end + tag.length;
-        continue;
-      }
-      i++; // a parameter such as $1
-      continue;
-    }
-    if (isIdentStart(c)) {
-      if ((c === "E" || c === "e") && sql[i + 1] === "'") {
-        i = skipQuoted(sql, i + 2, true);
-        if (i < 0) throw fail("unterminated quoted string");
-        continue;
-      }
-      while (i < n && isIdentChar(sql[i])) i++;
-      continue;
-    }
-    i++;
-  }
-  if (!sawCode) throw fail("empty statement");
-  return terminated ? `${sql.trimEnd()}\n` : `${sql.trimEnd()}\n;\n`;
-}
-
-/** Index just after the closing quote of a literal whose body starts at `start`, or -1. */
-function skipQuoted(sql: string, start: number, escapes: boolean): number {
-  const pattern = escapes ? /['\\]/g : /'/g;
-  pattern.lastIndex = start;
-  for (;;) {
-    const match = pattern.exec(sql);
-    if (match === null) return -1;
-    const at = match.index;
-    if (sql[at] === "\\") {
-      pattern.lastIndex = at + 2;
-      continue;
-    }
-    if (sql[at + 1] === "'") {
-      pattern.lastIndex = at + 2;
-      continue;
-    }
-    return at + 1;
-  }
-}
-
-/**
- * Reads a literal as psql's `:'var'` prints it: `'...'` with `''` for `'`, or (with a
- * leading space) ` E'...'` where `\\` stands for `\`. Returns undefined while the closing
- * quote has not arrived (the message spans more lines).
- */
-export function parseQuotedLiteral(text: string): string | undefined {
-  let s = text.trimStart();
-  let escapes = false;
-  if (s.startsWith("E'") || s.startsWith("e'")) {
-    escapes = true;
-    s = s.slice(1);
-  }
-  if (!s.startsWith("'")) {
-    throw new UploadError("fatal", `Malformed psql reply: expected a quoted literal, got ${s}`);
-  }
-  let value = "";
-  for (let i = 1; i < s.length; i++) {
-    const c = s[i];
-    if (c === "'") {
-      if (s[i + 1] === "'") {
-        value += "'";
-        i++;
-        continue;
-      }
-      return value;
-    }
-    if (c === "\\" && escapes && i + 1 < s.length) {
-      value += s[i + 1];
-      i++;
-      continue;
-    }
-    value += c;
-  }
-  return undefined;
-}
-
 /** Splits a byte stream into text lines. */
 class LineReader {
   readonly #reader: ReadableStreamDefaultReader<Uint8Array>;
@@ -541,6 +297,8 @@ export class PsqlSession {
   #alive = true;
   #closing = false;
   #timedOut = false;
+  #timeoutMs = 0;
+  #statementTimeout: string | undefined;
   #exitCode: number | undefined;
   #stdinClosed = false;
 
@@ -565,7 +323,10 @@ export class PsqlSession {
   }
 
   /**
-   * Starts psql on a connection and proves it with `select 1`.
+   * Starts psql on a connection and proves it with a probe that also reads the server's
+   * `statement_timeout` (for error messages). A probe the server answers with an error
+   * still proves the connection unless the error is about the connection itself: a probe
+   * cancelled by a very short `statement_timeout` is a working session, not an outage.
    *
    * @throws UploadError `transient` when the server refused, could not be reached, timed
    *   out, has too many connections or is starting up or shutting down; `config` for a
@@ -598,7 +359,9 @@ export class PsqlSession {
     const session = new PsqlSession(child, conn, major !== undefined && major >= 13);
     let reply: StatementReply;
     try {
-      reply = await session.run("select 1", { timeoutMs: (Number(connectTimeout) + 20) * 1000 });
+      reply = await session.run("select 1, current_setting('statement_timeout')", {
+        timeoutMs: (Number(connectTimeout) + 20) * 1000,
+      });
     } catch (error) {
       await session.kill();
       const stderr = session.#connectMessage();
@@ -609,14 +372,29 @@ export class PsqlSession {
         { cause: error, hint: connectHint(kind, stderr, conn.display) },
       );
     }
-    if (!reply.ok || reply.rows.join("\n") !== "1") {
-      await session.kill();
+    if (reply.ok && reply.rows.length === 1 && reply.rows[0].startsWith("1|")) {
+      session.#statementTimeout = reply.rows[0].slice(2);
+      return session;
+    }
+    if (!reply.ok && classifySqlstate(reply.sqlstate) === "timeout") return session;
+    await session.kill();
+    if (!reply.ok) {
+      const kind = classifySqlstate(reply.sqlstate);
       throw new UploadError(
-        "fatal",
-        `Unexpected reply to the connection probe on ${conn.display}: ${JSON.stringify(reply)}`,
+        kind === "transient" ? "transient" : "config",
+        `Cannot use the connection to ${conn.display}: ${reply.sqlstate}: ${reply.message}`,
+        { sqlstate: reply.sqlstate },
       );
     }
-    return session;
+    throw new UploadError(
+      "fatal",
+      `Unexpected reply to the connection probe on ${conn.display}: ${JSON.stringify(reply)}`,
+    );
+  }
+
+  /** The server's `statement_timeout` as the probe read it (`0` is none), when known. */
+  get statementTimeout(): string | undefined {
+    return this.#statementTimeout;
   }
 
   /** Whether psql is running and the connection was not lost. */
@@ -642,11 +420,11 @@ export class PsqlSession {
   /**
    * Sends one statement (terminated with `;` when it is not) and waits for its reply. SQL
    * errors are replies (`ok: false`), not exceptions; read their kind with
-   * {@linkcode classifySqlstate}.
+   * `classifySqlstate` (lib/policy.ts).
    *
-   * @throws UploadError `transient` when the connection is lost or the timeout passes
-   *   (the session is dead afterwards); `fatal` for SQL that is not exactly one complete
-   *   statement (see {@linkcode terminateStatement}).
+   * @throws UploadError `transient` when the connection is lost, `timeout` when the
+   *   timeout passes (the session is dead after either); `fatal` for SQL that is not exactly one complete
+   *   statement (see `terminateStatement` in lib/psql_text.ts).
    */
   run(sql: string, options: RunOptions = {}): Promise<StatementReply> {
     const reply = this.#queue.then(() => this.#runNow(sql, options));
@@ -670,6 +448,7 @@ export class PsqlSession {
     if (options.timeoutMs !== undefined) {
       timer = setTimeout(() => {
         this.#timedOut = true;
+        this.#timeoutMs = options.timeoutMs ?? 0;
         this.#killProcess();
       }, options.timeoutMs);
     }
@@ -727,8 +506,10 @@ export class PsqlSession {
     const tail = this.stderrTail().trim();
     if (this.#timedOut) {
       return new UploadError(
-        "transient",
-        `Statement timed out on ${this.#display}; psql was stopped`,
+        "timeout",
+        `No reply within ${
+          Math.round(this.#timeoutMs / 1000)
+        } s from ${this.#display}; psql was stopped (the client's own statement timeout)`,
       );
     }
     if (this.#closing) {
@@ -841,24 +622,4 @@ export class PsqlSession {
   async [Symbol.asyncDispose](): Promise<void> {
     await this.close();
   }
-}
-
-function connectHint(kind: ErrorKind, stderr: string, display: string): string | undefined {
-  const supabase = display.match(/db\.([a-z0-9]+)\.supabase\.co/i);
-  if (
-    supabase &&
-    /network is unreachable|cannot assign requested address|could not translate host name|no route to host/i
-      .test(stderr)
-  ) {
-    return `Supabase's direct host has only an IPv6 address unless the project pays for IPv4. ` +
-      `Use the session pooler instead: aws-<region>.pooler.supabase.com:5432 with user ` +
-      `postgres.${supabase[1]} (or the transaction pooler on port 6543)`;
-  }
-  if (/password authentication failed|no password supplied/i.test(stderr)) {
-    return "Check the password in the database URL (or PGPASSWORD / ~/.pgpass)";
-  }
-  if (kind === "transient") {
-    return "Check the host and port, that the server runs and accepts TCP connections";
-  }
-  return undefined;
 }

@@ -28,6 +28,11 @@ export interface UploadRow {
   test_date: string | null;
   /** folder_hash, content_hash, total_images, files_processed, upload_timestamp and more. */
   metadata: Record<string, unknown>;
+  /**
+   * The key is only the folder's name (a quick upload with no base): the row may be written
+   * only when it holds no other folder's data (`metadata.source_path` differs). Not stored.
+   */
+  strict?: boolean;
 }
 
 /** The device the rows belong to. */
@@ -64,6 +69,8 @@ export interface UpsertCounts {
   inserted: number;
   /** Rows that existed with a different content_hash and were rewritten. */
   updated: number;
+  /** Strict rows not written because their key holds another folder's row: [key, its source_path]. */
+  conflicts: [string, string][];
 }
 
 /** Bytes of an upsert statement besides its rows (SQL text, device, batch name), an upper bound. */
@@ -414,7 +421,7 @@ export function rowToJson(row: UploadRow): string {
 
 /** The fields of a row that travel, in a fixed order (no stray properties). */
 function payloadRow(row: UploadRow): Record<string, unknown> {
-  return {
+  const payload: Record<string, unknown> = {
     folder_key: row.folder_key,
     folder_name: row.folder_name,
     images: row.images,
@@ -423,6 +430,28 @@ function payloadRow(row: UploadRow): Record<string, unknown> {
     test_date: row.test_date,
     metadata: row.metadata,
   };
+  if (row.strict) payload.strict = true;
+  return payload;
+}
+
+/**
+ * {@linkcode rowToJson} with `test_results` spliced in as the stats file's own JSON text,
+ * which must be one valid JSON value (it was parsed): the file's digits, escapes and key
+ * order travel as they are, and a large file is not serialized again.
+ *
+ * @example
+ * ```ts
+ * rowToJsonWithStats({ ...row, test_results: null }, '{"result": "PASS"}');
+ * ```
+ */
+export function rowToJsonWithStats(row: UploadRow, statsText: string | null): string {
+  const json = rowToJson({ ...row, test_results: null });
+  if (statsText === null) return json;
+  // Keys and values before test_results are JSON strings, where a `"` is always escaped:
+  // the first `,"test_results":null,` is the field itself.
+  const field = ',"test_results":null,';
+  const at = json.indexOf(field);
+  return `${json.slice(0, at)},"test_results":${statsText},${json.slice(at + field.length)}`;
 }
 
 /** A value still to check, with the step that leads to it from its parent. */
@@ -510,10 +539,10 @@ export function buildUpsertStatement(
     }
     keys.add(row.folder_key);
     // JSON text shows what a walk would find: NUL and lone surrogates are the only text
-    // JSON.stringify writes as \u0000 and \ud800-\udfff escapes. Walk only when one appears.
-    if (rowJson === undefined || MAY_BE_UNSTORABLE.test(rowJson[i])) {
-      checkStorable(payloadRow(row), row, "row");
-    }
+    // JSON.stringify writes as \u0000 and \ud800-\udfff escapes. Walk only when one appears
+    // (the text, not the row: a row may travel without its parsed stats).
+    if (rowJson === undefined) checkStorable(payloadRow(row), row, "row");
+    else if (MAY_BE_UNSTORABLE.test(rowJson[i])) checkStorable(JSON.parse(rowJson[i]), row, "row");
   }
   const header = JSON.stringify({
     device_id: options.device.id,
@@ -526,12 +555,30 @@ export function buildUpsertStatement(
     : rows.map((r) => JSON.stringify(payloadRow(r))).join(",");
   const payloadText = `${header.slice(0, -1)},"rows":[${rowsText}]}`;
   const t = ref.sql;
+  // Strict rows (keyed by a folder's name alone) may not overwrite a row another folder
+  // wrote: such keys are left out and reported. Without strict rows the check is left out.
+  const strict = rows.some((r) => r.strict);
+  const conflicts = strict
+    ? `), conflicts as (\n` +
+      `  select i.folder_key, t.metadata->>'source_path' as held_by\n` +
+      `  from payload, input i join ${t} t on t.folder_key = i.folder_key\n` +
+      `  where i.strict and t.device_id = (payload.p->>'device_id')::uuid\n` +
+      `    and t.metadata->>'source_path' is distinct from i.metadata->>'source_path'\n` +
+      `    and t.metadata->>'source_path' is not null\n`
+    : "";
+  const keep = strict
+    ? `  where not exists (select 1 from conflicts c where c.folder_key = i.folder_key)\n`
+    : "";
+  const report = strict
+    ? `(select coalesce(json_agg(json_build_array(c.folder_key, c.held_by)), '[]') from conflicts c)`
+    : `'[]'::json`;
   return `with payload as (\n` +
     `  select ${sqlLiteral(payloadText)}::jsonb as p\n` +
     `), input as (\n` +
     `  select r.* from payload, jsonb_to_recordset(payload.p->'rows') as r(\n` +
     `    folder_key text, folder_name text, images text[], test_results jsonb,\n` +
-    `    test_status text, test_date timestamptz, metadata jsonb)\n` +
+    `    test_status text, test_date timestamptz, metadata jsonb, strict boolean)\n` +
+    conflicts +
     `), written as (\n` +
     `  insert into ${t} as t (device_id, device_name, device_type, folder_key, folder_name,\n` +
     `    images, test_results, test_status, test_date, upload_batch, metadata, data_type)\n` +
@@ -540,6 +587,7 @@ export function buildUpsertStatement(
     `    i.test_results, i.test_status, i.test_date, payload.p->>'upload_batch', i.metadata,\n` +
     `    'image_analysis'\n` +
     `  from payload, input i\n` +
+    keep +
     `  on conflict (device_id, folder_key) do update set\n` +
     `    device_name = excluded.device_name, device_type = excluded.device_type,\n` +
     `    folder_name = excluded.folder_name, images = excluded.images,\n` +
@@ -549,8 +597,9 @@ export function buildUpsertStatement(
     `  where t.metadata->>'content_hash' is distinct from excluded.metadata->>'content_hash'\n` +
     `  returning (t.xmax = 0) as inserted\n` +
     `)\n` +
-    `select format('{"inserted":%s,"updated":%s}', count(*) filter (where inserted),\n` +
-    `  count(*) filter (where not inserted)) from written;`;
+    `select json_build_object('inserted', count(*) filter (where inserted),\n` +
+    `  'updated', count(*) filter (where not inserted), 'conflicts', ${report})::text\n` +
+    `from written;`;
 }
 
 /**
@@ -560,19 +609,31 @@ export function buildUpsertStatement(
  *
  * @example
  * ```ts
- * parseUpsertReply(['{"inserted":2,"updated":1}']); // { inserted: 2, updated: 1 }
+ * parseUpsertReply(['{"inserted" : 2, "updated" : 1, "conflicts" : []}']);
+ * // { inserted: 2, updated: 1, conflicts: [] }
  * ```
  */
 export function parseUpsertReply(rows: readonly string[]): UpsertCounts {
-  const line = rows.length === 1 ? rows[0] : undefined;
-  const match = line?.match(/^\{"inserted":(\d+),"updated":(\d+)\}$/);
-  if (!match) {
+  let value: { inserted?: unknown; updated?: unknown; conflicts?: unknown } | undefined;
+  try {
+    value = rows.length === 1 ? JSON.parse(rows[0]) : undefined;
+  } catch (_error) {
+    value = undefined; // not the statement's JSON: reported below
+  }
+  if (
+    typeof value?.inserted !== "number" || typeof value.updated !== "number" ||
+    !Array.isArray(value.conflicts)
+  ) {
     throw new UploadError(
       "fatal",
       `Unexpected reply to an upsert statement: ${JSON.stringify(rows.slice(0, 3))}`,
     );
   }
-  return { inserted: Number(match[1]), updated: Number(match[2]) };
+  return {
+    inserted: value.inserted,
+    updated: value.updated,
+    conflicts: value.conflicts as [string, string][],
+  };
 }
 
 /** UTF-8 length of a string, counting what E'...' quoting doubles (`\` and `'`). */
@@ -603,5 +664,19 @@ function quotedUtf8Length(s: string): number {
  * ```
  */
 export function estimateRowBytes(row: UploadRow): number {
-  return quotedUtf8Length(JSON.stringify(payloadRow(row))) + 1;
+  return rowStatementBytes(JSON.stringify(payloadRow(row)));
+}
+
+/**
+ * Bytes a row's JSON text (as {@linkcode rowToJson} makes it) adds to an upsert statement:
+ * its UTF-8 length with the quoting's doubled characters, plus a separator. Exact for
+ * text with a backslash, an upper bound otherwise.
+ *
+ * @example
+ * ```ts
+ * rowStatementBytes('{"folder_key":"é"}'); // 20
+ * ```
+ */
+export function rowStatementBytes(json: string): number {
+  return quotedUtf8Length(json) + 1;
 }

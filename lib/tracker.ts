@@ -14,11 +14,11 @@ import { DatabaseSync, type StatementSync } from "node:sqlite";
 import { hostname } from "node:os";
 import { decideFolder, type DiffDecision, type DiffOptions, type TrackedState } from "./diff.ts";
 import type { FolderSnapshot } from "./scan.ts";
-import { UploadError } from "./errors.ts";
+import { type RunStatus, UploadError } from "./errors.ts";
 import { localDeviceId } from "./device.ts";
 
 /** The schema version this code writes. */
-export const SCHEMA_VERSION = 2;
+export const SCHEMA_VERSION = 3;
 
 /**
  * Migrations, keyed by the version they bring the database to. Each runs in one
@@ -76,6 +76,19 @@ const MIGRATIONS: Record<number, string> = {
       summary TEXT
     );
   `,
+  3: `
+    ALTER TABLE folder_status ADD COLUMN content_hash TEXT;
+    ALTER TABLE folder_status ADD COLUMN missing_since TEXT;
+    CREATE TABLE IF NOT EXISTS problems (
+      path TEXT PRIMARY KEY,
+      base_path TEXT,
+      reason TEXT NOT NULL,
+      first_seen TEXT NOT NULL,
+      last_seen TEXT NOT NULL,
+      last_seen_run INTEGER
+    );
+    CREATE INDEX IF NOT EXISTS problems_base ON problems (base_path);
+  `,
 };
 
 /** Settings for {@linkcode Tracker.open}. */
@@ -94,6 +107,8 @@ export interface FolderOutcome {
   path: string;
   /** The fingerprint taken before the folder was read. */
   fingerprint: string;
+  /** The content hash of the row sent (what the server now holds when `ok`). */
+  contentHash?: string;
   /** Whether the server acknowledged the folder's row. */
   ok: boolean;
   /** Why it failed, naming the file or the server's SQLSTATE. */
@@ -115,16 +130,34 @@ export interface BatchRecord {
 /** A decision for one scanned folder, with the snapshot it was made for. */
 export interface ScanDecision extends DiffDecision {
   snapshot: FolderSnapshot;
+  /** The content hash of the row the server last acknowledged for this folder, if any. */
+  uploadedContent: string | null;
 }
 
-/** Counts of a tracking database, for `--status`. */
+/** A failed folder, as `--status` lists it. */
+export interface FailureEntry {
+  folderPath: string;
+  folderName: string;
+  /** The last error, naming the file or the server's SQLSTATE. */
+  error: string;
+  /** When it last failed. */
+  when: string;
+  /** Runs that failed it since its files last changed. */
+  retryCount: number;
+}
+
+/** Counts and lists of a tracking database, for `--status`. Lists hold `limit` entries at most. */
 export interface StatusReport {
   dbPath: string;
   total: number;
   byStatus: Record<string, number>;
+  /** Pending folders whose newest file was too young to upload when last seen. */
   settling: number;
+  /** Tracked folders gone from disk: not found by the last complete scan, or under a base that is gone. */
   missing: number;
   missingSample: string[];
+  /** Base folders that no longer exist (moved or renamed? see `--moved-from`). */
+  goneBases: string[];
   recentBatches: {
     batchName: string;
     successful: number;
@@ -136,7 +169,15 @@ export interface StatusReport {
     durationSeconds: number | null;
     foldersPerSecond: number | null;
   }[];
-  recentFailures: { folderPath: string; folderName: string; error: string; when: string }[];
+  /** Failed folders the next runs retry (retry count below --max-retries), newest first. */
+  recentFailures: FailureEntry[];
+  failuresTotal: number;
+  /** Failed folders that used up their retries and wait for a change, newest first. */
+  exhausted: FailureEntry[];
+  exhaustedTotal: number;
+  /** Folders or files the last scans could not read. */
+  problems: { path: string; reason: string; since: string }[];
+  problemsTotal: number;
   lastRun: {
     runId: number;
     mode: string;
@@ -146,12 +187,37 @@ export interface StatusReport {
   } | null;
 }
 
+/** Settings of {@linkcode Tracker.status}. */
+export interface StatusOptions {
+  /** Most entries per list (failures, exhausted, problems, missing); null for all. Default 10. */
+  limit?: number | null;
+  /** Recent batches listed. Default 5. */
+  batches?: number;
+  /** The retry limit that separates retried failures from exhausted ones. Default 3. */
+  maxRetries?: number;
+}
+
 interface FolderRow {
+  rowid: number;
+  folder_path: string;
   file_hash: string | null;
   folder_key: string | null;
   upload_status: string | null;
   retry_count: number | null;
-  next_attempt_at: number | null;
+  settling: number | null;
+  missing_since: string | null;
+  base_path: string | null;
+  content_hash: string | null;
+}
+
+/** A complete walk of one base in progress: which tracked rows it has seen. */
+interface Pass {
+  base: string;
+  runId: number;
+  /** Bit per rowid of the rows seen. */
+  seen: Uint8Array;
+  /** How many distinct rows are marked in `seen`. */
+  seenCount: number;
 }
 
 /** ISO-8601 UTC text, the tracker's time format. */
@@ -165,6 +231,7 @@ export class Tracker {
   readonly db: DatabaseSync;
   #lockFile: Deno.FsFile | null = null;
   #statements = new Map<string, StatementSync>();
+  #pass: Pass | null = null;
 
   private constructor(path: string, db: DatabaseSync) {
     this.path = path;
@@ -335,7 +402,7 @@ export class Tracker {
   /** Records how a run ended. `scanComplete` says the whole tree was walked. */
   finishRun(
     runId: number,
-    status: "completed" | "failed" | "interrupted" | "unreachable",
+    status: RunStatus,
     summary: unknown,
     scanComplete: boolean,
     now = new Date(),
@@ -346,52 +413,130 @@ export class Tracker {
   }
 
   /**
+   * Starts a complete walk of `base`: the rows {@linkcode applyScan} sees from now on are
+   * remembered (a bit per row, no write), so {@linkcode endPass} can tell which tracked
+   * folders the walk did not find.
+   */
+  beginPass(base: string, runId: number): void {
+    const top = this.#stmt("SELECT max(rowid) AS n FROM folder_status").get() as { n: number };
+    this.#pass = {
+      base,
+      runId,
+      seen: new Uint8Array(Math.ceil((Number(top.n ?? 0) + 1) / 8) + 1024),
+      seenCount: 0,
+    };
+  }
+
+  #markSeen(rowid: number): void {
+    const pass = this.#pass!;
+    const byte = rowid >>> 3;
+    if (byte >= pass.seen.length) {
+      const grown = new Uint8Array(Math.max(byte + 1, pass.seen.length * 2));
+      grown.set(pass.seen);
+      pass.seen = grown;
+    }
+    const bit = 1 << (rowid & 7);
+    if ((pass.seen[byte] & bit) === 0) {
+      pass.seen[byte] |= bit;
+      pass.seenCount++;
+    }
+  }
+
+  /** Forgets the walk started by {@linkcode beginPass} (it did not see the whole tree). */
+  abandonPass(): void {
+    this.#pass = null;
+  }
+
+  /**
+   * Ends the walk started by {@linkcode beginPass}: tracked folders under its base that it
+   * did not see are marked missing (never deleted), folders seen again lose the mark, and
+   * problems it no longer met are forgotten. When every tracked folder was seen (the usual
+   * case) this costs two counts, no scan of the table.
+   *
+   * @returns how many folders under the base are missing, and the first few paths.
+   */
+  endPass(now = new Date(), limit = 10): { count: number; sample: string[] } {
+    const pass = this.#pass;
+    if (!pass) return { count: 0, sample: [] };
+    this.#pass = null;
+    const present = this.#stmt(
+      "SELECT count(*) AS n FROM folder_status WHERE base_path = ? AND missing_since IS NULL",
+    ).get(pass.base) as { n: number };
+    if (Number(present.n) > pass.seenCount) {
+      const gone: number[] = [];
+      const rows = this.#stmt(
+        "SELECT rowid FROM folder_status WHERE base_path = ? AND missing_since IS NULL",
+      ).iterate(pass.base) as Iterable<{ rowid: number }>;
+      for (const { rowid } of rows) {
+        const byte = rowid >>> 3;
+        if (byte >= pass.seen.length || (pass.seen[byte] & (1 << (rowid & 7))) === 0) {
+          gone.push(rowid);
+        }
+      }
+      if (gone.length > 0) {
+        this.#stmt(
+          "UPDATE folder_status SET missing_since = ? WHERE rowid IN (SELECT value FROM json_each(?))",
+        ).run(iso(now), JSON.stringify(gone));
+      }
+    }
+    this.#stmt("DELETE FROM problems WHERE base_path = ? AND last_seen_run < ?")
+      .run(pass.base, pass.runId);
+    const count = this.#stmt(
+      "SELECT count(*) AS n FROM folder_status WHERE base_path = ? AND missing_since IS NOT NULL",
+    ).get(pass.base) as { n: number };
+    const sample = this.#stmt(
+      "SELECT folder_path FROM folder_status WHERE base_path = ? AND missing_since IS NOT NULL " +
+        "ORDER BY folder_path LIMIT ?",
+    ).all(pass.base, limit) as { folder_path: string }[];
+    return { count: Number(count.n), sample: sample.map((r) => r.folder_path) };
+  }
+
+  /**
    * Applies the diff rule to a chunk of scanned folders in one transaction and returns a
    * decision per folder, in order. New folders are inserted as pending, changed ones are
-   * reset to pending with retry_count 0, unchanged ones only get their last-seen mark.
+   * reset to pending with retry_count 0; an unchanged one is written only when something
+   * about it moved (its settling flag, its base, a missing mark), so rescanning an
+   * unchanged tree writes nothing.
    */
   applyScan(
     snapshots: readonly FolderSnapshot[],
     runId: number,
-    basePath: string,
+    basePath: string | null,
     options: DiffOptions & { dryRun?: boolean },
   ): ScanDecision[] {
-    // One lookup and one last-seen update per chunk, not per folder: on a rescan of an
-    // unchanged tree these two are nearly all the tracker does.
     const select = this.#stmt(
-      "SELECT folder_path, file_hash, folder_key, upload_status, retry_count, next_attempt_at " +
-        "FROM folder_status WHERE folder_path IN (SELECT value FROM json_each(?))",
+      "SELECT rowid, folder_path, file_hash, folder_key, upload_status, retry_count, settling, " +
+        "missing_since, base_path, content_hash FROM folder_status " +
+        "WHERE folder_path IN (SELECT value FROM json_each(?))",
     );
     const insert = this.#stmt(
       "INSERT INTO folder_status (folder_path, folder_name, last_modified, file_count, file_hash, " +
         "upload_status, retry_count, created_at, updated_at, base_path, folder_key, last_seen_run, " +
         "settling) SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, " +
-        "'pending', 0, ?1, ?1, ?2, value ->> 5, ?3, value ->> 6 FROM json_each(?4)",
+        "'pending', 0, ?1, ?1, ?2, value ->> 5, ?3, value ->> 6 FROM json_each(?4) RETURNING rowid",
     );
     const reset = this.#stmt(
       "UPDATE folder_status SET folder_name = ?, last_modified = ?, file_count = ?, file_hash = ?, " +
-        "upload_status = 'pending', retry_count = 0, next_attempt_at = NULL, error_message = NULL, " +
-        "updated_at = ?, base_path = ?, folder_key = ?, last_seen_run = ?, settling = ? " +
-        "WHERE folder_path = ?",
+        "upload_status = 'pending', retry_count = 0, error_message = NULL, " +
+        "updated_at = ?, base_path = COALESCE(?, base_path), folder_key = ?, last_seen_run = ?, " +
+        "settling = ?, " +
+        "missing_since = NULL WHERE folder_path = ?",
     );
-    const seen = this.#stmt(
-      "UPDATE folder_status SET last_seen_run = ?, settling = ?, base_path = ? " +
+    const touch = this.#stmt(
+      "UPDATE folder_status SET settling = ?, base_path = COALESCE(?, base_path), " +
+        "missing_since = NULL " +
         "WHERE folder_path IN (SELECT value FROM json_each(?))",
     );
     const nowText = iso(new Date(options.nowMs));
+    const pass = this.#pass !== null && this.#pass.base === basePath;
     const apply = () => {
       const out: ScanDecision[] = [];
       const rows = new Map<string, FolderRow>();
-      for (
-        const row of select.all(
-          JSON.stringify(snapshots.map((s) => s.path)),
-        ) as unknown as (FolderRow & {
-          folder_path: string;
-        })[]
-      ) rows.set(row.folder_path, row);
+      const found = select.all(JSON.stringify(snapshots.map((s) => s.path))) as unknown[];
+      for (const row of found as FolderRow[]) rows.set(row.folder_path, row);
       const fresh: unknown[][] = [];
-      const seenSettled: string[] = [];
-      const seenSettling: string[] = [];
+      const touchedSettled: string[] = [];
+      const touchedSettling: string[] = [];
       for (const snap of snapshots) {
         const row = rows.get(snap.path);
         const tracked: TrackedState | undefined = row && {
@@ -399,22 +544,21 @@ export class Tracker {
           folderKey: row.folder_key,
           status: row.upload_status ?? "pending",
           retryCount: Number(row.retry_count ?? 0),
-          nextAttemptMs: row.next_attempt_at === null ? null : Number(row.next_attempt_at),
         };
         const decision = decideFolder(tracked, {
           fingerprint: snap.fingerprint,
           key: snap.key,
           newestMtimeMs: snap.newestMtimeMs,
         }, options);
-        out.push({ ...decision, snapshot: snap });
+        out.push({ ...decision, snapshot: snap, uploadedContent: row?.content_hash ?? null });
         if (options.dryRun) continue;
-        const lastModified = snap.newestMtimeMs / 1000;
+        if (row && pass) this.#markSeen(Number(row.rowid));
         const settling = decision.settling ? 1 : 0;
         if (decision.change === "new") {
           fresh.push([
             snap.path,
             snap.name,
-            lastModified,
+            snap.newestMtimeMs / 1000,
             snap.files.length,
             snap.fingerprint,
             snap.key,
@@ -423,7 +567,7 @@ export class Tracker {
         } else if (decision.change === "changed") {
           reset.run(
             snap.name,
-            lastModified,
+            snap.newestMtimeMs / 1000,
             snap.files.length,
             snap.fingerprint,
             nowText,
@@ -433,16 +577,33 @@ export class Tracker {
             settling,
             snap.path,
           );
-        } else {
-          (settling ? seenSettling : seenSettled).push(snap.path);
+        } else if (
+          Number(row!.settling ?? 0) !== settling || row!.missing_since !== null ||
+          (basePath !== null && row!.base_path !== basePath)
+        ) {
+          (settling ? touchedSettling : touchedSettled).push(snap.path);
         }
       }
-      if (fresh.length > 0) insert.run(nowText, basePath, runId, JSON.stringify(fresh));
-      if (seenSettled.length > 0) seen.run(runId, 0, basePath, JSON.stringify(seenSettled));
-      if (seenSettling.length > 0) seen.run(runId, 1, basePath, JSON.stringify(seenSettling));
+      if (fresh.length > 0) {
+        const ids = insert.all(nowText, basePath, runId, JSON.stringify(fresh)) as {
+          rowid: number;
+        }[];
+        if (pass) { for (const { rowid } of ids) this.#markSeen(Number(rowid)); }
+      }
+      const base = basePath;
+      if (touchedSettled.length > 0) touch.run(0, base, JSON.stringify(touchedSettled));
+      if (touchedSettling.length > 0) touch.run(1, base, JSON.stringify(touchedSettling));
       return out;
     };
     return options.dryRun ? apply() : this.transaction(apply);
+  }
+
+  /** Failed folders that reached `maxRetries` and are no longer retried until they change. */
+  countExhausted(maxRetries: number): number {
+    const row = this.#stmt(
+      "SELECT count(*) AS n FROM folder_status WHERE upload_status = 'failed' AND retry_count >= ?",
+    ).get(maxRetries) as { n: number };
+    return Number(row.n);
   }
 
   /** Inserts a batch row with status `running` before its statement is sent. */
@@ -461,25 +622,24 @@ export class Tracker {
   recordBatch(batch: BatchRecord, outcomes: readonly FolderOutcome[]): void {
     // Acknowledged folders in two statements per batch: those still as scanned become
     // success; those rescanned with another fingerprint meanwhile keep their pending status.
-    const acked =
-      "FROM (SELECT json_extract(value, '$[0]') AS p, json_extract(value, '$[1]') AS h " +
+    const acked = "FROM (SELECT value ->> 0 AS p, value ->> 1 AS h, value ->> 2 AS c " +
       "FROM json_each(?)) AS o WHERE folder_status.folder_path = o.p";
     const ok = this.#stmt(
       "UPDATE folder_status SET upload_status = 'success', uploaded_hash = o.h, " +
-        "upload_timestamp = ?, error_message = NULL, retry_count = 0, next_attempt_at = NULL, " +
+        "content_hash = o.c, upload_timestamp = ?, error_message = NULL, retry_count = 0, " +
         `updated_at = ? ${acked} AND folder_status.file_hash = o.h`,
     );
     const okStale = this.#stmt(
-      "UPDATE folder_status SET uploaded_hash = o.h, upload_timestamp = ?, updated_at = ? " +
-        `${acked} AND folder_status.file_hash IS NOT o.h`,
+      "UPDATE folder_status SET uploaded_hash = o.h, content_hash = o.c, upload_timestamp = ?, " +
+        `updated_at = ? ${acked} AND folder_status.file_hash IS NOT o.h`,
     );
     const endText = iso(batch.endTime);
     this.transaction(() => {
       let failed = 0;
-      const done: [string, string][] = [];
+      const done: [string, string, string | null][] = [];
       for (const o of outcomes) {
         if (o.ok) {
-          done.push([o.path, o.fingerprint]);
+          done.push([o.path, o.fingerprint, o.contentHash ?? null]);
         } else {
           failed++;
           this.#markFailed(o.path, o.error ?? "Unknown error", endText);
@@ -535,57 +695,109 @@ export class Tracker {
   #markFailed(path: string, error: string, when: string): void {
     this.#stmt(
       "UPDATE folder_status SET upload_status = 'failed', error_message = ?, " +
-        "retry_count = COALESCE(retry_count, 0) + 1, next_attempt_at = NULL, updated_at = ? " +
-        "WHERE folder_path = ?",
+        "retry_count = COALESCE(retry_count, 0) + 1, updated_at = ? WHERE folder_path = ?",
     ).run(error, when, path);
   }
 
-  /** Upserts one folder row outside a scan (quick upload), as pending. */
-  trackFolder(
-    snap: FolderSnapshot,
-    basePath: string | null,
-    runId: number,
-    now = new Date(),
+  /**
+   * Records folders whose files changed while their content did not (a `touch`, a copy that
+   * reset modification times): the server already holds their row, so they become
+   * `success` with the new fingerprint and nothing is sent.
+   */
+  recordAdopted(
+    entries: readonly { path: string; fingerprint: string; contentHash: string }[],
+    when = new Date(),
   ): void {
-    const text = iso(now);
+    if (entries.length === 0) return;
+    const text = iso(when);
     this.#stmt(
-      "INSERT INTO folder_status (folder_path, folder_name, last_modified, file_count, file_hash, " +
-        "upload_status, retry_count, created_at, updated_at, base_path, folder_key, last_seen_run) " +
-        "VALUES (?, ?, ?, ?, ?, 'pending', 0, ?, ?, ?, ?, ?) ON CONFLICT (folder_path) DO UPDATE SET " +
-        "folder_name = excluded.folder_name, last_modified = excluded.last_modified, " +
-        "file_count = excluded.file_count, file_hash = excluded.file_hash, " +
-        "folder_key = excluded.folder_key, updated_at = excluded.updated_at, " +
-        "base_path = COALESCE(folder_status.base_path, excluded.base_path), " +
-        "upload_status = CASE WHEN folder_status.file_hash = excluded.file_hash " +
-        "THEN folder_status.upload_status ELSE 'pending' END",
-    ).run(
-      snap.path,
-      snap.name,
-      snap.newestMtimeMs / 1000,
-      snap.files.length,
-      snap.fingerprint,
-      text,
-      text,
-      basePath,
-      snap.key,
-      runId,
-    );
+      "UPDATE folder_status SET upload_status = 'success', uploaded_hash = o.h, " +
+        "content_hash = o.c, error_message = NULL, retry_count = 0, updated_at = ? " +
+        "FROM (SELECT value ->> 0 AS p, value ->> 1 AS h, value ->> 2 AS c FROM json_each(?)) " +
+        "AS o WHERE folder_status.folder_path = o.p AND folder_status.file_hash = o.h",
+    ).run(text, JSON.stringify(entries.map((e) => [e.path, e.fingerprint, e.contentHash])));
   }
 
-  /** Tracked folders under `basePath` that the last complete scan of it did not see. */
-  missing(basePath: string, runId: number, limit = 10): { count: number; sample: string[] } {
-    const count = this.#stmt(
-      "SELECT count(*) AS n FROM folder_status WHERE base_path = ? AND COALESCE(last_seen_run, 0) < ?",
-    ).get(basePath, runId) as { n: number };
-    const sample = this.#stmt(
-      "SELECT folder_path FROM folder_status WHERE base_path = ? AND COALESCE(last_seen_run, 0) < ? " +
-        "ORDER BY folder_path LIMIT ?",
-    ).all(basePath, runId, limit) as { folder_path: string }[];
-    return { count: Number(count.n), sample: sample.map((r) => r.folder_path) };
+  /**
+   * Remembers folders or files the scan of `base` could not read, so `--status` lists them
+   * until a complete scan no longer meets them.
+   */
+  recordProblems(
+    base: string | null,
+    runId: number,
+    problems: readonly { path: string; reason: string }[],
+    when = new Date(),
+  ): void {
+    if (problems.length === 0) return;
+    const text = iso(when);
+    const upsert = this.#stmt(
+      "INSERT INTO problems (path, base_path, reason, first_seen, last_seen, last_seen_run) " +
+        "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (path) DO UPDATE SET reason = excluded.reason, " +
+        "base_path = excluded.base_path, last_seen = excluded.last_seen, " +
+        "last_seen_run = excluded.last_seen_run",
+    );
+    this.transaction(() => {
+      for (const p of problems) upsert.run(p.path, base, p.reason, text, text, runId);
+    });
+  }
+
+  /**
+   * Tells the tracker that the base folder `from` now lives at `to` (a renamed folder, a
+   * disk mounted elsewhere): every folder tracked under `from` keeps its status, key and
+   * fingerprint under the new path, so a scan of `to` finds them unchanged and sends
+   * nothing. Folders already tracked under `to` (a scan of it made before this) give way to
+   * the moved ones. One transaction.
+   *
+   * @returns how many folders moved, and how many earlier entries under `to` were replaced.
+   * @throws {UploadError} kind `usage` when nothing is tracked under `from`.
+   */
+  moveBase(from: string, to: string): { moved: number; replaced: number } {
+    return this.transaction(() => {
+      const under = "(folder_path = ?1 OR substr(folder_path, 1, length(?1) + 1) = ?1 || '/')";
+      const moving = Number(
+        (this.#stmt(`SELECT count(*) AS n FROM folder_status WHERE ${under}`).get(from) as {
+          n: number;
+        }).n,
+      );
+      if (moving === 0) {
+        throw new UploadError("usage", `Nothing is tracked under ${from}`, {
+          subject: from,
+          hint: "Give the base path earlier runs used; 'deno task upload --status' lists the " +
+            "tracked folders",
+        });
+      }
+      const replaced = this.#stmt(
+        `DELETE FROM folder_status WHERE ${under.replaceAll("?1", "?2")} AND ` +
+          `?1 || substr(folder_path, length(?2) + 1) IN (SELECT folder_path FROM folder_status WHERE ${under})`,
+      ).run(from, to);
+      this.#stmt(
+        "UPDATE folder_status SET folder_path = ?2 || substr(folder_path, length(?1) + 1), " +
+          "base_path = CASE WHEN base_path = ?1 OR substr(base_path, 1, length(?1) + 1) = " +
+          "?1 || '/' THEN ?2 || substr(base_path, length(?1) + 1) ELSE base_path END, " +
+          "missing_since = NULL " +
+          `WHERE ${under}`,
+      ).run(from, to);
+      this.#stmt(
+        "UPDATE OR REPLACE problems SET path = ?2 || substr(path, length(?1) + 1), " +
+          "base_path = ?2 WHERE base_path = ?1",
+      ).run(from, to);
+      return { moved: moving, replaced: Number(replaced.changes) };
+    });
+  }
+
+  /** The base folders tracked folders were found under, deepest first. */
+  knownBases(): string[] {
+    const rows = this.#stmt(
+      "SELECT DISTINCT base_path FROM folder_status WHERE base_path IS NOT NULL",
+    ).all() as { base_path: string }[];
+    return rows.map((r) => r.base_path).sort((a, b) => b.length - a.length);
   }
 
   /** The report behind `--status`. */
-  status(options: { batches?: number; failures?: number; missing?: number } = {}): StatusReport {
+  status(options: StatusOptions = {}): StatusReport {
+    const limit = options.limit === undefined ? 10 : options.limit;
+    const maxRetries = options.maxRetries ?? 3;
+    const cap = limit ?? -1; // SQLite: a negative LIMIT means no limit
     const byStatus: Record<string, number> = {};
     let total = 0;
     for (
@@ -596,26 +808,27 @@ export class Tracker {
       byStatus[row.s] = Number(row.n);
       total += Number(row.n);
     }
-    // An original tool's database opened read-only has no settling, base_path or runs yet.
-    const migrated = this.schemaVersion() >= 2;
-    const settling = migrated
-      ? Number(
-        (this.db.prepare(
-          "SELECT count(*) AS n FROM folder_status WHERE settling = 1 AND upload_status = 'pending'",
-        ).get() as { n: number }).n,
+    // An original tool's database opened read-only has none of the newer columns yet.
+    const version = this.schemaVersion();
+    const count = (sql: string, ...params: (string | number)[]) =>
+      Number((this.db.prepare(sql).get(...params) as { n: number }).n);
+    const settling = version >= 2
+      ? count(
+        "SELECT count(*) AS n FROM folder_status WHERE settling = 1 AND upload_status = 'pending'",
       )
       : 0;
-    const missingWhere = "FROM folder_status f JOIN (SELECT base_path, max(run_id) AS last " +
-      "FROM runs WHERE scan_complete = 1 GROUP BY base_path) r ON f.base_path = r.base_path " +
-      "WHERE COALESCE(f.last_seen_run, 0) < r.last";
-    const missing = migrated
-      ? Number((this.db.prepare(`SELECT count(*) AS n ${missingWhere}`).get() as { n: number }).n)
-      : 0;
-    const missingSample = migrated
-      ? (this.db.prepare(
-        `SELECT f.folder_path AS p ${missingWhere} ORDER BY f.folder_path LIMIT ?`,
-      ).all(options.missing ?? 10) as { p: string }[]).map((r) => r.p)
-      : [];
+    const goneBases = version >= 2 ? this.#goneBases() : [];
+    let missing = 0;
+    let missingSample: string[] = [];
+    if (version >= 3) {
+      const where = "FROM folder_status WHERE missing_since IS NOT NULL OR base_path IN " +
+        "(SELECT value FROM json_each(?))";
+      const gone = JSON.stringify(goneBases);
+      missing = count(`SELECT count(*) AS n ${where}`, gone);
+      missingSample = (this.db.prepare(
+        `SELECT folder_path AS p ${where} ORDER BY folder_path LIMIT ?`,
+      ).all(gone, cap) as { p: string }[]).map((r) => r.p);
+    }
     const recentBatches = (this.db.prepare(
       "SELECT batch_name, successful_uploads, failed_uploads, total_folders, status, start_time, " +
         "end_time FROM upload_batches ORDER BY start_time DESC, batch_id DESC LIMIT ?",
@@ -644,20 +857,36 @@ export class Tracker {
         foldersPerSecond: duration && duration > 0 ? Math.round(done / duration) : null,
       };
     });
-    const recentFailures = (this.db.prepare(
-      "SELECT folder_path, folder_name, error_message, updated_at FROM folder_status " +
-        "WHERE upload_status = 'failed' ORDER BY updated_at DESC, folder_path LIMIT ?",
-    ).all(options.failures ?? 10) as {
-      folder_path: string;
-      folder_name: string;
-      error_message: string | null;
-      updated_at: string;
-    }[]).map((f) => ({
-      folderPath: f.folder_path,
-      folderName: f.folder_name,
-      error: f.error_message ?? "",
-      when: f.updated_at,
-    }));
+    const failures = (exhausted: boolean): FailureEntry[] =>
+      (this.db.prepare(
+        "SELECT folder_path, folder_name, error_message, updated_at, retry_count FROM folder_status " +
+          `WHERE upload_status = 'failed' AND COALESCE(retry_count, 0) ${
+            exhausted ? ">=" : "<"
+          } ? ORDER BY updated_at DESC, folder_path LIMIT ?`,
+      ).all(maxRetries, cap) as {
+        folder_path: string;
+        folder_name: string;
+        error_message: string | null;
+        updated_at: string;
+        retry_count: number | null;
+      }[]).map((f) => ({
+        folderPath: f.folder_path,
+        folderName: f.folder_name,
+        error: f.error_message ?? "",
+        when: f.updated_at,
+        retryCount: Number(f.retry_count ?? 0),
+      }));
+    const failedWhere = "FROM folder_status WHERE upload_status = 'failed' AND " +
+      "COALESCE(retry_count, 0)";
+    const problems = version >= 3
+      ? (this.db.prepare(
+        "SELECT path, reason, first_seen FROM problems ORDER BY path LIMIT ?",
+      ).all(cap) as { path: string; reason: string; first_seen: string }[]).map((p) => ({
+        path: p.path,
+        reason: p.reason,
+        since: p.first_seen,
+      }))
+      : [];
     const hasRuns = this.db.prepare(
       "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'runs'",
     ).get();
@@ -681,8 +910,14 @@ export class Tracker {
       settling,
       missing,
       missingSample,
+      goneBases,
       recentBatches,
-      recentFailures,
+      recentFailures: failures(false),
+      failuresTotal: count(`SELECT count(*) AS n ${failedWhere} < ?`, maxRetries),
+      exhausted: failures(true),
+      exhaustedTotal: count(`SELECT count(*) AS n ${failedWhere} >= ?`, maxRetries),
+      problems,
+      problemsTotal: version >= 3 ? count("SELECT count(*) AS n FROM problems") : 0,
       lastRun: last
         ? {
           runId: Number(last.run_id),
@@ -693,6 +928,22 @@ export class Tracker {
         }
         : null,
     };
+  }
+
+  /** Tracked base folders that no longer exist on disk. */
+  #goneBases(): string[] {
+    const bases = this.db.prepare(
+      "SELECT DISTINCT base_path FROM folder_status WHERE base_path IS NOT NULL",
+    ).all() as { base_path: string }[];
+    return bases.map((b) => b.base_path).filter((base) => {
+      try {
+        return !Deno.statSync(base).isDirectory;
+      } catch (error) {
+        // Gone (or unreadable, which a run would report): its folders count as missing.
+        if (error instanceof Deno.errors.NotFound) return true;
+        return false;
+      }
+    });
   }
 
   /**

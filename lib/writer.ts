@@ -8,7 +8,8 @@
  */
 
 import { messageOf, UploadError } from "./errors.ts";
-import { classifySqlstate, type PsqlConnection, PsqlSession, type StatementReply } from "./psql.ts";
+import { type PsqlConnection, PsqlSession, type StatementReply } from "./psql.ts";
+import { actionFor, classifySqlstate } from "./policy.ts";
 import { backoffDelay, type BackoffOptions, sleep } from "./retry.ts";
 import {
   buildSchemaStatements,
@@ -24,6 +25,8 @@ import type { UploaderConfig } from "../config.ts";
 /** Something that runs one statement at a time: a psql session, or a stand-in in tests. */
 export interface StatementRunner {
   readonly alive: boolean;
+  /** The server's `statement_timeout` setting, when known (for messages). */
+  readonly statementTimeout?: string;
   run(sql: string, options?: { timeoutMs?: number }): Promise<StatementReply>;
   close(): Promise<void>;
   kill(): void;
@@ -100,15 +103,23 @@ export interface WriteContext {
   device: { id: string; name: string; type: string };
   /** Display name of the target, for hints. */
   targetDisplay: string;
-  /** Give up when the server stays unreachable this long (ms). */
+  /** Give up when the server stays unreachable this long (ms), once it has answered. */
   giveUpAfterMs: number;
+  /**
+   * Give up when a run that has never reached the server fails this long (ms): a wrong
+   * host or port should not take the whole `giveUpAfterMs` to say so. Default 15 s.
+   */
+  connectWindowMs?: number;
   /** Per-statement timeout on the client side (ms); none when 0. */
   statementTimeoutMs?: number;
   backoff?: BackoffOptions;
   signal: AbortSignal;
   onRetry?: (notice: RetryNotice) => void;
-  /** When the current streak of transient failures began (shared by parallel batches). */
-  health: { failingSince: number | null };
+  /**
+   * When the current streak of transient failures began, and whether the server ever
+   * answered in this run (shared by parallel batches).
+   */
+  health: { failingSince: number | null; answered: boolean };
   now?: () => number;
 }
 
@@ -122,26 +133,29 @@ export interface BatchItem {
 }
 
 /** A folder's result from the server. */
-export interface ItemOutcome {
-  item: BatchItem;
+export interface ItemOutcome<T extends BatchItem = BatchItem> {
+  item: T;
   ok: boolean;
   error?: string;
 }
 
 /** What the server said about a written batch. */
-export interface WriteResult {
-  outcomes: ItemOutcome[];
+export interface WriteResult<T extends BatchItem = BatchItem> {
+  outcomes: ItemOutcome<T>[];
   inserted: number;
   updated: number;
   statements: number;
 }
 
 /**
- * Runs `fn` on a pooled session, retrying transient failures (connection refused or
- * lost, too many connections, server shutting down, serialization failures) with backoff.
+ * Runs `fn` on a pooled session. Errors the policy retries (`transient`: connection
+ * refused or lost, too many connections, a server restarting, serialization failures)
+ * are retried on a fresh session with backoff; everything else is thrown to the caller.
  *
- * @throws {UploadError} `unreachable` once failures have lasted past the deadline,
- * `interrupted` when the run is aborted, `config` for permission or schema problems.
+ * @throws {UploadError} `unreachable` once failures have lasted past the deadline (the
+ *   short connect window while the server never answered in this run, else
+ *   `giveUpAfterMs`), `interrupted` when the run is aborted, and whatever `fn` throws that
+ *   is not retried.
  */
 async function withSession<T>(
   ctx: WriteContext,
@@ -162,38 +176,50 @@ async function withSession<T>(
       const result = await fn(runner);
       ctx.pool.release(runner);
       ctx.health.failingSince = null;
+      ctx.health.answered = true;
       return result;
     } catch (error) {
+      const retry = actionFor(error, 1) === "retry";
       if (runner) {
-        if (!(error instanceof UploadError && error.kind === "transient")) {
-          ctx.pool.release(runner);
-        } else {
-          runner.kill();
-          ctx.pool.release(runner);
-        }
+        if (retry) runner.kill(); // the next attempt starts a fresh psql
+        ctx.pool.release(runner); // a dead session is dropped by the pool
       }
-      if (!(error instanceof UploadError) || error.kind !== "transient") throw error;
+      if (!retry) throw error;
       const t = now();
       ctx.health.failingSince ??= t;
-      if (t - ctx.health.failingSince >= ctx.giveUpAfterMs) {
+      const window = ctx.health.answered
+        ? ctx.giveUpAfterMs
+        : Math.min(ctx.giveUpAfterMs, ctx.connectWindowMs ?? 15_000);
+      if (t - ctx.health.failingSince >= window) {
+        const seconds = Math.round((t - ctx.health.failingSince) / 1000);
         throw new UploadError(
           "unreachable",
-          `Server ${ctx.targetDisplay} unreachable for ${
-            Math.round((t - ctx.health.failingSince) / 1000)
-          } s, giving up: ${error.message}`,
-          { subject, hint: unreachableHint(ctx.targetDisplay), cause: error },
+          ctx.health.answered
+            ? `Server ${ctx.targetDisplay} unreachable for ${seconds} s, giving up: ${
+              messageOf(error)
+            }`
+            : `Cannot reach ${ctx.targetDisplay} (tried for ${seconds} s): ${messageOf(error)}`,
+          { subject, hint: (error as UploadError).hint ?? unreachableHint(ctx.targetDisplay) },
         );
       }
       attempt++;
       const delayMs = backoffDelay(attempt, ctx.backoff);
-      ctx.onRetry?.({ subject, attempt, delayMs, reason: error.message });
+      ctx.onRetry?.({ subject, attempt, delayMs, reason: messageOf(error) });
       await sleep(delayMs, ctx.signal);
     }
   }
 }
 
-/** Turns an error reply into an UploadError of the right kind. */
-function replyError(reply: StatementReply & { ok: false }, subject: string, ctx: WriteContext) {
+/**
+ * Turns an error reply into an UploadError whose kind the policy acts on. A statement
+ * timeout names the server's `statement_timeout` when the session knows it.
+ */
+function replyError(
+  reply: StatementReply & { ok: false },
+  subject: string,
+  ctx: WriteContext,
+  runner?: StatementRunner,
+): UploadError {
   const kind = classifySqlstate(reply.sqlstate);
   if (reply.sqlstate === "42501") {
     return new UploadError(
@@ -208,11 +234,13 @@ function replyError(reply: StatementReply & { ok: false }, subject: string, ctx:
       },
     );
   }
-  return new UploadError(
-    kind === "data" ? "data" : kind,
-    `${reply.sqlstate}: ${reply.message}`,
-    { subject, sqlstate: reply.sqlstate },
-  );
+  const limit = kind === "timeout" && runner?.statementTimeout && runner.statementTimeout !== "0"
+    ? ` (the server's statement_timeout is ${runner.statementTimeout})`
+    : "";
+  return new UploadError(kind, `${reply.sqlstate}: ${reply.message}${limit}`, {
+    subject,
+    sqlstate: reply.sqlstate,
+  });
 }
 
 /**
@@ -243,80 +271,91 @@ export async function ensureSchema(ctx: WriteContext): Promise<{ rekeyed: number
 
 /**
  * Writes a batch of rows in one upsert statement and returns each folder's outcome.
- * A batch refused for its data is split in halves until the bad rows are isolated; they
- * fail with the server's SQLSTATE and message, the rest land. A statement timeout splits
- * the batch too (smaller statements finish sooner) without charging any folder.
+ * What an error does is the policy's call ({@linkcode actionFor}): a batch refused for
+ * its data or cut short by a statement timeout is split in halves until the rows at fault
+ * are isolated; they fail alone with the server's SQLSTATE and message and the rest land.
+ * Transient failures are retried; anything else stops the run (thrown).
  */
-export async function writeBatch(
-  items: BatchItem[],
+export async function writeBatch<T extends BatchItem>(
+  items: T[],
   batchName: string,
   ctx: WriteContext,
-): Promise<WriteResult> {
-  const result: WriteResult = { outcomes: [], inserted: 0, updated: 0, statements: 0 };
+): Promise<WriteResult<T>> {
+  const result: WriteResult<T> = { outcomes: [], inserted: 0, updated: 0, statements: 0 };
   await writePart(items, batchName, ctx, result);
   return result;
 }
 
-async function writePart(
-  items: BatchItem[],
+async function writePart<T extends BatchItem>(
+  items: T[],
   batchName: string,
   ctx: WriteContext,
-  result: WriteResult,
+  result: WriteResult<T>,
 ): Promise<void> {
   if (items.length === 0) return;
-  let sql: string;
+  let error: unknown;
   try {
-    sql = buildUpsertStatement(items.map((i) => i.row), {
+    const sql = buildUpsertStatement(items.map((i) => i.row), {
       table: ctx.table,
       device: ctx.device,
       batchName,
     }, items.map((i) => i.json));
-  } catch (error) {
-    // Text PostgreSQL cannot store, or a value nested too deeply to serialize (RangeError):
-    // find the row(s) the same way the server's refusals are.
-    const unstorable = error instanceof UploadError && error.kind === "data";
-    if (!unstorable && !(error instanceof RangeError)) throw error;
-    if (items.length === 1) {
-      const message = unstorable
-        ? error.message
-        : `Cannot build the upsert for ${items[0].row.folder_key}: ${messageOf(error)}`;
+    const reply = await withSession(ctx, batchName, async (runner) => {
+      result.statements++;
+      const reply = await runner.run(sql, { timeoutMs: ctx.statementTimeoutMs });
+      if (reply.ok) return reply;
+      const refused = replyError(reply, batchName, ctx, runner);
+      if (actionFor(refused, items.length) === "retry") throw refused;
+      return refused;
+    });
+    if (!(reply instanceof UploadError)) {
+      const counts = parseUpsertReply(reply.rows);
+      result.inserted += counts.inserted;
+      result.updated += counts.updated;
+      const held = new Map(counts.conflicts);
+      for (const item of items) {
+        const holder = held.get(item.row.folder_key);
+        if (holder === undefined) result.outcomes.push({ item, ok: true });
+        else {
+          result.outcomes.push({
+            item,
+            ok: false,
+            error: `Key ${item.row.folder_key} already holds the row of another folder ` +
+              `(${holder}); not overwritten. Upload with --base (or from the tracked base) so ` +
+              `the key is the folder's path, not only its name`,
+          });
+        }
+      }
+      return;
+    }
+    error = reply;
+  } catch (thrown) {
+    // V8 serializes recursively: a value nested too deeply to turn into JSON is this
+    // row's data problem, found the way the server's refusals are.
+    error = thrown instanceof RangeError
+      ? new UploadError("data", `Cannot build the upsert: ${thrown.message}`)
+      : thrown;
+  }
+  switch (actionFor(error, items.length)) {
+    case "split": {
+      const half = Math.ceil(items.length / 2);
+      await writePart(items.slice(0, half), batchName, ctx, result);
+      await writePart(items.slice(half), batchName, ctx, result);
+      return;
+    }
+    case "fail": {
+      const e = error as UploadError;
+      const key = items[0].row.folder_key;
+      // Text PostgreSQL cannot store is found before sending; its message names the value.
+      const message = e.sqlstate === undefined && e.kind === "data"
+        ? e.message
+        : `Server refused the row for ${key}: ${e.message}`;
       result.outcomes.push({ item: items[0], ok: false, error: message });
       return;
     }
-    const half = Math.ceil(items.length / 2);
-    await writePart(items.slice(0, half), batchName, ctx, result);
-    await writePart(items.slice(half), batchName, ctx, result);
-    return;
+    default:
+      throw error;
   }
-  const outcome = await withSession(ctx, batchName, async (runner) => {
-    result.statements++;
-    const reply = await runner.run(sql, { timeoutMs: ctx.statementTimeoutMs });
-    if (reply.ok) return { reply } as const;
-    const error = replyError(reply, batchName, ctx);
-    if (error.kind === "data") return { reply, error } as const;
-    if (reply.sqlstate === "57014" && items.length > 1) {
-      return { reply, error, split: true } as const;
-    }
-    throw error;
-  });
-  if (outcome.reply.ok) {
-    const counts = parseUpsertReply(outcome.reply.rows);
-    result.inserted += counts.inserted;
-    result.updated += counts.updated;
-    for (const item of items) result.outcomes.push({ item, ok: true });
-    return;
-  }
-  if (items.length === 1) {
-    result.outcomes.push({
-      item: items[0],
-      ok: false,
-      error: `Server refused the row for ${items[0].row.folder_key}: ${messageOf(outcome.error)}`,
-    });
-    return;
-  }
-  const half = Math.ceil(items.length / 2);
-  await writePart(items.slice(0, half), batchName, ctx, result);
-  await writePart(items.slice(half), batchName, ctx, result);
 }
 
 /** What the write side reports, as run events. */
@@ -328,8 +367,11 @@ export type WriterEvent =
 export interface LazyWriterOptions {
   /** Where rows go. */
   connector: Connector;
-  /** Table, device name and type, give-up deadline. */
-  config: Pick<UploaderConfig, "table" | "deviceName" | "deviceType" | "giveUpAfterSeconds">;
+  /** Table, device name and type, give-up deadlines. */
+  config: Pick<
+    UploaderConfig,
+    "table" | "deviceName" | "deviceType" | "giveUpAfterSeconds" | "connectTimeoutSeconds"
+  >;
   /** This device's id. */
   deviceId: string;
   /** Client-side statement timeout (ms). Default 10 minutes. */
@@ -338,6 +380,8 @@ export interface LazyWriterOptions {
   counters: { retries: number };
   /** Receives a `retry` event before each retry and a `schema` event once it is ready. */
   emit: (event: WriterEvent) => void;
+  /** Aborting gives up opening the target (an embedded database's first start). */
+  signal?: AbortSignal;
   now?: () => number;
 }
 
@@ -359,7 +403,7 @@ export class LazyWriter {
   open(): Promise<WriteContext> {
     this.#opening ??= (async () => {
       const o = this.#options;
-      const connection = await o.connector.open();
+      const connection = await o.connector.open(o.signal);
       this.#pool = new SessionPool(psqlFactory(connection));
       const context: WriteContext = {
         pool: this.#pool,
@@ -371,9 +415,10 @@ export class LazyWriter {
         },
         targetDisplay: o.connector.display,
         giveUpAfterMs: o.config.giveUpAfterSeconds * 1000,
+        connectWindowMs: o.config.connectTimeoutSeconds * 1000,
         statementTimeoutMs: o.statementTimeoutMs ?? 600_000,
         signal: this.#abort.signal,
-        health: { failingSince: null },
+        health: { failingSince: null, answered: false },
         onRetry: (n) => {
           o.counters.retries++;
           o.emit({

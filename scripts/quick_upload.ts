@@ -7,19 +7,19 @@
  */
 
 import { localDeviceId } from "../lib/device.ts";
-import { resolve } from "node:path";
 import { EXIT, messageOf, UploadError } from "../lib/errors.ts";
-import { parseQuickCommand, quickHelp, runMain } from "../lib/cli.ts";
-import { connectorFor } from "../lib/connect.ts";
-import { checkPsql } from "../lib/psql.ts";
-import { Reporter } from "../lib/progress.ts";
 import {
-  type QuickEvent,
-  quickEventLines,
-  type QuickResult,
-  readLines,
-  runQuickUpload,
-} from "../lib/quick.ts";
+  fromCaller,
+  handleStopSignals,
+  parseQuickCommand,
+  quickHelp,
+  runMain,
+} from "../lib/cli.ts";
+import { connectorFor } from "../lib/connect.ts";
+import type { EngineEvent } from "../lib/events.ts";
+import { checkPsql } from "../lib/psql.ts";
+import { quickStepLines, Reporter } from "../lib/progress.ts";
+import { readLines, runQuickUpload, trackerForTarget } from "../lib/quick.ts";
 import { redactUrl, resolveTarget } from "../lib/target.ts";
 import { Tracker } from "../lib/tracker.ts";
 
@@ -32,9 +32,9 @@ async function main(argv: string[]): Promise<number> {
   }
   const config = cmd.config;
   const reporter = new Reporter({ json: cmd.json, quiet: cmd.quiet, tty: false });
-  const onEvent = (e: QuickEvent) => {
+  const onEvent = (e: EngineEvent) => {
     reporter.json(e as unknown as Record<string, unknown>);
-    for (const line of quickEventLines(e, config)) {
+    for (const line of quickStepLines(e, config)) {
       if (line.level === "warn") reporter.warn(line.text);
       else reporter.info(line.text);
     }
@@ -48,16 +48,16 @@ async function main(argv: string[]): Promise<number> {
   }
   let base: string | null = null;
   if (cmd.base !== null) {
-    base = resolve(cmd.base);
     let isDir = false;
     try {
-      isDir = Deno.statSync(base).isDirectory;
+      isDir = Deno.statSync(cmd.base).isDirectory;
+      base = Deno.realPathSync(cmd.base);
     } catch (error) {
-      throw new UploadError("usage", `Cannot read --base ${base}: ${messageOf(error)}`, {
+      throw new UploadError("usage", `Cannot read --base ${cmd.base}: ${messageOf(error)}`, {
         hint: "--base names the folder the keys are relative to (the one 'deno task upload' scans)",
       });
     }
-    if (!isDir) throw new UploadError("usage", `--base is not a directory: ${base}`);
+    if (!isDir) throw new UploadError("usage", `--base is not a directory: ${cmd.base}`);
   }
 
   const spec = resolveTarget({ dbUrl: cmd.dbUrl, dbPath: config.dbPath, env });
@@ -81,66 +81,64 @@ async function main(argv: string[]): Promise<number> {
     } else {
       reporter.info(`Uploading to ${connector.display}`);
     }
+    let recording = tracker;
     if (tracker) {
-      // The tracker says which target its folders went to; recording uploads to another
-      // target there would make the manager skip folders its own target never got.
-      const targetId = `${connector.id}#${config.table}`;
-      const previous = tracker.getMeta("target");
-      if (previous === undefined || previous === targetId) {
-        tracker.useTarget(targetId);
-      } else {
+      const use = trackerForTarget(tracker, `${connector.id}#${config.table}`);
+      recording = use.tracker;
+      if (use.otherTarget !== undefined) {
         reporter.warn(
           `Not recording these folders in ${tracker.path}: it tracks uploads to another ` +
-            `database (${redactUrl(previous.replace(/#[^#]*$/, ""))})`,
+            `database (${redactUrl(use.otherTarget)})`,
         );
-        tracker.close();
-        tracker = null;
       }
     }
 
-    const abort = new AbortController();
-    let signals = 0;
-    const onSignal = () => {
-      signals++;
-      if (signals === 1) {
+    const interrupt = new AbortController();
+    const stopSignals = handleStopSignals({
+      interrupt: () => {
         reporter.warn(
           "Interrupted: finishing the batch in flight (press Ctrl-C again to quit now)",
         );
-        abort.abort();
-      } else {
+        interrupt.abort();
+      },
+      quit: () => {
         reporter.warn("Interrupted again: quitting now; unacknowledged folders were not uploaded");
-        tracker?.markInterrupted();
-        Deno.exit(EXIT.INTERRUPTED);
-      }
-    };
-    Deno.addSignalListener("SIGINT", onSignal);
-    Deno.addSignalListener("SIGTERM", onSignal);
+        recording?.markInterrupted();
+      },
+    });
     try {
-      const paths = cmd.stdin ? readLines(Deno.stdin.readable) : cmd.paths;
+      const paths = cmd.stdin ? callerPaths(readLines(Deno.stdin.readable), env) : cmd.paths;
       const result = await runQuickUpload(paths, {
         config,
         connector,
         deviceId,
-        tracker,
+        tracker: recording,
         base,
         markers: cmd.markers,
-        signal: abort.signal,
+        signal: interrupt.signal,
         onEvent,
       });
       if (result.error) {
         reporter.warn(`Error: ${result.error.message}`);
         if (result.error.hint) reporter.warn(`Hint: ${result.error.hint}`);
       }
-      printSummary(reporter, result, cmd.quiet, cmd.json);
+      reporter.quickSummary(result);
       return result.exitCode;
     } finally {
-      Deno.removeSignalListener("SIGINT", onSignal);
-      Deno.removeSignalListener("SIGTERM", onSignal);
+      stopSignals();
     }
   } finally {
     tracker?.close();
     await connector.close();
   }
+}
+
+/** Paths read from stdin, relative ones taken from the caller's directory. */
+async function* callerPaths(
+  lines: AsyncIterable<string>,
+  env: Record<string, string>,
+): AsyncGenerator<string> {
+  for await (const line of lines) yield fromCaller(line, env);
 }
 
 function exists(path: string): boolean {
@@ -151,42 +149,6 @@ function exists(path: string): boolean {
     if (error instanceof Deno.errors.NotFound) return false;
     throw new UploadError("config", `Cannot read tracking database ${path}: ${messageOf(error)}`);
   }
-}
-
-function printSummary(reporter: Reporter, result: QuickResult, quiet: boolean, json: boolean) {
-  const c = result.counters;
-  reporter.json({
-    event: "summary",
-    mode: "quick",
-    status: result.status,
-    exit_code: result.exitCode,
-    given: c.given,
-    duplicates: c.duplicates,
-    uploaded: c.uploaded,
-    inserted: c.inserted,
-    updated: c.updated,
-    failed: c.failed,
-    recorded: c.recorded,
-    marker_errors: c.markerErrors,
-    retries: c.retries,
-    bytes: c.bytes,
-    batches: c.batches,
-    duration_ms: result.durationMs,
-  });
-  if (quiet && result.exitCode === 0) return;
-  const folders = c.given - c.duplicates;
-  const lines = [
-    folders === 0
-      ? "No folders given"
-      : `Uploaded ${c.uploaded} of ${folders} folder${folders === 1 ? "" : "s"} ` +
-        `(${c.inserted} inserted, ${c.updated} updated, ` +
-        `${c.uploaded - c.inserted - c.updated} already up to date); ${c.failed} failed`,
-  ];
-  if (c.markerErrors > 0) lines.push(`${c.markerErrors} marker files could not be written`);
-  if (result.status === "interrupted") {
-    lines.push("Interrupted: folders not yet acknowledged were not uploaded");
-  }
-  for (const line of lines) json ? reporter.warn(line) : console.log(line);
 }
 
 if (import.meta.main) await runMain(main);

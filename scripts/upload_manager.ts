@@ -1,20 +1,22 @@
 /**
- * `deno task upload`: scan a tree of test folders and upload new or changed ones, or
- * report status. Parses flags, wires lib/ together, prints, and sets the exit code.
+ * `deno task upload`: scan a tree of test folders and upload new or changed ones, keep
+ * watching it (`--watch`), or report status. Parses flags, wires lib/ together, prints,
+ * and sets the exit code.
  *
  * @module
  */
 
-import { resolve } from "node:path";
-import { EXIT, messageOf, UploadError } from "../lib/errors.ts";
-import { parseUploadCommand, runMain, uploadHelp } from "../lib/cli.ts";
+import { EXIT, UploadError } from "../lib/errors.ts";
+import { handleStopSignals, parseUploadCommand, runMain, uploadHelp } from "../lib/cli.ts";
 import { connectorFor } from "../lib/connect.ts";
+import { newCounters, type RunMode } from "../lib/events.ts";
+import { checkBase, type ManagerMode, runUpload } from "../lib/pipeline.ts";
 import { checkPsql } from "../lib/psql.ts";
-import { newCounters, type RunMode, runUpload } from "../lib/pipeline.ts";
 import { Reporter } from "../lib/progress.ts";
 import { formatStatus } from "../lib/report.ts";
 import { resolveTarget } from "../lib/target.ts";
 import { Tracker } from "../lib/tracker.ts";
+import { runWatch } from "../lib/watch.ts";
 
 async function main(argv: string[]): Promise<number> {
   const env = Deno.env.toObject();
@@ -30,12 +32,24 @@ async function main(argv: string[]): Promise<number> {
     tty: Deno.stderr.isTerminal(),
   });
 
-  if (cmd.status) return showStatus(config.dbPath, cmd.json);
+  if (cmd.status) return showStatus(config.dbPath, cmd.json, config.maxRetries);
 
-  const basePath = resolve(cmd.basePath!);
-  const mode: RunMode = cmd.scanOnly ? "scan-only" : cmd.dryRun ? "dry-run" : "upload";
   // Before anything is created (tracker, embedded database): a mistyped path leaves nothing.
-  checkBasePath(basePath);
+  checkBase(cmd.basePath!);
+  // The base is identified by its real path: reached through a symlink it is the same base.
+  const basePath = Deno.realPathSync(cmd.basePath!);
+  const mode: RunMode = cmd.scanOnly
+    ? "scan-only"
+    : cmd.dryRun
+    ? "dry-run"
+    : cmd.watch
+    ? "watch"
+    : "upload";
+  if (cmd.movedFrom && mode === "dry-run") {
+    throw new UploadError("usage", "--moved-from cannot be combined with --dry-run", {
+      hint: "A dry run writes nothing, the tracker included",
+    });
+  }
 
   if (cmd.dbUrl && /\/\/[^/@]*:[^/@]+@/.test(cmd.dbUrl)) {
     reporter.warn(
@@ -43,103 +57,104 @@ async function main(argv: string[]): Promise<number> {
         "prefer SUPABASE_DB_URL in the environment (see README: Configuring Supabase)",
     );
   }
+  const sends = mode === "upload" || mode === "watch";
   const spec = resolveTarget({ dbUrl: cmd.dbUrl, dbPath: config.dbPath, env });
-  const connector = mode === "upload"
+  const connector = sends
     ? connectorFor(spec, env, { maxConnections: config.parallel })
     : undefined;
   if (connector) await checkPsql();
 
   const tracker = openTracker(config.dbPath, mode);
-  const deviceId = mode === "dry-run"
-    ? (config.deviceId || tracker.getMeta("device_id") || "00000000-0000-0000-0000-000000000000")
-    : tracker.deviceId(config.deviceId || undefined);
-
-  if (connector) {
-    if (connector.embedded) {
-      reporter.info(
-        `Using the ${connector.display} (no --db-url, SUPABASE_DB_URL or DATABASE_URL set). ` +
-          `To upload to Supabase instead, set SUPABASE_DB_URL=postgresql://... ` +
-          `(see README); 'deno task sql' opens this database.`,
-      );
-    } else {
-      reporter.info(`Uploading to ${connector.display}`);
-    }
-    const reset = tracker.useTarget(`${connector.id}#${config.table}`);
-    if (reset > 0) {
-      reporter.info(
-        `The target changed since the last upload: ${reset} folders recorded as uploaded ` +
-          `elsewhere will be uploaded to this one too`,
-      );
-    }
-  } else {
-    reporter.info(
-      mode === "scan-only"
-        ? `Scanning ${basePath} (scan only, tracking database ${config.dbPath})`
-        : `Dry run of ${basePath}: nothing will be written`,
-    );
-  }
-
-  const abort = new AbortController();
-  let signals = 0;
-  const onSignal = () => {
-    signals++;
-    if (signals === 1) {
-      reporter.warn("Interrupted: finishing batches in flight (press Ctrl-C again to quit now)");
-      abort.abort();
-    } else {
-      reporter.warn("Interrupted again: quitting now; unacknowledged folders stay pending");
-      if (mode !== "dry-run") tracker.markInterrupted();
-      Deno.exit(EXIT.INTERRUPTED);
-    }
-  };
-  Deno.addSignalListener("SIGINT", onSignal);
-  Deno.addSignalListener("SIGTERM", onSignal);
-
-  const counters = newCounters();
-  reporter.start(counters);
   try {
-    const result = await runUpload({
-      basePath,
-      config,
-      tracker,
-      mode,
-      connector,
-      deviceId,
-      markers: cmd.markers,
-      signal: abort.signal,
-      onEvent: (e) => reporter.event(e),
-      counters,
-    });
-    if (result.error) {
-      reporter.warn(`Error: ${result.error.message}`);
-      if (result.error.hint) reporter.warn(`Hint: ${result.error.hint}`);
+    const deviceId = mode === "dry-run"
+      ? (config.deviceId || tracker.getMeta("device_id") || "00000000-0000-0000-0000-000000000000")
+      : tracker.deviceId(config.deviceId || undefined);
+    if (cmd.movedFrom) {
+      const moved = tracker.moveBase(cmd.movedFrom, basePath);
+      reporter.info(
+        `Moved ${moved.moved} tracked folders from ${cmd.movedFrom} to ${basePath}` +
+          (moved.replaced > 0 ? ` (replacing ${moved.replaced} entries made there before)` : ""),
+      );
     }
-    reporter.summary(result, mode);
-    return result.exitCode;
+    if (connector) {
+      if (connector.embedded) {
+        reporter.info(
+          `Using the ${connector.display} (no --db-url, SUPABASE_DB_URL or DATABASE_URL set). ` +
+            `To upload to Supabase instead, set SUPABASE_DB_URL=postgresql://... ` +
+            `(see README); 'deno task sql' opens this database.`,
+        );
+      } else {
+        reporter.info(`Uploading to ${connector.display}`);
+      }
+      const reset = tracker.useTarget(`${connector.id}#${config.table}`);
+      if (reset > 0) {
+        reporter.info(
+          `The target changed since the last upload: ${reset} folders recorded as uploaded ` +
+            `elsewhere will be uploaded to this one too`,
+        );
+      }
+    } else {
+      reporter.info(
+        mode === "scan-only"
+          ? `Scanning ${basePath} (scan only, tracking database ${config.dbPath})`
+          : `Dry run of ${basePath}: nothing will be written`,
+      );
+    }
+
+    const interrupt = new AbortController();
+    const finish = new AbortController();
+    const stopSignals = handleStopSignals({
+      interrupt: () => {
+        reporter.warn("Interrupted: finishing batches in flight (press Ctrl-C again to quit now)");
+        interrupt.abort();
+      },
+      finish: mode === "watch"
+        ? () => {
+          reporter.warn("Stopping: finishing the batch in flight");
+          finish.abort();
+        }
+        : undefined,
+      quit: () => {
+        reporter.warn("Interrupted again: quitting now; unacknowledged folders stay pending");
+        if (mode !== "dry-run") tracker.markInterrupted();
+      },
+    });
+    const counters = newCounters();
+    reporter.start(counters);
+    try {
+      const options = {
+        basePath,
+        config,
+        tracker,
+        connector,
+        deviceId,
+        markers: cmd.markers,
+        signal: interrupt.signal,
+        onEvent: reporter.event.bind(reporter),
+        counters,
+      };
+      const result = mode === "watch"
+        ? await runWatch({
+          ...options,
+          connector: connector!,
+          finishSignal: finish.signal,
+          rescanEverySeconds: cmd.rescanEverySeconds,
+        })
+        : await runUpload({ ...options, mode: mode as ManagerMode });
+      reporter.stop();
+      if (result.error) {
+        reporter.warn(`Error: ${result.error.message}`);
+        if (result.error.hint) reporter.warn(`Hint: ${result.error.hint}`);
+      }
+      reporter.summary(result, mode);
+      return result.exitCode;
+    } finally {
+      reporter.stop();
+      stopSignals();
+    }
   } finally {
-    reporter.stop();
-    Deno.removeSignalListener("SIGINT", onSignal);
-    Deno.removeSignalListener("SIGTERM", onSignal);
     tracker.close();
     await connector?.close();
-  }
-}
-
-function checkBasePath(basePath: string): void {
-  let info: Deno.FileInfo;
-  try {
-    info = Deno.statSync(basePath);
-  } catch (error) {
-    throw new UploadError("usage", `Cannot read base path ${basePath}: ${messageOf(error)}`, {
-      subject: basePath,
-      hint: "Give the folder that holds the test folders (deno task upload <base_path>)",
-    });
-  }
-  if (!info.isDirectory) {
-    throw new UploadError("usage", `Not a directory: ${basePath}`, {
-      subject: basePath,
-      hint: "Give the folder that holds the test folders, not a file in it",
-    });
   }
 }
 
@@ -154,7 +169,7 @@ function openTracker(dbPath: string, mode: RunMode): Tracker {
   return Tracker.open(dbPath, { lock: false, readOnly: true });
 }
 
-function showStatus(dbPath: string, json: boolean): number {
+function showStatus(dbPath: string, json: boolean, maxRetries: number): number {
   try {
     Deno.statSync(dbPath);
   } catch {
@@ -165,7 +180,8 @@ function showStatus(dbPath: string, json: boolean): number {
   // Not read-only: a database from an older version is migrated first (no lock needed).
   const tracker = Tracker.open(dbPath, { lock: false });
   try {
-    const report = tracker.status();
+    // JSON gets the full lists; the text report the first entries of each, and the count.
+    const report = tracker.status({ maxRetries, limit: json ? null : 10 });
     if (json) console.log(JSON.stringify(report));
     else Deno.stdout.writeSync(new TextEncoder().encode(formatStatus(report)));
     return EXIT.OK;

@@ -44,14 +44,31 @@ function assertUsageExit(run: CliResult, what: string): void {
 
 Deno.test("parseUploadCommand: defaults", () => {
   const cmd = parseUploadCommand(["data"], {});
-  assert.equal(cmd.basePath, "data");
+  assert.equal(cmd.basePath, join(Deno.cwd(), "data"));
   assert.equal(cmd.markers, true);
   assert.equal(cmd.json, false);
   assert.equal(cmd.scanOnly || cmd.status || cmd.dryRun || cmd.help, false);
   assert.equal(cmd.dbUrl, undefined);
   assert.equal(cmd.config.batchSize, DEFAULT_CONFIG.batchSize);
   assert.equal(cmd.config.maxRetries, DEFAULT_CONFIG.maxRetries);
-  assert.equal(cmd.config.dbPath, DEFAULT_CONFIG.dbPath);
+  assert.equal(cmd.config.dbPath, join(Deno.cwd(), DEFAULT_CONFIG.dbPath));
+  assert.equal(cmd.watch, false);
+  assert.equal(cmd.movedFrom, null);
+  assert.equal(cmd.config.connectTimeoutSeconds, DEFAULT_CONFIG.connectTimeoutSeconds);
+});
+
+Deno.test("parseUploadCommand: relative paths are the caller's (INIT_CWD under deno task)", () => {
+  const env = { INIT_CWD: "/home/lab/site" };
+  const cmd = parseUploadCommand(["data", "--db-path", "t.db", "--moved-from", "../old"], env);
+  assert.equal(cmd.basePath, "/home/lab/site/data");
+  assert.equal(cmd.config.dbPath, "/home/lab/site/t.db");
+  assert.equal(cmd.movedFrom, "/home/lab/old");
+  assert.equal(parseUploadCommand(["."], env).basePath, "/home/lab/site");
+  assert.equal(parseUploadCommand(["/abs"], env).basePath, "/abs");
+  assert.equal(
+    parseUploadCommand(["d"], { ...env, UPLOAD_DB_PATH: "x.db" }).config.dbPath,
+    "/home/lab/site/x.db",
+  );
 });
 
 Deno.test("parseUploadCommand: every flag lands in the settings", () => {
@@ -73,11 +90,14 @@ Deno.test("parseUploadCommand: every flag lands in the settings", () => {
     "2",
     "--batch-delay",
     "1.5",
+    "--connect-timeout",
+    "4",
     "--no-markers",
     "--json",
     "-q",
   ], {});
-  assert.equal(cmd.basePath, "my data/");
+  assert.equal(cmd.basePath, join(Deno.cwd(), "my data"));
+  assert.equal(cmd.config.connectTimeoutSeconds, 4);
   assert.equal(cmd.config.batchSize, 50);
   assert.equal(cmd.config.maxRetries, 0);
   assert.equal(cmd.config.dbPath, "/tmp/t.db");
@@ -96,10 +116,10 @@ Deno.test("parseUploadCommand: flag over environment over config.ts", () => {
   const fromEnv = parseUploadCommand(["d"], env);
   assert.equal(fromEnv.config.batchSize, 70);
   assert.equal(fromEnv.config.maxRetries, 9);
-  assert.equal(fromEnv.config.dbPath, "env.db");
+  assert.equal(fromEnv.config.dbPath, join(Deno.cwd(), "env.db"));
   const fromFlag = parseUploadCommand(["d", "--batch-size", "5", "--db-path", "flag.db"], env);
   assert.equal(fromFlag.config.batchSize, 5);
-  assert.equal(fromFlag.config.dbPath, "flag.db");
+  assert.equal(fromFlag.config.dbPath, join(Deno.cwd(), "flag.db"));
   assert.equal(fromFlag.config.maxRetries, 9);
   // The defaults object itself is never changed.
   assert.equal(DEFAULT_CONFIG.batchSize, 500);
@@ -123,6 +143,13 @@ Deno.test("parseUploadCommand: usage errors carry a one-line hint", () => {
     ["d", "--status", "--scan-only"],
     ["d", "--scan-only", "--dry-run"],
     ["d", "--batch-size"],
+    [""],
+    ["  "],
+    ["d", "--watch", "--dry-run"],
+    ["d", "--rescan-every", "60"],
+    ["d", "--watch", "--rescan-every", "0"],
+    ["d", "--moved-from", ""],
+    ["d", "--connect-timeout", "-2"],
   ];
   for (const argv of cases) {
     const error = usageError(() => parseUploadCommand(argv, {}));
@@ -161,6 +188,10 @@ Deno.test("uploadHelp documents every flag and the exit codes", () => {
       "--min-age",
       "--give-up-after",
       "--batch-delay",
+      "--connect-timeout",
+      "--watch",
+      "--rescan-every",
+      "--moved-from",
       "--no-markers",
       "--json",
       "--quiet",

@@ -26,7 +26,6 @@ function tracked(overrides: Partial<TrackedState> = {}): TrackedState {
     folderKey: "Line2/Batch12",
     status: "success",
     retryCount: 0,
-    nextAttemptMs: null,
     ...overrides,
   };
 }
@@ -60,7 +59,7 @@ const CASES: Case[] = [
   },
   {
     name: "failed folder (retries used up) whose fingerprint changed",
-    tracked: tracked({ fileHash: "f0", status: "failed", retryCount: 3, nextAttemptMs: NOW + 1 }),
+    tracked: tracked({ fileHash: "f0", status: "failed", retryCount: 3 }),
     want: { change: "changed", status: "pending", retryCount: 0, settling: false, upload: true },
   },
   {
@@ -160,30 +159,10 @@ const CASES: Case[] = [
     want: { change: "unchanged", status: "failed", retryCount: 0, settling: false, upload: false },
   },
   {
-    name: "failed, next attempt in the future: waits",
-    tracked: tracked({ status: "failed", retryCount: 1, nextAttemptMs: NOW + 1 }),
-    want: { change: "unchanged", status: "failed", retryCount: 1, settling: false, upload: false },
-  },
-  {
-    name: "failed, next attempt now: retried",
-    tracked: tracked({ status: "failed", retryCount: 1, nextAttemptMs: NOW }),
-    want: { change: "unchanged", status: "failed", retryCount: 1, settling: false, upload: true },
-  },
-  {
-    name: "failed, next attempt in the past: retried",
-    tracked: tracked({ status: "failed", retryCount: 1, nextAttemptMs: NOW - 60_000 }),
-    want: { change: "unchanged", status: "failed", retryCount: 1, settling: false, upload: true },
-  },
-  {
-    name: "failed, due, but settling: waits",
+    name: "failed, below its retries, but settling: waits",
     tracked: tracked({ status: "failed", retryCount: 1 }),
     seen: { newestMtimeMs: NOW - 10 },
     want: { change: "unchanged", status: "failed", retryCount: 1, settling: true, upload: false },
-  },
-  {
-    name: "pending with a future next attempt: uploaded (the time only holds back failures)",
-    tracked: tracked({ status: "pending", nextAttemptMs: NOW + 60_000 }),
-    want: { change: "unchanged", status: "pending", retryCount: 0, settling: false, upload: true },
   },
   {
     name: "unknown status: kept, not uploaded",

@@ -10,6 +10,7 @@ import { join } from "node:path";
 import { DEFAULT_CONFIG, markerNames, type StatusInput, type UploaderConfig } from "../config.ts";
 import { UploadError } from "../lib/errors.ts";
 import { buildRow, MAX_STATS_BYTES, readStats } from "../lib/folder.ts";
+import { rowStatementBytes } from "../lib/sql.ts";
 import { type FolderSnapshot, snapshotFolder } from "../lib/scan.ts";
 import { setMtime, T1, T2, T3, tempDir, type TreeSpec, writeTree } from "../support/tree.ts";
 
@@ -70,7 +71,11 @@ Deno.test("buildRow fills every column from the snapshot and stats.json", () => 
     "stats.json",
   ]);
   assert.equal(row.metadata.upload_timestamp, NOW.toISOString());
-  assert.equal(built.json, JSON.stringify(row));
+  assert.match(String(row.metadata.source_path), /\/Run$/);
+  // The JSON text means the row, and carries the stats file's own text unchanged.
+  assert.deepEqual(JSON.parse(built.json), JSON.parse(JSON.stringify(row)));
+  assert.ok(built.json.includes(`"test_results":${JSON.stringify(stats, null, 2)},`));
+  assert.equal(built.bytes, rowStatementBytes(built.json));
 });
 
 Deno.test("buildRow: no stats.json -> pending, test_date from the newest image", () => {

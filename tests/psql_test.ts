@@ -1,21 +1,18 @@
 /**
- * The psql session protocol against a real server, the SQLSTATE table, and the pure
- * helpers behind the protocol (statement check, literal parsing).
+ * The psql session protocol against a real server (the SQLSTATE table and the statement
+ * text checks have their own tests: policy_test.ts, psql_text_test.ts).
  */
 
 import assert from "node:assert/strict";
 import { UploadError } from "../lib/errors.ts";
 import {
   checkPsql,
-  classifyConnectFailure,
-  classifySqlstate,
-  parseQuotedLiteral,
   type PsqlConnection,
   PsqlSession,
   runPsqlInteractive,
   type StatementReply,
-  terminateStatement,
 } from "../lib/psql.ts";
+import { classifySqlstate } from "../lib/policy.ts";
 import { sqlLiteral } from "../lib/sql.ts";
 import {
   hasPostgres,
@@ -72,126 +69,6 @@ async function assertUploadError(
   }
   assert.fail(`expected an UploadError of kind ${kind}`);
 }
-
-Deno.test("classifySqlstate maps SQLSTATEs to error kinds", () => {
-  const table: Array<[string, string]> = [
-    ["08000", "transient"],
-    ["08006", "transient"],
-    ["08001", "transient"],
-    ["53300", "transient"],
-    ["53200", "transient"],
-    ["53100", "transient"],
-    ["57P01", "transient"],
-    ["57P02", "transient"],
-    ["57P03", "transient"],
-    ["40001", "transient"],
-    ["40P01", "transient"],
-    ["57014", "transient"],
-    ["55P03", "transient"],
-    ["42501", "config"],
-    ["28000", "config"],
-    ["28P01", "config"],
-    ["3D000", "config"],
-    ["42P01", "config"],
-    ["42703", "config"],
-    ["42P10", "config"],
-    ["42601", "config"],
-    ["22P02", "data"],
-    ["22001", "data"],
-    ["22P05", "data"],
-    ["23505", "data"],
-    ["23502", "data"],
-    ["23503", "data"],
-    ["54000", "data"],
-    ["XX000", "data"],
-    ["P0001", "data"],
-    ["", "data"],
-  ];
-  for (const [code, kind] of table) assert.equal(classifySqlstate(code), kind, code);
-});
-
-Deno.test("classifyConnectFailure reads psql's connection errors", () => {
-  const table: Array<[string, string]> = [
-    [
-      'connection to server at "127.0.0.1", port 1 failed: Connection refused\n\tIs the server running on that host and accepting TCP/IP connections?',
-      "transient",
-    ],
-    ['connection to server at "10.0.0.1", port 5432 failed: timeout expired', "transient"],
-    ["FATAL:  sorry, too many clients already", "transient"],
-    ["FATAL:  the database system is starting up", "transient"],
-    ["FATAL:  the database system is shutting down", "transient"],
-    [
-      'connection to server at "db.abc.supabase.co" (2a05::1), port 5432 failed: Network is unreachable',
-      "transient",
-    ],
-    [
-      'could not translate host name "nope.invalid" to address: Name or service not known',
-      "transient",
-    ],
-    ['FATAL:  password authentication failed for user "tester"', "config"],
-    ['FATAL:  role "nobody" does not exist', "config"],
-    ['FATAL:  database "nowhere" does not exist', "config"],
-    ["fe_sendauth: no password supplied", "config"],
-    ['invalid URI query parameter: "bogus"', "config"],
-  ];
-  for (const [stderr, kind] of table) assert.equal(classifyConnectFailure(stderr), kind, stderr);
-});
-
-Deno.test("terminateStatement accepts one complete statement and terminates it", () => {
-  assert.equal(terminateStatement("select 1"), "select 1\n;\n");
-  assert.equal(terminateStatement("select 1;"), "select 1;\n");
-  assert.equal(terminateStatement("  select 1 ;  -- done\n"), "  select 1 ;  -- done\n");
-  assert.equal(terminateStatement("select ';' -- ;"), "select ';' -- ;\n;\n");
-  for (
-    const ok of [
-      "select 'it''s; \\'",
-      "select E'a\\'b;'",
-      "select e'\\\\'",
-      'select 1 as "a;""b"',
-      "do $$ begin perform 1; end $$",
-      "do $x$ begin perform '$$'; end $x$;",
-      "select a$b$ from t",
-      "select $1",
-      "select /* a /* nested ; */ comment */ 1",
-      "select 1::int, '{}'::text[]",
-    ]
-  ) {
-    assert.doesNotThrow(() => terminateStatement(ok), ok);
-  }
-  for (
-    const [bad, why] of [
-      ["", /empty/],
-      ["  -- only a comment", /empty/],
-      [";", /empty/],
-      ["select 1; select 2", /more than one/],
-      ["select 1;;", /more than one/],
-      ["select 'open", /unterminated quoted string/],
-      ["select E'open\\'", /unterminated quoted string/],
-      ['select "open', /unterminated quoted identifier/],
-      ["do $$ begin", /unterminated dollar quote/],
-      ["select 1 /* open", /unterminated \/\* comment/],
-      ["select 1 \\gset", /backslash/],
-    ] as const
-  ) {
-    assert.throws(
-      () => terminateStatement(bad),
-      (error) => error instanceof UploadError && error.kind === "fatal" && why.test(error.message),
-      bad,
-    );
-  }
-});
-
-Deno.test("parseQuotedLiteral reads psql's :'var' output", () => {
-  assert.equal(parseQuotedLiteral("'plain'"), "plain");
-  assert.equal(parseQuotedLiteral("''"), "");
-  assert.equal(parseQuotedLiteral("'it''s'"), "it's");
-  assert.equal(parseQuotedLiteral(" E'a\\\\b'"), "a\\b");
-  assert.equal(parseQuotedLiteral(" E'a''b\nc\\\\d'"), "a'b\nc\\d");
-  assert.equal(parseQuotedLiteral("'two\nlines'"), "two\nlines");
-  assert.equal(parseQuotedLiteral("'open"), undefined);
-  assert.equal(parseQuotedLiteral("'ends with ''"), undefined);
-  assert.equal(parseQuotedLiteral("'ends with '''"), "ends with '");
-});
 
 Deno.test("checkPsql returns the version and explains a missing psql", async () => {
   const version = await checkPsql();

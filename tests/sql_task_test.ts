@@ -230,10 +230,14 @@ Deno.test("sql: argument parsing keeps psql's arguments as they are", () => {
     {},
   );
   assert.deepEqual(cmd.psqlArgs, ["-h", "host", "-c", "select 1", "--help"]);
-  assert.equal(cmd.dbPath, "a.db");
+  assert.equal(cmd.dbPath, join(Deno.cwd(), "a.db"));
   assert.equal(cmd.dbUrl, "postgresql://x/y");
   assert.equal(cmd.help, false);
   assert.equal(parseSqlCommand(["--help"], {}).help, true);
-  assert.equal(parseSqlCommand([], { UPLOAD_DB_PATH: "env.db" }).dbPath, "env.db");
+  assert.equal(
+    parseSqlCommand([], { UPLOAD_DB_PATH: "env.db" }).dbPath,
+    join(Deno.cwd(), "env.db"),
+  );
+  assert.equal(parseSqlCommand([], { INIT_CWD: "/srv/lab" }).dbPath, "/srv/lab/upload_tracker.db");
   assert.throws(() => parseSqlCommand(["--db-url"], {}), /Missing value for --db-url/);
 });

@@ -120,6 +120,7 @@ Deno.test("Tracker.open: migrates an empty file to the current schema", async ()
       assert.deepEqual(tables(tracker), [
         "folder_status",
         "meta",
+        "problems",
         "runs",
         "upload_batches",
       ]);
@@ -136,6 +137,8 @@ Deno.test("Tracker.open: migrates an empty file to the current schema", async ()
           "next_attempt_at",
           "last_seen_run",
           "settling",
+          "content_hash",
+          "missing_since",
         ]
       ) assert.ok(folderColumns.includes(added), `folder_status.${added}`);
       const batchColumns = columns(tracker, "upload_batches");
@@ -257,6 +260,7 @@ Deno.test("Tracker.open: upgrades an original tool's database in place, rows kep
     assert.deepEqual(tables(tracker), [
       "folder_status",
       "meta",
+      "problems",
       "runs",
       "upload_batches",
     ]);
@@ -335,16 +339,12 @@ Deno.test("Tracker.applyScan: the diff rule over real scans of a real tree", () 
     const afterUpload = folderRows(tracker);
     assert.ok(afterUpload.every((r) => r.uploaded_hash === r.file_hash && r.upload_timestamp));
 
-    // Second scan of the unchanged tree: nothing to do, nothing written but last_seen_run.
+    // Second scan of the unchanged tree: nothing to do, nothing written.
     const run2 = tracker.startRun(base, "upload");
     const second = tracker.applyScan(scan(base), run2, base, diffOptions());
     assert.ok(second.every((d) => d.change === "unchanged" && d.status === "success"));
     assert.equal(second.filter((d) => d.upload).length, 0);
-    const afterRescan = folderRows(tracker);
-    assert.ok(afterRescan.every((r) => r.last_seen_run === run2));
-    const withoutSeen = (rows: Record<string, unknown>[]) =>
-      rows.map(({ last_seen_run: _, ...rest }) => rest);
-    assert.deepEqual(withoutSeen(afterRescan), withoutSeen(afterUpload));
+    assert.deepEqual(folderRows(tracker), afterUpload);
 
     // One folder failed twice, then changes: only it is changed, with its retries reset.
     const target = second[7].snapshot;
@@ -462,7 +462,7 @@ Deno.test("Tracker.recordBatch: failures count until maxRetries, success clears 
   }
 });
 
-Deno.test("Tracker.missing: folders gone from disk are counted, never deleted", () => {
+Deno.test("Tracker passes: folders gone from disk are counted missing, never deleted", () => {
   using dir = tempDir();
   const base = join(dir.path, "data");
   writeTree(base, {
@@ -471,36 +471,106 @@ Deno.test("Tracker.missing: folders gone from disk are counted, never deleted", 
     "C/x.jpg": { bytes: 1 },
   });
   const tracker = Tracker.open(join(dir.path, "t.db"));
+  const pass = (runId: number) => {
+    tracker.beginPass(base, runId);
+    const decisions = tracker.applyScan(scan(base), runId, base, diffOptions());
+    return { decisions, missing: tracker.endPass() };
+  };
   try {
     const run1 = tracker.startRun(base, "upload");
-    tracker.applyScan(scan(base), run1, base, diffOptions());
-    tracker.finishRun(run1, "completed", {}, true);
-    assert.deepEqual(tracker.missing(base, run1), { count: 0, sample: [] });
+    assert.deepEqual(pass(run1).missing, { count: 0, sample: [] });
 
     Deno.removeSync(join(base, "B"), { recursive: true });
     const run2 = tracker.startRun(base, "upload");
-    tracker.applyScan(scan(base), run2, base, diffOptions());
-    tracker.finishRun(run2, "completed", {}, true);
-    assert.deepEqual(tracker.missing(base, run2), { count: 1, sample: [join(base, "B")] });
+    assert.deepEqual(pass(run2).missing, { count: 1, sample: [join(base, "B")] });
     assert.equal(folderRows(tracker).length, 3, "the row of the missing folder stays");
     const report = tracker.status();
     assert.equal(report.missing, 1);
     assert.deepEqual(report.missingSample, [join(base, "B")]);
-    // Other base paths are not counted as missing from this one.
-    assert.deepEqual(tracker.missing(join(dir.path, "other"), run2), { count: 0, sample: [] });
 
-    // An incomplete scan (interrupted) does not make folders look missing in the report.
+    // A walk that did not finish marks nothing.
     const run3 = tracker.startRun(base, "upload");
-    tracker.finishRun(run3, "interrupted", {}, false);
+    tracker.beginPass(base, run3);
+    tracker.abandonPass();
     assert.equal(tracker.status().missing, 1);
 
     writeTree(base, { "B/stats.json": { text: "{}" } });
     const run4 = tracker.startRun(base, "upload");
-    const back = tracker.applyScan(scan(base), run4, base, diffOptions());
-    tracker.finishRun(run4, "completed", {}, true);
-    assert.equal(back.find((d) => d.snapshot.key === "B")!.change, "unchanged");
-    assert.deepEqual(tracker.missing(base, run4), { count: 0, sample: [] });
+    const back = pass(run4);
+    assert.equal(back.decisions.find((d) => d.snapshot.key === "B")!.change, "unchanged");
+    assert.deepEqual(back.missing, { count: 0, sample: [] });
     assert.equal(tracker.status().missing, 0);
+  } finally {
+    tracker.close();
+  }
+});
+
+Deno.test("Tracker passes: a base that is gone counts all its folders as missing", () => {
+  using dir = tempDir();
+  const base = join(dir.path, "data");
+  writeTree(base, { "A/stats.json": { text: "{}" }, "B/x.jpg": { bytes: 1 } });
+  const tracker = Tracker.open(join(dir.path, "t.db"));
+  try {
+    const run = tracker.startRun(base, "upload");
+    tracker.beginPass(base, run);
+    tracker.applyScan(scan(base), run, base, diffOptions());
+    tracker.endPass();
+    Deno.renameSync(base, join(dir.path, "renamed"));
+    const report = tracker.status();
+    assert.equal(report.missing, 2);
+    assert.deepEqual(report.goneBases, [base]);
+  } finally {
+    tracker.close();
+  }
+});
+
+Deno.test("Tracker.applyScan: rescanning an unchanged tree writes no row", () => {
+  using dir = tempDir();
+  const base = join(dir.path, "data");
+  writeTree(base, { "A/stats.json": { text: "{}" }, "B/x.jpg": { bytes: 1 } });
+  const tracker = Tracker.open(join(dir.path, "t.db"));
+  try {
+    const run1 = tracker.startRun(base, "upload");
+    tracker.beginPass(base, run1);
+    tracker.applyScan(scan(base), run1, base, diffOptions());
+    tracker.endPass();
+    const changes = () =>
+      Number((tracker.db.prepare("SELECT total_changes() AS n").get() as { n: number }).n);
+    const before = changes();
+    const run2 = tracker.startRun(base, "upload");
+    const afterStart = changes();
+    tracker.beginPass(base, run2);
+    tracker.applyScan(scan(base), run2, base, diffOptions());
+    assert.deepEqual(tracker.endPass(), { count: 0, sample: [] });
+    assert.ok(afterStart > before, "the run itself is recorded");
+    assert.equal(changes(), afterStart, "no folder row was written by the rescan");
+  } finally {
+    tracker.close();
+  }
+});
+
+Deno.test("Tracker.moveBase: a moved base keeps every folder's status, nothing is new", () => {
+  using dir = tempDir();
+  const base = join(dir.path, "data");
+  writeTree(base, { "A/stats.json": { text: "{}" }, "L/B/x.jpg": { bytes: 1 } });
+  const tracker = Tracker.open(join(dir.path, "t.db"));
+  try {
+    const run = tracker.startRun(base, "upload");
+    const snaps = scan(base);
+    tracker.applyScan(snaps, run, base, diffOptions());
+    tracker.recordBatch(
+      batch("b1", run, 2, T1),
+      snaps.map((s) => ({ path: s.path, fingerprint: s.fingerprint, ok: true })),
+    );
+    const moved = join(dir.path, "moved");
+    Deno.renameSync(base, moved);
+    assert.deepEqual(tracker.moveBase(base, moved), { moved: 2, replaced: 0 });
+    const decisions = tracker.applyScan(scan(moved), run, moved, diffOptions());
+    assert.deepEqual(decisions.map((d) => [d.snapshot.key, d.change, d.upload]), [
+      ["A", "unchanged", false],
+      ["L/B", "unchanged", false],
+    ]);
+    assert.throws(() => tracker.moveBase(base, moved), /Nothing is tracked under/);
   } finally {
     tracker.close();
   }
@@ -560,30 +630,6 @@ Deno.test("Tracker.deviceId: made once and kept; a preferred id wins and is kept
   assert.equal(tracker.deviceId(preferred), preferred);
   assert.equal(tracker.deviceId(), preferred);
   tracker.close();
-});
-
-Deno.test("Tracker.trackFolder: a quick upload tracks one folder, keeping an unchanged status", () => {
-  using dir = tempDir();
-  const base = join(dir.path, "data");
-  writeTree(base, { "A/stats.json": { text: "{}" } });
-  const tracker = Tracker.open(join(dir.path, "t.db"));
-  try {
-    const run = tracker.startRun(null, "quick");
-    const [snap] = scan(base);
-    tracker.trackFolder(snap, base, run);
-    tracker.recordBatch(batch("q1", run, 1, T1), [
-      { path: snap.path, fingerprint: snap.fingerprint, ok: true },
-    ]);
-    tracker.trackFolder(snap, null, run);
-    let [row] = folderRows(tracker);
-    assert.deepEqual([row.upload_status, row.base_path, row.folder_key], ["success", base, "A"]);
-    writeTree(base, { "A/a.jpg": { bytes: 1 } });
-    tracker.trackFolder(scan(base)[0], base, run);
-    [row] = folderRows(tracker);
-    assert.equal(row.upload_status, "pending");
-  } finally {
-    tracker.close();
-  }
 });
 
 /** Reads lines from a child's output stream. */

@@ -160,7 +160,7 @@ function context(
     giveUpAfterMs: options.giveUpAfterMs ?? 60_000,
     backoff: { initialMs: 1, maxMs: 4, jitter: 0 },
     signal: options.signal ?? new AbortController().signal,
-    health: { failingSince: null },
+    health: { failingSince: null, answered: true },
     onRetry: (n) => retries.push(n),
     now: options.now,
   };
@@ -416,7 +416,7 @@ Deno.test({
         giveUpAfterMs: 30_000,
         statementTimeoutMs: 60_000,
         signal: new AbortController().signal,
-        health: { failingSince: null },
+        health: { failingSince: null, answered: true },
       };
       assert.deepEqual(await ensureSchema(ctx), { rekeyed: 0 });
       assert.deepEqual(await ensureSchema(ctx), { rekeyed: 0 }, "ensureSchema is idempotent");
@@ -471,7 +471,7 @@ Deno.test({
         statementTimeoutMs: 60_000,
         backoff: { initialMs: 10, maxMs: 50, jitter: 0 },
         signal: new AbortController().signal,
-        health: { failingSince: null },
+        health: { failingSince: null, answered: true },
         onRetry: (n) => retries.push(n),
       };
       await ensureSchema(ctx);

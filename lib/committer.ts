@@ -1,0 +1,180 @@
+/**
+ * The committer: a planned batch -> the server -> the tracker -> markers and events. Up to
+ * `parallel` batches are in flight at once, within a budget of statement bytes; a batch
+ * starts only while the run is not stopping, and a folder is recorded as uploaded only
+ * after the server acknowledged its row.
+ *
+ * @module
+ */
+
+import type { Run } from "./run.ts";
+import { sleep } from "./retry.ts";
+import type { PlannedBatch, PlannedItem } from "./planner.ts";
+import { type LazyWriter, writeBatch, type WriteResult } from "./writer.ts";
+
+/** Settings of a {@linkcode Committer}. */
+export interface CommitterOptions {
+  /** Opens the target and the sessions on the first batch. */
+  writer: LazyWriter;
+  /** Statement bytes allowed in flight at once; a larger batch goes alone. Default 24 MiB. */
+  budgetBytes?: number;
+}
+
+/** Writes batches and records their outcome. */
+export class Committer {
+  readonly #run: Run;
+  readonly #writer: LazyWriter;
+  readonly #budget: number;
+  readonly #inflight = new Set<Promise<void>>();
+  #inflightBytes = 0;
+  #lastStart = 0;
+
+  constructor(run: Run, options: CommitterOptions) {
+    this.#run = run;
+    this.#writer = options.writer;
+    this.#budget = options.budgetBytes ?? 24 * 1024 * 1024;
+  }
+
+  /**
+   * Starts writing a batch once a slot and enough of the byte budget are free, and after
+   * the configured pause since the last batch. Resolves when the batch is under way; its
+   * failure stops the run. Does nothing once the run is stopping.
+   */
+  async submit(batch: PlannedBatch): Promise<void> {
+    await this.#waitFor(batch.bytes, Math.max(1, this.#run.config.parallel));
+    const run = this.#run;
+    if (run.stopping) return;
+    const delayMs = run.config.batchDelaySeconds * 1000;
+    if (delayMs > 0 && this.#lastStart > 0) {
+      await sleep(this.#lastStart + delayMs - run.now(), run.stop.signal);
+      if (run.stopping) return;
+    }
+    this.#lastStart = run.now();
+    this.#inflightBytes += batch.bytes;
+    const task: Promise<void> = this.#commit(batch)
+      .catch((error) => run.fail(error))
+      .finally(() => {
+        this.#inflight.delete(task);
+        this.#inflightBytes -= batch.bytes;
+      });
+    this.#inflight.add(task);
+  }
+
+  /** Waits until `bytes` more fit in the byte budget (or nothing is in flight). */
+  async roomFor(bytes: number): Promise<void> {
+    await this.#waitFor(bytes, Infinity);
+  }
+
+  async #waitFor(bytes: number, slots: number): Promise<void> {
+    while (
+      this.#inflight.size > 0 &&
+      (this.#inflight.size >= slots || this.#inflightBytes + bytes > this.#budget)
+    ) {
+      await Promise.race(this.#inflight);
+    }
+  }
+
+  /**
+   * Waits for the batches in flight. When the run is stopping they get `graceMs` to finish;
+   * after that their psql sessions are killed and their folders stay pending.
+   */
+  async drain(graceMs: number): Promise<void> {
+    if (this.#inflight.size === 0) return;
+    const all = () => Promise.allSettled([...this.#inflight]);
+    if (!this.#run.stopping) {
+      await all();
+      return;
+    }
+    const graceOver = new AbortController();
+    const finished = await Promise.race([
+      all().then(() => true),
+      sleep(graceMs, graceOver.signal).then(() => false),
+    ]);
+    graceOver.abort();
+    if (!finished) {
+      this.#writer.abandon();
+      await all();
+    }
+  }
+
+  async #commit(batch: PlannedBatch): Promise<void> {
+    const run = this.#run;
+    const context = await this.#writer.open();
+    // The target may take seconds to open (an embedded database's first start): a run
+    // stopped meanwhile sends nothing.
+    if (run.stopping) return;
+    const { name, id } = run.nextBatch();
+    const items = batch.items;
+    const tracker = run.runId !== null ? run.tracker : null;
+    const startedAt = new Date(run.now());
+    tracker?.startBatch(id, name, run.runId!, items.length, startedAt);
+    if (run.folderEvents) {
+      run.emit({ event: "inserting", batch: name, table: run.config.table, folders: items.length });
+    }
+    let result: WriteResult<PlannedItem>;
+    try {
+      result = await writeBatch(items, name, context);
+    } catch (error) {
+      tracker?.abandonBatch(id, run.stopping ? "interrupted" : "failed");
+      throw error;
+    }
+    const endedAt = new Date(run.now());
+    const okCount = result.outcomes.filter((o) => o.ok).length;
+    tracker?.recordBatch(
+      {
+        batchId: id,
+        batchName: name,
+        runId: run.runId!,
+        totalFolders: items.length,
+        startTime: startedAt,
+        endTime: endedAt,
+        status: okCount === 0 && items.length > 0 ? "failed" : "completed",
+        bytes: batch.bytes,
+      },
+      result.outcomes.map((o) => ({
+        path: o.item.path,
+        fingerprint: o.item.snapshot.fingerprint,
+        contentHash: o.item.contentHash,
+        ok: o.ok,
+        error: o.error,
+      })),
+    );
+    const counters = run.counters;
+    counters.batches++;
+    counters.inserted += result.inserted;
+    counters.updated += result.updated;
+    counters.bytes += batch.bytes;
+    for (const o of result.outcomes) {
+      const item = o.item;
+      const snap = item.snapshot;
+      if (o.ok) {
+        counters.uploaded++;
+        if (run.folderEvents) {
+          run.emit({ event: "folder_uploaded", path: snap.path, key: snap.key, batch: name });
+        }
+        await run.successMarker(snap, {
+          upload_time: endedAt.toISOString(),
+          upload_batch: name,
+          images_uploaded: item.row.images.length,
+          test_status: item.row.test_status,
+        });
+      } else {
+        const error = o.error ?? "Refused by the server";
+        counters.failed++;
+        run.emit({ event: "folder_failed", path: snap.path, key: snap.key, error });
+        await run.failedMarker(snap, error);
+      }
+    }
+    run.emit({
+      event: "batch_done",
+      batch: name,
+      folders: items.length,
+      ok: okCount,
+      failed: items.length - okCount,
+      inserted: result.inserted,
+      updated: result.updated,
+      bytes: batch.bytes,
+      duration_ms: endedAt.getTime() - startedAt.getTime(),
+    });
+  }
+}

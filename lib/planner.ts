@@ -1,0 +1,359 @@
+/**
+ * The planner: what the sources found -> what to send. It diffs folders against the
+ * tracker, holds back folders still being written (the settle queue), builds their rows,
+ * and packs rows into batches bounded by count and by exact statement bytes. Batches go
+ * to a sink (the committer); a dry run only counts them.
+ *
+ * @module
+ */
+
+import { messageOf } from "./errors.ts";
+import { buildRow } from "./folder.ts";
+import { isImageName } from "./scan.ts";
+import type { FolderSnapshot } from "./scan.ts";
+import type { Run } from "./run.ts";
+import { decideFolder } from "./diff.ts";
+import type { ScanDecision } from "./tracker.ts";
+import type { SourceItem } from "./sources.ts";
+import type { BatchItem } from "./writer.ts";
+
+/** A folder ready to send: its row, and what the commit needs to record it. */
+export interface PlannedItem extends BatchItem {
+  snapshot: FolderSnapshot;
+  /** The content hash of the row (recorded once acknowledged). */
+  contentHash: string;
+  /** Bytes the row adds to the statement. */
+  bytes: number;
+}
+
+/** Rows that go to the server in one statement. */
+export interface PlannedBatch {
+  items: PlannedItem[];
+  /** Statement bytes of the rows. */
+  bytes: number;
+}
+
+/** A folder waiting for its newest file to be old enough. */
+export interface SettlingFolder {
+  path: string;
+  key: string;
+  base: string | null;
+  force: boolean;
+  strict: boolean;
+  /** When to look at it again (ms). */
+  dueAt: number;
+}
+
+/** Receives finished batches; resolves once the batch is accepted (it may still be in flight). */
+export type BatchSink = (batch: PlannedBatch) => Promise<void>;
+
+/**
+ * Folders that were still being written when seen, keyed by path, in due order. Bounded:
+ * past `capacity` a folder is only counted and left for a later scan.
+ */
+export class SettleQueue {
+  #entries = new Map<string, SettlingFolder>();
+  readonly capacity: number;
+
+  constructor(capacity = 10_000) {
+    this.capacity = capacity;
+  }
+
+  /** Queues a folder; false when the queue is full. */
+  add(entry: SettlingFolder): boolean {
+    if (!this.#entries.has(entry.path) && this.#entries.size >= this.capacity) return false;
+    this.#entries.delete(entry.path);
+    this.#entries.set(entry.path, entry);
+    return true;
+  }
+
+  /** Folders waiting. */
+  get size(): number {
+    return this.#entries.size;
+  }
+
+  /** The earliest due time, or null when nothing waits. */
+  nextDue(): number | null {
+    let next: number | null = null;
+    for (const e of this.#entries.values()) if (next === null || e.dueAt < next) next = e.dueAt;
+    return next;
+  }
+
+  /** Takes the folders due at `now` (all of them with `all`). */
+  take(now: number, all = false): SettlingFolder[] {
+    const due: SettlingFolder[] = [];
+    for (const [path, e] of this.#entries) {
+      if (all || e.dueAt <= now) {
+        due.push(e);
+        this.#entries.delete(path);
+      }
+    }
+    return due;
+  }
+}
+
+/** Settings of a {@linkcode Planner}. */
+export interface PlannerOptions {
+  /** Receives batches; null in a dry run or a scan (nothing is sent). */
+  sink: BatchSink | null;
+  /** Held-back folders; shared with the engine, which looks at them again when due. */
+  settle: SettleQueue;
+  /** Waits until `bytes` more may be read into memory (the committer's byte budget). */
+  roomFor?: (bytes: number) => Promise<void>;
+}
+
+/** Stats files larger than this wait for room in the byte budget before they are read. */
+const LARGE_STATS_BYTES = 1024 * 1024;
+
+/** Turns source items into batches. */
+export class Planner {
+  readonly #run: Run;
+  readonly #options: PlannerOptions;
+  #items: PlannedItem[] = [];
+  #bytes = 0;
+  #keys = new Set<string>();
+  /** Keys of folders keyed by name alone in this run, and the folder each belongs to. */
+  #strictKeys = new Map<string, string>();
+
+  constructor(run: Run, options: PlannerOptions) {
+    this.#run = run;
+    this.#options = options;
+  }
+
+  /**
+   * Takes a chunk of source items: problems and rejected paths are recorded, folders are
+   * diffed (in one tracker transaction per base), settling ones are queued, the rest are
+   * built and packed. `revisit` marks folders the settle queue looked at again (already
+   * counted once).
+   */
+  async take(items: readonly SourceItem[], revisit = false): Promise<void> {
+    const run = this.#run;
+    const folders = new Map<string | null, Extract<SourceItem, { kind: "folder" }>[]>();
+    const problems: { path: string; reason: string; base: string | null }[] = [];
+    const rejected: { path: string; key: string | null; error: string }[] = [];
+    for (const item of items) {
+      switch (item.kind) {
+        case "folder": {
+          if (!revisit) run.counters.scanned++;
+          const group = folders.get(item.base);
+          if (group) group.push(item);
+          else folders.set(item.base, [item]);
+          break;
+        }
+        case "problem":
+          run.counters.unreadable++;
+          run.emit({ event: "problem", path: item.path, reason: item.reason });
+          problems.push(item);
+          break;
+        case "rejected":
+          rejected.push(item);
+          break;
+        case "pass_start":
+          if (run.tracker && run.runId !== null) run.tracker.beginPass(item.base, run.runId);
+          break;
+        case "pass_end":
+          await this.#endPass(item.complete);
+          break;
+      }
+    }
+    if (problems.length > 0 && run.tracker && run.runId !== null) {
+      for (const base of new Set(problems.map((p) => p.base))) {
+        run.tracker.recordProblems(base, run.runId, problems.filter((p) => p.base === base));
+      }
+    }
+    await run.failFolders(rejected);
+    for (const [base, group] of folders) {
+      const decisions = this.#decide(base, group.map((g) => g.snapshot));
+      await this.#plan(group, decisions, revisit);
+      if (run.stopping) return;
+    }
+  }
+
+  /** Sends the batch being filled, if any. */
+  async flush(): Promise<void> {
+    if (this.#items.length === 0) return;
+    const batch: PlannedBatch = { items: this.#items, bytes: this.#bytes };
+    this.#items = [];
+    this.#bytes = 0;
+    this.#keys = new Set();
+    await this.#options.sink?.(batch);
+  }
+
+  /** Leaves folders that never settled: counted, and failed when they were named on purpose. */
+  async giveUp(folders: readonly SettlingFolder[]): Promise<void> {
+    const named = folders.filter((f) => f.force);
+    this.#run.counters.settling += folders.length - named.length;
+    await this.#run.failFolders(named.map((f) => ({
+      path: f.path,
+      key: f.key,
+      error:
+        `Still being written: its newest file changed less than ${this.#run.config.minAgeSeconds} s ago; upload it again once it is complete`,
+    })));
+  }
+
+  #decide(base: string | null, snapshots: FolderSnapshot[]): ScanDecision[] {
+    const run = this.#run;
+    const options = {
+      nowMs: run.now(),
+      minAgeMs: run.config.minAgeSeconds * 1000,
+      maxRetries: run.config.maxRetries,
+    };
+    if (run.tracker) {
+      return run.tracker.applyScan(snapshots, run.runId ?? 0, base, {
+        ...options,
+        dryRun: run.mode === "dry-run",
+      });
+    }
+    return snapshots.map((snapshot) => ({
+      ...decideFolder(undefined, snapshot, options),
+      snapshot,
+      uploadedContent: null,
+    }));
+  }
+
+  async #plan(
+    group: Extract<SourceItem, { kind: "folder" }>[],
+    decisions: ScanDecision[],
+    revisit: boolean,
+  ): Promise<void> {
+    const run = this.#run;
+    const failures: { path: string; key: string; error: string; snapshot: FolderSnapshot }[] = [];
+    const adopted: { path: string; fingerprint: string; contentHash: string }[] = [];
+    for (let i = 0; i < decisions.length; i++) {
+      const d = decisions[i];
+      const source = group[i];
+      const snap = d.snapshot;
+      if (!revisit) {
+        if (d.change === "new") run.counters.new++;
+        else if (d.change === "changed") run.counters.changed++;
+        else run.counters.unchanged++;
+      }
+      if (d.settling && run.mode === "scan-only") {
+        run.counters.settling++;
+        continue;
+      }
+      if (d.settling) {
+        const queued = this.#options.settle.add({
+          path: snap.path,
+          key: snap.key,
+          base: source.base,
+          force: source.force,
+          strict: source.strict,
+          dueAt: snap.newestMtimeMs + run.config.minAgeSeconds * 1000 + 50,
+        });
+        if (!queued) run.counters.settling++;
+        continue;
+      }
+      const upload = d.upload || source.force;
+      if (!upload || run.mode === "scan-only") continue;
+      if (source.strict) {
+        const holder = this.#strictKeys.get(snap.key);
+        if (holder !== undefined && holder !== snap.path) {
+          failures.push({
+            path: snap.path,
+            key: snap.key,
+            snapshot: snap,
+            error: `Key ${snap.key} is also the key of ${holder} in this run: two folders of ` +
+              `the same name would share one row. Upload them with --base`,
+          });
+          continue;
+        }
+        this.#strictKeys.set(snap.key, snap.path);
+      }
+      run.counters.queued++;
+      const statsSize = snap.files.find((f) => f.name === run.config.statsFileName)?.size ?? 0;
+      if (statsSize > LARGE_STATS_BYTES) {
+        // Bound what is parsed at once: a large file waits for the rows in flight to go.
+        await this.flush();
+        await this.#options.roomFor?.(statsSize * 2);
+      }
+      if (run.folderEvents) this.#found(snap);
+      let built;
+      try {
+        built = buildRow(snap, run.config, new Date(run.now()), { strict: source.strict });
+      } catch (error) {
+        failures.push({ path: snap.path, key: snap.key, error: messageOf(error), snapshot: snap });
+        continue;
+      }
+      const contentHash = built.row.metadata.content_hash as string;
+      if (run.folderEvents) {
+        run.emit({
+          event: "folder_read",
+          path: snap.path,
+          key: snap.key,
+          stats: built.row.test_results !== null,
+          test_status: built.row.test_status,
+        });
+      }
+      // Files changed but what the row carries did not (a touch, a copy resetting mtimes):
+      // the server already holds this content, so nothing is sent and no marker rewritten.
+      if (!source.force && d.change === "changed" && d.uploadedContent === contentHash) {
+        adopted.push({ path: snap.path, fingerprint: snap.fingerprint, contentHash });
+        continue;
+      }
+      if (run.mode === "dry-run") {
+        run.counters.bytes += built.bytes;
+        continue;
+      }
+      await this.#pack({
+        path: snap.path,
+        // The parsed stats are not needed once the JSON text is built.
+        row: { ...built.row, test_results: null },
+        json: built.json,
+        bytes: built.bytes,
+        snapshot: snap,
+        contentHash,
+      });
+      if (run.stopping) break;
+    }
+    if (adopted.length > 0) {
+      run.counters.adopted += adopted.length;
+      run.tracker?.recordAdopted(adopted, new Date(run.now()));
+    }
+    await run.failFolders(failures);
+  }
+
+  async #pack(item: PlannedItem): Promise<void> {
+    const config = this.#run.config;
+    if (
+      this.#items.length > 0 &&
+      (this.#items.length >= config.batchSize || this.#bytes + item.bytes > config.maxBatchBytes ||
+        this.#keys.has(item.row.folder_key))
+    ) {
+      await this.flush();
+    }
+    this.#items.push(item);
+    this.#bytes += item.bytes;
+    this.#keys.add(item.row.folder_key);
+    if (this.#items.length >= config.batchSize || this.#bytes >= config.maxBatchBytes) {
+      await this.flush();
+    }
+  }
+
+  #found(snap: FolderSnapshot): void {
+    const config = this.#run.config;
+    this.#run.emit({
+      event: "folder_found",
+      path: snap.path,
+      key: snap.key,
+      images: snap.files.filter((f) => isImageName(f.name, config.imageExtensions)).length,
+      stats: snap.files.some((f) => f.name === config.statsFileName),
+    });
+  }
+
+  async #endPass(complete: boolean): Promise<void> {
+    const run = this.#run;
+    if (!run.tracker || run.runId === null) return;
+    if (!complete || run.stopping) {
+      run.tracker.abandonPass();
+      return;
+    }
+    await this.flush();
+    const missing = run.tracker.endPass(new Date(run.now()));
+    run.completedPass = true;
+    run.counters.missing = missing.count;
+    if (missing.count > 0) {
+      run.emit({ event: "missing", count: missing.count, sample: missing.sample });
+    }
+  }
+}

@@ -1,0 +1,154 @@
+/**
+ * The error policy: what a server reply or a failure means, and what the run does about it.
+ * Every decision between retrying, splitting a batch, failing a folder and stopping the run
+ * is made here, from an error's kind; SQLSTATEs and psql's connection messages are read
+ * here and nowhere else.
+ *
+ * @module
+ */
+
+import { type ErrorKind, UploadError } from "./errors.ts";
+
+/** What the run does about an error met while writing some rows. */
+export type ErrorAction = "retry" | "split" | "fail" | "stop";
+
+/**
+ * The one decision point for errors on the write path, by kind:
+ *
+ * - `transient` (connection lost or refused, too many connections, a server restarting,
+ *   serialization failures): `retry` on a fresh session after a backoff; no folder is
+ *   charged, and a deadline turns a lasting failure into `unreachable`.
+ * - `data` (the server refused the rows for their content) and `timeout` (the statement ran
+ *   past the server's `statement_timeout` or the client's own limit): `split` a statement
+ *   of several rows in halves; a single row `fail`s alone, named.
+ * - `folder` (this folder cannot be read or uploaded as it is): `fail` that folder.
+ * - anything else (`config`, `usage`, `locked`, `unreachable`, `interrupted`, `fatal`, or an
+ *   error that is no {@linkcode UploadError}): `stop` the run.
+ *
+ * @example
+ * ```ts
+ * actionFor(new UploadError("data", "23514: check"), 8); // "split"
+ * actionFor(new UploadError("timeout", "57014: canceling statement"), 1); // "fail"
+ * actionFor(new UploadError("transient", "Connection lost"), 8); // "retry"
+ * ```
+ */
+export function actionFor(error: unknown, rows: number): ErrorAction {
+  if (!(error instanceof UploadError)) return "stop";
+  switch (error.kind) {
+    case "transient":
+      return "retry";
+    case "data":
+    case "timeout":
+      return rows > 1 ? "split" : "fail";
+    case "folder":
+      return "fail";
+    default:
+      return "stop";
+  }
+}
+
+/**
+ * What an SQLSTATE means for the run.
+ *
+ * - `transient` (retry, restart psql): class 08 (connection), class 53 (too many
+ *   connections, out of memory, disk full), 57P01/57P02/57P03/57P05 (server shutting down,
+ *   starting up, idle session closed), 40001 and 40P01 (serialization failure, deadlock),
+ *   55P03 (lock not available).
+ * - `timeout`: 57014 (statement timeout or a cancelled statement): smaller pieces may fit.
+ * - `config` (stop and tell the user): 42501 (permission or row-level security), class 28
+ *   (authentication), 3D000 (no such database), 3F000 (no such schema), 25006 (read-only
+ *   server or transaction), class 42 (no such table or column, and other errors in the
+ *   statement against the schema).
+ * - `data` (the rows are refused: bisect): classes 22, 23, 54, XX and anything else.
+ *
+ * @example
+ * ```ts
+ * classifySqlstate("23505"); // "data"
+ * classifySqlstate("53300"); // "transient"
+ * classifySqlstate("42501"); // "config"
+ * ```
+ */
+export function classifySqlstate(code: string): ErrorKind {
+  const sqlClass = code.slice(0, 2);
+  switch (code) {
+    case "57014":
+      return "timeout";
+    case "57P01":
+    case "57P02":
+    case "57P03":
+    case "57P05":
+    case "40001":
+    case "40P01":
+    case "55P03":
+      return "transient";
+    case "3D000":
+    case "3F000":
+    case "25006":
+      return "config";
+  }
+  if (sqlClass === "08" || sqlClass === "53") return "transient";
+  if (sqlClass === "28" || sqlClass === "42") return "config";
+  return "data";
+}
+
+const TRANSIENT_CONNECT_PATTERNS = [
+  /connection refused/i,
+  /could not connect/i,
+  /timeout expired/i,
+  /timed out/i,
+  /network is unreachable/i,
+  /no route to host/i,
+  /host is unreachable/i,
+  /cannot assign requested address/i,
+  /could not translate host name/i,
+  /temporary failure in name resolution/i,
+  /too many clients/i,
+  /too many connections/i,
+  /remaining connection slots are reserved/i,
+  /no more connections allowed/i,
+  /max client connections reached/i,
+  /the database system is (starting up|shutting down|in recovery mode|not yet accepting)/i,
+  /server closed the connection unexpectedly/i,
+  /connection reset/i,
+  /ssl syscall error/i,
+  /terminating connection/i,
+  /is the server running/i,
+];
+
+/**
+ * What a failure to connect means, from psql's stderr: `transient` for a refused,
+ * unreachable or timed-out connection, too many connections, or a server starting up or
+ * shutting down; `config` for everything else (authentication, no such role or
+ * database, a malformed URL, SSL settings).
+ */
+export function classifyConnectFailure(stderr: string): ErrorKind {
+  if (
+    /password authentication failed|role .* does not exist|database .* does not exist/i.test(stderr)
+  ) {
+    return "config";
+  }
+  return TRANSIENT_CONNECT_PATTERNS.some((pattern) => pattern.test(stderr))
+    ? "transient"
+    : "config";
+}
+
+/** Advice for a failed connection, from psql's stderr; undefined when there is none to give. */
+export function connectHint(kind: ErrorKind, stderr: string, display: string): string | undefined {
+  const supabase = display.match(/db\.([a-z0-9]+)\.supabase\.co/i);
+  if (
+    supabase &&
+    /network is unreachable|cannot assign requested address|could not translate host name|no route to host/i
+      .test(stderr)
+  ) {
+    return `Supabase's direct host has only an IPv6 address unless the project pays for IPv4. ` +
+      `Use the session pooler instead: aws-<region>.pooler.supabase.com:5432 with user ` +
+      `postgres.${supabase[1]} (or the transaction pooler on port 6543)`;
+  }
+  if (/password authentication failed|no password supplied/i.test(stderr)) {
+    return "Check the password in the database URL (or PGPASSWORD / ~/.pgpass)";
+  }
+  if (kind === "transient") {
+    return "Check the host and port, that the server runs and accepts TCP connections";
+  }
+  return undefined;
+}

@@ -1,0 +1,324 @@
+/**
+ * Continuous mode (`deno task upload BASE --watch`): the usual pass over the base, then
+ * file-system events bring new and changed folders to the same engine as they are
+ * written, and a full rescan every `--rescan-every` seconds catches whatever events missed
+ * (an overflowing event queue, a network mount, a USB disk remounted, a watch limit).
+ *
+ * @module
+ */
+
+import { basename, dirname, relative, sep as SEPARATOR } from "node:path";
+import type { Connector } from "./connect.ts";
+import { runEngine } from "./engine.ts";
+import { messageOf } from "./errors.ts";
+import type { RunResult } from "./events.ts";
+import { checkBase, type UploadOptions, walkConfig } from "./pipeline.ts";
+import { isUploadUnit, scanFolders, snapshotFolder } from "./scan.ts";
+import {
+  type FolderSource,
+  fromScan,
+  type SourceItem,
+  treeSource,
+  type WalkConfig,
+} from "./sources.ts";
+
+/** Settings of {@linkcode runWatch}. */
+export interface WatchOptions extends Omit<UploadOptions, "mode" | "connector"> {
+  /** Where rows go. */
+  connector: Connector;
+  /** Aborting ends the run gracefully: the batch in flight finishes, exit code 0. */
+  finishSignal?: AbortSignal;
+  /** Seconds between full rescans. */
+  rescanEverySeconds: number;
+  /** Quiet time (ms) after a file-system event before its folders are looked at. Default 200. */
+  debounceMs?: number;
+  /** Use file-system events (false: rescans only). Default true. */
+  fileEvents?: boolean;
+}
+
+/**
+ * Uploads the base, then keeps uploading new and changed folders until it is stopped
+ * (`finishSignal`: exit 0; `signal`: interrupted, 130). Server outages are ridden out as
+ * in a normal run; the run ends early only for what stops any run (refused permissions,
+ * the server unreachable past `--give-up-after`).
+ *
+ * @throws {UploadError} `usage` when the base path is not a readable folder.
+ */
+export function runWatch(options: WatchOptions): Promise<RunResult> {
+  checkBase(options.basePath);
+  const source = watchSource(options.basePath, walkConfig(options.config), {
+    rescanEveryMs: options.rescanEverySeconds * 1000,
+    debounceMs: options.debounceMs ?? 200,
+    fileEvents: options.fileEvents ?? true,
+  });
+  return runEngine(source, { ...options, mode: "watch", base: options.basePath });
+}
+
+/** Settings of {@linkcode watchSource}. */
+interface WatchSourceOptions {
+  rescanEveryMs: number;
+  debounceMs: number;
+  fileEvents: boolean;
+}
+
+/**
+ * The source of watch mode: a full pass, then folders named by file-system events, and a
+ * full pass again every `rescanEveryMs`. Never ends by itself.
+ */
+export function watchSource(
+  base: string,
+  walk: WalkConfig,
+  options: WatchSourceOptions,
+): FolderSource {
+  return async function* (context) {
+    const changes = new Changes(base, walk);
+    const events = options.fileEvents ? changes.watch() : null;
+    if (options.fileEvents && events === null) {
+      context.emit({
+        event: "warning",
+        message: `File-system events are not available for ${base} (${changes.failure}); ` +
+          `new folders are found by the rescan every ${options.rescanEveryMs / 1000} s`,
+      });
+    }
+    context.emit({
+      event: "watching",
+      base,
+      rescan_every_s: options.rescanEveryMs / 1000,
+      file_events: events !== null,
+    });
+    const onAbort = () => {
+      changes.close();
+    };
+    context.signal.addEventListener("abort", onAbort, { once: true });
+    try {
+      let nextRescan = 0; // the first pass runs at once
+      while (!context.signal.aborted) {
+        if (Date.now() >= nextRescan) {
+          changes.clear(); // a full pass looks at everything
+          let baseIsUnit = false;
+          for await (const chunk of treeSource(base, walk)(context)) {
+            baseIsUnit ||= chunk.some((i) => i.kind === "folder" && i.snapshot.path === base);
+            yield chunk;
+          }
+          changes.baseIsUnit = baseIsUnit;
+          nextRescan = Date.now() + options.rescanEveryMs;
+          continue;
+        }
+        await changes.wait(nextRescan - Date.now(), options.debounceMs);
+        if (context.signal.aborted) break;
+        if (changes.lost) {
+          // The event queue overflowed: only a rescan knows what changed.
+          nextRescan = 0;
+          continue;
+        }
+        const items = changes.take();
+        if (items.length > 0) yield items;
+        if (changes.failed && changes.failure) {
+          context.emit({
+            event: "warning",
+            message: `File-system events stopped for ${base} (${changes.failure}); ` +
+              `carrying on with the rescan every ${options.rescanEveryMs / 1000} s`,
+          });
+          changes.failed = false;
+        }
+      }
+    } finally {
+      context.signal.removeEventListener("abort", onAbort);
+      changes.close();
+    }
+  };
+}
+
+/** Folders file-system events named since they were last taken. */
+class Changes {
+  readonly #base: string;
+  readonly #walk: WalkConfig;
+  #watcher: Deno.FsWatcher | null = null;
+  /** Folders whose files changed: looked at alone. */
+  #folders = new Set<string>();
+  /** Folders that appeared (created or moved in): walked with what is below them. */
+  #trees = new Set<string>();
+  #wake: (() => void) | null = null;
+  #lastEvent = 0;
+  /** Events were lost (the queue overflowed): a rescan is needed. */
+  lost = false;
+  /** The watcher failed after it started. */
+  failed = false;
+  /** Why events are not (or no longer) available. */
+  failure = "";
+  /** The base is itself an upload unit: keys below it start with its name (as the walk keys them). */
+  baseIsUnit = false;
+
+  constructor(base: string, walk: WalkConfig) {
+    this.#base = base;
+    this.#walk = walk;
+  }
+
+  /** Starts watching; null when the platform refuses (a watch limit, a file system without events). */
+  watch(): Deno.FsWatcher | null {
+    try {
+      this.#watcher = Deno.watchFs(this.#base, { recursive: true });
+    } catch (error) {
+      this.failure = describeWatchError(error);
+      return null;
+    }
+    this.#pump(this.#watcher);
+    return this.#watcher;
+  }
+
+  async #pump(watcher: Deno.FsWatcher): Promise<void> {
+    try {
+      for await (const event of watcher) {
+        if (event.flag === "rescan") this.lost = true;
+        for (const path of event.paths) this.#note(path, event.kind);
+        this.#lastEvent = Date.now();
+        this.#notify();
+      }
+    } catch (error) {
+      // The watcher broke (a watch limit reached while the tree grew, a disk removed):
+      // the rescans carry on alone.
+      this.failed = true;
+      this.failure = describeWatchError(error);
+      this.#notify();
+    }
+  }
+
+  #note(path: string, kind: Deno.FsEvent["kind"]): void {
+    const rel = relative(this.#base, path);
+    if (rel.startsWith("..")) return;
+    const parts = rel === "" ? [] : rel.split(SEPARATOR);
+    // Hidden entries are never uploaded (marker temp files among them), nor are the
+    // project's own markers a change.
+    if (parts.some((p) => p.startsWith("."))) return;
+    if (this.#walk.markerNames.has(basename(path))) return;
+    let info: Deno.FileInfo | null = null;
+    try {
+      info = Deno.lstatSync(path);
+    } catch (_error) {
+      // Gone again (a temp file renamed, a folder removed): its parent changed.
+    }
+    if (info?.isDirectory) {
+      if (kind === "create" || kind === "other" || kind === "any") this.#trees.add(path);
+      else this.#folders.add(path);
+    } else if (parts.length > 0) {
+      this.#folders.add(dirname(path));
+    }
+  }
+
+  #notify(): void {
+    const wake = this.#wake;
+    this.#wake = null;
+    wake?.();
+  }
+
+  /**
+   * Waits until events came and then `debounceMs` passed without more, or `maxMs`
+   * passed, or {@linkcode close}.
+   */
+  async wait(maxMs: number, debounceMs: number): Promise<void> {
+    const until = Date.now() + Math.max(0, maxMs);
+    for (;;) {
+      const pending = this.#folders.size + this.#trees.size > 0 || this.lost || this.failed;
+      const now = Date.now();
+      if (now >= until) return;
+      let ms = until - now;
+      if (pending) {
+        const quietFor = now - this.#lastEvent;
+        if (quietFor >= debounceMs) return;
+        ms = Math.min(ms, debounceMs - quietFor);
+      }
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(() => {
+          this.#wake = null;
+          resolve();
+        }, ms);
+        this.#wake = () => {
+          clearTimeout(timer);
+          resolve();
+        };
+      });
+      if (this.#closed) return;
+    }
+  }
+
+  #closed = false;
+
+  /** What the events named, as source items (folders snapshotted, new trees walked). */
+  take(): SourceItem[] {
+    const items: SourceItem[] = [];
+    const trees = [...this.#trees];
+    const folders = [...this.#folders].filter((f) => !trees.some((t) => isWithin(f, t)));
+    this.#trees.clear();
+    this.#folders.clear();
+    for (const tree of trees) this.#walkInto(tree, items, true);
+    for (const folder of folders) this.#walkInto(folder, items, false);
+    return items;
+  }
+
+  /** Snapshots `dir` (and, for a new tree, every folder below it), keyed as the walk keys them. */
+  #walkInto(dir: string, items: SourceItem[], below: boolean): void {
+    if (!below) {
+      const found = snapshotFolder(dir, { ...this.#walk, key: this.#key(dir) });
+      // A folder removed since the event is reported missing by a later full pass.
+      if (found.kind === "folder" && isUploadUnit(found.snapshot, this.#walk)) {
+        items.push(fromScan(found, this.#base));
+      }
+      return;
+    }
+    try {
+      if (!Deno.statSync(dir).isDirectory) return;
+    } catch (_error) {
+      return; // removed since the event
+    }
+    for (const found of scanFolders(dir, this.#walk)) {
+      if (found.kind === "folder") {
+        const snapshot = { ...found.snapshot, key: this.#key(found.snapshot.path) };
+        items.push(fromScan({ kind: "folder", snapshot }, this.#base));
+      } else {
+        items.push(fromScan(found, this.#base));
+      }
+    }
+  }
+
+  /** The key the walk of the base gives `path`. */
+  #key(path: string): string {
+    const rel = relative(this.#base, path).split(SEPARATOR).join("/");
+    if (rel === "") return basename(this.#base);
+    return this.baseIsUnit ? `${basename(this.#base)}/${rel}` : rel;
+  }
+
+  /** Forgets pending events (a full pass is about to look at everything). */
+  clear(): void {
+    this.#folders.clear();
+    this.#trees.clear();
+    this.lost = false;
+  }
+
+  /** Stops watching and wakes a waiter. */
+  close(): void {
+    this.#closed = true;
+    if (this.#watcher) {
+      try {
+        this.#watcher.close();
+      } catch (_error) {
+        // Already closed: nothing left to release.
+      }
+      this.#watcher = null;
+    }
+    this.#notify();
+  }
+}
+
+/** Whether `path` is `dir` or lies below it. */
+function isWithin(path: string, dir: string): boolean {
+  return path === dir || path.startsWith(dir + SEPARATOR);
+}
+
+/** Why file-system events cannot be had, in words. */
+function describeWatchError(error: unknown): string {
+  const message = messageOf(error);
+  if (/os error 28|no space left|limit/i.test(message)) {
+    return `the limit of watched folders is reached (raise fs.inotify.max_user_watches): ${message}`;
+  }
+  return message;
+}
