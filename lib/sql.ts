@@ -119,8 +119,12 @@ export function quoteIdent(name: string): string {
   return `"${name.replaceAll('"', '""')}"`;
 }
 
-/** A table name split into optional schema and name, each quoted. */
-interface TableRef {
+/** A table name split into optional schema and name, quoted for SQL text. */
+export interface TableRef {
+  /** The schema as given (unquoted), or `undefined` for a name resolved by `search_path`. */
+  schema: string | undefined;
+  /** The table's own name as given (unquoted). */
+  name: string;
   /** Quoted, possibly schema-qualified name, for SQL text. */
   sql: string;
   /** `to_regclass(...)` argument: the quoted name as a literal. */
@@ -131,7 +135,19 @@ interface TableRef {
   devicesRegclass: string;
 }
 
-function tableRef(table: string): TableRef {
+/**
+ * Splits and quotes a table name: `table` or `schema.table`. The `devices` table lives in
+ * the same schema.
+ *
+ * @throws UploadError `config` for more than one dot, an empty part, or an invalid identifier.
+ *
+ * @example
+ * ```ts
+ * tableRef("lab.device_test").sql; // "lab"."device_test"
+ * tableRef("device_test").devicesSql; // "devices"
+ * ```
+ */
+export function tableRef(table: string): TableRef {
   const parts = table.split(".");
   if (parts.length > 2 || parts.some((part) => part === "")) {
     throw new UploadError(
@@ -144,6 +160,8 @@ function tableRef(table: string): TableRef {
   const sql = quoted.join(".");
   const devicesSql = `${prefix}${quoteIdent("devices")}`;
   return {
+    schema: parts.length === 2 ? parts[0] : undefined,
+    name: parts[parts.length - 1],
     sql,
     regclass: sqlLiteral(sql),
     devicesSql,
@@ -151,7 +169,12 @@ function tableRef(table: string): TableRef {
   };
 }
 
-function checkDevice(device: DeviceInfo): void {
+/**
+ * Checks that a device id is a UUID before it is spliced into SQL as a literal.
+ *
+ * @throws UploadError `config` when it is not.
+ */
+export function checkDevice(device: DeviceInfo): void {
   if (!UUID_PATTERN.test(device.id)) {
     throw new UploadError("config", `Device id is not a UUID: ${JSON.stringify(device.id)}`, {
       hint: "Set DEVICE_ID to a UUID, or leave it empty to have one made",
