@@ -871,7 +871,7 @@ export function findMissing(inspection: SchemaInspection, table: string): string
   return missing;
 }
 
-/** Commands of `NEEDED` with no permissive policy applying to the role. */
+/** The upsert's commands (INSERT, SELECT, UPDATE) with no permissive policy for the role. */
 function missingPolicies(rel: RelationState): PolicyCommand[] {
   const needed: PolicyCommand[] = ["INSERT", "SELECT", "UPDATE"];
   return needed.filter((command) =>
