@@ -47,12 +47,20 @@ export { type FileEntry, fingerprintFiles } from "./lib/fingerprint.ts";
 export { decideFolder, type DiffDecision } from "./lib/diff.ts";
 export { type StatusReport, Tracker } from "./lib/tracker.ts";
 export { buildRow, readStats } from "./lib/folder.ts";
+export { buildUpsertStatement, type DeviceInfo, sqlLiteral, type UploadRow } from "./lib/sql.ts";
 export {
   buildSchemaStatements,
-  buildUpsertStatement,
-  sqlLiteral,
-  type UploadRow,
-} from "./lib/sql.ts";
+  describePermissionError,
+  ensureSchema,
+  type EnsureSchemaOptions,
+  isSchemaTimeout,
+  type PermissionContext,
+  type PrintSchemaOptions,
+  printSchemaSql,
+  type SchemaResult,
+  schemaTimeoutError,
+  type TablePolicies,
+} from "./lib/schema.ts";
 export { checkPsql, type PsqlConnection, PsqlSession } from "./lib/psql.ts";
 export { connectionFromUrl, resolveTarget, type TargetSpec } from "./lib/target.ts";
 export { type Connector, connectorFor } from "./lib/connect.ts";

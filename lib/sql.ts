@@ -1,6 +1,6 @@
 /**
- * SQL text: the one quoting function, identifier quoting, the idempotent schema
- * statements and the batch upsert statement. Pure functions, no I/O.
+ * SQL text: the one quoting function, identifier quoting, table names and the batch upsert
+ * statement. Pure functions, no I/O. The schema's own statements live in `schema.ts`.
  *
  * Every value that ends up in SQL text goes through {@linkcode sqlLiteral}; batch rows
  * travel inside one JSON literal unpacked by `jsonb_to_recordset`, so no value is ever
@@ -45,17 +45,9 @@ export interface DeviceInfo {
   type: string;
 }
 
-/** Options for {@linkcode buildSchemaStatements}. */
-export interface SchemaOptions {
-  /** Target table, optionally schema-qualified (`schema.table`); neither part may hold a dot. */
-  table: string;
-  /** This device: its row is upserted in `devices`, and it adopts rows whose device_id is null. */
-  device: DeviceInfo;
-}
-
 /** Options for {@linkcode buildUpsertStatement}. */
 export interface UpsertOptions {
-  /** Target table, as for {@linkcode SchemaOptions.table}. */
+  /** Target table, optionally schema-qualified (`schema.table`); neither part may hold a dot. */
   table: string;
   /** This device. */
   device: DeviceInfo;
@@ -126,8 +118,12 @@ export function quoteIdent(name: string): string {
   return `"${name.replaceAll('"', '""')}"`;
 }
 
-/** A table name split into optional schema and name, each quoted. */
-interface TableRef {
+/** A table name split into optional schema and name, quoted for SQL text. */
+export interface TableRef {
+  /** The schema as given (unquoted), or `undefined` for a name resolved by `search_path`. */
+  schema: string | undefined;
+  /** The table's own name as given (unquoted). */
+  name: string;
   /** Quoted, possibly schema-qualified name, for SQL text. */
   sql: string;
   /** `to_regclass(...)` argument: the quoted name as a literal. */
@@ -138,7 +134,19 @@ interface TableRef {
   devicesRegclass: string;
 }
 
-function tableRef(table: string): TableRef {
+/**
+ * Splits and quotes a table name: `table` or `schema.table`. The `devices` table lives in
+ * the same schema.
+ *
+ * @throws UploadError `config` for more than one dot, an empty part, or an invalid identifier.
+ *
+ * @example
+ * ```ts
+ * tableRef("lab.device_test").sql; // "lab"."device_test"
+ * tableRef("device_test").devicesSql; // "devices"
+ * ```
+ */
+export function tableRef(table: string): TableRef {
   const parts = table.split(".");
   if (parts.length > 2 || parts.some((part) => part === "")) {
     throw new UploadError(
@@ -151,6 +159,8 @@ function tableRef(table: string): TableRef {
   const sql = quoted.join(".");
   const devicesSql = `${prefix}${quoteIdent("devices")}`;
   return {
+    schema: parts.length === 2 ? parts[0] : undefined,
+    name: parts[parts.length - 1],
     sql,
     regclass: sqlLiteral(sql),
     devicesSql,
@@ -158,250 +168,17 @@ function tableRef(table: string): TableRef {
   };
 }
 
-function checkDevice(device: DeviceInfo): void {
+/**
+ * Checks that a device id is a UUID before it is spliced into SQL as a literal.
+ *
+ * @throws UploadError `config` when it is not.
+ */
+export function checkDevice(device: DeviceInfo): void {
   if (!UUID_PATTERN.test(device.id)) {
     throw new UploadError("config", `Device id is not a UUID: ${JSON.stringify(device.id)}`, {
       hint: "Set DEVICE_ID to a UUID, or leave it empty to have one made",
     });
   }
-}
-
-/** Wraps a PL/pgSQL body in a dollar quote whose tag does not occur in the body. */
-function doBlock(body: string): string {
-  let tag = "$uploader$";
-  for (let n = 1; body.includes(tag); n++) tag = `$uploader${n}$`;
-  return `do ${tag}\nbegin\n${body}\nend\n${tag};`;
-}
-
-/** SQL condition: column `name` exists in the table named by the regclass literal. */
-function columnExists(regclass: string, name: string): string {
-  return `exists (select 1 from pg_catalog.pg_attribute a where a.attrelid = to_regclass(${regclass})` +
-    ` and a.attname = ${sqlLiteral(name)} and a.attnum > 0 and not a.attisdropped)`;
-}
-
-/** SQL condition: the table has a unique index on exactly (device_id, folder_key). */
-function upsertKeyExists(regclass: string): string {
-  const attnum = (name: string) =>
-    `(select a.attnum from pg_catalog.pg_attribute a where a.attrelid = i.indrelid` +
-    ` and a.attname = ${sqlLiteral(name)} and not a.attisdropped)`;
-  return `exists (select 1 from pg_catalog.pg_index i where i.indrelid = to_regclass(${regclass})` +
-    ` and i.indisunique and i.indisvalid and i.indpred is null and i.indexprs is null` +
-    ` and i.indnkeyatts = 2` +
-    ` and i.indkey::int2[] @> array[${attnum("device_id")}, ${attnum("folder_key")}]::int2[])`;
-}
-
-/** PL/pgSQL statements adding each listed column when it is missing (no lock when none is). */
-function addMissingColumns(
-  ref: { sql: string; regclass: string },
-  columns: ReadonlyArray<readonly [string, string]>,
-): string {
-  return columns.map(([name, type]) =>
-    `  if not ${columnExists(ref.regclass, name)} then\n` +
-    `    alter table ${ref.sql} add column if not exists ${quoteIdent(name)} ${type};\n` +
-    `  end if;`
-  ).join("\n");
-}
-
-const DEVICE_COLUMNS = [
-  ["name", "text"],
-  ["type", "text"],
-  ["created_at", "timestamptz default now()"],
-  ["updated_at", "timestamptz default now()"],
-] as const;
-
-/** device_test columns as an existing table gets them added: nullable, defaults where given. */
-const TABLE_COLUMNS = [
-  ["id", "uuid default gen_random_uuid()"],
-  ["created_at", "timestamptz default now()"],
-  ["updated_at", "timestamptz default now()"],
-  ["device_id", "uuid"],
-  ["device_name", "text"],
-  ["device_type", "text"],
-  ["folder_key", "text"],
-  ["folder_name", "text"],
-  ["images", "text[] default '{}'"],
-  ["test_results", "jsonb"],
-  ["test_status", "text"],
-  ["test_date", "timestamptz"],
-  ["upload_batch", "text"],
-  ["metadata", "jsonb"],
-  ["data_type", "text default 'image_analysis'"],
-] as const;
-
-/**
- * The idempotent statements that create or upgrade the remote schema, in order, one SQL
- * statement each. Running them again is harmless, and when the schema is complete they
- * take no lock beyond reads of the catalog (plus the device row's upsert).
- *
- * - makes sure `gen_random_uuid()` exists (built in since PostgreSQL 13; `pgcrypto`
- *   is created only when it is missing);
- * - creates `devices` when missing and upserts this device's row;
- * - creates the table in its current shape, or adds the missing columns of an existing
- *   one (the original scripts' table has no folder_key and no unique key);
- * - while the unique key (device_id, folder_key) is missing: registers the device ids
- *   already used in the table in `devices`, gives rows with a null device_id this device,
- *   fills folder_key from folder_name, re-keys older duplicates of one (device_id,
- *   folder_key) as `<folder_key> (duplicate <id>)` keeping the newest row under the key,
- *   then adds NOT NULL, defaults, the foreign key and the unique key. No row is deleted.
- *
- * Exactly one statement returns a row: one line of JSON `{"rekeyed":N}`, read it with
- * {@linkcode parseRekeyReply}.
- *
- * @throws UploadError `config` for an invalid table name or a device id that is no UUID.
- */
-export function buildSchemaStatements(options: SchemaOptions): string[] {
-  const { device } = options;
-  checkDevice(device);
-  const ref = tableRef(options.table);
-  const devices = { sql: ref.devicesSql, regclass: ref.devicesRegclass };
-  const t = ref.sql;
-  const keyMissing = `not ${upsertKeyExists(ref.regclass)}`;
-  const id = `${sqlLiteral(device.id)}::uuid`;
-  const race = `exception when duplicate_table or duplicate_object or unique_violation then\n` +
-    `  null; -- another uploader created it at the same moment`;
-
-  const ensureUuid = doBlock(
-    `  if to_regprocedure('gen_random_uuid()') is null then\n` +
-      `    create extension if not exists pgcrypto;\n` +
-      `  end if;`,
-  );
-
-  const ensureDevices = doBlock(
-    `  if to_regclass(${devices.regclass}) is null then\n` +
-      `    create table if not exists ${devices.sql} (\n` +
-      `      id uuid primary key,\n` +
-      `      name text,\n` +
-      `      type text,\n` +
-      `      created_at timestamptz default now(),\n` +
-      `      updated_at timestamptz default now()\n` +
-      `    );\n` +
-      `  end if;\n` +
-      `${addMissingColumns(devices, DEVICE_COLUMNS)}\n` +
-      race,
-  );
-
-  const upsertDevice = `insert into ${devices.sql} as d (id, name, type)\n` +
-    `values (${id}, ${sqlLiteral(device.name)}, ${sqlLiteral(device.type)})\n` +
-    `on conflict (id) do update set name = excluded.name, type = excluded.type, ` +
-    `updated_at = now()\n` +
-    `where (d.name, d.type) is distinct from (excluded.name, excluded.type);`;
-
-  const ensureTable = doBlock(
-    `  if to_regclass(${ref.regclass}) is null then\n` +
-      `    create table if not exists ${t} (\n` +
-      `      id uuid primary key default gen_random_uuid(),\n` +
-      `      created_at timestamptz not null default now(),\n` +
-      `      updated_at timestamptz not null default now(),\n` +
-      `      device_id uuid not null references ${devices.sql} (id),\n` +
-      `      device_name text,\n` +
-      `      device_type text,\n` +
-      `      folder_key text not null,\n` +
-      `      folder_name text not null,\n` +
-      `      images text[] not null default '{}',\n` +
-      `      test_results jsonb,\n` +
-      `      test_status text,\n` +
-      `      test_date timestamptz,\n` +
-      `      upload_batch text,\n` +
-      `      metadata jsonb,\n` +
-      `      data_type text default 'image_analysis',\n` +
-      `      unique (device_id, folder_key)\n` +
-      `    );\n` +
-      `  end if;\n` +
-      `${addMissingColumns(ref, TABLE_COLUMNS)}\n` +
-      race,
-  );
-
-  // The statements below run only while the unique key is missing: an uncorrelated
-  // condition, so PostgreSQL evaluates it once and skips the scan of a large table.
-  const registerDevices = `insert into ${devices.sql} (id)\n` +
-    `select distinct t.device_id from ${t} t\n` +
-    `where t.device_id is not null and ${keyMissing}\n` +
-    `on conflict (id) do nothing;`;
-
-  const fillNulls = `update ${t} set\n` +
-    `  id = coalesce(id, gen_random_uuid()),\n` +
-    `  device_id = coalesce(device_id, ${id}),\n` +
-    `  device_name = case when device_id is null then coalesce(device_name, ${
-      sqlLiteral(device.name)
-    }) else device_name end,\n` +
-    `  device_type = case when device_id is null then coalesce(device_type, ${
-      sqlLiteral(device.type)
-    }) else device_type end,\n` +
-    `  folder_key = coalesce(folder_key, folder_name, '(unnamed)'),\n` +
-    `  folder_name = coalesce(folder_name, folder_key, '(unnamed)'),\n` +
-    `  images = coalesce(images, '{}'),\n` +
-    `  created_at = coalesce(created_at, updated_at, now()),\n` +
-    `  updated_at = coalesce(updated_at, created_at, now())\n` +
-    `where (id is null or device_id is null or folder_key is null or folder_name is null\n` +
-    `  or images is null or created_at is null or updated_at is null)\n` +
-    `  and ${keyMissing};`;
-
-  const rekeyDuplicates = `with ranked as (\n` +
-    `  select t.id, row_number() over (partition by t.device_id, t.folder_key\n` +
-    `    order by t.updated_at desc nulls last, t.created_at desc nulls last, t.id desc) as n\n` +
-    `  from ${t} t\n` +
-    `  where ${keyMissing}\n` +
-    `), rekeyed as (\n` +
-    `  update ${t} t set folder_key = t.folder_key || ' (duplicate ' || t.id::text || ')'\n` +
-    `  from ranked r where r.id = t.id and r.n > 1\n` +
-    `  returning 1\n` +
-    `)\n` +
-    `select format('{"rekeyed":%s}', count(*)) from rekeyed;`;
-
-  const constrain = doBlock(
-    `  if ${keyMissing} then\n` +
-      `    alter table ${t}\n` +
-      `      alter column id set default gen_random_uuid(),\n` +
-      `      alter column id set not null,\n` +
-      `      alter column created_at set default now(),\n` +
-      `      alter column created_at set not null,\n` +
-      `      alter column updated_at set default now(),\n` +
-      `      alter column updated_at set not null,\n` +
-      `      alter column device_id set not null,\n` +
-      `      alter column folder_key set not null,\n` +
-      `      alter column folder_name set not null,\n` +
-      `      alter column images set default '{}',\n` +
-      `      alter column images set not null,\n` +
-      `      alter column data_type set default 'image_analysis';\n` +
-      `    if not exists (select 1 from pg_catalog.pg_constraint c\n` +
-      `        where c.conrelid = to_regclass(${ref.regclass}) and c.contype = 'p') then\n` +
-      `      alter table ${t} add primary key (id);\n` +
-      `    end if;\n` +
-      `    if not exists (select 1 from pg_catalog.pg_constraint c\n` +
-      `        where c.conrelid = to_regclass(${ref.regclass}) and c.contype = 'f'\n` +
-      `        and c.confrelid = to_regclass(${devices.regclass})) then\n` +
-      `      alter table ${t} add foreign key (device_id) references ${devices.sql} (id);\n` +
-      `    end if;\n` +
-      `    alter table ${t} add unique (device_id, folder_key);\n` +
-      `  end if;`,
-  );
-
-  return [
-    ensureUuid,
-    ensureDevices,
-    upsertDevice,
-    ensureTable,
-    registerDevices,
-    fillNulls,
-    rekeyDuplicates,
-    constrain,
-  ];
-}
-
-/**
- * The re-keyed duplicate count from the rows of a schema statement's reply, or
- * `undefined` when the rows are not that statement's report.
- *
- * @example
- * ```ts
- * parseRekeyReply(['{"rekeyed":3}']); // 3
- * parseRekeyReply([]);                 // undefined
- * ```
- */
-export function parseRekeyReply(rows: readonly string[]): number | undefined {
-  if (rows.length !== 1 || !rows[0].startsWith('{"rekeyed":')) return undefined;
-  const value = (JSON.parse(rows[0]) as { rekeyed: unknown }).rekeyed;
-  return typeof value === "number" ? value : undefined;
 }
 
 /**

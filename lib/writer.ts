@@ -11,13 +11,14 @@ import { messageOf, UploadError } from "./errors.ts";
 import { type PsqlConnection, PsqlSession, type StatementReply } from "./psql.ts";
 import { actionFor, classifySqlstate } from "./policy.ts";
 import { backoffDelay, type BackoffOptions, sleep } from "./retry.ts";
+import { buildUpsertStatement, parseUpsertReply, type UploadRow } from "./sql.ts";
 import {
-  buildSchemaStatements,
-  buildUpsertStatement,
-  parseRekeyReply,
-  parseUpsertReply,
-  type UploadRow,
-} from "./sql.ts";
+  describePermissionError,
+  ensureSchema as prepareSchema,
+  isSchemaTimeout,
+  SCHEMA_TIMEOUT_ATTEMPTS,
+  schemaTimeoutError,
+} from "./schema.ts";
 import { unreachableHint } from "./target.ts";
 import type { Connector } from "./connect.ts";
 import type { UploaderConfig } from "../config.ts";
@@ -222,17 +223,11 @@ function replyError(
 ): UploadError {
   const kind = classifySqlstate(reply.sqlstate);
   if (reply.sqlstate === "42501") {
-    return new UploadError(
-      "config",
-      `Permission denied writing ${ctx.table} on ${ctx.targetDisplay}: ${reply.message}`,
-      {
-        subject,
-        sqlstate: reply.sqlstate,
-        hint: `The connecting role needs SELECT, INSERT and UPDATE on ${ctx.table} and devices ` +
-          `(and CREATE on the schema for the first run); with row-level security enabled, ` +
-          `add policies allowing this role to insert and update its rows`,
-      },
-    );
+    return describePermissionError(reply, {
+      table: ctx.table,
+      targetDisplay: ctx.targetDisplay,
+      subject,
+    });
   }
   const limit = kind === "timeout" && runner?.statementTimeout && runner.statementTimeout !== "0"
     ? ` (the server's statement_timeout is ${runner.statementTimeout})`
@@ -244,29 +239,38 @@ function replyError(
 }
 
 /**
- * Creates or upgrades the remote schema and registers this device. Idempotent.
+ * Creates or upgrades the remote schema and registers this device (see `schema.ts`
+ * `ensureSchema`). Idempotent. A schema step the server cancels (57014) is retried a few
+ * times, then reported as a configuration error naming statement_timeout.
  *
  * @returns how many duplicate rows of an original-shape table were re-keyed.
  */
 export async function ensureSchema(ctx: WriteContext): Promise<{ rekeyed: number }> {
-  const statements = buildSchemaStatements({ table: ctx.table, device: ctx.device });
-  let rekeyed = 0;
-  for (const sql of statements) {
-    await withSession(ctx, "schema", async (runner) => {
+  // Transient refusals (deadlock, too many connections, shutdown) are retried here like a
+  // lost connection; a statement timeout (57014) goes back to the schema step, which names it.
+  const exec = (sql: string) =>
+    withSession(ctx, "schema", async (runner) => {
       const reply = await runner.run(sql);
-      if (!reply.ok) {
-        const error = replyError(reply, "schema", ctx);
-        if (error.kind === "transient") throw error;
-        throw new UploadError(
-          "config",
-          `Cannot prepare table ${ctx.table} on ${ctx.targetDisplay}: ${error.message}`,
-          { subject: "schema", sqlstate: reply.sqlstate, hint: error.hint },
-        );
-      }
-      rekeyed += parseRekeyReply(reply.rows) ?? 0;
+      if (
+        !reply.ok && reply.sqlstate !== "57014" && classifySqlstate(reply.sqlstate) === "transient"
+      ) throw replyError(reply, "schema", ctx);
+      return reply;
     });
+  const options = { table: ctx.table, device: ctx.device, targetDisplay: ctx.targetDisplay };
+  for (let attempt = 1;; attempt++) {
+    try {
+      const result = await prepareSchema(exec, options);
+      return { rekeyed: result.rekeyed };
+    } catch (error) {
+      if (!isSchemaTimeout(error)) throw error;
+      if (attempt >= SCHEMA_TIMEOUT_ATTEMPTS) {
+        throw schemaTimeoutError(error, { ...options, attempts: attempt });
+      }
+      const delayMs = backoffDelay(attempt, ctx.backoff);
+      ctx.onRetry?.({ subject: "schema", attempt, delayMs, reason: error.message });
+      await sleep(delayMs, ctx.signal);
+    }
   }
-  return { rekeyed };
 }
 
 /**

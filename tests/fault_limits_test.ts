@@ -20,7 +20,7 @@ import {
   trackerState,
   withTempDir,
 } from "./support/run.ts";
-import { buildSchemaStatements } from "../lib/sql.ts";
+import { buildSchemaStatements } from "../lib/schema.ts";
 
 const DEVICE_ID = "6f1c2a3b-4d5e-4f60-8a7b-9c0d1e2f3a4b";
 

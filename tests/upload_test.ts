@@ -9,7 +9,7 @@
 import assert from "node:assert/strict";
 import { DatabaseSync } from "node:sqlite";
 import { join } from "node:path";
-import { buildSchemaStatements } from "../lib/sql.ts";
+import { buildSchemaStatements } from "../lib/schema.ts";
 import { describeRun, jsonEvents, runUploadCli, summaryOf } from "./support/cli.ts";
 import { hasPostgres, type PgServer, startPostgres } from "../support/postgres.ts";
 import { generateTree, removeTree, T1, T2, type TreeSpec, writeTree } from "../support/tree.ts";

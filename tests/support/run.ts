@@ -18,7 +18,7 @@ import { DatabaseSync } from "node:sqlite";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import type { PgServer } from "../../support/postgres.ts";
-import { buildSchemaStatements } from "../../lib/sql.ts";
+import { buildSchemaStatements } from "../../lib/schema.ts";
 
 /** The repository root (the uploader's working directory, so it finds deno.json). */
 export const REPO_ROOT: string = fileURLToPath(new URL("../../", import.meta.url));
