@@ -303,7 +303,8 @@ Options:
                        rescan every --rescan-every seconds); SIGTERM stops it (exit 0)
   --rescan-every S     with --watch: seconds between full rescans (default: ${DEFAULT_RESCAN_EVERY_SECONDS})
   --moved-from OLD     the base folder used to be OLD (renamed, mounted elsewhere): its
-                       tracked folders move to <base_path> first, so none is sent again
+                       tracked folders move to <base_path> first, so none is sent
+                       again (default: none)
   --json               one JSON event per line on stdout; human output on stderr
   -q, --quiet          no progress; errors and a failing summary still print
   -h, --help           this text
@@ -430,13 +431,16 @@ not exist, it is not created.
 Options:
   --base DIR           key each folder by its path relative to DIR ('/'-separated), as
                        'deno task upload DIR' does; a folder outside DIR fails
-                       (default: the folder's own name)
+                       (default: the deepest base the tracking database knows that
+                       holds the folder, else the folder's own name; a name-only key
+                       never overwrites the row of another folder of that name)
   --db-url URL         target database (default: $SUPABASE_DB_URL, else $DATABASE_URL,
                        else libpq's PGHOST/PGSERVICE, else the embedded local database)
   --db-path PATH       tracking database file, used only when it exists; it also names
                        the embedded database's folder (default: ${config.dbPath})
-  --min-age S          wait until a folder's newest file is this many seconds old, so
-                       a folder still being written is not sent half done (default: ${config.minAgeSeconds})
+  --min-age S          a folder whose newest file is younger than this is waited for
+                       (all such folders at once) so it is not sent half done; one
+                       still changing after twice this long fails (default: ${config.minAgeSeconds})
   --no-markers         do not write ${config.successMarker} / ${config.failedMarker} into folders
   --json               one JSON event per line on stdout; human output on stderr
   -q, --quiet          only errors and a failing summary
@@ -445,10 +449,14 @@ Options:
 Environment:
   SUPABASE_DB_URL, DATABASE_URL   target URL (keeps the password out of argv and history)
   PGHOST, PGSERVICE, PGPASSWORD   libpq's own settings, used when no URL is given
-  DEVICE_ID, DEVICE_NAME, DEVICE_TYPE   this device's identity (without a tracking
-                                  database and DEVICE_ID, an id derived from the host name)
+  DEVICE_ID, DEVICE_NAME, DEVICE_TYPE   this device's identity (without DEVICE_ID: the
+                                  tracking database's, else one derived from the machine
+                                  id in /etc/machine-id, else from the host name)
   BATCH_SIZE, UPLOAD_DB_PATH      folders per upsert statement, tracking database
   Precedence: flag, then environment, then config.ts.
+
+Paths, on the command line or stdin: a relative path means the directory the command
+was typed in.
 
 Exit codes:
   0 all done   1 some folders failed   2 usage or configuration error (or a running

@@ -234,7 +234,8 @@ async function feed(
     if (pending) waitMs = Math.min(waitMs ?? Infinity, linger);
     const next = await inbox.next(waitMs, run.stop.signal);
     if (next.kind === "item") {
-      await planner.take(next.item);
+      // What else has arrived goes with it: one tracker transaction per ~1,000 folders.
+      await planner.take(next.item.concat(...inbox.takeReady(1024 - next.item.length)));
       pending = true;
     } else if (next.kind === "end") {
       await planner.flush();
@@ -300,6 +301,23 @@ class Inbox<T> {
     }
     this.#items.push(item);
     this.#wake();
+  }
+
+  /** Items already waiting, up to about `max` elements in all (each item an array). */
+  takeReady(max: number): T[] {
+    const taken: T[] = [];
+    let count = 0;
+    while (this.#items.length > 0 && count < max) {
+      const item = this.#items.shift()!;
+      taken.push(item);
+      count += Array.isArray(item) ? item.length : 1;
+    }
+    if (taken.length > 0) {
+      const wake = this.#wakePutter;
+      this.#wakePutter = null;
+      wake?.();
+    }
+    return taken;
   }
 
   /** No more items; with an error, the taker gets it once the items before it are taken. */

@@ -15,6 +15,8 @@ export interface RunCounters {
   given: number;
   /** Paths given again and skipped. */
   duplicates: number;
+  /** Folders recorded in the tracking database (0 without one). */
+  recorded: number;
   /** New to the tracker. */
   new: number;
   /** Changed since the last scan. */
@@ -55,6 +57,7 @@ export function newCounters(): RunCounters {
     scanned: 0,
     given: 0,
     duplicates: 0,
+    recorded: 0,
     new: 0,
     changed: 0,
     unchanged: 0,

@@ -131,6 +131,7 @@ export class Planner {
     const folders = new Map<string | null, Extract<SourceItem, { kind: "folder" }>[]>();
     const problems: { path: string; reason: string; base: string | null }[] = [];
     const rejected: { path: string; key: string | null; error: string }[] = [];
+    let passEnd: Extract<SourceItem, { kind: "pass_end" }> | undefined;
     for (const item of items) {
       switch (item.kind) {
         case "folder": {
@@ -152,7 +153,7 @@ export class Planner {
           if (run.tracker && run.runId !== null) run.tracker.beginPass(item.base, run.runId);
           break;
         case "pass_end":
-          await this.#endPass(item.complete);
+          passEnd = item; // after the folders taken with it
           break;
       }
     }
@@ -164,9 +165,11 @@ export class Planner {
     await run.failFolders(rejected);
     for (const [base, group] of folders) {
       const decisions = this.#decide(base, group.map((g) => g.snapshot));
+      if (!revisit && run.runId !== null) run.counters.recorded += group.length;
       await this.#plan(group, decisions, revisit);
       if (run.stopping) return;
     }
+    if (passEnd) await this.#endPass(passEnd.complete);
   }
 
   /** Sends the batch being filled, if any. */
@@ -199,10 +202,12 @@ export class Planner {
       maxRetries: run.config.maxRetries,
     };
     if (run.tracker) {
-      return run.tracker.applyScan(snapshots, run.runId ?? 0, base, {
+      const dryRun = run.mode === "dry-run";
+      const decisions = run.tracker.applyScan(snapshots, run.runId ?? 0, base, {
         ...options,
-        dryRun: run.mode === "dry-run",
+        dryRun,
       });
+      return decisions;
     }
     return snapshots.map((snapshot) => ({
       ...decideFolder(undefined, snapshot, options),

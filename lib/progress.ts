@@ -324,6 +324,7 @@ export class Reporter {
       inserted: c.inserted,
       updated: c.updated,
       failed: c.failed,
+      recorded: c.recorded,
       marker_errors: c.markerErrors,
       retries: c.retries,
       bytes: c.bytes,

@@ -507,9 +507,8 @@ export class PsqlSession {
     if (this.#timedOut) {
       return new UploadError(
         "timeout",
-        `No reply within ${
-          Math.round(this.#timeoutMs / 1000)
-        } s from ${this.#display}; psql was stopped (the client's own statement timeout)`,
+        `No reply within ${formatSeconds(this.#timeoutMs)} s from ${this.#display}; psql was ` +
+          `stopped (the client's own statement timeout)`,
       );
     }
     if (this.#closing) {
@@ -622,4 +621,9 @@ export class PsqlSession {
   async [Symbol.asyncDispose](): Promise<void> {
     await this.close();
   }
+}
+
+/** Milliseconds as seconds for a message: one decimal below 10 s. */
+function formatSeconds(ms: number): string {
+  return ms < 10_000 ? (ms / 1000).toFixed(1) : String(Math.round(ms / 1000));
 }

@@ -18,7 +18,8 @@
  */
 
 import { UploadError } from "./errors.ts";
-import { classifySqlstate, type StatementError, type StatementReply } from "./psql.ts";
+import { classifySqlstate } from "./policy.ts";
+import type { StatementError, StatementReply } from "./psql.ts";
 import {
   checkDevice,
   type DeviceInfo,
@@ -954,7 +955,7 @@ function grantHint(inspection: SchemaInspection, table: string): string {
     `${names.table} and ${names.devices})`;
 }
 
-/** The 57014 reply of a schema statement as a retryable error the caller may retry. */
+/** The 57014 reply of a schema statement as an error the caller may retry a few times. */
 function timeoutError(
   reply: { sqlstate: string; message: string },
   step: string,
@@ -963,7 +964,7 @@ function timeoutError(
 ): UploadError {
   const limit = statementTimeout ? ` (statement_timeout ${statementTimeout})` : "";
   return new UploadError(
-    "transient",
+    "timeout",
     `The server cancelled the schema ${step} for ${options.table} on ${options.targetDisplay}` +
       `${limit}: ${reply.sqlstate}: ${reply.message}`,
     { subject: "schema", sqlstate: reply.sqlstate },
@@ -976,7 +977,7 @@ function timeoutError(
  * persists, report {@linkcode schemaTimeoutError}.
  */
 export function isSchemaTimeout(error: unknown): error is UploadError {
-  return error instanceof UploadError && error.kind === "transient" && error.sqlstate === "57014" &&
+  return error instanceof UploadError && error.kind === "timeout" && error.sqlstate === "57014" &&
     error.subject === "schema";
 }
 

@@ -61,8 +61,11 @@ export interface UpsertCounts {
   inserted: number;
   /** Rows that existed with a different content_hash and were rewritten. */
   updated: number;
-  /** Strict rows not written because their key holds another folder's row: [key, its source_path]. */
-  conflicts: [string, string][];
+  /**
+   * Strict rows not written because their key holds another folder's row: [key, that
+   * folder's source_path]. Absent when there are none.
+   */
+  conflicts?: [string, string][];
 }
 
 /** Bytes of an upsert statement besides its rows (SQL text, device, batch name), an upper bound. */
@@ -387,7 +390,7 @@ export function buildUpsertStatement(
  * @example
  * ```ts
  * parseUpsertReply(['{"inserted" : 2, "updated" : 1, "conflicts" : []}']);
- * // { inserted: 2, updated: 1, conflicts: [] }
+ * // { inserted: 2, updated: 1 }
  * ```
  */
 export function parseUpsertReply(rows: readonly string[]): UpsertCounts {
@@ -399,18 +402,17 @@ export function parseUpsertReply(rows: readonly string[]): UpsertCounts {
   }
   if (
     typeof value?.inserted !== "number" || typeof value.updated !== "number" ||
-    !Array.isArray(value.conflicts)
+    (value.conflicts !== undefined && !Array.isArray(value.conflicts))
   ) {
     throw new UploadError(
       "fatal",
       `Unexpected reply to an upsert statement: ${JSON.stringify(rows.slice(0, 3))}`,
     );
   }
-  return {
-    inserted: value.inserted,
-    updated: value.updated,
-    conflicts: value.conflicts as [string, string][],
-  };
+  const counts: UpsertCounts = { inserted: value.inserted, updated: value.updated };
+  const conflicts = (value.conflicts ?? []) as [string, string][];
+  if (conflicts.length > 0) counts.conflicts = conflicts;
+  return counts;
 }
 
 /** UTF-8 length of a string, counting what E'...' quoting doubles (`\` and `'`). */

@@ -199,7 +199,8 @@ async function withSession<T>(
             ? `Server ${ctx.targetDisplay} unreachable for ${seconds} s, giving up: ${
               messageOf(error)
             }`
-            : `Cannot reach ${ctx.targetDisplay} (tried for ${seconds} s): ${messageOf(error)}`,
+            : `Server ${ctx.targetDisplay} unreachable: no connection in ${seconds} s of ` +
+              `trying: ${messageOf(error)}`,
           { subject, hint: (error as UploadError).hint ?? unreachableHint(ctx.targetDisplay) },
         );
       }
@@ -316,7 +317,7 @@ async function writePart<T extends BatchItem>(
       const counts = parseUpsertReply(reply.rows);
       result.inserted += counts.inserted;
       result.updated += counts.updated;
-      const held = new Map(counts.conflicts);
+      const held = new Map(counts.conflicts ?? []);
       for (const item of items) {
         const holder = held.get(item.row.folder_key);
         if (holder === undefined) result.outcomes.push({ item, ok: true });

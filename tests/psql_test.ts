@@ -235,8 +235,8 @@ Deno.test({
         const started = Date.now();
         await assertUploadError(
           other.run("select pg_sleep(20)", { timeoutMs: 300 }),
-          "transient",
-          /timed out/,
+          "timeout",
+          /No reply within 0\.3 s .*client's own statement timeout/,
         );
         assert.ok(Date.now() - started < 5000);
         assert.equal(other.alive, false);
@@ -253,7 +253,8 @@ Deno.test({
           const reply = await short.run("select pg_sleep(5)");
           assertError(reply);
           assert.equal(reply.sqlstate, "57014");
-          assert.equal(classifySqlstate(reply.sqlstate), "transient");
+          assert.equal(classifySqlstate(reply.sqlstate), "timeout");
+          assert.equal(short.statementTimeout, "200ms", "the probe read the server's setting");
           assertOk(await short.run("select 1"));
           const denied = await short.run("insert into t values ('z', 0)");
           assertError(denied);

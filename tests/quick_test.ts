@@ -372,8 +372,11 @@ Deno.test("quick: folder keys, device id, stdin lines and argument errors", asyn
   });
   assert.equal(cmd.stdin, true);
   assert.deepEqual(cmd.paths, []);
-  assert.equal(cmd.base, "data");
+  assert.equal(cmd.base, join(Deno.cwd(), "data"));
   assert.equal(cmd.markers, false);
   assert.equal(cmd.config.minAgeSeconds, 0);
-  assert.equal(cmd.config.dbPath, "t.db");
+  assert.equal(cmd.config.dbPath, join(Deno.cwd(), "t.db"));
+  // Under deno task, relative paths are the caller's directory.
+  const fromTask = parseQuickCommand(["a/B1", "--base", "a"], { INIT_CWD: "/srv/lab" });
+  assert.deepEqual([fromTask.paths, fromTask.base], [["/srv/lab/a/B1"], "/srv/lab/a"]);
 });

@@ -543,16 +543,16 @@ Deno.test("parseInspection refuses a reply that is not the inspection's", () => 
 });
 
 Deno.test("isSchemaTimeout and schemaTimeoutError: a persisting 57014 becomes a configuration error", () => {
-  const transient = new UploadError("transient", "cancelled", {
+  const cancelled = new UploadError("timeout", "cancelled", {
     subject: "schema",
     sqlstate: "57014",
   });
-  assert.ok(isSchemaTimeout(transient));
+  assert.ok(isSchemaTimeout(cancelled));
   assert.ok(!isSchemaTimeout(new UploadError("transient", "lost", { subject: "schema" })));
   assert.ok(
-    !isSchemaTimeout(new UploadError("transient", "x", { subject: "b1", sqlstate: "57014" })),
+    !isSchemaTimeout(new UploadError("timeout", "x", { subject: "b1", sqlstate: "57014" })),
   );
-  const error = schemaTimeoutError(transient, {
+  const error = schemaTimeoutError(cancelled, {
     table: "device_test",
     targetDisplay: TARGET,
     attempts: 3,
@@ -1329,7 +1329,7 @@ Deno.test({
       try {
         const error = await rejects(ensureSchema(exec, options));
         assert.ok(isSchemaTimeout(error), `${error.kind} ${error.sqlstate} ${error.message}`);
-        assert.equal(error.kind, "transient");
+        assert.equal(error.kind, "timeout");
         assert.match(error.message, /cancelled the schema/);
         assert.match(error.message, /57014/);
         assert.equal(await snapshot(pg), before, "the cancelled upgrade changed nothing");
@@ -1348,7 +1348,7 @@ Deno.test({
         giveUpAfterMs: 60_000,
         backoff: { initialMs: 10, maxMs: 20, jitter: 0 },
         signal: new AbortController().signal,
-        health: { failingSince: null },
+        health: { failingSince: null, answered: true },
         onRetry: (n) => retries.push(n),
       };
       try {

@@ -170,6 +170,10 @@ Deno.test("estimateRowBytes is exactly what a row adds to a statement", () => {
 
 Deno.test("parseUpsertReply reads the one-line JSON reply", () => {
   assert.deepEqual(parseUpsertReply(['{"inserted":2,"updated":1}']), { inserted: 2, updated: 1 });
+  assert.deepEqual(
+    parseUpsertReply(['{"inserted" : 1, "updated" : 0, "conflicts" : [["B1", "/d/L2/B1"]]}']),
+    { inserted: 1, updated: 0, conflicts: [["B1", "/d/L2/B1"]] },
+  );
   assert.throws(() => parseUpsertReply([]), UploadError);
   assert.throws(() => parseUpsertReply(["1"]), UploadError);
 });

@@ -295,7 +295,7 @@ Deno.test({
           Deno.writeTextFileSync(file, JSON.stringify(stats));
         }
         Deno.writeFileSync(join(changed[4].path, "2099-01-01 00:00:00.jpg"), new Uint8Array(33));
-        // Mtime only: the folder is re-read, but its content hash stays the same.
+        // Mtime only: the folder is re-read, its content hash stays the same, nothing is sent.
         const touched = withStats[40];
         const later = new Date(Date.now() - 60_000);
         for (const f of touched.files) Deno.utimeSync(join(touched.path, f.name), later, later);
@@ -304,7 +304,8 @@ Deno.test({
         assert.equal(run.code, 0, describeRun(run));
         const summary = summaryOf(run);
         assert.equal(summary.modified, 6);
-        assert.equal(summary.uploaded, 6);
+        assert.equal(summary.uploaded, 5);
+        assert.equal(summary.adopted, 1);
         assert.equal(summary.updated, 5);
         assert.equal(summary.inserted, 0);
         const after = byKey(await readRows(s.pg));
