@@ -475,6 +475,7 @@ const CONFIG_CODES = new Set([
 export function classifyStorageReply(status: number, code?: string): ErrorKind {
   if (code !== undefined && TRANSIENT_CODES.has(code)) return "transient";
   if (code !== undefined && CONFIG_CODES.has(code)) return "config";
+  if (code === "NoSuchKey") return "folder";
   if (status === 408 || status === 429 || status === 500 || status === 502) return "transient";
   if (status === 503 || status === 504) return "transient";
   if (status >= 300 && status < 400) return "config";
@@ -594,7 +595,7 @@ class Budget {
   #slots: number;
   #bytes: number;
   readonly maxBytes: number;
-  #queue: { slots: 1; bytes: number; grant: () => void }[] = [];
+  #queue: { bytes: number; grant: () => void }[] = [];
 
   constructor(slots: number, bytes: number) {
     this.#slots = slots;
@@ -608,7 +609,6 @@ class Budget {
     return new Promise((resolve, reject) => {
       if (signal?.aborted) return reject(signal.reason);
       const entry = {
-        slots: 1 as const,
         bytes: want,
         grant: () => {
           signal?.removeEventListener("abort", onAbort);
@@ -742,7 +742,8 @@ export class ObjectStore {
 
   /**
    * Puts `body` under `key`, replacing what is there. Sends Content-MD5 (the server checks
-   * the bytes) and stores the MD5 as `x-amz-meta-md5`.
+   * the bytes) and stores the MD5 as `x-amz-meta-md5`. Outside {@linkcode putFolderObjects},
+   * hold a {@linkcode ObjectStore.reserve} for the body so the store's limits still hold.
    *
    * @returns the ETag the store answered, without quotes.
    * @throws {UploadError} kind `folder` (the store refused this object: status, code and

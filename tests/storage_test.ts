@@ -210,6 +210,7 @@ Deno.test("classifyStorageReply: transient, config or folder", () => {
     [400, "EntityTooLarge", "folder"],
     [413, "EntityTooLarge", "folder"],
     [400, "InvalidKey", "folder"],
+    [404, "NoSuchKey", "folder"],
     [400, undefined, "folder"],
   ];
   for (const [status, code, want] of cases) {
