@@ -24,6 +24,10 @@ export interface UploadCommand {
   rescanEverySeconds: number;
   /** `--moved-from OLD`: the base used to live at OLD; move its tracked folders first. */
   movedFrom: string | null;
+  /** `--print-schema`: print the SQL an owner runs once, and exit. */
+  printSchema: boolean;
+  /** `--role NAME`: the uploading role `--print-schema` grants to. */
+  role: string | null;
   markers: boolean;
   json: boolean;
   quiet: boolean;
@@ -52,6 +56,8 @@ const UPLOAD_FLAGS = {
   watch: { type: "boolean" },
   "rescan-every": { type: "string" },
   "moved-from": { type: "string" },
+  "print-schema": { type: "boolean" },
+  role: { type: "string" },
   json: { type: "boolean" },
   quiet: { type: "boolean", short: "q" },
   help: { type: "boolean", short: "h" },
@@ -167,7 +173,9 @@ export function parseUploadCommand(
   const scanOnly = values["scan-only"] === true;
   const dryRun = values["dry-run"] === true;
   const watch = values.watch === true;
+  const printSchema = values["print-schema"] === true;
   const modes = [
+    printSchema && "--print-schema",
     status && "--status",
     scanOnly && "--scan-only",
     dryRun && "--dry-run",
@@ -184,7 +192,17 @@ export function parseUploadCommand(
     });
   }
   const basePath = positionals[0] ?? null;
-  if (!help && !status && basePath === null) {
+  if (printSchema && basePath !== null) {
+    throw new UploadError("usage", "--print-schema takes no base path", {
+      hint: `Run '${command} --print-schema [--role NAME]' and give its output to the owner`,
+    });
+  }
+  if (typeof values.role === "string" && !printSchema) {
+    throw new UploadError("usage", "--role needs --print-schema", {
+      hint: "--role names the uploading role the printed SQL grants to",
+    });
+  }
+  if (!help && !status && !printSchema && basePath === null) {
     throw new UploadError("usage", "Missing the base path to upload", {
       hint: `Usage: ${command} <base_path> [options]; '${command} --help' for more`,
     });
@@ -219,6 +237,8 @@ export function parseUploadCommand(
     watch,
     rescanEverySeconds: rescan ?? DEFAULT_RESCAN_EVERY_SECONDS,
     movedFrom: typeof movedFrom === "string" ? fromCaller(movedFrom, env) : null,
+    printSchema,
+    role: typeof values.role === "string" ? values.role : null,
     markers: values["no-markers"] !== true,
     json: values.json === true,
     quiet: values.quiet === true,
@@ -267,6 +287,7 @@ export function uploadHelp(config: UploaderConfig = DEFAULT_CONFIG): string {
 Usage: deno task upload <base_path> [options]
        deno task upload <base_path> --watch [--rescan-every S] [options]
        deno task upload --status [--db-path PATH] [--json]
+       deno task upload --print-schema [--role NAME]
 
 Walks <base_path>, finds every folder that directly holds an image or ${config.statsFileName},
 records it in a local tracking database, and uploads new or changed folders in batches
@@ -280,7 +301,12 @@ Modes:
   --dry-run            scan, diff and build rows; report what would be uploaded;
                        write nothing anywhere (server, tracker, folders)
   --status             report from the tracking database: totals by status, recent
-                       batches with their rate, recent failures, missing folders
+                       batches with their rate, failures (retried and given up),
+                       unreadable and missing folders (--json: the full lists)
+  --print-schema       print the SQL that creates or upgrades the tables and grants a
+                       least-privilege uploading role what it needs, for an owner to
+                       run once (psql or Supabase's SQL editor); connects to nothing
+  --role NAME          with --print-schema: the role to grant to (default: uploader)
 
 Options:
   --db-url URL         target database (default: $SUPABASE_DB_URL, else $DATABASE_URL,

@@ -18,6 +18,7 @@ import {
   isSchemaTimeout,
   SCHEMA_TIMEOUT_ATTEMPTS,
   schemaTimeoutError,
+  type TablePolicies,
 } from "./schema.ts";
 import { unreachableHint } from "./target.ts";
 import type { Connector } from "./connect.ts";
@@ -104,6 +105,8 @@ export interface WriteContext {
   device: { id: string; name: string; type: string };
   /** Display name of the target, for hints. */
   targetDisplay: string;
+  /** The connecting role and the tables' row-level security, once the schema step read them. */
+  access?: { role: string; policies: TablePolicies[] };
   /** Give up when the server stays unreachable this long (ms), once it has answered. */
   giveUpAfterMs: number;
   /**
@@ -228,6 +231,8 @@ function replyError(
       table: ctx.table,
       targetDisplay: ctx.targetDisplay,
       subject,
+      role: ctx.access?.role,
+      policies: ctx.access?.policies,
     });
   }
   const limit = kind === "timeout" && runner?.statementTimeout && runner.statementTimeout !== "0"
@@ -261,6 +266,7 @@ export async function ensureSchema(ctx: WriteContext): Promise<{ rekeyed: number
   for (let attempt = 1;; attempt++) {
     try {
       const result = await prepareSchema(exec, options);
+      ctx.access = { role: result.role, policies: result.policies };
       return { rekeyed: result.rekeyed };
     } catch (error) {
       if (!isSchemaTimeout(error)) throw error;

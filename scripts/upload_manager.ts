@@ -14,6 +14,8 @@ import { checkBase, type ManagerMode, runUpload } from "../lib/pipeline.ts";
 import { checkPsql } from "../lib/psql.ts";
 import { Reporter } from "../lib/progress.ts";
 import { formatStatus } from "../lib/report.ts";
+import { printSchemaSql } from "../lib/schema.ts";
+import { localDeviceId } from "../lib/device.ts";
 import { resolveTarget } from "../lib/target.ts";
 import { Tracker } from "../lib/tracker.ts";
 import { runWatch } from "../lib/watch.ts";
@@ -33,6 +35,18 @@ async function main(argv: string[]): Promise<number> {
   });
 
   if (cmd.status) return showStatus(config.dbPath, cmd.json, config.maxRetries);
+  if (cmd.printSchema) {
+    console.log(printSchemaSql({
+      table: config.table,
+      role: cmd.role ?? undefined,
+      device: {
+        id: config.deviceId || trackedDeviceId(config.dbPath) || localDeviceId(),
+        name: config.deviceName || Deno.hostname(),
+        type: config.deviceType,
+      },
+    }));
+    return EXIT.OK;
+  }
 
   // Before anything is created (tracker, embedded database): a mistyped path leaves nothing.
   checkBase(cmd.basePath!);
@@ -167,6 +181,21 @@ function openTracker(dbPath: string, mode: RunMode): Tracker {
     return Tracker.open(":memory:", { lock: false });
   }
   return Tracker.open(dbPath, { lock: false, readOnly: true });
+}
+
+/** The device id kept in an existing tracking database, read without locking or changing it. */
+function trackedDeviceId(dbPath: string): string | undefined {
+  try {
+    Deno.statSync(dbPath);
+  } catch {
+    return undefined; // no tracking database yet: the machine's own id is used
+  }
+  const tracker = Tracker.open(dbPath, { lock: false, readOnly: true });
+  try {
+    return tracker.schemaVersion() > 0 ? tracker.getMeta("device_id") : undefined;
+  } finally {
+    tracker.close();
+  }
 }
 
 function showStatus(dbPath: string, json: boolean, maxRetries: number): number {
