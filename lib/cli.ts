@@ -11,6 +11,7 @@ import { parseArgs, type ParseArgsConfig } from "node:util";
 import { DEFAULT_CONFIG, type UploaderConfig } from "../config.ts";
 import { EXIT, exitCodeFor, messageOf, UploadError } from "./errors.ts";
 import { redactUrl } from "./target.ts";
+import { type ObjectStore, parseImagesTo, type RetryEvent, storeFromEnv } from "./storage.ts";
 
 /** Settings of `deno task upload`. Paths are absolute (resolved from the caller's directory). */
 export interface UploadCommand {
@@ -28,6 +29,10 @@ export interface UploadCommand {
   printSchema: boolean;
   /** `--role NAME`: the uploading role `--print-schema` grants to. */
   role: string | null;
+  /** `--images-to s3://BUCKET/PREFIX` (else `$UPLOAD_IMAGES_TO`), or null. */
+  imagesTo: string | null;
+  /** `--images-parallel N`: images put at once. */
+  imagesParallel: number;
   markers: boolean;
   json: boolean;
   quiet: boolean;
@@ -58,10 +63,35 @@ const UPLOAD_FLAGS = {
   "moved-from": { type: "string" },
   "print-schema": { type: "boolean" },
   role: { type: "string" },
+  "images-to": { type: "string" },
+  "images-parallel": { type: "string" },
   json: { type: "boolean" },
   quiet: { type: "boolean", short: "q" },
   help: { type: "boolean", short: "h" },
 } as const;
+
+/** Default number of images put at once (`--images-parallel`). */
+export const DEFAULT_IMAGES_PARALLEL = 8;
+
+/** `--images-to` and `--images-parallel`, checked; the environment's `UPLOAD_IMAGES_TO` otherwise. */
+function imagesSettings(
+  values: { "images-to"?: string | boolean; "images-parallel"?: string | boolean },
+  env: Env,
+): { imagesTo: string | null; imagesParallel: number } {
+  const flag = values["images-to"];
+  if (flag === "") {
+    throw new UploadError("usage", "Empty value for --images-to", {
+      hint: "Give the bucket and prefix as s3://BUCKET/PREFIX",
+    });
+  }
+  const imagesTo = typeof flag === "string" ? flag : env.UPLOAD_IMAGES_TO || null;
+  const parallel = values["images-parallel"];
+  const imagesParallel = typeof parallel === "string"
+    ? parseNumber("--images-parallel", parallel, { min: 1, max: 64, integer: true })
+    : DEFAULT_IMAGES_PARALLEL;
+  if (imagesTo !== null) parseImagesTo(imagesTo); // a malformed value is a usage error now
+  return { imagesTo, imagesParallel };
+}
 
 /** Default seconds between full rescans in watch mode. */
 export const DEFAULT_RESCAN_EVERY_SECONDS = 300;
@@ -239,6 +269,7 @@ export function parseUploadCommand(
     movedFrom: typeof movedFrom === "string" ? fromCaller(movedFrom, env) : null,
     printSchema,
     role: typeof values.role === "string" ? values.role : null,
+    ...imagesSettings(values, env),
     markers: values["no-markers"] !== true,
     json: values.json === true,
     quiet: values.quiet === true,
@@ -328,6 +359,12 @@ Options:
                        folder once it has settled (file-system events, plus a full
                        rescan every --rescan-every seconds); SIGTERM stops it (exit 0)
   --rescan-every S     with --watch: seconds between full rescans (default: ${DEFAULT_RESCAN_EVERY_SECONDS})
+  --images-to URL      also store every image in S3-compatible object storage (Supabase
+                       Storage's S3 endpoint, MinIO, AWS), at URL s3://BUCKET/PREFIX,
+                       before the folder's row, which records the object keys
+                       (credentials: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY,
+                       AWS_REGION, AWS_ENDPOINT_URL) (default: $UPLOAD_IMAGES_TO, else off)
+  --images-parallel N  images put at once (default: ${DEFAULT_IMAGES_PARALLEL})
   --moved-from OLD     the base folder used to be OLD (renamed, mounted elsewhere): its
                        tracked folders move to <base_path> first, so none is sent
                        again (default: none)
@@ -342,6 +379,8 @@ Environment:
   PGHOST, PGSERVICE, PGPASSWORD   libpq's own settings, used when no URL is given
   DEVICE_ID, DEVICE_NAME, DEVICE_TYPE   this device's identity in the devices table
   BATCH_SIZE, MAX_RETRIES, BATCH_DELAY_SECONDS, UPLOAD_DB_PATH   defaults for the flags
+  UPLOAD_IMAGES_TO, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION, AWS_ENDPOINT_URL
+                                  object storage for --images-to
   Precedence: flag, then environment, then config.ts.
 
 Exit codes:
@@ -363,6 +402,10 @@ export interface QuickCommand {
   stdin: boolean;
   /** `--base DIR`: keys are relative to it; null keys each folder by its own name. */
   base: string | null;
+  /** `--images-to s3://BUCKET/PREFIX` (else `$UPLOAD_IMAGES_TO`), or null. */
+  imagesTo: string | null;
+  /** `--images-parallel N`: images put at once. */
+  imagesParallel: number;
   markers: boolean;
   json: boolean;
   quiet: boolean;
@@ -374,6 +417,8 @@ export interface QuickCommand {
 /** The flags of `deno task quick`. */
 const QUICK_FLAGS = {
   base: { type: "string" },
+  "images-to": { type: "string" },
+  "images-parallel": { type: "string" },
   "db-path": { type: "string" },
   "db-url": { type: "string" },
   "min-age": { type: "string" },
@@ -430,6 +475,7 @@ export function parseQuickCommand(
     paths: stdin ? [] : positionals.map((p) => fromCaller(p, env)),
     stdin,
     base: typeof values.base === "string" ? fromCaller(values.base, env) : null,
+    ...imagesSettings(values, env),
     markers: values["no-markers"] !== true,
     json: values.json === true,
     quiet: values.quiet === true,
@@ -468,6 +514,10 @@ Options:
                        (all such folders at once) so it is not sent half done; one
                        still changing after twice this long fails (default: ${config.minAgeSeconds})
   --no-markers         do not write ${config.successMarker} / ${config.failedMarker} into folders
+  --images-to URL      also store the images in S3-compatible object storage at
+                       s3://BUCKET/PREFIX, as 'deno task upload' does (default:
+                       $UPLOAD_IMAGES_TO, else off)
+  --images-parallel N  images put at once (default: ${DEFAULT_IMAGES_PARALLEL})
   --json               one JSON event per line on stdout; human output on stderr
   -q, --quiet          only errors and a failing summary
   -h, --help           this text
@@ -646,4 +696,27 @@ export function handleStopSignals(handlers: StopHandlers): () => void {
     Deno.removeSignalListener("SIGINT", onInt);
     Deno.removeSignalListener("SIGTERM", onTerm);
   };
+}
+
+/**
+ * The object store for `--images-to`, or null without it. Retries are reported through
+ * `onRetry` (as `retry` events with the object key as subject).
+ *
+ * @throws {UploadError} `config` when credentials are missing or the endpoint is malformed.
+ */
+export function objectStoreFor(
+  imagesTo: string | null,
+  options: {
+    env: Env;
+    parallel: number;
+    giveUpAfterSeconds: number;
+    onRetry: (event: RetryEvent) => void;
+  },
+): ObjectStore | null {
+  if (imagesTo === null) return null;
+  return storeFromEnv(options.env, imagesTo, {
+    concurrency: options.parallel,
+    giveUpAfterMs: options.giveUpAfterSeconds * 1000,
+    onRetry: options.onRetry,
+  });
 }

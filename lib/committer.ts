@@ -10,7 +10,10 @@
 import type { Run } from "./run.ts";
 import { sleep } from "./retry.ts";
 import type { PlannedBatch, PlannedItem } from "./planner.ts";
-import { type LazyWriter, writeBatch, type WriteResult } from "./writer.ts";
+import { messageOf } from "./errors.ts";
+import { actionFor } from "./policy.ts";
+import { putFolderObjects } from "./storage.ts";
+import { type ItemOutcome, type LazyWriter, writeBatch, type WriteResult } from "./writer.ts";
 
 /** Settings of a {@linkcode Committer}. */
 export interface CommitterOptions {
@@ -97,6 +100,66 @@ export class Committer {
     }
   }
 
+  /**
+   * Puts the images of a batch's folders into object storage (`--images-to`), recording
+   * each folder's objects in the tracker as soon as they are stored (a re-run after a crash
+   * puts only what is missing). A folder whose image the store refuses fails alone; an
+   * unreachable store, refused credentials or an interruption stop the run (thrown).
+   */
+  async #storeObjects(
+    items: PlannedItem[],
+  ): Promise<{ ready: PlannedItem[]; failed: ItemOutcome<PlannedItem>[] }> {
+    const run = this.#run;
+    const objects = run.objects;
+    if (!objects) return { ready: items, failed: [] };
+    const tracker = run.runId !== null ? run.tracker : null;
+    const failed: ItemOutcome<PlannedItem>[] = [];
+    const ready: PlannedItem[] = [];
+    const tasks = items.map(async (item) => {
+      if (!item.row.image_objects || item.row.image_objects.length === 0) return item;
+      const snap = item.snapshot;
+      try {
+        const done = await putFolderObjects(objects.store, snap, {
+          deviceId: objects.deviceId,
+          imageExtensions: run.config.imageExtensions,
+          isStored: tracker
+            ? (name, size, md5) =>
+              tracker.objectStored(
+                snap.path,
+                name,
+                objects.store.keyFor(
+                  objects.deviceId,
+                  snap.key,
+                  name,
+                ),
+                size,
+                md5,
+              )
+            : undefined,
+          signal: run.stop.signal,
+        });
+        for (const o of done.objects) {
+          if (o.put) {
+            run.counters.objects++;
+            run.counters.objectBytes += o.size;
+          } else run.counters.objectsSkipped++;
+        }
+        tracker?.recordObjects(snap.path, done.objects, new Date(run.now()));
+        return item;
+      } catch (error) {
+        if (actionFor(error, 1) !== "fail") throw error;
+        failed.push({ item, ok: false, error: messageOf(error) });
+        return null;
+      }
+    });
+    const settled = await Promise.allSettled(tasks);
+    for (const s of settled) {
+      if (s.status === "rejected") throw s.reason;
+      if (s.value) ready.push(s.value);
+    }
+    return { ready, failed };
+  }
+
   async #commit(batch: PlannedBatch): Promise<void> {
     const run = this.#run;
     const context = await this.#writer.open();
@@ -113,7 +176,12 @@ export class Committer {
     }
     let result: WriteResult<PlannedItem>;
     try {
-      result = await writeBatch(items, name, context);
+      // Images first: a row never points at an object that is not there.
+      const stored = await this.#storeObjects(items);
+      result = stored.failed.length === items.length
+        ? { outcomes: [], inserted: 0, updated: 0, statements: 0 }
+        : await writeBatch(stored.ready, name, context);
+      result.outcomes.push(...stored.failed);
     } catch (error) {
       tracker?.abandonBatch(id, run.stopping ? "interrupted" : "failed");
       throw error;
@@ -135,6 +203,9 @@ export class Committer {
         path: o.item.path,
         fingerprint: o.item.snapshot.fingerprint,
         contentHash: o.item.contentHash,
+        objectsDest: run.objects && o.item.row.image_objects
+          ? run.objects.store.display
+          : undefined,
         ok: o.ok,
         error: o.error,
       })),

@@ -29,7 +29,7 @@ import {
   type RunResult,
 } from "./events.ts";
 import { Planner, SettleQueue, type SettlingFolder } from "./planner.ts";
-import { Run } from "./run.ts";
+import { type ObjectsSetup, Run } from "./run.ts";
 import { sleep } from "./retry.ts";
 import { snapshotFolder } from "./scan.ts";
 import type { FolderSource, SourceItem } from "./sources.ts";
@@ -51,6 +51,8 @@ export interface EngineOptions {
   deviceId: string;
   /** Write success.json / failed.json. Default true. */
   markers?: boolean;
+  /** Store images before their rows (`--images-to`). */
+  objects?: ObjectsSetup | null;
   /** Send the per-folder step events (quick upload). Default false. */
   folderEvents?: boolean;
   /** Aborting interrupts the run: no new batch starts, in-flight ones get `graceMs`. */
@@ -91,6 +93,7 @@ export async function runEngine(source: FolderSource, options: EngineOptions): P
     tracker: options.tracker,
     base: options.base,
     markers: options.markers,
+    objects: options.objects,
     folderEvents: options.folderEvents,
     onEvent: options.onEvent,
     counters,

@@ -47,6 +47,12 @@ export interface RunCounters {
   batches: number;
   /** Transient failures retried. */
   retries: number;
+  /** Images put into object storage (`--images-to`; in a dry run: that would be put). */
+  objects: number;
+  /** Images already stored, not put again. */
+  objectsSkipped: number;
+  /** Bytes of images put (or that would be). */
+  objectBytes: number;
   /** Tracked folders the last complete scan did not find on disk. */
   missing: number;
 }
@@ -73,6 +79,9 @@ export function newCounters(): RunCounters {
     bytes: 0,
     batches: 0,
     retries: 0,
+    objects: 0,
+    objectsSkipped: 0,
+    objectBytes: 0,
     missing: 0,
   };
 }

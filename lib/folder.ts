@@ -147,6 +147,12 @@ function containsNul(value: unknown): boolean {
 export interface BuildRowOptions {
   /** The key is only the folder's name: the server must not let it overwrite another folder's row. */
   strict?: boolean;
+  /**
+   * Object-storage keys of the folder's images (`--images-to`), in image order: the row
+   * records them, and they count for its content hash (a row gains them when images are
+   * first stored).
+   */
+  imageObjects?: readonly string[];
 }
 
 /**
@@ -191,6 +197,7 @@ export function buildRow(
   content.update(statsBytes ?? new Uint8Array());
   content.update("\0");
   for (const f of files) content.update(`${f.name}\0${f.size}\n`);
+  if (options.imageObjects) content.update(`objects\0${options.imageObjects.join("\0")}`);
   const totalBytes = files.reduce((sum, f) => sum + f.size, 0);
   const row: UploadRow = {
     folder_key: snapshot.key,
@@ -210,6 +217,7 @@ export function buildRow(
     },
   };
   if (options.strict) row.strict = true;
+  if (options.imageObjects) row.image_objects = [...options.imageObjects];
   // null stats text also stands for a file holding just `null` (no statistics).
   const json = rowToJsonWithStats(row, stats === null ? null : statsText);
   return { row, json, bytes: rowStatementBytes(json) };

@@ -11,6 +11,7 @@ import { runEngine } from "./engine.ts";
 import { messageOf, UploadError } from "./errors.ts";
 import type { EngineEvent, RunCounters, RunResult } from "./events.ts";
 import { treeSource, type WalkConfig } from "./sources.ts";
+import type { ObjectsSetup } from "./run.ts";
 import type { Tracker } from "./tracker.ts";
 
 export { newCounters, type RunCounters, type RunResult } from "./events.ts";
@@ -31,6 +32,8 @@ export interface UploadOptions {
   deviceId: string;
   /** Write success.json / failed.json. Default true. */
   markers?: boolean;
+  /** Store images before their rows (`--images-to`). */
+  objects?: ObjectsSetup | null;
   /** Aborting interrupts the run: no new batch starts, in-flight ones get `graceMs`. */
   signal?: AbortSignal;
   onEvent?: (event: EngineEvent) => void;

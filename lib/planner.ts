@@ -10,6 +10,7 @@
 import { messageOf } from "./errors.ts";
 import { buildRow } from "./folder.ts";
 import { isImageName } from "./scan.ts";
+import { type FolderObjectPlan, planFolderObjects } from "./storage.ts";
 import type { FolderSnapshot } from "./scan.ts";
 import type { Run } from "./run.ts";
 import { decideFolder } from "./diff.ts";
@@ -213,6 +214,7 @@ export class Planner {
       ...decideFolder(undefined, snapshot, options),
       snapshot,
       uploadedContent: null,
+      objectsDest: null,
     }));
   }
 
@@ -249,7 +251,11 @@ export class Planner {
         if (!queued) run.counters.settling++;
         continue;
       }
-      const upload = d.upload || source.force;
+      // With --images-to, a folder whose images were never stored there goes again (its row
+      // gains the keys), even when nothing else changed.
+      const needsObjects = run.objects !== null && d.objectsDest !== run.objects.store.display &&
+        snap.files.some((f) => isImageName(f.name, run.config.imageExtensions));
+      const upload = d.upload || source.force || needsObjects;
       if (!upload || run.mode === "scan-only") continue;
       if (source.strict) {
         const holder = this.#strictKeys.get(snap.key);
@@ -274,8 +280,13 @@ export class Planner {
       }
       if (run.folderEvents) this.#found(snap);
       let built;
+      let plan: FolderObjectPlan | undefined;
       try {
-        built = buildRow(snap, run.config, new Date(run.now()), { strict: source.strict });
+        plan = run.objects ? this.#planObjects(snap) : undefined;
+        built = buildRow(snap, run.config, new Date(run.now()), {
+          strict: source.strict,
+          imageObjects: plan?.objects.map((o) => o.key),
+        });
       } catch (error) {
         failures.push({ path: snap.path, key: snap.key, error: messageOf(error), snapshot: snap });
         continue;
@@ -292,12 +303,18 @@ export class Planner {
       }
       // Files changed but what the row carries did not (a touch, a copy resetting mtimes):
       // the server already holds this content, so nothing is sent and no marker rewritten.
-      if (!source.force && d.change === "changed" && d.uploadedContent === contentHash) {
+      // Not with --images-to: an image rewritten at the same size changes no row, yet its
+      // object must be replaced (the committer puts only images whose MD5 changed).
+      if (
+        !source.force && run.objects === null && d.change === "changed" &&
+        d.uploadedContent === contentHash
+      ) {
         adopted.push({ path: snap.path, fingerprint: snap.fingerprint, contentHash });
         continue;
       }
       if (run.mode === "dry-run") {
         run.counters.bytes += built.bytes;
+        if (plan) this.#countObjects(snap, plan);
         continue;
       }
       await this.#pack({
@@ -332,6 +349,27 @@ export class Planner {
     this.#keys.add(item.row.folder_key);
     if (this.#items.length >= config.batchSize || this.#bytes >= config.maxBatchBytes) {
       await this.flush();
+    }
+  }
+
+  /** The object keys of a folder's images (`--images-to`). */
+  #planObjects(snap: FolderSnapshot): FolderObjectPlan {
+    const objects = this.#run.objects!;
+    return planFolderObjects(objects.store, snap, {
+      deviceId: objects.deviceId,
+      imageExtensions: this.#run.config.imageExtensions,
+    });
+  }
+
+  /** A dry run's count of the images that would be put (those not recorded as stored). */
+  #countObjects(snap: FolderSnapshot, plan: FolderObjectPlan): void {
+    const { counters, tracker } = this.#run;
+    for (const o of plan.objects) {
+      if (tracker?.objectKnown(snap.path, o.name, o.key, o.size)) counters.objectsSkipped++;
+      else {
+        counters.objects++;
+        counters.objectBytes += o.size;
+      }
     }
   }
 

@@ -250,6 +250,9 @@ export class Reporter {
       batches: c.batches,
       exhausted: result.exhausted,
       adopted: c.adopted,
+      objects: c.objects,
+      objects_skipped: c.objectsSkipped,
+      object_bytes: c.objectBytes,
       duration_ms: result.durationMs,
       ...errorFields(result),
     });
@@ -278,6 +281,7 @@ export class Reporter {
           } already up to date); ${c.failed} failed`,
       );
     }
+    lines.push(...objectLines(c, mode === "dry-run"));
     if (c.adopted > 0) {
       lines.push(
         `${plural(c.adopted, "folder")} changed on disk but not in content: nothing sent`,
@@ -325,6 +329,9 @@ export class Reporter {
       updated: c.updated,
       failed: c.failed,
       recorded: c.recorded,
+      objects: c.objects,
+      objects_skipped: c.objectsSkipped,
+      object_bytes: c.objectBytes,
       marker_errors: c.markerErrors,
       retries: c.retries,
       bytes: c.bytes,
@@ -340,6 +347,7 @@ export class Reporter {
           `(${c.inserted} inserted, ${c.updated} updated, ` +
           `${c.uploaded - c.inserted - c.updated} already up to date); ${c.failed} failed`,
     ];
+    lines.push(...objectLines(c, false));
     if (c.markerErrors > 0) {
       lines.push(`${plural(c.markerErrors, "marker file")} could not be written`);
     }
@@ -356,6 +364,16 @@ export class Reporter {
       else this.#out(l + "\n");
     }
   }
+}
+
+/** The summary line about images put into object storage, when there were any. */
+function objectLines(c: RunCounters, dryRun: boolean): string[] {
+  if (c.objects + c.objectsSkipped === 0) return [];
+  const verb = dryRun ? "Would store" : "Stored";
+  return [
+    `${verb} ${plural(c.objects, "image")} (${formatBytes(c.objectBytes)}) in object storage; ` +
+    `${c.objectsSkipped} already there`,
+  ];
 }
 
 /** The summary event's fields about the error that stopped a run, if one did. */

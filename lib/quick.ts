@@ -14,6 +14,7 @@ import { runEngine } from "./engine.ts";
 import type { EngineEvent, RunCounters, RunResult } from "./events.ts";
 import { walkConfig } from "./pipeline.ts";
 import { pathSource } from "./sources.ts";
+import type { ObjectsSetup } from "./run.ts";
 import type { Tracker } from "./tracker.ts";
 
 export { folderKeyFor, readLines } from "./sources.ts";
@@ -31,6 +32,8 @@ export interface QuickOptions {
   base?: string | null;
   /** Write success.json / failed.json. Default true. */
   markers?: boolean;
+  /** Store images before their rows (`--images-to`). */
+  objects?: ObjectsSetup | null;
   /** Aborting stops taking folders; the batch in flight finishes (or `graceMs` passes). */
   signal?: AbortSignal;
   onEvent?: (event: EngineEvent) => void;

@@ -12,7 +12,15 @@ import { messageOf, UploadError } from "./errors.ts";
 import type { EngineEvent, RunCounters, RunMode } from "./events.ts";
 import { type FailedMarker, MarkerWriter, type SuccessMarker } from "./markers.ts";
 import type { FolderSnapshot } from "./scan.ts";
+import type { ObjectStore } from "./storage.ts";
 import type { Tracker } from "./tracker.ts";
+
+/** Where a run stores images (`--images-to`). */
+export interface ObjectsSetup {
+  store: ObjectStore;
+  /** This device's id: part of every object key. */
+  deviceId: string;
+}
 
 /** Settings of a {@linkcode Run}. */
 export interface RunSettings {
@@ -30,6 +38,8 @@ export interface RunSettings {
   onEvent?: (event: EngineEvent) => void;
   /** Counters to update, so a progress display can read them. */
   counters: RunCounters;
+  /** Images go to object storage before their rows (`--images-to`). */
+  objects?: ObjectsSetup | null;
   /** The clock. Default Date.now. */
   now?: () => number;
 }
@@ -47,6 +57,8 @@ export class Run {
   readonly runId: number | null;
   /** Whether folder step events are sent. */
   readonly folderEvents: boolean;
+  /** Where images go, or null. */
+  readonly objects: ObjectsSetup | null;
   /** Writes markers off the hot path; null when markers are off. */
   readonly markers: MarkerWriter | null;
   /** Set once a walk of the whole base ended (tracked folders it missed are marked missing). */
@@ -69,6 +81,7 @@ export class Run {
     this.now = settings.now ?? Date.now;
     this.startedAt = this.now();
     this.folderEvents = settings.folderEvents ?? false;
+    this.objects = settings.objects ?? null;
     this.#onEvent = settings.onEvent ?? (() => {});
     const writes = this.mode !== "dry-run" && this.mode !== "scan-only";
     this.markers = writes && (settings.markers ?? true)

@@ -33,6 +33,8 @@ export interface UploadRow {
    * only when it holds no other folder's data (`metadata.source_path` differs). Not stored.
    */
   strict?: boolean;
+  /** Object-storage keys of the images (`--images-to`); absent: the column is left as it is. */
+  image_objects?: string[];
 }
 
 /** The device the rows belong to. */
@@ -211,6 +213,7 @@ function payloadRow(row: UploadRow): Record<string, unknown> {
     metadata: row.metadata,
   };
   if (row.strict) payload.strict = true;
+  if (row.image_objects !== undefined) payload.image_objects = row.image_objects;
   return payload;
 }
 
@@ -352,20 +355,27 @@ export function buildUpsertStatement(
   const report = strict
     ? `(select coalesce(json_agg(json_build_array(c.folder_key, c.held_by)), '[]') from conflicts c)`
     : `'[]'::json`;
+  // Rows carrying object keys write image_objects; without them the column is left alone.
+  const objects = rows.some((r) => r.image_objects !== undefined);
+  const objectsType = objects ? ", image_objects text[]" : "";
+  const objectsColumn = objects ? ", image_objects" : "";
+  const objectsValue = objects ? ", i.image_objects" : "";
+  const objectsSet = objects ? ", image_objects = excluded.image_objects" : "";
   return `with payload as (\n` +
     `  select ${sqlLiteral(payloadText)}::jsonb as p\n` +
     `), input as (\n` +
     `  select r.* from payload, jsonb_to_recordset(payload.p->'rows') as r(\n` +
     `    folder_key text, folder_name text, images text[], test_results jsonb,\n` +
-    `    test_status text, test_date timestamptz, metadata jsonb, strict boolean)\n` +
+    `    test_status text, test_date timestamptz, metadata jsonb, strict boolean${objectsType})\n` +
     conflicts +
     `), written as (\n` +
     `  insert into ${t} as t (device_id, device_name, device_type, folder_key, folder_name,\n` +
-    `    images, test_results, test_status, test_date, upload_batch, metadata, data_type)\n` +
+    `    images, test_results, test_status, test_date, upload_batch, metadata, data_type` +
+    `${objectsColumn})\n` +
     `  select (payload.p->>'device_id')::uuid, payload.p->>'device_name',\n` +
     `    payload.p->>'device_type', i.folder_key, i.folder_name, coalesce(i.images, '{}'),\n` +
     `    i.test_results, i.test_status, i.test_date, payload.p->>'upload_batch', i.metadata,\n` +
-    `    'image_analysis'\n` +
+    `    'image_analysis'${objectsValue}\n` +
     `  from payload, input i\n` +
     keep +
     `  on conflict (device_id, folder_key) do update set\n` +
@@ -373,7 +383,8 @@ export function buildUpsertStatement(
     `    folder_name = excluded.folder_name, images = excluded.images,\n` +
     `    test_results = excluded.test_results, test_status = excluded.test_status,\n` +
     `    test_date = excluded.test_date, upload_batch = excluded.upload_batch,\n` +
-    `    metadata = excluded.metadata, data_type = excluded.data_type, updated_at = now()\n` +
+    `    metadata = excluded.metadata, data_type = excluded.data_type, updated_at = now()` +
+    `${objectsSet}\n` +
     `  where t.metadata->>'content_hash' is distinct from excluded.metadata->>'content_hash'\n` +
     `  returning (t.xmax = 0) as inserted\n` +
     `)\n` +

@@ -79,6 +79,16 @@ const MIGRATIONS: Record<number, string> = {
   3: `
     ALTER TABLE folder_status ADD COLUMN content_hash TEXT;
     ALTER TABLE folder_status ADD COLUMN missing_since TEXT;
+    ALTER TABLE folder_status ADD COLUMN objects_dest TEXT;
+    CREATE TABLE IF NOT EXISTS objects (
+      folder_path TEXT NOT NULL,
+      name TEXT NOT NULL,
+      object_key TEXT NOT NULL,
+      size INTEGER NOT NULL,
+      md5 TEXT NOT NULL,
+      stored_at TEXT NOT NULL,
+      PRIMARY KEY (folder_path, name)
+    );
     CREATE TABLE IF NOT EXISTS problems (
       path TEXT PRIMARY KEY,
       base_path TEXT,
@@ -109,6 +119,8 @@ export interface FolderOutcome {
   fingerprint: string;
   /** The content hash of the row sent (what the server now holds when `ok`). */
   contentHash?: string;
+  /** Where the folder's images were stored (`s3://bucket/prefix`), when they were. */
+  objectsDest?: string;
   /** Whether the server acknowledged the folder's row. */
   ok: boolean;
   /** Why it failed, naming the file or the server's SQLSTATE. */
@@ -132,6 +144,8 @@ export interface ScanDecision extends DiffDecision {
   snapshot: FolderSnapshot;
   /** The content hash of the row the server last acknowledged for this folder, if any. */
   uploadedContent: string | null;
+  /** Where its images were last stored (`--images-to`), if ever. */
+  objectsDest: string | null;
 }
 
 /** A failed folder, as `--status` lists it. */
@@ -208,6 +222,7 @@ interface FolderRow {
   missing_since: string | null;
   base_path: string | null;
   content_hash: string | null;
+  objects_dest: string | null;
 }
 
 /** A complete walk of one base in progress: which tracked rows it has seen. */
@@ -506,7 +521,7 @@ export class Tracker {
   ): ScanDecision[] {
     const select = this.#stmt(
       "SELECT rowid, folder_path, file_hash, folder_key, upload_status, retry_count, settling, " +
-        "missing_since, base_path, content_hash FROM folder_status " +
+        "missing_since, base_path, content_hash, objects_dest FROM folder_status " +
         "WHERE folder_path IN (SELECT value FROM json_each(?))",
     );
     const insert = this.#stmt(
@@ -550,7 +565,12 @@ export class Tracker {
           key: snap.key,
           newestMtimeMs: snap.newestMtimeMs,
         }, options);
-        out.push({ ...decision, snapshot: snap, uploadedContent: row?.content_hash ?? null });
+        out.push({
+          ...decision,
+          snapshot: snap,
+          uploadedContent: row?.content_hash ?? null,
+          objectsDest: row?.objects_dest ?? null,
+        });
         if (options.dryRun) continue;
         if (row && pass) this.#markSeen(Number(row.rowid));
         const settling = decision.settling ? 1 : 0;
@@ -622,24 +642,26 @@ export class Tracker {
   recordBatch(batch: BatchRecord, outcomes: readonly FolderOutcome[]): void {
     // Acknowledged folders in two statements per batch: those still as scanned become
     // success; those rescanned with another fingerprint meanwhile keep their pending status.
-    const acked = "FROM (SELECT value ->> 0 AS p, value ->> 1 AS h, value ->> 2 AS c " +
-      "FROM json_each(?)) AS o WHERE folder_status.folder_path = o.p";
+    const acked = "FROM (SELECT value ->> 0 AS p, value ->> 1 AS h, value ->> 2 AS c, " +
+      "value ->> 3 AS d FROM json_each(?)) AS o WHERE folder_status.folder_path = o.p";
     const ok = this.#stmt(
       "UPDATE folder_status SET upload_status = 'success', uploaded_hash = o.h, " +
-        "content_hash = o.c, upload_timestamp = ?, error_message = NULL, retry_count = 0, " +
-        `updated_at = ? ${acked} AND folder_status.file_hash = o.h`,
+        "content_hash = o.c, objects_dest = COALESCE(o.d, objects_dest), upload_timestamp = ?, " +
+        `error_message = NULL, retry_count = 0, updated_at = ? ${acked} ` +
+        "AND folder_status.file_hash = o.h",
     );
     const okStale = this.#stmt(
-      "UPDATE folder_status SET uploaded_hash = o.h, content_hash = o.c, upload_timestamp = ?, " +
+      "UPDATE folder_status SET uploaded_hash = o.h, content_hash = o.c, " +
+        "objects_dest = COALESCE(o.d, objects_dest), upload_timestamp = ?, " +
         `updated_at = ? ${acked} AND folder_status.file_hash IS NOT o.h`,
     );
     const endText = iso(batch.endTime);
     this.transaction(() => {
       let failed = 0;
-      const done: [string, string, string | null][] = [];
+      const done: [string, string, string | null, string | null][] = [];
       for (const o of outcomes) {
         if (o.ok) {
-          done.push([o.path, o.fingerprint, o.contentHash ?? null]);
+          done.push([o.path, o.fingerprint, o.contentHash ?? null, o.objectsDest ?? null]);
         } else {
           failed++;
           this.#markFailed(o.path, o.error ?? "Unknown error", endText);
@@ -781,7 +803,51 @@ export class Tracker {
         "UPDATE OR REPLACE problems SET path = ?2 || substr(path, length(?1) + 1), " +
           "base_path = ?2 WHERE base_path = ?1",
       ).run(from, to);
+      const underObjects = under.replaceAll("folder_path", "objects.folder_path");
+      this.#stmt(
+        "UPDATE OR REPLACE objects SET folder_path = ?2 || substr(folder_path, length(?1) + 1) " +
+          `WHERE ${underObjects}`,
+      ).run(from, to);
       return { moved: moving, replaced: Number(replaced.changes) };
+    });
+  }
+
+  /**
+   * Whether the image `name` of a folder is recorded as stored under `key` with this size
+   * and MD5 (`--images-to`): then it is not put again.
+   */
+  objectStored(folderPath: string, name: string, key: string, size: number, md5: string): boolean {
+    const row = this.#stmt(
+      "SELECT object_key, size, md5 FROM objects WHERE folder_path = ? AND name = ?",
+    ).get(folderPath, name) as { object_key: string; size: number; md5: string } | undefined;
+    return row !== undefined && row.object_key === key && Number(row.size) === size &&
+      row.md5 === md5;
+  }
+
+  /** Whether an image is recorded as stored under `key` with this size (for a dry run's count). */
+  objectKnown(folderPath: string, name: string, key: string, size: number): boolean {
+    const row = this.#stmt(
+      "SELECT object_key, size FROM objects WHERE folder_path = ? AND name = ?",
+    ).get(folderPath, name) as { object_key: string; size: number } | undefined;
+    return row !== undefined && row.object_key === key && Number(row.size) === size;
+  }
+
+  /** Records the images of a folder as stored, before its row is written. One transaction. */
+  recordObjects(
+    folderPath: string,
+    objects: readonly { name: string; key: string; size: number; md5: string }[],
+    when = new Date(),
+  ): void {
+    if (objects.length === 0) return;
+    const upsert = this.#stmt(
+      "INSERT INTO objects (folder_path, name, object_key, size, md5, stored_at) " +
+        "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (folder_path, name) DO UPDATE SET " +
+        "object_key = excluded.object_key, size = excluded.size, md5 = excluded.md5, " +
+        "stored_at = excluded.stored_at",
+    );
+    const text = iso(when);
+    this.transaction(() => {
+      for (const o of objects) upsert.run(folderPath, o.name, o.key, o.size, o.md5, text);
     });
   }
 

@@ -11,12 +11,13 @@ import { EXIT, messageOf, UploadError } from "../lib/errors.ts";
 import {
   fromCaller,
   handleStopSignals,
+  objectStoreFor,
   parseQuickCommand,
   quickHelp,
   runMain,
 } from "../lib/cli.ts";
 import { connectorFor } from "../lib/connect.ts";
-import type { EngineEvent } from "../lib/events.ts";
+import { type EngineEvent, newCounters } from "../lib/events.ts";
 import { checkPsql } from "../lib/psql.ts";
 import { quickStepLines, Reporter } from "../lib/progress.ts";
 import { readLines, runQuickUpload, trackerForTarget } from "../lib/quick.ts";
@@ -106,6 +107,23 @@ async function main(argv: string[]): Promise<number> {
         recording?.markInterrupted();
       },
     });
+    const counters = newCounters();
+    const store = objectStoreFor(cmd.imagesTo, {
+      env,
+      parallel: cmd.imagesParallel,
+      giveUpAfterSeconds: config.giveUpAfterSeconds,
+      onRetry: (r) => {
+        counters.retries++;
+        onEvent({
+          event: "retry",
+          subject: r.key || "object storage",
+          attempt: r.attempt,
+          delay_ms: r.waitMs,
+          reason: r.reason,
+        });
+      },
+    });
+    if (store) reporter.info(`Storing images in ${store.display}`);
     try {
       const paths = cmd.stdin ? callerPaths(readLines(Deno.stdin.readable), env) : cmd.paths;
       const result = await runQuickUpload(paths, {
@@ -115,8 +133,10 @@ async function main(argv: string[]): Promise<number> {
         tracker: recording,
         base,
         markers: cmd.markers,
+        objects: store ? { store, deviceId } : null,
         signal: interrupt.signal,
         onEvent,
+        counters,
       });
       if (result.error) {
         reporter.warn(`Error: ${result.error.message}`);

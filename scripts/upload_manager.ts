@@ -7,7 +7,13 @@
  */
 
 import { EXIT, UploadError } from "../lib/errors.ts";
-import { handleStopSignals, parseUploadCommand, runMain, uploadHelp } from "../lib/cli.ts";
+import {
+  handleStopSignals,
+  objectStoreFor,
+  parseUploadCommand,
+  runMain,
+  uploadHelp,
+} from "../lib/cli.ts";
 import { connectorFor } from "../lib/connect.ts";
 import { newCounters, type RunMode } from "../lib/events.ts";
 import { checkBase, type ManagerMode, runUpload } from "../lib/pipeline.ts";
@@ -134,6 +140,22 @@ async function main(argv: string[]): Promise<number> {
       },
     });
     const counters = newCounters();
+    const store = objectStoreFor(cmd.imagesTo, {
+      env,
+      parallel: cmd.imagesParallel,
+      giveUpAfterSeconds: config.giveUpAfterSeconds,
+      onRetry: (r) => {
+        counters.retries++;
+        reporter.event({
+          event: "retry",
+          subject: r.key || "object storage",
+          attempt: r.attempt,
+          delay_ms: r.waitMs,
+          reason: r.reason,
+        });
+      },
+    });
+    if (store) reporter.info(`Storing images in ${store.display}`);
     reporter.start(counters);
     try {
       const options = {
@@ -143,6 +165,7 @@ async function main(argv: string[]): Promise<number> {
         connector,
         deviceId,
         markers: cmd.markers,
+        objects: store ? { store, deviceId } : null,
         signal: interrupt.signal,
         onEvent: reporter.event.bind(reporter),
         counters,
