@@ -363,7 +363,8 @@ Options:
                        Storage's S3 endpoint, MinIO, AWS), at URL s3://BUCKET/PREFIX,
                        before the folder's row, which records the object keys
                        (credentials: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY,
-                       AWS_REGION, AWS_ENDPOINT_URL) (default: $UPLOAD_IMAGES_TO, else off)
+                       AWS_REGION, AWS_ENDPOINT_URL)
+                       (default: $UPLOAD_IMAGES_TO, else off)
   --images-parallel N  images put at once (default: ${DEFAULT_IMAGES_PARALLEL})
   --moved-from OLD     the base folder used to be OLD (renamed, mounted elsewhere): its
                        tracked folders move to <base_path> first, so none is sent
@@ -515,8 +516,8 @@ Options:
                        still changing after twice this long fails (default: ${config.minAgeSeconds})
   --no-markers         do not write ${config.successMarker} / ${config.failedMarker} into folders
   --images-to URL      also store the images in S3-compatible object storage at
-                       s3://BUCKET/PREFIX, as 'deno task upload' does (default:
-                       $UPLOAD_IMAGES_TO, else off)
+                       s3://BUCKET/PREFIX, as 'deno task upload' does
+                       (default: $UPLOAD_IMAGES_TO, else off)
   --images-parallel N  images put at once (default: ${DEFAULT_IMAGES_PARALLEL})
   --json               one JSON event per line on stdout; human output on stderr
   -q, --quiet          only errors and a failing summary
