@@ -33,6 +33,8 @@ export interface UploadCommand {
   imagesTo: string | null;
   /** `--images-parallel N`: images put at once. */
   imagesParallel: number;
+  /** `--verify`: reconcile with the server's rows before uploading. */
+  verify: boolean;
   markers: boolean;
   json: boolean;
   quiet: boolean;
@@ -65,6 +67,7 @@ const UPLOAD_FLAGS = {
   role: { type: "string" },
   "images-to": { type: "string" },
   "images-parallel": { type: "string" },
+  verify: { type: "boolean" },
   json: { type: "boolean" },
   quiet: { type: "boolean", short: "q" },
   help: { type: "boolean", short: "h" },
@@ -204,12 +207,14 @@ export function parseUploadCommand(
   const dryRun = values["dry-run"] === true;
   const watch = values.watch === true;
   const printSchema = values["print-schema"] === true;
+  const verify = values.verify === true;
   const modes = [
     printSchema && "--print-schema",
     status && "--status",
     scanOnly && "--scan-only",
     dryRun && "--dry-run",
     watch && "--watch",
+    verify && "--verify",
   ].filter(Boolean);
   if (!help && modes.length > 1) {
     throw new UploadError("usage", `${modes.join(" and ")} cannot be combined`, {
@@ -269,6 +274,7 @@ export function parseUploadCommand(
     movedFrom: typeof movedFrom === "string" ? fromCaller(movedFrom, env) : null,
     printSchema,
     role: typeof values.role === "string" ? values.role : null,
+    verify,
     ...imagesSettings(values, env),
     markers: values["no-markers"] !== true,
     json: values.json === true,
@@ -327,6 +333,11 @@ resumes where the last one stopped.
 
 Modes:
   (default)            scan, then upload new and changed folders
+  --verify             before uploading, compare the tracker with this device's rows
+                       on the server: a row deleted or changed there is sent again; a
+                       lost or new tracker is rebuilt (folders whose row already holds
+                       their content are recorded, not sent); rows with no folder on
+                       disk are reported (--status --json lists them), never deleted
   --scan-only          scan and record; print new / changed / unchanged / missing /
                        unreadable counts; upload nothing
   --dry-run            scan, diff and build rows; report what would be uploaded;

@@ -34,6 +34,7 @@ import { sleep } from "./retry.ts";
 import { snapshotFolder } from "./scan.ts";
 import type { FolderSource, SourceItem } from "./sources.ts";
 import type { Tracker } from "./tracker.ts";
+import { finishVerify, readRemote, type RemoteReport } from "./verify.ts";
 import { LazyWriter } from "./writer.ts";
 
 /** Settings of {@linkcode runEngine}. */
@@ -53,6 +54,8 @@ export interface EngineOptions {
   markers?: boolean;
   /** Store images before their rows (`--images-to`). */
   objects?: ObjectsSetup | null;
+  /** Reconcile with the server's rows first (`--verify`; needs a tracker and a base). */
+  verify?: boolean;
   /** Send the per-folder step events (quick upload). Default false. */
   folderEvents?: boolean;
   /** Aborting interrupts the run: no new batch starts, in-flight ones get `graceMs`. */
@@ -135,7 +138,13 @@ export async function runEngine(source: FolderSource, options: EngineOptions): P
   });
 
   try {
+    let remote: RemoteReport | null = null;
+    if (options.verify && writer && run.tracker && run.runId !== null && options.base) {
+      remote = await readRemote(run, await writer.open(), options.base);
+      run.verifying = true;
+    }
     await feed(run, source, planner, settle, options);
+    if (remote && run.completedPass && !run.stopping) finishVerify(run, options.base!, remote);
   } catch (error) {
     run.fail(error);
   } finally {

@@ -135,6 +135,20 @@ export type EngineEvent =
   | { event: "schema"; table: string; rekeyed: number }
   | { event: "settle_wait"; folders: number; wait_ms: number }
   | { event: "missing"; count: number; sample: string[] }
+  | {
+    event: "verify";
+    /** Rows of this device on the server. */
+    rows: number;
+    /** Folders recorded as uploaded whose row was gone: sent again. */
+    missing_on_server: number;
+    /** Folders recorded as uploaded whose row held other content: sent again. */
+    changed_on_server: number;
+    /** Folders whose row already held their content: recorded, nothing sent. */
+    adopted: number;
+    /** Server rows with no folder on disk (kept; listed by --status --json). */
+    orphans: number;
+    orphan_sample: string[];
+  }
   | { event: "watching"; base: string; rescan_every_s: number; file_events: boolean }
   | { event: "warning"; message: string }
   | { event: "stopping"; reason: string };

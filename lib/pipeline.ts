@@ -34,6 +34,8 @@ export interface UploadOptions {
   markers?: boolean;
   /** Store images before their rows (`--images-to`). */
   objects?: ObjectsSetup | null;
+  /** Reconcile with the server's rows first (`--verify`). */
+  verify?: boolean;
   /** Aborting interrupts the run: no new batch starts, in-flight ones get `graceMs`. */
   signal?: AbortSignal;
   onEvent?: (event: EngineEvent) => void;

@@ -207,6 +207,7 @@ export class Planner {
       const decisions = run.tracker.applyScan(snapshots, run.runId ?? 0, base, {
         ...options,
         dryRun,
+        remote: run.verifying,
       });
       return decisions;
     }
@@ -305,10 +306,14 @@ export class Planner {
       // the server already holds this content, so nothing is sent and no marker rewritten.
       // Not with --images-to: an image rewritten at the same size changes no row, yet its
       // object must be replaced (the committer puts only images whose MD5 changed).
-      if (
-        !source.force && run.objects === null && d.change === "changed" &&
-        d.uploadedContent === contentHash
-      ) {
+      // With --verify, what the server holds is known for every folder: a new one (a lost
+      // tracker) whose row is already there is adopted the same way.
+      const held = d.remoteContent !== undefined
+        ? d.remoteContent
+        : d.change === "changed"
+        ? d.uploadedContent
+        : null;
+      if (!source.force && run.objects === null && held === contentHash) {
         adopted.push({ path: snap.path, fingerprint: snap.fingerprint, contentHash });
         continue;
       }

@@ -217,6 +217,14 @@ export class Reporter {
       case "warning":
         human(`Warning: ${e.message}`);
         break;
+      case "verify":
+        this.info(
+          `Verified against ${plural(e.rows, "server row")}: ${e.missing_on_server} missing ` +
+            `and ${e.changed_on_server} changed there (sent again), ${e.adopted} adopted ` +
+            `without sending, ${plural(e.orphans, "orphan row")} with no folder on disk` +
+            (e.orphan_sample.length > 0 ? ` (${e.orphan_sample.slice(0, 3).join(", ")}...)` : ""),
+        );
+        break;
       default:
         break;
     }

@@ -1,11 +1,12 @@
 /**
  * The `--status` report, as text. The numbers come from {@linkcode Tracker.status};
- * this file only lays them out, in the original tool's shape plus batch analytics.
+ * this file only lays them out, in the original tool's shape plus batch analytics,
+ * failures (retried and given up), unreadable and missing folders, and the last verify.
  *
  * @module
  */
 
-import type { StatusReport } from "./tracker.ts";
+import type { FailureEntry, StatusReport } from "./tracker.ts";
 
 /** Renders the status report as the lines a person reads. */
 export function formatStatus(report: StatusReport): string {
@@ -21,13 +22,24 @@ export function formatStatus(report: StatusReport): string {
   if (keys.length === 0) lines.push("  (nothing tracked yet)");
   if (report.settling > 0) lines.push(`  still being written (settling): ${report.settling}`);
   lines.push(`  missing on disk: ${report.missing}`);
-  for (const p of report.missingSample) lines.push(`    ${p}`);
-  if (report.missing > report.missingSample.length) {
-    lines.push(`    ... and ${report.missing - report.missingSample.length} more`);
+  list(lines, report.missingSample, report.missing, (p) => [`    ${p}`]);
+  for (const base of report.goneBases) {
+    lines.push(
+      `    base folder ${base} is gone (moved? run 'deno task upload NEW --moved-from ${base}')`,
+    );
   }
   if (report.lastRun) {
     const r = report.lastRun;
     lines.push(`Last run: #${r.runId} ${r.mode}, ${r.status}, started ${r.startedAt}`);
+  }
+  if (report.lastVerify) {
+    const v = report.lastVerify;
+    lines.push(
+      `Last verify: ${v.at} against ${v.rows} server rows: ${v.missing_on_server} missing and ` +
+        `${v.changed_on_server} changed there (sent again), ${v.adopted} adopted, ` +
+        `${v.orphans} orphan rows with no folder on disk`,
+    );
+    list(lines, report.orphans, report.orphansTotal, (k) => [`    ${k}`]);
   }
   lines.push("");
   lines.push("Recent batches:");
@@ -44,11 +56,34 @@ export function formatStatus(report: StatusReport): string {
     );
   }
   lines.push("");
-  lines.push("Recent failures:");
-  if (report.recentFailures.length === 0) lines.push("  (none)");
-  for (const f of report.recentFailures) {
-    lines.push(`  ${f.folderPath}`);
-    lines.push(`    ${f.error.replace(/\n/g, " ")}`);
+  lines.push("Recent failures (retried by the next runs):");
+  if (report.failuresTotal === 0) lines.push("  (none)");
+  list(lines, report.recentFailures, report.failuresTotal, failure);
+  if (report.exhaustedTotal > 0) {
+    lines.push("");
+    lines.push("Failed for good (retries used up; retried once their files change):");
+    list(lines, report.exhausted, report.exhaustedTotal, failure);
+  }
+  if (report.problemsTotal > 0) {
+    lines.push("");
+    lines.push("Unreadable (reported by every scan until fixed):");
+    list(lines, report.problems, report.problemsTotal, (p) => [`  ${p.path}`, `    ${p.reason}`]);
   }
   return lines.join("\n") + "\n";
+}
+
+/** A failed folder's lines. */
+function failure(f: FailureEntry): string[] {
+  return [
+    `  ${f.folderPath} (failed ${f.retryCount} time${f.retryCount === 1 ? "" : "s"})`,
+    `    ${f.error.replace(/\n/g, " ")}`,
+  ];
+}
+
+/** Adds a list's entries, and how many more there are when it was cut. */
+function list<T>(lines: string[], items: readonly T[], total: number, show: (t: T) => string[]) {
+  for (const item of items) lines.push(...show(item));
+  if (total > items.length) {
+    lines.push(`  ... and ${total - items.length} more (--status --json lists them all)`);
+  }
 }

@@ -61,6 +61,8 @@ export class Run {
   readonly objects: ObjectsSetup | null;
   /** Writes markers off the hot path; null when markers are off. */
   readonly markers: MarkerWriter | null;
+  /** `--verify`: the server's content hashes were read; folders are compared with them. */
+  verifying = false;
   /** Set once a walk of the whole base ended (tracked folders it missed are marked missing). */
   completedPass = false;
   /** Aborted when the run must stop: the user asked, or an error stopped it. */

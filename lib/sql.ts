@@ -470,3 +470,19 @@ export function estimateRowBytes(row: UploadRow): number {
 export function rowStatementBytes(json: string): number {
   return quotedUtf8Length(json) + 1;
 }
+
+/**
+ * The query `--verify` streams with COPY: this device's rows as (folder_key, content hash).
+ *
+ * @throws UploadError `config` for an invalid table name or device id.
+ *
+ * @example
+ * ```ts
+ * buildRemoteHashesQuery("device_test", "6f1c2b8e-2f7c-4a55-9a53-0d6f0c1c9e1a");
+ * ```
+ */
+export function buildRemoteHashesQuery(table: string, deviceId: string): string {
+  checkDevice({ id: deviceId, name: "", type: "" });
+  return `select folder_key, metadata->>'content_hash' from ${tableRef(table).sql} ` +
+    `where device_id = ${sqlLiteral(deviceId)}::uuid`;
+}

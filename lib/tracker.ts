@@ -18,7 +18,7 @@ import { type RunStatus, UploadError } from "./errors.ts";
 import { localDeviceId } from "./device.ts";
 
 /** The schema version this code writes. */
-export const SCHEMA_VERSION = 3;
+export const SCHEMA_VERSION = 4;
 
 /**
  * Migrations, keyed by the version they bring the database to. Each runs in one
@@ -79,16 +79,6 @@ const MIGRATIONS: Record<number, string> = {
   3: `
     ALTER TABLE folder_status ADD COLUMN content_hash TEXT;
     ALTER TABLE folder_status ADD COLUMN missing_since TEXT;
-    ALTER TABLE folder_status ADD COLUMN objects_dest TEXT;
-    CREATE TABLE IF NOT EXISTS objects (
-      folder_path TEXT NOT NULL,
-      name TEXT NOT NULL,
-      object_key TEXT NOT NULL,
-      size INTEGER NOT NULL,
-      md5 TEXT NOT NULL,
-      stored_at TEXT NOT NULL,
-      PRIMARY KEY (folder_path, name)
-    );
     CREATE TABLE IF NOT EXISTS problems (
       path TEXT PRIMARY KEY,
       base_path TEXT,
@@ -98,6 +88,25 @@ const MIGRATIONS: Record<number, string> = {
       last_seen_run INTEGER
     );
     CREATE INDEX IF NOT EXISTS problems_base ON problems (base_path);
+  `,
+  4: `
+    ALTER TABLE folder_status ADD COLUMN objects_dest TEXT;
+    CREATE TABLE IF NOT EXISTS remote_rows (
+      folder_key TEXT PRIMARY KEY,
+      content_hash TEXT
+    ) WITHOUT ROWID;
+    CREATE TABLE IF NOT EXISTS verify_orphans (
+      folder_key TEXT PRIMARY KEY
+    ) WITHOUT ROWID;
+    CREATE TABLE IF NOT EXISTS objects (
+      folder_path TEXT NOT NULL,
+      name TEXT NOT NULL,
+      object_key TEXT NOT NULL,
+      size INTEGER NOT NULL,
+      md5 TEXT NOT NULL,
+      stored_at TEXT NOT NULL,
+      PRIMARY KEY (folder_path, name)
+    );
   `,
 };
 
@@ -146,6 +155,11 @@ export interface ScanDecision extends DiffDecision {
   uploadedContent: string | null;
   /** Where its images were last stored (`--images-to`), if ever. */
   objectsDest: string | null;
+  /**
+   * With `--verify`: the content hash the server holds for this key (null: no row there);
+   * undefined otherwise.
+   */
+  remoteContent?: string | null;
 }
 
 /** A failed folder, as `--status` lists it. */
@@ -192,6 +206,11 @@ export interface StatusReport {
   /** Folders or files the last scans could not read. */
   problems: { path: string; reason: string; since: string }[];
   problemsTotal: number;
+  /** What the last `--verify` found (when it ran, rows read, re-queued, orphans), if one ran. */
+  lastVerify: Record<string, unknown> | null;
+  /** Server rows of this device with no folder on disk, as the last `--verify` found them. */
+  orphans: string[];
+  orphansTotal: number;
   lastRun: {
     runId: number;
     mode: string;
@@ -517,8 +536,9 @@ export class Tracker {
     snapshots: readonly FolderSnapshot[],
     runId: number,
     basePath: string | null,
-    options: DiffOptions & { dryRun?: boolean },
+    options: DiffOptions & { dryRun?: boolean; remote?: boolean },
   ): ScanDecision[] {
+    const remote = options.remote ? this.#remoteHashes(snapshots.map((s) => s.key)) : null;
     const select = this.#stmt(
       "SELECT rowid, folder_path, file_hash, folder_key, upload_status, retry_count, settling, " +
         "missing_since, base_path, content_hash, objects_dest FROM folder_status " +
@@ -570,6 +590,7 @@ export class Tracker {
           snapshot: snap,
           uploadedContent: row?.content_hash ?? null,
           objectsDest: row?.objects_dest ?? null,
+          ...(remote ? { remoteContent: remote.get(snap.key) ?? null } : {}),
         });
         if (options.dryRun) continue;
         if (row && pass) this.#markSeen(Number(row.rowid));
@@ -624,6 +645,84 @@ export class Tracker {
       "SELECT count(*) AS n FROM folder_status WHERE upload_status = 'failed' AND retry_count >= ?",
     ).get(maxRetries) as { n: number };
     return Number(row.n);
+  }
+
+  /** The server's content hash per key, as the last `--verify` read them. */
+  #remoteHashes(keys: readonly string[]): Map<string, string | null> {
+    const rows = this.#stmt(
+      "SELECT folder_key, content_hash FROM remote_rows " +
+        "WHERE folder_key IN (SELECT value FROM json_each(?))",
+    ).all(JSON.stringify(keys)) as { folder_key: string; content_hash: string | null }[];
+    return new Map(rows.map((r) => [r.folder_key, r.content_hash ?? ""]));
+  }
+
+  /** Forgets the server rows a previous `--verify` read, before reading them again. */
+  clearRemote(): void {
+    this.#stmt("DELETE FROM remote_rows").run();
+  }
+
+  /** Adds rows read from the server (key, content hash) in one transaction. */
+  addRemote(rows: readonly [string, string | null][]): void {
+    if (rows.length === 0) return;
+    this.transaction(() => {
+      this.#stmt(
+        "INSERT OR REPLACE INTO remote_rows (folder_key, content_hash) " +
+          "SELECT value ->> 0, value ->> 1 FROM json_each(?)",
+      ).run(JSON.stringify(rows));
+    });
+  }
+
+  /**
+   * Compares folders recorded as uploaded under `base` with the server's rows read by
+   * {@linkcode addRemote}: one whose row is gone, or holds other content, is pending again.
+   *
+   * @returns how many were missing on the server and how many differed.
+   */
+  requeueFromRemote(base: string, when = new Date()): { missing: number; changed: number } {
+    return this.transaction(() => {
+      const text = iso(when);
+      const missing = this.#stmt(
+        "UPDATE folder_status SET upload_status = 'pending', retry_count = 0, updated_at = ? " +
+          "WHERE base_path = ? AND upload_status = 'success' AND NOT EXISTS " +
+          "(SELECT 1 FROM remote_rows r WHERE r.folder_key = folder_status.folder_key)",
+      ).run(text, base);
+      const changed = this.#stmt(
+        "UPDATE folder_status SET upload_status = 'pending', retry_count = 0, updated_at = ? " +
+          "FROM remote_rows r WHERE r.folder_key = folder_status.folder_key AND " +
+          "folder_status.base_path = ? AND folder_status.upload_status = 'success' AND " +
+          "folder_status.content_hash IS NOT r.content_hash",
+      ).run(text, base);
+      return { missing: Number(missing.changes), changed: Number(changed.changes) };
+    });
+  }
+
+  /**
+   * Ends a `--verify` run: server rows of this device with no folder on disk under `base`
+   * are recorded as orphans (listed by `--status --json`, never deleted), the rows read are
+   * forgotten, and what the verify found is kept for `--status`.
+   */
+  finishVerify(
+    base: string,
+    report: Record<string, unknown>,
+    limit = 10,
+  ): { orphans: number; sample: string[] } {
+    return this.transaction(() => {
+      this.#stmt("DELETE FROM verify_orphans").run();
+      this.#stmt(
+        "INSERT INTO verify_orphans (folder_key) SELECT r.folder_key FROM remote_rows r " +
+          "WHERE NOT EXISTS (SELECT 1 FROM folder_status f WHERE f.folder_key = r.folder_key " +
+          "AND f.base_path = ? AND f.missing_since IS NULL)",
+      ).run(base);
+      this.#stmt("DELETE FROM remote_rows").run();
+      const orphans = Number(
+        (this.#stmt("SELECT count(*) AS n FROM verify_orphans").get() as { n: number }).n,
+      );
+      const sample = (this.#stmt(
+        "SELECT folder_key FROM verify_orphans ORDER BY folder_key LIMIT ?",
+      ).all(limit) as { folder_key: string }[]).map((r) => r.folder_key);
+      this.setMeta("last_verify", JSON.stringify({ ...report, base, orphans }));
+      return { orphans, sample };
+    });
   }
 
   /** Inserts a batch row with status `running` before its statement is sent. */
@@ -984,6 +1083,12 @@ export class Tracker {
       exhaustedTotal: count(`SELECT count(*) AS n ${failedWhere} >= ?`, maxRetries),
       problems,
       problemsTotal: version >= 3 ? count("SELECT count(*) AS n FROM problems") : 0,
+      lastVerify: version >= 4 ? JSON.parse(this.getMeta("last_verify") ?? "null") : null,
+      orphans: version >= 4
+        ? (this.db.prepare("SELECT folder_key FROM verify_orphans ORDER BY folder_key LIMIT ?")
+          .all(cap) as { folder_key: string }[]).map((r) => r.folder_key)
+        : [],
+      orphansTotal: version >= 4 ? count("SELECT count(*) AS n FROM verify_orphans") : 0,
       lastRun: last
         ? {
           runId: Number(last.run_id),

@@ -101,6 +101,8 @@ export interface RetryNotice {
 /** Shared state of the write path within one run. */
 export interface WriteContext {
   pool: SessionPool;
+  /** How psql reaches the target (for a COPY outside the pool). */
+  connection?: PsqlConnection;
   table: string;
   device: { id: string; name: string; type: string };
   /** Display name of the target, for hints. */
@@ -418,6 +420,7 @@ export class LazyWriter {
       this.#pool = new SessionPool(psqlFactory(connection));
       const context: WriteContext = {
         pool: this.#pool,
+        connection,
         table: o.config.table,
         device: {
           id: o.deviceId,

@@ -177,7 +177,7 @@ async function main(argv: string[]): Promise<number> {
           finishSignal: finish.signal,
           rescanEverySeconds: cmd.rescanEverySeconds,
         })
-        : await runUpload({ ...options, mode: mode as ManagerMode });
+        : await runUpload({ ...options, mode: mode as ManagerMode, verify: cmd.verify });
       reporter.stop();
       if (result.error) {
         reporter.warn(`Error: ${result.error.message}`);

@@ -37,6 +37,7 @@ const CASES = [
       "--role",
       "--images-to",
       "--images-parallel",
+      "--verify",
       "--no-markers",
       "--json",
       "--quiet",

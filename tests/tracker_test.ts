@@ -120,9 +120,12 @@ Deno.test("Tracker.open: migrates an empty file to the current schema", async ()
       assert.deepEqual(tables(tracker), [
         "folder_status",
         "meta",
+        "objects",
         "problems",
+        "remote_rows",
         "runs",
         "upload_batches",
+        "verify_orphans",
       ]);
       const folderColumns = columns(tracker, "folder_status");
       assert.deepEqual(
@@ -260,9 +263,12 @@ Deno.test("Tracker.open: upgrades an original tool's database in place, rows kep
     assert.deepEqual(tables(tracker), [
       "folder_status",
       "meta",
+      "objects",
       "problems",
+      "remote_rows",
       "runs",
       "upload_batches",
+      "verify_orphans",
     ]);
   } finally {
     tracker.close();
