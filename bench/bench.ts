@@ -509,7 +509,7 @@ async function main(): Promise<number> {
     const copyFile = join(work, "rows.copy");
     let copy: CopyFile | null = null;
     if (runsOf("first") > 0) {
-      copy = writeCopyFile(bench.tree, copyFile, {
+      copy = await writeCopyFile(bench.tree, copyFile, {
         id: DEVICE_ID,
         name: DEVICE_NAME,
         type: "image_analyzer",

@@ -61,11 +61,11 @@ export interface CopyFile {
  * Scans `tree` as the uploader does, builds each unit's row with lib/folder.ts buildRow and
  * writes the rows in COPY text format to `file`, in {@linkcode COPY_COLUMNS} order.
  */
-export function writeCopyFile(
+export async function writeCopyFile(
   tree: string,
   file: string,
   device: { id: string; name: string; type: string },
-): CopyFile {
+): Promise<CopyFile> {
   const started = performance.now();
   const config = DEFAULT_CONFIG;
   const out = Deno.openSync(file, { write: true, create: true, truncate: true });
@@ -84,7 +84,7 @@ export function writeCopyFile(
   };
   const now = new Date();
   try {
-    for (
+    for await (
       const item of scanFolders(tree, {
         imageExtensions: config.imageExtensions,
         statsFileName: config.statsFileName,

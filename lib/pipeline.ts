@@ -11,7 +11,12 @@ import { markerNames, type UploaderConfig } from "../config.ts";
 import { EXIT, messageOf, UploadError } from "./errors.ts";
 import { buildRow } from "./folder.ts";
 import { type FailedMarker, MarkerWriter, type SuccessMarker } from "./markers.ts";
-import { type FolderSnapshot, scanFolders, scanFoldersInWorker, snapshotFolder } from "./scan.ts";
+import {
+  type FolderSnapshot,
+  scanFolderChunks,
+  scanFoldersInWorker,
+  snapshotFolder,
+} from "./scan.ts";
 import { sleep } from "./retry.ts";
 import type { ScanDecision, Tracker } from "./tracker.ts";
 import type { Connector } from "./connect.ts";
@@ -434,7 +439,7 @@ export async function runUpload(options: UploadOptions): Promise<RunResult> {
       signal: stop.signal,
     };
     const scan = options.scanInWorker === false
-      ? chunked(scanFolders(basePath, scanOptions), 256)
+      ? scanFolderChunks(basePath, scanOptions)
       : scanFoldersInWorker(basePath, scanOptions);
     walk: for await (const items of scan) {
       for (const item of items) {
@@ -570,19 +575,6 @@ const NO_CONNECTOR: Connector = {
   open: () => Promise.reject(new UploadError("fatal", "No target to upload to")),
   close: () => Promise.resolve(),
 };
-
-/** Groups a generator's items into arrays of `size`. */
-function* chunked<T>(items: Iterable<T>, size: number): Generator<T[]> {
-  let buffer: T[] = [];
-  for (const item of items) {
-    buffer.push(item);
-    if (buffer.length >= size) {
-      yield buffer;
-      buffer = [];
-    }
-  }
-  if (buffer.length > 0) yield buffer;
-}
 
 function countExhausted(tracker: Tracker, maxRetries: number): number {
   const row = tracker.db.prepare(
