@@ -3,17 +3,20 @@
  * the same run, and prints a markdown table.
  *
  * ```sh
- * deno task bench [--folders N] [--runs K] [--keep] [--tree DIR] [--latency-ms MS]
- *                 [--parallel-list 1,4,8] [--profile DIR] [--json-out FILE]
- *                 [--steps scan,first,unchanged,percent] [--v8-flags FLAGS]
+ * deno task bench [--folders N] [--layout nested|flat] [--runs K] [--keep] [--tree DIR]
+ *                 [--latency-ms MS] [--parallel-list 1,4,8] [--profile DIR]
+ *                 [--json-out FILE] [--steps scan,first,unchanged,percent,markers]
+ *                 [--v8-flags FLAGS]
  * ```
  *
- * Steps (each run beside its floor, the floor measured just before it):
- * scan-only of a fresh tree vs `find`; first full upload vs `find` + `psql \copy` of the
- * same rows; unchanged re-run vs `find`; re-run with 1 % of folders changed vs `find`;
- * with `--latency-ms`, the first upload through a delaying TCP proxy at several
- * `--parallel` values. The uploader runs as a subprocess (`scripts/upload_manager.ts
- * --json`) and its summary counts are checked, so a broken run cannot look fast.
+ * Steps (each run beside its floor, the floor measured just before it), with
+ * `--no-markers`: scan-only of a fresh tree vs `find`; first full upload vs `find` +
+ * `psql \copy` of the same rows; unchanged re-run vs `find`; re-run with 1 % of folders
+ * changed vs `find`; with `--latency-ms`, the first upload through a delaying TCP proxy at
+ * several `--parallel` values. With the uploader's default flags (markers on): the first
+ * upload vs `find` + `\copy` + plain processes writing the same markers. The uploader runs
+ * as a subprocess (`scripts/upload_manager.ts --json`) and its summary counts are checked,
+ * so a broken run cannot look fast.
  *
  * The server: a private PostgreSQL 15 (support/postgres.ts), or `$SUPABASE_DB_URL`
  * (then only the benchmark's own device's rows are deleted between runs).
@@ -24,17 +27,19 @@
 import { parseArgs } from "node:util";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
-import { generateTree } from "../support/tree.ts";
+import { generatedKeys, generateTree } from "../support/tree.ts";
 import { type PgServer, startPostgres } from "../support/postgres.ts";
 import {
   type CopyFile,
   copyFloor,
   findFloor,
   floorTableSql,
+  markerFloor,
   psqlExec,
   writeCopyFile,
+  writeFolderList,
 } from "./floor.ts";
-import { cpuSeconds, type Measured, runMeasured, runningChildren } from "./proc.ts";
+import { type Measured, runMeasured, runningChildren, treeCpuSeconds } from "./proc.ts";
 import { startDelayProxy } from "./delay_proxy.ts";
 import {
   formatSteps,
@@ -55,6 +60,8 @@ const FLOOR_TABLE = "device_test_bench_copy_floor";
 
 interface Options {
   folders: number;
+  /** `nested`: `Line<n>/Batch<i>`, 1000 per line; `flat`: every `Batch<i>` in the base. */
+  layout: "nested" | "flat";
   runs: number;
   keep: boolean;
   tree?: string;
@@ -65,7 +72,7 @@ interface Options {
    * the `upload` task in deno.json, so the benchmark runs what users run; "" for none.
    */
   v8Flags?: string;
-  /** Steps to run: scan, first, unchanged, percent (the last two imply first). */
+  /** Steps to run: scan, first, unchanged, percent (the last two imply first), markers. */
   steps: Set<string>;
   profile?: string;
   jsonOut: string;
@@ -74,9 +81,10 @@ interface Options {
 function usage(message: string): never {
   console.error(`Error: ${message}`);
   console.error(
-    "Usage: deno task bench [--folders N] [--runs K] [--keep] [--tree DIR] [--latency-ms MS]\n" +
-      "                       [--parallel-list 1,4,8] [--profile DIR] [--json-out FILE]\n" +
-      "                       [--steps scan,first,unchanged,percent] [--v8-flags FLAGS]",
+    "Usage: deno task bench [--folders N] [--layout nested|flat] [--runs K] [--keep]\n" +
+      "                       [--tree DIR] [--latency-ms MS] [--parallel-list 1,4,8]\n" +
+      "                       [--profile DIR] [--json-out FILE] [--v8-flags FLAGS]\n" +
+      "                       [--steps scan,first,unchanged,percent,markers]",
   );
   Deno.exit(2);
 }
@@ -86,12 +94,13 @@ function parseOptions(argv: string[]): Options {
     args: argv,
     options: {
       folders: { type: "string", default: "100000" },
+      layout: { type: "string", default: "nested" },
       runs: { type: "string", default: "3" },
       keep: { type: "boolean", default: false },
       tree: { type: "string" },
       "latency-ms": { type: "string", default: "0" },
       "parallel-list": { type: "string", default: "1,4,8" },
-      steps: { type: "string", default: "scan,first,unchanged,percent" },
+      steps: { type: "string", default: STEPS.join(",") },
       "v8-flags": { type: "string" },
       profile: { type: "string" },
       "json-out": { type: "string" },
@@ -105,8 +114,11 @@ function parseOptions(argv: string[]): Options {
     return n;
   };
   const stamp = new Date().toISOString().replace(/[-:]/g, "").replace(/\..*/, "");
+  const layout = values.layout;
+  if (layout !== "nested" && layout !== "flat") usage("--layout takes nested or flat");
   return {
     folders: int("folders", values.folders, 10),
+    layout,
     runs: int("runs", values.runs, 1),
     keep: values.keep,
     tree: values.tree,
@@ -132,7 +144,7 @@ function uploadTaskV8Flags(): string | undefined {
   }
 }
 
-const STEPS = ["scan", "first", "unchanged", "percent"];
+const STEPS = ["scan", "first", "unchanged", "percent", "markers"];
 
 function parseSteps(text: string): Set<string> {
   const steps = new Set(text.split(",").map((s) => s.trim()).filter((s) => s !== ""));
@@ -263,14 +275,17 @@ class Bench {
     return join(this.work, `tracker-${++this.#trackerSeq}.db`);
   }
 
-  /** Server CPU seconds so far (postmaster plus reaped backends), or null when unknown. */
+  /**
+   * Server CPU seconds so far: the postmaster's process tree (backends, background
+   * processes, and the children it reaped), or null when unknown.
+   */
   serverCpu(): number | null {
     if (!this.server) return null;
     try {
       const pid = Number(
         Deno.readTextFileSync(join(this.server.dataDir, "postmaster.pid")).split("\n")[0],
       );
-      return cpuSeconds(pid, true) ?? null;
+      return treeCpuSeconds(pid) ?? null;
     } catch {
       // No pid file: the server is external or stopped.
       return null;
@@ -280,7 +295,7 @@ class Bench {
   /** Runs the uploader CLI and returns the measurement and its summary. */
   async upload(
     args: string[],
-    options: { url?: string; profileDir?: string } = {},
+    options: { url?: string; profileDir?: string; markers?: boolean } = {},
   ): Promise<{ result: Measured; summary: Record<string, unknown>; figures: RunFigures }> {
     const denoArgs = ["run", "-A"];
     if (this.options.v8Flags) denoArgs.push(`--v8-flags=${this.options.v8Flags}`);
@@ -289,7 +304,15 @@ class Bench {
     const serverBefore = this.serverCpu();
     const result = await runMeasured(
       Deno.execPath(),
-      [...denoArgs, UPLOADER, this.tree, "--no-markers", "--json", "--quiet", ...args],
+      [
+        ...denoArgs,
+        UPLOADER,
+        this.tree,
+        ...(options.markers ? [] : ["--no-markers"]),
+        "--json",
+        "--quiet",
+        ...args,
+      ],
       {
         env: {
           SUPABASE_DB_URL: options.url ?? this.url,
@@ -300,6 +323,8 @@ class Bench {
         cwd: ROOT,
       },
     );
+    // Backends end just after their psql: let them finish (their CPU counts either way).
+    await new Promise((r) => setTimeout(r, 200));
     const serverAfter = this.serverCpu();
     const summary = summaryOf(result);
     return {
@@ -311,7 +336,8 @@ class Bench {
         psqlPeakKb: result.psqlPeakKb,
         psqlSumKb: result.psqlSumKb,
         cpu: {
-          deno: result.cpuSeconds,
+          // Everything the uploader started and waited for, less its psql children.
+          deno: Math.max(result.cpuSeconds, result.treeCpuSeconds - result.psqlCpuSeconds),
           psql: result.psqlCpuSeconds,
           server: serverBefore === null || serverAfter === null ? null : serverAfter - serverBefore,
         },
@@ -355,31 +381,35 @@ async function prepareTree(options: Options, work: string): Promise<{
 }> {
   const treeRoot = options.tree ?? join(work, "tree");
   const metaFile = `${treeRoot}.bench.json`;
+  const shape = { folders: options.folders, nested: options.layout === "nested", perLine: 1000 };
   try {
     const meta = JSON.parse(Deno.readTextFileSync(metaFile));
-    if (meta.folders === options.folders) {
-      log(`Reusing the tree at ${treeRoot} (${meta.units} units)`);
-      const keys = generateKeys(options.folders);
+    const layout = meta.layout ?? "nested"; // trees kept before --layout existed are nested
+    if (meta.folders === options.folders && layout === options.layout) {
+      log(`Reusing the tree at ${treeRoot} (${meta.units} units, ${layout})`);
+      const keys = generatedKeys(shape);
       if (keys.length !== meta.units) throw new Error(`${metaFile}: unexpected unit count`);
       return { tree: treeRoot, units: meta.units, keys, info: { ...meta, reused: true } };
     }
-    usage(`${treeRoot} holds ${meta.folders} folders, not ${options.folders}`);
+    usage(
+      `${treeRoot} holds ${meta.folders} folders (${layout}), not ${options.folders} ` +
+        `(${options.layout})`,
+    );
   } catch (error) {
     if (!(error instanceof Deno.errors.NotFound)) throw error;
   }
-  log(`Generating ${options.folders.toLocaleString("en-US")} folders in ${treeRoot}`);
+  log(
+    `Generating ${options.folders.toLocaleString("en-US")} folders (${options.layout}) ` +
+      `in ${treeRoot}`,
+  );
   const started = performance.now();
-  const generated = generateTree(treeRoot, {
-    folders: options.folders,
-    nested: true,
-    perLine: 1000,
-    keys: true,
-  });
+  const generated = generateTree(treeRoot, { ...shape, keys: true });
   const seconds = (performance.now() - started) / 1000;
   const du = await commandText("du", ["-sh", "--apparent-size", treeRoot]);
   const duDisk = await commandText("du", ["-sh", treeRoot]);
   const info = {
     folders: options.folders,
+    layout: options.layout,
     units: generated.units,
     non_units: generated.nonUnits,
     with_stats: generated.withStats,
@@ -392,20 +422,6 @@ async function prepareTree(options: Options, work: string): Promise<{
   Deno.writeTextFileSync(metaFile, JSON.stringify(info, null, 2));
   log(`Generated in ${seconds.toFixed(1)} s: ${JSON.stringify(info)}`);
   return { tree: treeRoot, units: generated.units, keys: generated.keys!, info };
-}
-
-/**
- * The unit keys generateTree writes for a nested tree with its default `nonUnitEvery` (10)
- * and `perLine` 1000, without walking it (for a reused tree).
- */
-function generateKeys(folders: number): string[] {
-  const width = Math.max(5, String(Math.max(0, folders - 1)).length);
-  const keys: string[] = [];
-  for (let i = 0; i < folders; i++) {
-    if (i % 10 === 9) continue;
-    keys.push(`Line${Math.floor(i / 1000) + 1}/Batch${String(i).padStart(width, "0")}`);
-  }
-  return keys;
 }
 
 async function main(): Promise<number> {
@@ -508,8 +524,8 @@ async function main(): Promise<number> {
     const runsOf = (step: string) => (options.steps.has(step) ? runs : 0);
     const copyFile = join(work, "rows.copy");
     let copy: CopyFile | null = null;
-    if (runsOf("first") > 0) {
-      copy = writeCopyFile(bench.tree, copyFile, {
+    if (runsOf("first") > 0 || runsOf("markers") > 0) {
+      copy = await writeCopyFile(bench.tree, copyFile, {
         id: DEVICE_ID,
         name: DEVICE_NAME,
         type: "image_analyzer",
@@ -656,7 +672,77 @@ async function main(): Promise<number> {
     }
     if (runsOf("first") > 0) bench.steps.push(findStep, copyStep);
 
-    // 5. Latency: the first upload through a delaying proxy, at several --parallel.
+    // 5. The uploader's default flags (markers on): the first upload again, which also
+    // writes a success marker in every unit, vs find + \copy + the same marker writes.
+    const withMarkers: StepResult = {
+      key: "first_upload_markers",
+      label: "first upload, fresh tracker, empty table, markers on",
+      floorLabel: "find + \\copy + markers",
+      folders: units,
+      runs: [],
+    };
+    const markerStep: StepResult = {
+      key: "marker_floor",
+      label: `(floor) markers: temp file + rename, ${navigator.hardwareConcurrency} processes`,
+      folders: units,
+      runs: [],
+    };
+    const defaultSteps: StepResult[] = [];
+    if (runsOf("markers") > 0) {
+      const list = join(work, "units.list");
+      writeFolderList(bench.tree, bench.keys, list);
+      const removeMarkers = () => markerFloor(list, { action: "remove" });
+      // A tree that outlives the benchmark is left without markers, even after Ctrl-C.
+      if (options.tree || options.keep) {
+        await addCleanup(async () => {
+          await removeMarkers();
+        });
+      }
+      for (let i = 0; i < runsOf("markers"); i++) {
+        const findMs = await bench.find();
+        await bench.emptyTable(FLOOR_TABLE);
+        const copied = await copyFloor(bench.url, FLOOR_TABLE, copyFile);
+        const marked = await markerFloor(list, { action: "write" });
+        await removeMarkers();
+        markerStep.runs.push({
+          ms: marked.wallMs,
+          cpu: { deno: marked.cpuSeconds, psql: 0, server: null },
+        });
+        await bench.emptyTable();
+        const { summary, figures } = await bench.upload(
+          ["--db-path", bench.freshTracker()],
+          { markers: true },
+        );
+        expectCounts("first upload with markers", summary, {
+          exit_code: 0,
+          scanned: units,
+          uploaded: units,
+          inserted: units,
+          failed: 0,
+          marker_errors: 0,
+        });
+        const rows = await bench.countRows();
+        if (rows !== units) {
+          throw new Error(`first upload with markers: table holds ${rows} rows, not ${units}`);
+        }
+        for (const key of [bench.keys[0], bench.keys[bench.keys.length - 1]]) {
+          const marker = join(bench.tree, key, "success.json");
+          if (!Deno.statSync(marker).isFile) throw new Error(`${marker} is not a file`);
+        }
+        await removeMarkers();
+        const floorMs = findMs + copied.wallMs + marked.wallMs;
+        withMarkers.runs.push({ ...figures, floorMs });
+        log(
+          `first upload with markers ${i + 1}/${runs}: ${(figures.ms / 1000).toFixed(2)} s ` +
+            `(find ${(findMs / 1000).toFixed(2)} s + copy ${
+              (copied.wallMs / 1000).toFixed(2)
+            } s + markers ${(marked.wallMs / 1000).toFixed(2)} s)`,
+        );
+      }
+      defaultSteps.push(withMarkers, markerStep);
+    }
+
+    // 6. Latency: the first upload through a delaying proxy, at several --parallel.
     const latencySteps: { parallel: number; step: StepResult }[] = [];
     if (options.latencyMs > 0 && bench.server) {
       const proxy = startDelayProxy({
@@ -695,7 +781,7 @@ async function main(): Promise<number> {
       log("--latency-ms needs the private server (no proxy in front of $SUPABASE_DB_URL)");
     }
 
-    // 6. Profiles, in extra runs not counted above.
+    // 7. Profiles, in extra runs not counted above.
     const profiles: Record<string, unknown> = {};
     const profileText: string[] = [];
     if (options.profile) {
@@ -742,6 +828,7 @@ async function main(): Promise<number> {
     ratioTarget("first upload / (find + \\copy)", first, 2.5);
     ratioTarget("unchanged re-run / find", unchanged, 1.5);
     ratioTarget("1 % changed / find", percent, 2);
+    ratioTarget("first upload, markers on / (find + \\copy + markers)", withMarkers, 2.5);
     if (big) {
       const abs = (label: string, step: StepResult, limitS: number) => {
         if (step.runs.length === 0) return;
@@ -753,10 +840,10 @@ async function main(): Promise<number> {
     }
     const rssLimit = big ? 250 : 200;
     const rss = Math.max(
-      ...bench.steps.map((s) => fig(s).rssMb ?? 0),
+      ...[...bench.steps, ...defaultSteps].map((s) => fig(s).rssMb ?? 0),
     );
     targets.push({
-      label: "peak RSS of the Deno process",
+      label: "peak RSS of the Deno process (all threads)",
       measured: rss,
       limit: rssLimit,
       unit: "MB",
@@ -777,14 +864,20 @@ async function main(): Promise<number> {
 
     const loadAtEnd = Deno.readTextFileSync("/proc/loadavg").trim();
     const table = formatSteps(bench.steps);
+    const defaultTable = defaultSteps.length > 0
+      ? "With the uploader's default flags (markers on):\n\n" + formatSteps(defaultSteps) + "\n\n"
+      : "";
     const targetTable = formatTargets(targets);
     const code = machine.uncommitted.length === 0
       ? `code: ${machine.commit}`
       : `code: ${machine.commit} plus uncommitted changes to ${
         machine.uncommitted.map((l) => l.slice(3)).join(", ")
       }`;
+    const shape = options.layout === "nested"
+      ? "nested Line<n>/Batch<i>, 1000 per line"
+      : "flat: every Batch<i> directly in the base";
     const header = `Tree: ${options.folders.toLocaleString("en-US")} folders ` +
-      `(${units.toLocaleString("en-US")} upload units, nested Line<n>/Batch<i>, 1000 per line); ` +
+      `(${units.toLocaleString("en-US")} upload units, ${shape}); ` +
       `${runs} run(s) per step (latency and profile runs: 1 each); ` +
       (options.v8Flags
         ? `uploader run with --v8-flags=${options.v8Flags}; `
@@ -792,7 +885,8 @@ async function main(): Promise<number> {
       `server: ${bench.external ? "$SUPABASE_DB_URL" : `private PostgreSQL ${pgVersion}`}; ` +
       `load average at start ${machine.load_at_start.split(" ").slice(0, 3).join(" ")}, ` +
       `at end ${loadAtEnd.split(" ").slice(0, 3).join(" ")}; ${code}.`;
-    console.log(`${header}\n\n${table}\n\n${targetTable}\n`);
+    const noMarkers = bench.steps.length > 0 ? "With --no-markers:\n\n" + table + "\n\n" : "";
+    console.log(`${header}\n\n${noMarkers}${defaultTable}${targetTable}\n`);
     if (profileText.length > 0) console.log(profileText.join("\n"));
 
     const report = {
@@ -802,6 +896,7 @@ async function main(): Promise<number> {
       tree: prepared.info,
       copy_file: copy,
       steps: bench.steps.map((s) => ({ ...s, figures: fig(s) })),
+      default_flag_steps: defaultSteps.map((s) => ({ ...s, figures: fig(s) })),
       targets,
       profiles,
     };

@@ -1,7 +1,10 @@
 /**
- * The floors the uploader is measured against: `find` (walk + stat of every file) and
+ * The floors the uploader is measured against: `find` (walk + stat of every file),
  * `psql \copy` of the very rows the uploader would send into an empty table with the
- * same columns, keys and indexes.
+ * same columns, keys and indexes, and plain processes writing the same marker files.
+ *
+ * Also a script: `deno run -A bench/floor.ts markers write|remove LIST INDEX COUNT NAME`
+ * is one process of {@linkcode markerFloor}.
  *
  * @module
  */
@@ -61,11 +64,11 @@ export interface CopyFile {
  * Scans `tree` as the uploader does, builds each unit's row with lib/folder.ts buildRow and
  * writes the rows in COPY text format to `file`, in {@linkcode COPY_COLUMNS} order.
  */
-export function writeCopyFile(
+export async function writeCopyFile(
   tree: string,
   file: string,
   device: { id: string; name: string; type: string },
-): CopyFile {
+): Promise<CopyFile> {
   const started = performance.now();
   const config = DEFAULT_CONFIG;
   const out = Deno.openSync(file, { write: true, create: true, truncate: true });
@@ -84,7 +87,7 @@ export function writeCopyFile(
   };
   const now = new Date();
   try {
-    for (
+    for await (
       const item of scanFolders(tree, {
         imageExtensions: config.imageExtensions,
         statsFileName: config.statsFileName,
@@ -153,4 +156,103 @@ export async function psqlExec(url: string, sql: string): Promise<string> {
     throw new Error(`psql failed (exit ${result.code}): ${result.stderr.trim().slice(-2000)}`);
   }
   return result.stdout;
+}
+
+/** What the marker floor writes in each folder, about the size of the uploader's marker. */
+function markerText(dir: string): string {
+  const name = dir.slice(dir.lastIndexOf("/") + 1);
+  return JSON.stringify(
+    {
+      status: "success",
+      folder_name: name,
+      folder_key: name,
+      upload_time: new Date().toISOString(),
+      upload_batch: "batch_marker_floor",
+      images_uploaded: 2,
+      test_status: "passed",
+      folder_hash: "0123456789abcdef0123456789abcdef",
+    },
+    null,
+    2,
+  ) + "\n";
+}
+
+/** Options for {@linkcode markerFloor}. */
+export interface MarkerFloorOptions {
+  /** `write`: a temp file then a rename onto `name`, in every folder; `remove`: unlink it. */
+  action: "write" | "remove";
+  /** The marker's name. Default `success.json`. */
+  name?: string;
+  /** Processes in parallel, each taking every `processes`-th folder. Default: the CPUs. */
+  processes?: number;
+}
+
+/**
+ * Writes (or removes) a marker file in every folder listed in `listFile` (absolute paths,
+ * NUL-separated) the way the uploader does (a hidden temp file, then a rename), with
+ * `processes` plain Deno processes in parallel doing nothing else: the floor of the
+ * uploader's marker writes. Returns the wall time of the whole (all processes).
+ */
+export async function markerFloor(
+  listFile: string,
+  options: MarkerFloorOptions,
+): Promise<{ wallMs: number; cpuSeconds: number }> {
+  const count = Math.max(1, options.processes ?? navigator.hardwareConcurrency);
+  const self = new URL(import.meta.url).pathname;
+  const started = performance.now();
+  const runs = await Promise.all(
+    Array.from({ length: count }, (_, index) =>
+      timeCommand(Deno.execPath(), [
+        "run",
+        "--allow-read",
+        "--allow-write",
+        self,
+        "markers",
+        options.action,
+        listFile,
+        String(index),
+        String(count),
+        options.name ?? "success.json",
+      ])),
+  );
+  return {
+    wallMs: performance.now() - started,
+    cpuSeconds: runs.reduce((sum, r) => sum + r.treeCpuSeconds, 0),
+  };
+}
+
+/** Writes the folders of `keys` under `tree` to `file`, NUL-separated, for markerFloor. */
+export function writeFolderList(tree: string, keys: readonly string[], file: string): void {
+  Deno.writeTextFileSync(file, keys.map((k) => `${tree}/${k}`).join("\0"));
+}
+
+/** One marker-floor process: its share of the folders in the list. */
+function markerFloorPart(args: string[]): void {
+  const [action, listFile, indexText, countText, name] = args;
+  const index = Number(indexText);
+  const count = Number(countText);
+  const dirs = Deno.readTextFileSync(listFile).split("\0");
+  for (let i = index; i < dirs.length; i += count) {
+    const dir = dirs[i];
+    if (action === "remove") {
+      try {
+        Deno.removeSync(`${dir}/${name}`);
+      } catch (error) {
+        if (!(error instanceof Deno.errors.NotFound)) throw error;
+      }
+      continue;
+    }
+    const temp = `${dir}/.${name}.${Deno.pid}.tmp`;
+    Deno.writeTextFileSync(temp, markerText(dir));
+    Deno.renameSync(temp, `${dir}/${name}`);
+  }
+}
+
+if (import.meta.main) {
+  const [mode, ...rest] = Deno.args;
+  if (mode !== "markers" || rest.length !== 5) {
+    console.error("Usage: floor.ts markers write|remove LIST_FILE INDEX COUNT NAME");
+    Deno.exit(2);
+  }
+  markerFloorPart(rest);
 }

@@ -25,6 +25,11 @@ export interface Measured {
   cpuSeconds: number;
   /** CPU seconds of its psql descendants (at their last poll). */
   psqlCpuSeconds: number;
+  /**
+   * CPU seconds of the command and everything it started and waited for, exactly: what
+   * this process's reaped-children counters grew by while it ran.
+   */
+  treeCpuSeconds: number;
 }
 
 /** Options for {@linkcode runMeasured}. */
@@ -73,6 +78,20 @@ export function cpuSeconds(pid: number, withChildren = false): number | undefine
   return ticks / CLK_TCK;
 }
 
+/**
+ * CPU seconds of a process tree so far: the process's own and its reaped children's, plus
+ * every live descendant's (own and reaped). The difference between two readings is what
+ * the tree used in between, whether a child exited (and was reaped) meanwhile or not.
+ * Undefined when the process is gone.
+ */
+export function treeCpuSeconds(pid: number): number | undefined {
+  const root = cpuSeconds(pid, true);
+  if (root === undefined) return undefined;
+  let total = root;
+  for (const child of descendantsOf(pid)) total += cpuSeconds(child, true) ?? 0;
+  return total;
+}
+
 /** Direct children of a process (over all its threads). */
 function childrenOf(pid: number): number[] {
   const out: number[] = [];
@@ -119,6 +138,7 @@ export async function runMeasured(
   options: RunOptions = {},
 ): Promise<Measured> {
   const started = performance.now();
+  const reapedBefore = cpuSeconds(Deno.pid, true)! - cpuSeconds(Deno.pid)!;
   const child = new Deno.Command(cmd, {
     args,
     env: options.env,
@@ -155,6 +175,7 @@ export async function runMeasured(
   const output = await child.output().finally(() => runningChildren.delete(child));
   clearInterval(timer);
   const wallMs = performance.now() - started;
+  const reapedAfter = cpuSeconds(Deno.pid, true)! - cpuSeconds(Deno.pid)!;
   const decoder = new TextDecoder();
   const psqlAll = [...psql.values()];
   return {
@@ -168,6 +189,7 @@ export async function runMeasured(
     psqlCount: psqlAll.length,
     cpuSeconds: cpu,
     psqlCpuSeconds: psqlAll.reduce((s, p) => s + p.cpu, 0),
+    treeCpuSeconds: reapedAfter - reapedBefore,
   };
 }
 

@@ -16,7 +16,10 @@ export interface RunFigures {
   psqlPeakKb?: number;
   /** Sum of the psql children's peak RSS (KiB). */
   psqlSumKb?: number;
-  /** CPU seconds: the uploader's Deno process, its psql children, the server's backends. */
+  /**
+   * CPU seconds: the uploader's Deno process (all threads), its psql children, and the
+   * server's process tree (postmaster, backends, background processes).
+   */
   cpu?: { deno: number; psql: number; server: number | null };
   /** The uploader's summary event, when the step ran the uploader. */
   summary?: Record<string, unknown>;
@@ -62,6 +65,8 @@ export interface StepFigures {
   psqlPeakMb: number | null;
   psqlSumMb: number | null;
   cpu: { deno: number; psql: number; server: number | null } | null;
+  /** The same CPU seconds per 1,000 folders of the step (rows, for an upload). */
+  cpuPer1000: { deno: number; psql: number; server: number | null } | null;
   /** Median 1-minute load average at the start of the runs. */
   load: number | null;
 }
@@ -80,6 +85,14 @@ export function stepFigures(step: StepResult): StepFigures {
   const cpus = step.runs.map((r) => r.cpu).filter((c) => c !== undefined);
   const servers = cpus.map((c) => c.server).filter((v): v is number => v !== null);
   const loads = step.runs.map((r) => r.load).filter((v): v is number => v !== undefined);
+  const cpu = cpus.length > 0
+    ? {
+      deno: median(cpus.map((c) => c.deno)),
+      psql: median(cpus.map((c) => c.psql)),
+      server: servers.length > 0 ? median(servers) : null,
+    }
+    : null;
+  const per = step.folders ? 1000 / step.folders : null;
   return {
     medianMs,
     floorMs,
@@ -88,11 +101,12 @@ export function stepFigures(step: StepResult): StepFigures {
     rssMb: mb(peak((r) => r.rssKb)),
     psqlPeakMb: mb(peak((r) => r.psqlPeakKb)),
     psqlSumMb: mb(peak((r) => r.psqlSumKb)),
-    cpu: cpus.length > 0
+    cpu,
+    cpuPer1000: cpu && per !== null
       ? {
-        deno: median(cpus.map((c) => c.deno)),
-        psql: median(cpus.map((c) => c.psql)),
-        server: servers.length > 0 ? median(servers) : null,
+        deno: cpu.deno * per,
+        psql: cpu.psql * per,
+        server: cpu.server === null ? null : cpu.server * per,
       }
       : null,
     load: loads.length > 0 ? median(loads) : null,
@@ -108,16 +122,20 @@ const fmt = (
 export function formatSteps(steps: StepResult[]): string {
   const lines = [
     "| step | runs | median s | floor | floor s | x floor | folders/s | Deno RSS MB | " +
-    "psql RSS MB peak / sum | CPU s Deno / psql / server | load |",
-    "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|",
+    "psql RSS MB peak / sum | CPU s Deno / psql / server | " +
+    "CPU s per 1,000 folders (rows) Deno / psql / server | load |",
+    "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
   ];
-  for (const step of steps) {
-    const f = stepFigures(step);
-    const cpu = f.cpu
-      ? `${fmt(f.cpu.deno, 1)} / ${fmt(f.cpu.psql, 1)} / ${
-        f.cpu.server === null ? "-" : fmt(f.cpu.server, 1)
+  const cpuText = (c: StepFigures["cpu"], digits: number) =>
+    c
+      ? `${fmt(c.deno, digits)} / ${fmt(c.psql, digits)} / ${
+        c.server === null ? "-" : fmt(c.server, digits)
       }`
       : "";
+  for (const step of steps) {
+    const f = stepFigures(step);
+    const cpu = cpuText(f.cpu, 1);
+    const per1000 = cpuText(f.cpuPer1000, 3);
     const psql = f.psqlPeakMb === null || f.psqlPeakMb === 0
       ? ""
       : f.psqlSumMb === null
@@ -131,7 +149,7 @@ export function formatSteps(steps: StepResult[]): string {
         `${f.rate === null ? "" : Math.round(f.rate).toLocaleString("en-US")} | ${
           fmt(f.rssMb, 0)
         } | ` +
-        `${psql} | ${cpu} | ${fmt(f.load, 1)} |`,
+        `${psql} | ${cpu} | ${per1000} | ${fmt(f.load, 1)} |`,
     );
   }
   return lines.join("\n");

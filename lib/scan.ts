@@ -1,13 +1,18 @@
 /**
  * The folder walk: a streaming, depth-first scan of a base path that yields one snapshot
  * per upload unit (a folder that directly holds an image or the stats file) and one
- * problem per folder it cannot read. It never holds the list of all folders: memory grows
- * with the depth of the tree, not its size.
+ * problem per folder it cannot read.
+ *
+ * Memory grows with the depth of the tree, never with its size or with the width of one
+ * directory: a small directory is listed in one synchronous call (the fast path), a wide
+ * one (its `st_size` at least {@linkcode ScanOptions.streamDirBytes}) is read as a stream
+ * and its subfolders are walked as their entries arrive, so at most one listing per level
+ * is open and no list of a wide directory's names is ever held.
  *
  * @module
  */
 
-import { basename, join, resolve } from "node:path";
+import { basename, resolve } from "node:path";
 import { compareNames, type FileEntry, fingerprintFiles } from "./fingerprint.ts";
 
 /** What the scan knows of one upload unit. */
@@ -53,12 +58,27 @@ export interface ScanOptions {
   /** Checked between folders; when aborted the scan stops early. */
   signal?: AbortSignal;
   /**
-   * Walk only part of the tree, for parallel walkers: the base's subfolders whose index
-   * (in name order) modulo `count` is `index`; the base folder itself belongs to part 0.
+   * Walk only part of the tree, for parallel walkers: the base's subfolders whose name
+   * hashes to `index` ({@linkcode partitionOf}); the base folder itself belongs to part 0.
    * Default: the whole tree.
    */
   partition?: { index: number; count: number };
+  /**
+   * A directory whose size (`st_size`) is at least this many bytes, or 0 (the file system
+   * does not say), is read as a stream instead of in one call. 32 KiB is about 1,500
+   * entries on ext4, tmpfs and btrfs. Default {@linkcode STREAM_DIR_BYTES}.
+   */
+  streamDirBytes?: number;
 }
+
+/** Options for {@linkcode scanFolderChunks}. */
+export interface ChunkScanOptions extends ScanOptions {
+  /** Items per chunk (the last one may be shorter). Default 256. */
+  chunk?: number;
+}
+
+/** The default of {@linkcode ScanOptions.streamDirBytes}: 32 KiB. */
+export const STREAM_DIR_BYTES = 32 * 1024;
 
 const DEFAULT_IMAGE_EXTENSIONS = [".jpg", ".jpeg", ".png", ".gif", ".bmp"];
 
@@ -70,135 +90,392 @@ export function isImageName(name: string, extensions: readonly string[]): boolea
 }
 
 /**
- * Walks `base` depth-first in name order and yields a snapshot for every upload unit and
- * a problem for every folder that cannot be read. Hidden entries (a name starting with
- * `.`) are skipped; symbolic links are never followed, so a link loop cannot hang it.
+ * The part (0 .. `count` - 1) a subfolder of the base belongs to when `count` walkers
+ * share the tree: a hash of its name (FNV-1a, then murmur3's finaliser), so each walker
+ * decides alone, as the names arrive, without listing or sorting them first.
  *
- * @throws {Deno.errors.NotFound} when `base` itself does not exist (other errors about
- * `base` are yielded as a problem).
+ * @example
+ * ```ts
+ * partitionOf("Batch54", 1); // 0
+ * partitionOf("Batch54", 2) === partitionOf("Batch54", 2); // always the same part
+ * ```
  */
-export function* scanFolders(base: string, options: ScanOptions = {}): Generator<ScanItem> {
-  const root = resolve(base);
-  const extensions = options.imageExtensions ?? DEFAULT_IMAGE_EXTENSIONS;
-  const statsName = options.statsFileName ?? "stats.json";
-  const markers = options.markerNames ?? new Set<string>();
-  const part = options.partition && options.partition.count > 1 ? options.partition : undefined;
-  // The base is the one path followed when it is a symlink (as `find -H` does): the user
-  // named it. Links below it are never followed.
-  const rootInfo = Deno.statSync(root);
-  if (!rootInfo.isDirectory) {
-    yield { kind: "problem", problem: { path: root, reason: "Not a directory" } };
-    return;
+export function partitionOf(name: string, count: number): number {
+  if (count <= 1) return 0;
+  let h = 0x811c9dc5;
+  for (let i = 0; i < name.length; i++) {
+    h ^= name.charCodeAt(i);
+    h = Math.imul(h, 0x01000193);
   }
-  // One frame per directory level being walked: its sorted subdirectory names and the
-  // index of the next one to visit. Memory grows with depth and the widest directory's
-  // names, never with the whole tree.
-  interface Frame {
-    dir: string;
-    key: string;
-    subdirs: string[];
-    next: number;
+  h ^= h >>> 16;
+  h = Math.imul(h, 0x85ebca6b);
+  h ^= h >>> 13;
+  h = Math.imul(h, 0xc2b2ae35);
+  h ^= h >>> 16;
+  return (h >>> 0) % count;
+}
+
+/** A directory being walked whose subfolder names were all read in one call. */
+interface ListFrame {
+  kind: "list";
+  dir: string;
+  /** Key prefix of its subfolders ("" below a base that is not a unit). */
+  prefix: string;
+  /** Its subfolders to visit (sorted), and the next one. */
+  names: string[];
+  next: number;
+}
+
+/** A wide directory being walked while its listing is read. */
+interface StreamFrame {
+  kind: "stream";
+  dir: string;
+  /** Its own key ("" for the base). */
+  key: string;
+  prefix: string;
+  entries: AsyncIterator<Deno.DirEntry>;
+  isRoot: boolean;
+  /** Whether this walker reports the directory itself (its snapshot, its bad names). */
+  owns: boolean;
+  /** Whether an image or the stats file has been seen in it so far. */
+  isUnit: boolean;
+}
+
+type Frame = ListFrame | StreamFrame;
+
+/** The resolved options and state of one walk. */
+class Walk {
+  readonly root: string;
+  readonly rootName: string;
+  readonly extensions: readonly string[];
+  readonly statsName: string;
+  readonly markers: ReadonlySet<string>;
+  readonly part: { index: number; count: number } | undefined;
+  readonly streamBytes: number;
+  readonly stack: Frame[] = [];
+  /** Items found and not yet handed out. */
+  out: ScanItem[] = [];
+
+  constructor(root: string, options: ScanOptions) {
+    this.root = root;
+    this.rootName = basename(root);
+    this.extensions = options.imageExtensions ?? DEFAULT_IMAGE_EXTENSIONS;
+    this.statsName = options.statsFileName ?? "stats.json";
+    this.markers = options.markerNames ?? new Set<string>();
+    const part = options.partition;
+    this.part = part && part.count > 1 ? part : undefined;
+    this.streamBytes = options.streamDirBytes ?? STREAM_DIR_BYTES;
   }
-  const stack: Frame[] = [];
-  let pending: { dir: string; key: string } | null = { dir: root, key: "" };
-  while (pending !== null || stack.length > 0) {
-    if (options.signal?.aborted) return;
-    if (pending === null) {
-      const top = stack[stack.length - 1];
-      if (top.next >= top.subdirs.length) {
-        stack.pop();
-        continue;
-      }
-      const name = top.subdirs[top.next++];
-      pending = { dir: join(top.dir, name), key: top.key === "" ? name : `${top.key}/${name}` };
+
+  problem(path: string, reason: string): void {
+    this.out.push({ kind: "problem", problem: { path, reason } });
+  }
+
+  /** Whether a file name makes its folder a unit. */
+  isUnitFile(name: string): boolean {
+    return name === this.statsName || isImageName(name, this.extensions);
+  }
+
+  /** Whether this walker walks the base's subfolder `name`. */
+  ownsChild(name: string): boolean {
+    return this.part === undefined || partitionOf(name, this.part.count) === this.part.index;
+  }
+
+  child(dir: string, name: string): string {
+    // The root is resolved (absolute, normalised), so a plain join is enough.
+    return dir === "/" ? `/${name}` : `${dir}/${name}`;
+  }
+
+  /** Whether a directory of this size is read as a stream. */
+  streams(size: number): boolean {
+    return size === 0 || size >= this.streamBytes;
+  }
+
+  /** Starts the walk at the base (stat'ed by the caller: it may be a symlink). */
+  async start(info: Deno.FileInfo): Promise<void> {
+    const owns = this.part === undefined || this.part.index === 0;
+    if (!this.streams(info.size)) {
+      this.listDir(this.root, "", true, owns);
+      return;
     }
-    const { dir, key } = pending;
-    pending = null;
+    // Keys below a base that is a unit start with its name, so that must be known before
+    // the first subfolder is walked: a first pass over the listing looks for a unit file.
+    const isUnit = await this.hasUnitFile(this.root);
+    this.openStream(this.root, "", true, owns, isUnit);
+  }
+
+  /** Walks into a subfolder found in a listing. */
+  visit(dir: string, key: string): void {
+    let info: Deno.FileInfo;
+    try {
+      info = Deno.lstatSync(dir);
+    } catch (error) {
+      this.problem(dir, describeFsError(error));
+      return;
+    }
+    // Replaced by a link since the listing: links below the base are never followed.
+    if (info.isSymlink) return;
+    if (!info.isDirectory) {
+      this.problem(dir, "Not a directory");
+      return;
+    }
+    if (this.streams(info.size)) this.openStream(dir, key, false, true, false);
+    else this.listDir(dir, key, false, true);
+  }
+
+  /** The fast path: one synchronous listing, then the snapshot, then the subfolders. */
+  listDir(dir: string, key: string, isRoot: boolean, owns: boolean): void {
     const subdirs: string[] = [];
     const fileNames: string[] = [];
     let isUnit = false;
-    const badNames: string[] = [];
+    let badNames: string[] | undefined;
     try {
       for (const entry of Deno.readDirSync(dir)) {
         const name = entry.name;
         if (name.charCodeAt(0) === 46 /* . */ || entry.isSymlink) continue;
         if (name.includes("\uFFFD")) {
-          badNames.push(name);
-          continue;
-        }
-        if (entry.isDirectory) {
-          subdirs.push(name);
+          (badNames ??= []).push(name);
+        } else if (entry.isDirectory) {
+          if (!isRoot || this.ownsChild(name)) subdirs.push(name);
         } else if (entry.isFile) {
           fileNames.push(name);
-          if (!isUnit && (name === statsName || isImageName(name, extensions))) isUnit = true;
+          if (!isUnit && this.isUnitFile(name)) isUnit = true;
         }
       }
     } catch (error) {
-      yield { kind: "problem", problem: { path: dir, reason: describeFsError(error) } };
-      continue;
+      this.problem(dir, describeFsError(error));
+      return;
     }
-    let ownsDir = true;
-    let children = subdirs;
-    if (part && dir === root) {
-      ownsDir = part.index === 0;
-      children.sort();
-      children = children.filter((_, i) => i % part.count === part.index);
+    for (const name of (owns && badNames) || []) this.badName(dir, name);
+    if (isUnit && owns) this.snapshot(dir, key, fileNames);
+    if (subdirs.length > 0) {
+      subdirs.sort();
+      this.stack.push({
+        kind: "list",
+        dir,
+        prefix: this.prefixBelow(key, isRoot, isUnit),
+        names: subdirs,
+        next: 0,
+      });
     }
-    if (ownsDir) {
-      for (const name of badNames) {
-        yield {
-          kind: "problem",
-          problem: { path: join(dir, name), reason: "Name is not valid UTF-8" },
-        };
-      }
-    }
-    if (children.length > 0) {
-      children.sort();
-      // Below a base that is itself a unit, keys start with the base's name, as they would
-      // from its parent: the base's key and a subfolder of the same name cannot collide.
-      const frameKey = dir === root && isUnit ? basename(root) : key;
-      stack.push({ dir, key: frameKey, subdirs: children, next: 0 });
-    }
-    if (!isUnit || !ownsDir) continue;
+  }
 
+  /** The key prefix of a directory's subfolders. */
+  prefixBelow(key: string, isRoot: boolean, isUnit: boolean): string {
+    // Below a base that is itself a unit, keys start with the base's name, as they would
+    // from its parent: the base's key and a subfolder of the same name cannot collide.
+    return isRoot && isUnit ? this.rootName : key;
+  }
+
+  openStream(dir: string, key: string, isRoot: boolean, owns: boolean, isUnit: boolean): void {
+    this.stack.push({
+      kind: "stream",
+      dir,
+      key,
+      prefix: this.prefixBelow(key, isRoot, isUnit),
+      entries: Deno.readDir(dir)[Symbol.asyncIterator](),
+      isRoot,
+      owns,
+      isUnit,
+    });
+  }
+
+  /** Ends a wide directory whose listing failed part way: reports it, closes it. */
+  async streamFailed(frame: StreamFrame, error: unknown): Promise<null> {
+    this.stack.pop();
+    this.problem(frame.dir, describeFsError(error));
+    await closeListing(frame);
+    return null;
+  }
+
+  /** Walks into a wide directory's entry, or notes what it is. */
+  takeEntry(frame: StreamFrame, entry: Deno.DirEntry): void {
+    const name = entry.name;
+    if (name.charCodeAt(0) === 46 /* . */ || entry.isSymlink) return;
+    if (name.includes("\uFFFD")) {
+      if (frame.owns) this.badName(frame.dir, name);
+    } else if (entry.isDirectory) {
+      if (frame.isRoot && !this.ownsChild(name)) return;
+      const key = frame.prefix === "" ? name : `${frame.prefix}/${name}`;
+      this.visit(this.child(frame.dir, name), key);
+    } else if (entry.isFile && !frame.isUnit && this.isUnitFile(name)) {
+      frame.isUnit = true;
+    }
+  }
+
+  badName(dir: string, name: string): void {
+    // The name came back with U+FFFD in place of its bad bytes: it cannot be addressed.
+    this.problem(this.child(dir, name), "Name is not valid UTF-8");
+  }
+
+  /** Whether a directory directly holds an image or the stats file (stops at the first). */
+  async hasUnitFile(dir: string): Promise<boolean> {
+    try {
+      for await (const entry of Deno.readDir(dir)) {
+        const name = entry.name;
+        if (name.charCodeAt(0) === 46 || !entry.isFile || name.includes("\uFFFD")) continue;
+        if (this.isUnitFile(name)) return true;
+      }
+    } catch {
+      // The walk's own listing of `dir`, next, meets the same error and reports it.
+      return false;
+    }
+    return false;
+  }
+
+  /**
+   * The snapshot of a wide unit: its file names were not kept while its subfolders were
+   * walked, so they are read again (one more pass over the listing, for this rare case).
+   */
+  async snapshotWide(dir: string, key: string): Promise<void> {
+    const fileNames: string[] = [];
+    let isUnit = false;
+    try {
+      for await (const entry of Deno.readDir(dir)) {
+        const name = entry.name;
+        if (name.charCodeAt(0) === 46 || !entry.isFile || name.includes("\uFFFD")) continue;
+        fileNames.push(name);
+        if (!isUnit && this.isUnitFile(name)) isUnit = true;
+      }
+    } catch (error) {
+      this.problem(dir, describeFsError(error));
+      return;
+    }
+    if (isUnit) this.snapshot(dir, key, fileNames);
+  }
+
+  /** Stats a unit's files and adds its snapshot (or the problem that stopped it). */
+  snapshot(dir: string, key: string, fileNames: readonly string[]): void {
     const files: FileEntry[] = [];
-    let vanished = false;
     for (const name of fileNames) {
+      const path = this.child(dir, name);
       try {
-        const info = Deno.lstatSync(join(dir, name));
+        const info = Deno.lstatSync(path);
         if (!info.isFile) continue;
         files.push({ name, size: info.size, mtimeMs: Math.trunc(info.mtime?.getTime() ?? 0) });
       } catch (error) {
         if (error instanceof Deno.errors.NotFound) continue; // vanished since the listing
-        yield {
-          kind: "problem",
-          problem: { path: join(dir, name), reason: describeFsError(error) },
-        };
-        vanished = true;
-        break;
+        // A file that exists but cannot be stat'ed: the folder cannot be fingerprinted.
+        this.problem(path, describeFsError(error));
+        return;
       }
     }
-    if (vanished) continue;
     files.sort(compareNames);
     let newest = 0;
-    for (const f of files) if (!markers.has(f.name) && f.mtimeMs > newest) newest = f.mtimeMs;
-    yield {
+    for (const f of files) {
+      if (!this.markers.has(f.name) && f.mtimeMs > newest) newest = f.mtimeMs;
+    }
+    this.out.push({
       kind: "folder",
       snapshot: {
         path: dir,
-        key: key === "" ? basename(root) : key,
+        key: key === "" ? this.rootName : key,
         name: basename(dir),
         files,
-        fingerprint: fingerprintFiles(files, markers),
+        fingerprint: fingerprintFiles(files, this.markers),
         newestMtimeMs: newest,
       },
-    };
+    });
+  }
+}
+
+/** Closes a wide directory's listing (after an error or an early stop). */
+async function closeListing(frame: StreamFrame): Promise<void> {
+  try {
+    await frame.entries.return?.();
+  } catch {
+    // Closing a listing that already failed can fail again; the first error is reported.
+  }
+}
+
+/**
+ * Walks `base` depth-first and yields its items in chunks: a snapshot for every upload
+ * unit and a problem for every folder that cannot be read (see {@linkcode scanFolders}).
+ * The walk runs between chunks only as far as the caller takes them.
+ *
+ * @throws {Deno.errors.NotFound} when `base` itself does not exist (other errors about
+ * `base` are yielded as a problem).
+ */
+export async function* scanFolderChunks(
+  base: string,
+  options: ChunkScanOptions = {},
+): AsyncGenerator<ScanItem[]> {
+  const root = resolve(base);
+  const chunk = Math.max(1, options.chunk ?? 256);
+  // The base is the one path followed when it is a symlink (as `find -H` does): the user
+  // named it. Links below it are never followed.
+  const rootInfo = Deno.statSync(root);
+  if (!rootInfo.isDirectory) {
+    yield [{ kind: "problem", problem: { path: root, reason: "Not a directory" } }];
+    return;
+  }
+  const walk = new Walk(root, options);
+  try {
+    await walk.start(rootInfo);
+    while (walk.stack.length > 0 && !options.signal?.aborted) {
+      if (walk.out.length >= chunk) {
+        yield walk.out;
+        walk.out = [];
+      }
+      const top = walk.stack[walk.stack.length - 1];
+      if (top.kind === "stream") {
+        // One await per entry of a wide directory; everything else runs synchronously.
+        const next = await top.entries.next().catch((error) => walk.streamFailed(top, error));
+        if (next === null) continue;
+        if (!next.done) {
+          walk.takeEntry(top, next.value);
+        } else {
+          walk.stack.pop();
+          if (top.isUnit && top.owns) await walk.snapshotWide(top.dir, top.key);
+        }
+      } else if (top.next < top.names.length) {
+        const name = top.names[top.next++];
+        walk.visit(walk.child(top.dir, name), top.prefix === "" ? name : `${top.prefix}/${name}`);
+      } else {
+        walk.stack.pop();
+      }
+    }
+    if (walk.out.length > 0 && !options.signal?.aborted) yield walk.out;
+  } finally {
+    // Stopped early (abort, or the caller left): close the listings still open.
+    for (const frame of walk.stack) if (frame.kind === "stream") await closeListing(frame);
+  }
+}
+
+/**
+ * Walks `base` depth-first and yields a snapshot for every upload unit and a problem for
+ * every folder that cannot be read. Hidden entries (a name starting with `.`) are skipped;
+ * symbolic links are never followed, so a link loop cannot hang it. Small directories are
+ * walked in name order, each unit before its subfolders; a wide directory's subfolders come
+ * in the order the file system lists them, and the directory itself after them.
+ *
+ * @example
+ * ```ts
+ * for await (const item of scanFolders("data")) {
+ *   if (item.kind === "folder") console.log(item.snapshot.key, item.snapshot.fingerprint);
+ * }
+ * ```
+ *
+ * @throws {Deno.errors.NotFound} when `base` itself does not exist (other errors about
+ * `base` are yielded as a problem).
+ */
+export async function* scanFolders(
+  base: string,
+  options: ScanOptions = {},
+): AsyncGenerator<ScanItem> {
+  // One item per chunk: the walk goes no further than the caller has taken.
+  for await (const items of scanFolderChunks(base, { ...options, chunk: 1 })) {
+    for (const item of items) {
+      if (options.signal?.aborted) return;
+      yield item;
+    }
   }
 }
 
 /**
  * Takes a snapshot of one folder without walking below it, or returns a problem when it
- * cannot be read. `key` defaults to the folder's name.
+ * cannot be read. `key` defaults to the folder's name. Names that are not valid UTF-8
+ * cannot be addressed and are left out.
  */
 export function snapshotFolder(
   path: string,
@@ -218,14 +495,12 @@ export function snapshotFolder(
   const files: FileEntry[] = [];
   try {
     for (const entry of Deno.readDirSync(dir)) {
-      if (entry.name.startsWith(".") || !entry.isFile) continue;
+      const name = entry.name;
+      if (name.startsWith(".") || !entry.isFile || name.includes("\uFFFD")) continue;
       try {
-        const st = Deno.lstatSync(join(dir, entry.name));
-        files.push({
-          name: entry.name,
-          size: st.size,
-          mtimeMs: Math.trunc(st.mtime?.getTime() ?? 0),
-        });
+        const st = Deno.lstatSync(`${dir === "/" ? "" : dir}/${name}`);
+        if (!st.isFile) continue;
+        files.push({ name, size: st.size, mtimeMs: Math.trunc(st.mtime?.getTime() ?? 0) });
       } catch (error) {
         if (error instanceof Deno.errors.NotFound) continue;
         throw error;
@@ -280,9 +555,10 @@ export interface WorkerScanOptions extends ScanOptions {
 }
 
 /**
- * {@linkcode scanFolders} on a worker thread, yielding its items in chunks. The walk runs
+ * {@linkcode scanFolders} on worker threads, yielding their items in chunks. The walk runs
  * in parallel with whatever the caller does with the chunks, a bounded number of chunks
- * ahead. Stops (and ends the worker) when `signal` aborts or the caller stops iterating.
+ * ahead; each worker walks the base's subfolders of its part ({@linkcode partitionOf}).
+ * Stops (and ends the workers) when `signal` aborts or the caller stops iterating.
  *
  * @throws {Deno.errors.NotFound} when `base` does not exist; Error for a failed walk.
  */
@@ -327,6 +603,7 @@ export async function* scanFoldersInWorker(
         imageExtensions: options.imageExtensions,
         statsFileName: options.statsFileName,
         markerNames: [...(options.markerNames ?? [])],
+        streamDirBytes: options.streamDirBytes,
         chunk: options.chunk ?? 256,
         window: options.window ?? 8,
         partition: { index, count },

@@ -1,6 +1,6 @@
 /**
- * The folder walk in a worker thread: runs {@linkcode scanFolders} and posts its items to
- * the main thread in chunks, at most a few chunks ahead of what the main thread has taken
+ * The folder walk in a worker thread: runs {@linkcode scanFolderChunks} and posts its items
+ * to the main thread in chunks, at most a few chunks ahead of what the main thread has taken
  * (so memory stays flat). The walk's system calls then use one core while the tracker,
  * row building and psql use the other.
  *
@@ -14,7 +14,7 @@
 /// <reference no-default-lib="true" />
 /// <reference lib="deno.worker" />
 
-import { scanFolders, type ScanItem } from "./scan.ts";
+import { scanFolderChunks, type ScanItem } from "./scan.ts";
 
 /** What the main thread asks the worker to walk. */
 export interface WalkRequest {
@@ -22,6 +22,7 @@ export interface WalkRequest {
   imageExtensions?: readonly string[];
   statsFileName?: string;
   markerNames?: string[];
+  streamDirBytes?: number;
   /** Items per message. */
   chunk: number;
   /** Messages the worker may post ahead of the main thread. */
@@ -42,22 +43,15 @@ async function post(items: ScanItem[]): Promise<void> {
 async function walk(request: WalkRequest): Promise<void> {
   credits = request.window;
   try {
-    let buffer: ScanItem[] = [];
-    for (
-      const item of scanFolders(request.base, {
-        imageExtensions: request.imageExtensions,
-        statsFileName: request.statsFileName,
-        markerNames: new Set(request.markerNames ?? []),
-        partition: request.partition,
-      })
-    ) {
-      buffer.push(item);
-      if (buffer.length >= request.chunk) {
-        await post(buffer);
-        buffer = [];
-      }
-    }
-    if (buffer.length > 0) await post(buffer);
+    const chunks = scanFolderChunks(request.base, {
+      imageExtensions: request.imageExtensions,
+      statsFileName: request.statsFileName,
+      markerNames: new Set(request.markerNames ?? []),
+      partition: request.partition,
+      streamDirBytes: request.streamDirBytes,
+      chunk: request.chunk,
+    });
+    for await (const items of chunks) await post(items);
     self.postMessage({ type: "done" });
   } catch (error) {
     self.postMessage({

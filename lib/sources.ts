@@ -14,7 +14,7 @@ import type { EngineEvent, RunCounters } from "./events.ts";
 import {
   type FolderSnapshot,
   isUploadUnit,
-  scanFolders,
+  scanFolderChunks,
   scanFoldersInWorker,
   type ScanItem,
   snapshotFolder,
@@ -79,7 +79,7 @@ export function treeSource(
       signal: context.signal,
     };
     const chunks = options.inWorker === false
-      ? chunked(scanFolders(base, walkOptions), options.chunk ?? 256)
+      ? scanFolderChunks(base, { ...walkOptions, chunk: options.chunk })
       : scanFoldersInWorker(base, walkOptions);
     try {
       for await (const chunk of chunks) yield chunk.map((item) => fromScan(item, base));
@@ -321,17 +321,4 @@ export async function* chunkedByTime<T>(
     }
     yield group;
   }
-}
-
-/** Groups a generator's items into arrays of `size`. */
-function* chunked<T>(items: Iterable<T>, size: number): Generator<T[]> {
-  let buffer: T[] = [];
-  for (const item of items) {
-    buffer.push(item);
-    if (buffer.length >= size) {
-      yield buffer;
-      buffer = [];
-    }
-  }
-  if (buffer.length > 0) yield buffer;
 }

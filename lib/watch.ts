@@ -111,7 +111,7 @@ export function watchSource(
           nextRescan = 0;
           continue;
         }
-        const items = changes.take();
+        const items = await changes.take();
         if (items.length > 0) yield items;
         if (changes.failed && changes.failure) {
           context.emit({
@@ -244,19 +244,19 @@ class Changes {
   #closed = false;
 
   /** What the events named, as source items (folders snapshotted, new trees walked). */
-  take(): SourceItem[] {
+  async take(): Promise<SourceItem[]> {
     const items: SourceItem[] = [];
     const trees = [...this.#trees];
     const folders = [...this.#folders].filter((f) => !trees.some((t) => isWithin(f, t)));
     this.#trees.clear();
     this.#folders.clear();
-    for (const tree of trees) this.#walkInto(tree, items, true);
-    for (const folder of folders) this.#walkInto(folder, items, false);
+    for (const tree of trees) await this.#walkInto(tree, items, true);
+    for (const folder of folders) await this.#walkInto(folder, items, false);
     return items;
   }
 
   /** Snapshots `dir` (and, for a new tree, every folder below it), keyed as the walk keys them. */
-  #walkInto(dir: string, items: SourceItem[], below: boolean): void {
+  async #walkInto(dir: string, items: SourceItem[], below: boolean): Promise<void> {
     if (!below) {
       const found = snapshotFolder(dir, { ...this.#walk, key: this.#key(dir) });
       // A folder removed since the event is reported missing by a later full pass.
@@ -270,7 +270,7 @@ class Changes {
     } catch (_error) {
       return; // removed since the event
     }
-    for (const found of scanFolders(dir, this.#walk)) {
+    for await (const found of scanFolders(dir, this.#walk)) {
       if (found.kind === "folder") {
         const snapshot = { ...found.snapshot, key: this.#key(found.snapshot.path) };
         items.push(fromScan({ kind: "folder", snapshot }, this.#base));

@@ -174,9 +174,9 @@ export interface GenerateOptions {
   /** Seed of the pseudo-random choices: the same seed writes byte-identical trees. Default `1`. */
   seed?: number;
   /**
-   * Put the folders two levels deep, `Line<n>/Batch<i>` with `perLine` folders per line
-   * (the `Line<n>` folders themselves are neither units nor counted). Default `false`:
-   * `Batch<i>` directly under the root.
+   * The layout. `true`: two levels deep, `Line<n>/Batch<i>` with `perLine` folders per line
+   * (the `Line<n>` folders themselves are neither units nor counted). Default `false`, flat:
+   * every `Batch<i>` directly under the root, in one wide directory (the users' `data/`).
    */
   nested?: boolean;
   /** Folders per `Line<n>` when `nested`. Default `1000`. */
@@ -258,6 +258,50 @@ function writeAt(path: string, data: Uint8Array, ms: number): void {
   Deno.utimeSync(path, time, time);
 }
 
+/** Where {@linkcode generateTree} puts folder `i`, and whether it is a unit. */
+interface TreeShape {
+  /** `Batch<i>`, zero-padded. */
+  name(i: number): string;
+  /** The `Line<n>` folder holding folder `i` when nested. */
+  line(i: number): string | undefined;
+  /** Whether folder `i` is not an upload unit. */
+  isNonUnit(i: number): boolean;
+}
+
+function shapeOf(options: GenerateOptions): TreeShape {
+  const count = options.folders;
+  const perLine = Math.max(1, options.perLine ?? 1000);
+  const nonUnitEvery = options.nonUnitEvery ?? 10;
+  const prefix = options.prefix ?? "Batch";
+  const width = Math.max(5, String(Math.max(0, count - 1)).length);
+  return {
+    name: (i) => prefix + String(i).padStart(width, "0"),
+    line: (i) => options.nested ? `Line${Math.floor(i / perLine) + 1}` : undefined,
+    isNonUnit: (i) => nonUnitEvery > 0 && i % nonUnitEvery === nonUnitEvery - 1,
+  };
+}
+
+/**
+ * The keys of the units {@linkcode generateTree} writes with these options, in writing
+ * order, without writing anything (to reuse a tree written earlier).
+ *
+ * @example
+ * ```ts
+ * generatedKeys({ folders: 3 }); // ["Batch00000", "Batch00001", "Batch00002"]
+ * generatedKeys({ folders: 11, nested: true, perLine: 5 }).at(-1); // "Line3/Batch00010"
+ * ```
+ */
+export function generatedKeys(options: GenerateOptions): string[] {
+  const shape = shapeOf(options);
+  const keys: string[] = [];
+  for (let i = 0; i < options.folders; i++) {
+    if (shape.isNonUnit(i)) continue;
+    const line = shape.line(i);
+    keys.push(line === undefined ? shape.name(i) : `${line}/${shape.name(i)}`);
+  }
+  return keys;
+}
+
 /**
  * Writes `options.folders` realistic test-run folders under `root` (created when missing):
  * a stats.json shaped like `examples/data/*\/stats.json` whose `result` is "PASS", "",
@@ -275,12 +319,10 @@ function writeAt(path: string, data: Uint8Array, ms: number): void {
 export function generateTree(root: string, options: GenerateOptions): GeneratedTree {
   const count = options.folders;
   const rand = random(options.seed ?? 1);
-  const nested = options.nested ?? false;
-  const perLine = Math.max(1, options.perLine ?? 1000);
+  const shape = shapeOf(options);
   const base = options.mtime ?? GENERATED_MTIME;
   const nonUnitEvery = options.nonUnitEvery ?? 10;
   const pdfEvery = options.pdfEvery ?? 7;
-  const prefix = options.prefix ?? "Batch";
   const width = Math.max(5, String(Math.max(0, count - 1)).length);
   const out: GeneratedTree = {
     units: 0,
@@ -292,24 +334,21 @@ export function generateTree(root: string, options: GenerateOptions): GeneratedT
   };
   const keys: string[] | undefined = options.keys ? [] : undefined;
   Deno.mkdirSync(root, { recursive: true });
-  let line = -1;
+  let madeLine: string | undefined;
   for (let i = 0; i < count; i++) {
-    const name = prefix + String(i).padStart(width, "0");
-    let key = name;
-    if (nested) {
-      const l = Math.floor(i / perLine) + 1;
-      if (l !== line) {
-        line = l;
-        Deno.mkdirSync(join(root, `Line${l}`), { recursive: true });
-      }
-      key = `Line${l}/${name}`;
+    const name = shape.name(i);
+    const line = shape.line(i);
+    if (line !== undefined && line !== madeLine) {
+      madeLine = line;
+      Deno.mkdirSync(join(root, line), { recursive: true });
     }
-    const dir = nested ? join(root, `Line${line}`, name) : join(root, name);
+    const key = line === undefined ? name : `${line}/${name}`;
+    const dir = line === undefined ? join(root, name) : join(root, line, name);
     Deno.mkdirSync(dir);
     // Sub-second parts differ from folder to folder.
     const t = base + i * 60_000 + ((i * 337) % 1000);
 
-    if (nonUnitEvery > 0 && i % nonUnitEvery === nonUnitEvery - 1) {
+    if (shape.isNonUnit(i)) {
       const kind = Math.floor(i / nonUnitEvery) % 3;
       if (kind === 0) {
         writeAt(join(dir, `${stamp(t).slice(0, 16)}.pdf`), PDF_BYTES, t);

@@ -1,7 +1,12 @@
 /**
  * Tests of the folder walk (lib/scan.ts) against real trees in temp directories: the unit
  * rule, keys, hidden entries, symlinks, unreadable directories, names that are not UTF-8,
- * entries vanishing mid-scan, and a generated tree of 10,000 folders.
+ * entries vanishing mid-scan, wide directories read as a stream, the partition between
+ * walkers, the memory bound, and generated trees.
+ *
+ * Most trees are scanned twice: with the defaults (small directories are listed in one
+ * call) and with every directory read as a stream (`streamDirBytes: 0`), and both scans
+ * must give the same items.
  *
  * @module
  */
@@ -12,18 +17,23 @@ import {
   type FolderSnapshot,
   isImageName,
   isUploadUnit,
+  partitionOf,
+  scanFolderChunks,
   scanFolders,
   scanFoldersInWorker,
   type ScanItem,
   type ScanOptions,
   type ScanProblem,
   snapshotFolder,
+  STREAM_DIR_BYTES,
 } from "../lib/scan.ts";
 import { fingerprintFiles } from "../lib/fingerprint.ts";
 import { DEFAULT_CONFIG, markerNames } from "../config.ts";
-import { generateTree, T1, T2, T3, tempDir, writeTree } from "../support/tree.ts";
+import { generateTree, T1, T2, T3, type TempDir, tempDir, writeTree } from "../support/tree.ts";
 
 const MARKERS = markerNames(DEFAULT_CONFIG);
+/** Every directory read as a stream, the path wide directories take. */
+const STREAMED: ScanOptions = { streamDirBytes: 0 };
 
 interface Scanned {
   items: ScanItem[];
@@ -33,18 +43,80 @@ interface Scanned {
 }
 
 /** Runs a whole scan; fails instead of hanging when it yields far more than it should. */
-function scanAll(base: string, options: ScanOptions = {}, limit = 1_000): Scanned {
+async function scanAll(base: string, options: ScanOptions = {}, limit = 1_000): Promise<Scanned> {
   const items: ScanItem[] = [];
-  for (const item of scanFolders(base, options)) {
+  for await (const item of scanFolders(base, options)) {
     items.push(item);
     assert.ok(items.length <= limit, `Scan of ${base} yielded more than ${limit} items`);
   }
+  return summarise(items);
+}
+
+function summarise(items: ScanItem[]): Scanned {
   const folders = items.flatMap((i) => i.kind === "folder" ? [i.snapshot] : []);
   const problems = items.flatMap((i) => i.kind === "problem" ? [i.problem] : []);
   return { items, folders, keys: folders.map((f) => f.key), problems };
 }
 
-Deno.test("scanFolders: a folder is a unit when it directly holds stats.json or an image", () => {
+/** Items as sortable lines: the order of a streamed directory is the file system's. */
+function canonical(items: readonly ScanItem[]): string[] {
+  return items.map((i) => JSON.stringify(i)).sort();
+}
+
+/**
+ * Scans with the defaults and with every directory streamed, checks that both give the
+ * same items (in any order), and returns the default scan.
+ */
+async function scanBothWays(base: string, options: ScanOptions = {}, limit = 1_000) {
+  const listed = await scanAll(base, options, limit);
+  const streamed = await scanAll(base, { ...options, ...STREAMED }, limit);
+  assert.deepEqual(canonical(streamed.items), canonical(listed.items), "streamed vs listed");
+  return listed;
+}
+
+/** Unit keys and how many times each was yielded. */
+function countKeys(items: Iterable<ScanItem>): Map<string, number> {
+  const seen = new Map<string, number>();
+  for (const item of items) {
+    if (item.kind === "folder") seen.set(item.snapshot.key, (seen.get(item.snapshot.key) ?? 0) + 1);
+  }
+  return seen;
+}
+
+async function workerItems(base: string, options: Parameters<typeof scanFoldersInWorker>[1]) {
+  const items: ScanItem[] = [];
+  for await (const chunk of scanFoldersInWorker(base, options)) items.push(...chunk);
+  return items;
+}
+
+/**
+ * A temporary directory for a wide tree: in /dev/shm when there is one (tmpfs makes and
+ * removes 100,000 folders in about a second; a loaded disk here took a minute), removed
+ * with `rm -rf`.
+ */
+function wideTempDir(): TempDir {
+  let parent: string | undefined;
+  try {
+    if (Deno.statSync("/dev/shm").isDirectory) parent = "/dev/shm";
+  } catch (error) {
+    if (!(error instanceof Deno.errors.NotFound)) throw error;
+  }
+  const path = Deno.makeTempDirSync({ dir: parent, prefix: "uploader_test_wide_" });
+  return {
+    path,
+    [Symbol.dispose]() {
+      const out = new Deno.Command("rm", { args: ["-rf", path], stderr: "piped" }).outputSync();
+      assert.ok(out.success, new TextDecoder().decode(out.stderr));
+    },
+  };
+}
+
+/** Open file descriptors of this process. */
+function openFds(): number {
+  return [...Deno.readDirSync("/proc/self/fd")].length;
+}
+
+Deno.test("scanFolders: a folder is a unit when it directly holds stats.json or an image", async () => {
   using dir = tempDir();
   writeTree(dir.path, {
     "StatsOnly/stats.json": { json: { result: "PASS" } },
@@ -66,9 +138,9 @@ Deno.test("scanFolders: a folder is a unit when it directly holds stats.json or 
     "Line2/Batch12/2025-06-04 08:30:00.jpeg": { bytes: 20 },
     "Line2/Sub/Deeper/x.jpg": { bytes: 1 },
   });
-  const scanned = scanAll(dir.path);
+  const scanned = await scanBothWays(dir.path);
   assert.deepEqual(scanned.problems, []);
-  // Depth-first, in name order; nested units are found along with their parents.
+  // Small directories: depth-first, in name order; nested units are found with their parents.
   assert.deepEqual(scanned.keys, [
     "Bitmap",
     "Gif",
@@ -89,7 +161,7 @@ Deno.test("scanFolders: a folder is a unit when it directly holds stats.json or 
   assert.deepEqual(line2.files.map((f) => f.name), ["stats.json"]);
 });
 
-Deno.test("scanFolders: custom image extensions and stats file name", () => {
+Deno.test("scanFolders: custom image extensions and stats file name", async () => {
   using dir = tempDir();
   writeTree(dir.path, {
     "Tiff/a.TIF": { bytes: 1 },
@@ -97,11 +169,14 @@ Deno.test("scanFolders: custom image extensions and stats file name", () => {
     "Results/results.json": { json: {} },
     "Stats/stats.json": { json: {} },
   });
-  const scanned = scanAll(dir.path, { imageExtensions: [".tif"], statsFileName: "results.json" });
+  const scanned = await scanBothWays(dir.path, {
+    imageExtensions: [".tif"],
+    statsFileName: "results.json",
+  });
   assert.deepEqual(scanned.keys, ["Results", "Tiff"]);
 });
 
-Deno.test("scanFolders: keys are /-separated paths relative to the base", () => {
+Deno.test("scanFolders: keys are /-separated paths relative to the base", async () => {
   using dir = tempDir();
   writeTree(dir.path, {
     "A/B/C/stats.json": { json: {} },
@@ -110,7 +185,7 @@ Deno.test("scanFolders: keys are /-separated paths relative to the base", () => 
     "Müller $$ \\ tab\there/stats.json": { json: {} },
     "new\nline/a.png": { bytes: 1 },
   });
-  const scanned = scanAll(dir.path);
+  const scanned = await scanBothWays(dir.path);
   assert.deepEqual(scanned.problems, []);
   assert.deepEqual([...scanned.keys].sort(), [
     "A/B/C",
@@ -124,17 +199,19 @@ Deno.test("scanFolders: keys are /-separated paths relative to the base", () => 
   assert.equal(abc.path, join(dir.path, "A", "B", "C"));
 });
 
-Deno.test("scanFolders: a base that is a unit is keyed by its name, its subfolders below it", () => {
+Deno.test("scanFolders: a base that is a unit is keyed by its name, its subfolders below it", async () => {
   using dir = tempDir();
   writeTree(dir.path, {
     "Batch7/stats.json": { json: { result: "PASS" } },
     "Batch7/a.jpg": { bytes: 5 },
     "Batch7/Retake/b.jpg": { bytes: 5 },
     "Batch7/Batch7/c.jpg": { bytes: 5 }, // same name as the base: must not share its key
+    "Images/Sub/x.jpg": { bytes: 5 },
+    "Images/z.png": { bytes: 5 }, // an image alone makes the base a unit too
   });
   const base = join(dir.path, "Batch7");
   for (const given of [base, base + "/", join(base, "Retake", "..")]) {
-    const scanned = scanAll(given);
+    const scanned = await scanBothWays(given);
     assert.deepEqual(
       scanned.keys,
       ["Batch7", "Batch7/Batch7", "Batch7/Retake"],
@@ -143,20 +220,26 @@ Deno.test("scanFolders: a base that is a unit is keyed by its name, its subfolde
     assert.equal(scanned.folders[0].path, base);
     assert.equal(scanned.folders[0].name, "Batch7");
   }
+  // Read as a stream, a base's subfolders are walked while its listing is read: whether it
+  // is a unit must be known first, from its files only.
+  const streamed = await scanAll(join(dir.path, "Images"), STREAMED);
+  assert.deepEqual([...streamed.keys].sort(), ["Images", "Images/Sub"]);
+  const images = streamed.folders.find((f) => f.key === "Images")!;
+  assert.deepEqual(images.files.map((f) => f.name), ["z.png"]);
 });
 
-Deno.test("scanFolders: a missing base throws, a file as base is a problem", () => {
+Deno.test("scanFolders: a missing base throws, a file as base is a problem", async () => {
   using dir = tempDir();
   writeTree(dir.path, { "file.txt": { text: "x" } });
-  assert.throws(() => scanAll(join(dir.path, "nope")), Deno.errors.NotFound);
-  const scanned = scanAll(join(dir.path, "file.txt"));
+  await assert.rejects(() => scanAll(join(dir.path, "nope")), Deno.errors.NotFound);
+  const scanned = await scanBothWays(join(dir.path, "file.txt"));
   assert.deepEqual(scanned.problems, [
     { path: join(dir.path, "file.txt"), reason: "Not a directory" },
   ]);
   assert.deepEqual(scanned.folders, []);
 });
 
-Deno.test("scanFolders: hidden files and directories are skipped", () => {
+Deno.test("scanFolders: hidden files and directories are skipped", async () => {
   using dir = tempDir();
   writeTree(dir.path, {
     ".hidden/stats.json": { json: {} },
@@ -168,13 +251,13 @@ Deno.test("scanFolders: hidden files and directories are skipped", () => {
     "OnlyHiddenImage/.thumb.jpg": { bytes: 6 },
     "OnlyHiddenStats/.stats.json": { json: {} },
   });
-  const scanned = scanAll(dir.path);
+  const scanned = await scanBothWays(dir.path);
   assert.deepEqual(scanned.problems, []);
   assert.deepEqual(scanned.keys, ["Visible"]);
   assert.deepEqual(scanned.folders[0].files.map((f) => f.name), ["stats.json"]);
 });
 
-Deno.test("scanFolders: symlinks are not followed (loops, links to units, linked files)", () => {
+Deno.test("scanFolders: symlinks are not followed (loops, links to units, linked files)", async () => {
   using dir = tempDir();
   using outside = tempDir();
   writeTree(outside.path, { "Elsewhere/stats.json": { json: {} }, "pic.jpg": { bytes: 9 } });
@@ -191,21 +274,21 @@ Deno.test("scanFolders: symlinks are not followed (loops, links to units, linked
     "OnlyLinkedStats/stats.json": { symlink: "../Real/stats.json" },
     "dangling": { symlink: "does-not-exist" },
   });
-  const scanned = scanAll(dir.path, {}, 50);
+  const scanned = await scanBothWays(dir.path, {}, 50);
   assert.deepEqual(scanned.problems, []);
   assert.deepEqual(scanned.keys, ["Real"]);
   // A linked file is not one of the folder's files either.
   assert.deepEqual(scanned.folders[0].files.map((f) => f.name), ["a.jpg", "stats.json"]);
 });
 
-Deno.test("scanFolders: a base given as a symlink to a directory is followed, nothing below", () => {
+Deno.test("scanFolders: a base given as a symlink to a directory is followed, nothing below", async () => {
   using dir = tempDir();
   writeTree(dir.path, {
     "real/Batch1/stats.json": { json: {} },
     "real/Loop": { symlink: "." },
     "base": { symlink: "real" },
   });
-  const scanned = scanAll(join(dir.path, "base"));
+  const scanned = await scanBothWays(join(dir.path, "base"));
   assert.deepEqual(scanned.problems, []);
   assert.deepEqual(scanned.keys, ["Batch1"]);
   assert.equal(scanned.folders[0].path, join(dir.path, "base", "Batch1"));
@@ -217,7 +300,11 @@ function permissionsApply(): boolean {
 }
 
 /** Scans `base` in a child process run as `nobody`, returning its items. */
-async function scanAsNobody(base: string, denoDir: string): Promise<ScanItem[]> {
+async function scanAsNobody(
+  base: string,
+  denoDir: string,
+  options: ScanOptions,
+): Promise<ScanItem[]> {
   const id = await new Deno.Command("id", { args: ["-u", "nobody"] }).output();
   const gid = await new Deno.Command("id", { args: ["-g", "nobody"] }).output();
   assert.ok(id.success, "There is no user nobody");
@@ -229,7 +316,9 @@ async function scanAsNobody(base: string, denoDir: string): Promise<ScanItem[]> 
   const code = `import { scanFolders } from ${
     JSON.stringify(import.meta.resolve("../lib/scan.ts"))
   };
-for (const item of scanFolders(${JSON.stringify(base)})) console.log(JSON.stringify(item));`;
+for await (const item of scanFolders(${JSON.stringify(base)}, ${JSON.stringify(options)})) {
+  console.log(JSON.stringify(item));
+}`;
   const out = await new Deno.Command("runuser", {
     args: [
       "-u",
@@ -267,77 +356,119 @@ Deno.test("scanFolders: an unreadable directory is reported and the scan goes on
     "NoSearch/": { mode: 0o644 },
     "Z/x.jpg": { bytes: 1 },
   });
-  let items: ScanItem[];
-  if (permissionsApply()) {
-    items = scanAll(dir.path).items;
-  } else {
-    // Root reads everything, so the scan runs as an unprivileged user instead.
-    const runuser = await new Deno.Command("sh", { args: ["-c", "command -v runuser"] }).output();
-    assert.ok(runuser.success, "Tests run as root and runuser is missing: cannot drop privileges");
-    items = await scanAsNobody(dir.path, denoDir.path);
+  const runuser = await new Deno.Command("sh", { args: ["-c", "command -v runuser"] }).output();
+  const summaries: string[][] = [];
+  for (const options of [{}, STREAMED]) {
+    let items: ScanItem[];
+    if (permissionsApply()) {
+      items = (await scanAll(dir.path, options)).items;
+    } else {
+      // Root reads everything, so the scan runs as an unprivileged user instead.
+      assert.ok(
+        runuser.success,
+        "Tests run as root and runuser is missing: cannot drop privileges",
+      );
+      items = await scanAsNobody(dir.path, denoDir.path, options);
+    }
+    summaries.push(
+      items.map((i) =>
+        i.kind === "folder"
+          ? `folder ${i.snapshot.key}`
+          : `problem ${i.problem.path}: ${i.problem.reason}`
+      ),
+    );
   }
-  const summary = items.map((i) =>
-    i.kind === "folder"
-      ? `folder ${i.snapshot.key}`
-      : `problem ${i.problem.path}: ${i.problem.reason}`
-  );
-  assert.deepEqual(summary, [
+  const expected = [
     "folder A",
     `problem ${join(dir.path, "Locked")}: Permission denied`,
     `problem ${join(dir.path, "NoSearch", "stats.json")}: Permission denied`,
     "folder Z",
-  ]);
+  ];
+  assert.deepEqual(summaries[0], expected);
+  assert.deepEqual([...summaries[1]].sort(), [...expected].sort(), "streamed");
 });
 
-Deno.test("scanFolders: a name that is not valid UTF-8 is reported, the rest is scanned", async () => {
-  using dir = tempDir();
-  writeTree(dir.path, { "Bad/stats.json": { json: {} }, "Good/a.jpg": { bytes: 1 } });
+/** Makes `Bad/<0xff>x.jpg` and `<0xfe>Dir/stats.json` under `root`: names that are not UTF-8. */
+async function writeBadNames(root: string): Promise<void> {
   const made = await new Deno.Command("bash", {
     args: [
       "-c",
       "cd \"$1\" && touch Bad/$'\\xff'x.jpg && mkdir $'\\xfe'Dir && touch $'\\xfe'Dir/stats.json",
       "_",
-      dir.path,
+      root,
     ],
   }).output();
   assert.ok(made.success, new TextDecoder().decode(made.stderr));
-  const scanned = scanAll(dir.path);
+}
+
+Deno.test("scanFolders: a name that is not valid UTF-8 is reported, its folder is still a unit", async () => {
+  using dir = tempDir();
+  writeTree(dir.path, {
+    "Bad/stats.json": { json: {}, mtime: T1 },
+    "Bad/b.png": { bytes: 7, mtime: T2 },
+    "Good/a.jpg": { bytes: 1 },
+  });
+  await writeBadNames(dir.path);
+  const scanned = await scanBothWays(dir.path);
   // Names are checked when their parent is listed: the base's listing comes first.
   assert.deepEqual(scanned.problems, [
     { path: join(dir.path, "\uFFFDDir"), reason: "Name is not valid UTF-8" },
     { path: join(dir.path, "Bad", "\uFFFDx.jpg"), reason: "Name is not valid UTF-8" },
   ]);
-  // The folder holding the bad name is still a unit, without the file it cannot name.
+  // The folder holding the bad name is still a unit, with every file it can name.
   assert.deepEqual(scanned.keys, ["Bad", "Good"]);
-  assert.deepEqual(scanned.folders[0].files.map((f) => f.name), ["stats.json"]);
+  const bad = scanned.folders[0];
+  assert.deepEqual(bad.files, [
+    { name: "b.png", size: 7, mtimeMs: T2 },
+    { name: "stats.json", size: 2, mtimeMs: T1 },
+  ]);
+  assert.equal(bad.fingerprint, fingerprintFiles(bad.files));
+  // The same through the walkers, each name reported once.
+  for (const workers of [1, 2, 3]) {
+    const items = await workerItems(dir.path, { workers, ...STREAMED });
+    assert.deepEqual(canonical(items), canonical(scanned.items), `${workers} worker(s)`);
+  }
+  // snapshotFolder leaves the name out too.
+  const one = snapshotFolder(join(dir.path, "Bad"));
+  assert.equal(one.kind === "folder" && one.snapshot.fingerprint, bad.fingerprint);
 });
 
-Deno.test("scanFolders: a folder removed mid-scan is reported as vanished, the scan goes on", () => {
-  using dir = tempDir();
-  writeTree(dir.path, {
-    "A/stats.json": { json: {} },
-    "B/stats.json": { json: {} },
-    "B/Inner/x.jpg": { bytes: 1 },
-    "C/stats.json": { json: {} },
-  });
-  const summary: string[] = [];
-  for (const item of scanFolders(dir.path)) {
-    if (item.kind === "folder") {
-      summary.push(`folder ${item.snapshot.key}`);
-      // B is already on the walk's stack: it was listed with the base.
-      if (item.snapshot.key === "A") Deno.removeSync(join(dir.path, "B"), { recursive: true });
+Deno.test("scanFolders: a folder removed mid-scan is reported as vanished, the scan goes on", async () => {
+  for (const options of [{}, STREAMED]) {
+    using dir = tempDir();
+    writeTree(dir.path, {
+      "A/stats.json": { json: {} },
+      "B/stats.json": { json: {} },
+      "B/Inner/x.jpg": { bytes: 1 },
+      "C/stats.json": { json: {} },
+    });
+    const summary: string[] = [];
+    for await (const item of scanFolders(dir.path, options)) {
+      if (item.kind === "folder") {
+        summary.push(`folder ${item.snapshot.key}`);
+        // B is already known to the walk: it was listed with the base.
+        if (summary.length === 1) Deno.removeSync(join(dir.path, "B"), { recursive: true });
+      } else {
+        summary.push(`problem ${item.problem.path}: ${item.problem.reason}`);
+      }
+    }
+    if (options === STREAMED) {
+      // Listing order: B comes first (then nothing is missing) or after the removal.
+      assert.ok(summary.length === 3 || summary.length === 4, summary.join("; "));
+      if (summary[0] !== "folder B") {
+        assert.ok(summary.includes(`problem ${join(dir.path, "B")}: Vanished during the scan`));
+      }
     } else {
-      summary.push(`problem ${item.problem.path}: ${item.problem.reason}`);
+      assert.deepEqual(summary, [
+        "folder A",
+        `problem ${join(dir.path, "B")}: Vanished during the scan`,
+        "folder C",
+      ]);
     }
   }
-  assert.deepEqual(summary, [
-    "folder A",
-    `problem ${join(dir.path, "B")}: Vanished during the scan`,
-    "folder C",
-  ]);
 });
 
-Deno.test("scanFolders: a file removed or replaced between listing and stat is left out", () => {
+Deno.test("scanFolders: a file removed or replaced between listing and stat is left out", async () => {
   using dir = tempDir();
   writeTree(dir.path, {
     "A/stats.json": { json: {}, mtime: T1 },
@@ -359,7 +490,7 @@ Deno.test("scanFolders: a file removed or replaced between listing and stat is l
   };
   let scanned: Scanned;
   try {
-    scanned = scanAll(dir.path);
+    scanned = await scanAll(dir.path);
   } finally {
     Deno.lstatSync = realLstat;
   }
@@ -371,14 +502,14 @@ Deno.test("scanFolders: a file removed or replaced between listing and stat is l
   assert.equal(a.fingerprint, fingerprintFiles(a.files, MARKERS));
 });
 
-Deno.test("scanFolders: snapshots carry sizes and mtimes; markers are listed, not fingerprinted", () => {
+Deno.test("scanFolders: snapshots carry sizes and mtimes; markers are listed, not fingerprinted", async () => {
   using dir = tempDir();
   writeTree(dir.path, {
     "B/stats.json": { text: "{}", mtime: T1 },
     "B/a.jpg": { bytes: 300, mtime: T2 },
     "B/success.json": { text: '{"ok":true}', mtime: T3 },
   });
-  const [snap] = scanAll(dir.path, { markerNames: MARKERS }).folders;
+  const [snap] = (await scanBothWays(dir.path, { markerNames: MARKERS })).folders;
   assert.deepEqual(snap.files, [
     { name: "a.jpg", size: 300, mtimeMs: T2 },
     { name: "stats.json", size: 2, mtimeMs: T1 },
@@ -387,25 +518,47 @@ Deno.test("scanFolders: snapshots carry sizes and mtimes; markers are listed, no
   assert.equal(snap.newestMtimeMs, T2, "the marker's newer mtime does not count");
   assert.equal(snap.fingerprint, fingerprintFiles(snap.files.slice(0, 2)));
   // Without the marker set the marker counts like any file.
-  const [plain] = scanAll(dir.path).folders;
+  const [plain] = (await scanAll(dir.path)).folders;
   assert.equal(plain.newestMtimeMs, T3);
   assert.notEqual(plain.fingerprint, snap.fingerprint);
 });
 
-Deno.test("scanFolders: an aborted signal stops the walk between folders", () => {
-  using dir = tempDir();
-  writeTree(dir.path, {
-    "A/stats.json": { json: {} },
-    "B/stats.json": { json: {} },
-    "C/stats.json": { json: {} },
-  });
-  const controller = new AbortController();
-  const keys: string[] = [];
-  for (const item of scanFolders(dir.path, { signal: controller.signal })) {
-    if (item.kind === "folder") keys.push(item.snapshot.key);
-    controller.abort();
+Deno.test("scanFolders: an aborted signal stops the walk between folders", async () => {
+  for (const options of [{}, STREAMED]) {
+    using dir = tempDir();
+    writeTree(dir.path, {
+      "A/stats.json": { json: {} },
+      "B/stats.json": { json: {} },
+      "C/stats.json": { json: {} },
+    });
+    const controller = new AbortController();
+    const keys: string[] = [];
+    for await (const item of scanFolders(dir.path, { ...options, signal: controller.signal })) {
+      if (item.kind === "folder") keys.push(item.snapshot.key);
+      controller.abort();
+    }
+    assert.equal(keys.length, 1);
   }
-  assert.deepEqual(keys, ["A"]);
+});
+
+Deno.test("scanFolders: stopping early closes the listings still open", async () => {
+  using dir = tempDir();
+  generateTree(dir.path, { folders: 300, nested: true, perLine: 30 });
+  const before = openFds();
+  let taken = 0;
+  for await (const item of scanFolders(dir.path, STREAMED)) {
+    if (item.kind === "folder" && ++taken === 5) {
+      assert.ok(openFds() >= before + 2, "the base's and a line's listings are open");
+      break;
+    }
+  }
+  assert.equal(openFds(), before);
+  const controller = new AbortController();
+  const chunks = scanFolderChunks(dir.path, { ...STREAMED, chunk: 3, signal: controller.signal });
+  await chunks.next();
+  controller.abort();
+  assert.equal((await chunks.next()).done, true);
+  assert.equal(openFds(), before);
 });
 
 Deno.test("snapshotFolder: one folder, no walk below it", () => {
@@ -472,20 +625,38 @@ Deno.test("isImageName: extensions in any case, nothing else", () => {
   }
 });
 
-Deno.test("scanFolders: a generated tree of 10,000 folders yields every unit exactly once", () => {
+Deno.test("partitionOf: one part per name, the same every time, about even", () => {
+  for (const count of [1, 2, 3, 5]) {
+    const sizes = new Array(count).fill(0);
+    for (let i = 0; i < 30_000; i++) {
+      const name = `Batch${String(i).padStart(6, "0")}`;
+      const part = partitionOf(name, count);
+      assert.ok(Number.isInteger(part) && part >= 0 && part < count, `${name}: ${part}`);
+      assert.equal(partitionOf(name, count), part);
+      sizes[part]++;
+    }
+    const even = 30_000 / count;
+    for (const size of sizes) {
+      assert.ok(Math.abs(size - even) < even * 0.05, `${count} parts: ${sizes.join(", ")}`);
+    }
+  }
+  assert.equal(partitionOf("anything", 0), 0);
+  assert.notEqual(partitionOf("Line1", 1 << 30), partitionOf("Line2", 1 << 30));
+});
+
+Deno.test("scanFolders: a generated tree of 10,000 folders yields every unit exactly once", async () => {
   using dir = tempDir();
   const tree = generateTree(dir.path, { folders: 10_000, nested: true, perLine: 700, keys: true });
   assert.equal(tree.units + tree.nonUnits, 10_000);
   assert.ok(tree.nonUnits > 0 && tree.units > 0);
   const started = performance.now();
-  const seen = new Map<string, number>();
-  let problems = 0;
-  for (const item of scanFolders(dir.path, { markerNames: MARKERS })) {
-    if (item.kind === "problem") problems++;
-    else seen.set(item.snapshot.key, (seen.get(item.snapshot.key) ?? 0) + 1);
+  const items: ScanItem[] = [];
+  for await (const chunk of scanFolderChunks(dir.path, { markerNames: MARKERS })) {
+    items.push(...chunk);
   }
   const elapsed = performance.now() - started;
-  assert.equal(problems, 0);
+  const seen = countKeys(items);
+  assert.equal(items.length, seen.size, "only folders, no problems");
   assert.equal(seen.size, tree.units);
   assert.ok([...seen.values()].every((n) => n === 1), "some unit was yielded twice");
   assert.deepEqual([...seen.keys()].sort(), [...tree.keys!].sort());
@@ -493,26 +664,134 @@ Deno.test("scanFolders: a generated tree of 10,000 folders yields every unit exa
   assert.ok(elapsed < 30_000, `Scan of 10,000 folders took ${Math.round(elapsed)} ms`);
 });
 
+Deno.test("scanFolders: a flat tree (every folder in the base) yields every unit once, with its key", async () => {
+  using dir = tempDir();
+  const tree = generateTree(dir.path, { folders: 5_000, keys: true });
+  assert.ok(
+    Deno.statSync(dir.path).size >= STREAM_DIR_BYTES,
+    "the base is wide enough to be read as a stream with the defaults",
+  );
+  const streamed = await scanAll(dir.path, { markerNames: MARKERS }, 10_000);
+  const seen = countKeys(streamed.items);
+  assert.deepEqual(streamed.problems, []);
+  assert.ok([...seen.values()].every((n) => n === 1), "some unit was yielded twice");
+  assert.deepEqual([...seen.keys()].sort(), [...tree.keys!].sort());
+  for (const f of streamed.folders) assert.equal(f.path, join(dir.path, f.key));
+  // The same snapshots as a scan listing the base in one call.
+  const listed = await scanAll(
+    dir.path,
+    { markerNames: MARKERS, streamDirBytes: Infinity },
+    10_000,
+  );
+  assert.deepEqual(canonical(streamed.items), canonical(listed.items));
+});
+
+Deno.test("scanFoldersInWorker: a directory of 20,000 subfolders is walked completely, exactly once, by two workers", async () => {
+  using dir = wideTempDir();
+  const expected: string[] = [];
+  const empty = new Uint8Array();
+  for (let i = 0; i < 20_000; i++) {
+    const name = `Batch${i}`;
+    Deno.mkdirSync(join(dir.path, name));
+    if (i % 10 !== 0) continue; // an empty folder, not a unit
+    Deno.writeFileSync(join(dir.path, name, i % 20 === 0 ? "stats.json" : "a.jpg"), empty);
+    expected.push(name);
+    if (i % 1000 === 0) {
+      Deno.mkdirSync(join(dir.path, name, "Retake"));
+      Deno.writeFileSync(join(dir.path, name, "Retake", "b.png"), empty);
+      expected.push(`${name}/Retake`);
+    }
+  }
+  writeTree(dir.path, { ".hidden/stats.json": {}, "link": { symlink: "Batch0" } });
+  assert.ok(Deno.statSync(dir.path).size >= STREAM_DIR_BYTES, "the base is read as a stream");
+  for (const workers of [2, 3]) {
+    const items = await workerItems(dir.path, { workers, chunk: 100, window: 2 });
+    const seen = countKeys(items);
+    assert.equal(items.length, expected.length, `${workers} workers: only units, no problems`);
+    assert.ok([...seen.values()].every((n) => n === 1), `${workers} workers: a unit twice`);
+    assert.deepEqual([...seen.keys()].sort(), expected.sort(), `${workers} workers`);
+  }
+});
+
 Deno.test("scanFolders partitions and the worker walk: every unit once, whatever the split", async () => {
   using dir = tempDir();
-  generateTree(dir.path, { folders: 600, nested: true, perLine: 50 });
-  writeTree(dir.path, { "stats.json": { text: "{}" } }); // the base itself is a unit too
-  const keysOf = (items: Iterable<ScanItem>) =>
-    [...items].flatMap((i) => i.kind === "folder" ? [i.snapshot.key] : []).sort();
-  const whole = keysOf(scanFolders(dir.path));
-  for (const count of [2, 3]) {
-    const parts = Array.from(
-      { length: count },
-      (_, index) => keysOf(scanFolders(dir.path, { partition: { index, count } })),
-    );
-    assert.deepEqual(parts.flat().sort(), whole, `${count} parts`);
-    assert.ok(parts[0].includes(whole.find((k) => !k.includes("/"))!), "the base is in part 0");
-  }
-  for (const workers of [1, 2]) {
-    const items: ScanItem[] = [];
-    for await (const chunk of scanFoldersInWorker(dir.path, { workers, chunk: 7 })) {
-      items.push(...chunk);
+  generateTree(join(dir.path, "nested"), { folders: 600, nested: true, perLine: 50 });
+  generateTree(join(dir.path, "flat"), { folders: 400 });
+  for (const base of [join(dir.path, "nested"), join(dir.path, "flat")]) {
+    writeTree(base, { "stats.json": { text: "{}" } }); // the base itself is a unit too
+    const keysOf = (items: ScanItem[]) => [...countKeys(items).keys()].sort();
+    const whole = (await scanAll(base, {}, 1_000)).items;
+    const baseKey = keysOf(whole).find((k) => !k.includes("/"))!;
+    for (const options of [{}, STREAMED]) {
+      for (const count of [1, 2, 3]) {
+        const parts: ScanItem[][] = [];
+        for (let index = 0; index < count; index++) {
+          parts.push((await scanAll(base, { ...options, partition: { index, count } })).items);
+        }
+        const all = parts.flat();
+        assert.ok([...countKeys(all).values()].every((n) => n === 1), `${count} parts: a twin`);
+        assert.deepEqual(canonical(all), canonical(whole), `${base}, ${count} parts`);
+        assert.ok(keysOf(parts[0]).includes(baseKey), "the base is in part 0");
+      }
+      for (const workers of [1, 2, 3]) {
+        const items = await workerItems(base, { ...options, workers, chunk: 7 });
+        assert.deepEqual(canonical(items), canonical(whole), `${base}, ${workers} worker(s)`);
+      }
     }
-    assert.deepEqual(keysOf(items), whole, `${workers} worker(s)`);
   }
+});
+
+Deno.test("scanFolders: a wide folder that is itself a unit is snapshotted after its subfolders", async () => {
+  using dir = tempDir();
+  writeTree(dir.path, {
+    "Wide/stats.json": { json: {}, mtime: T1 },
+    "Wide/z.jpg": { bytes: 3, mtime: T3 },
+    "Wide/notes.txt": { text: "x", mtime: T2 },
+    "Wide/A/a.jpg": { bytes: 1 },
+    "Wide/B/b.jpg": { bytes: 1 },
+  });
+  const scanned = await scanAll(dir.path, STREAMED);
+  assert.deepEqual(scanned.problems, []);
+  assert.equal(scanned.keys.at(-1), "Wide", "its listing ends after its subfolders");
+  assert.deepEqual([...scanned.keys].sort(), ["Wide", "Wide/A", "Wide/B"]);
+  const wide = scanned.folders.at(-1)!;
+  assert.deepEqual(wide.files.map((f) => f.name), ["notes.txt", "stats.json", "z.jpg"]);
+  assert.equal(wide.newestMtimeMs, T3);
+});
+
+Deno.test("scanFolders: memory does not grow with the width of one directory", async () => {
+  // 100,000 folders in one directory: listed in one call, the names alone overflow a 24 MB
+  // heap (the scan used to die with "Fatal JavaScript out of memory" here).
+  using dir = wideTempDir();
+  const made = await new Deno.Command("bash", {
+    args: [
+      "-c",
+      'cd "$1" && seq -f "Batch%06g" 0 99999 | xargs mkdir && ' +
+      "for i in 000000 050000 099999; do touch Batch$i/stats.json; done",
+      "_",
+      dir.path,
+    ],
+  }).output();
+  assert.ok(made.success, new TextDecoder().decode(made.stderr));
+  const code = `import { scanFolders } from ${
+    JSON.stringify(import.meta.resolve("../lib/scan.ts"))
+  };
+const keys = [];
+for await (const item of scanFolders(${JSON.stringify(dir.path)})) {
+  keys.push(item.kind === "folder" ? item.snapshot.key : "problem");
+}
+console.log(JSON.stringify(keys.sort()));`;
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: ["eval", "--no-config", "--v8-flags=--max-old-space-size=24", code],
+    env: { NO_COLOR: "1" },
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  const stderr = new TextDecoder().decode(out.stderr);
+  assert.equal(out.code, 0, `The scan failed with a 24 MB heap: ${stderr.slice(-2000)}`);
+  assert.deepEqual(JSON.parse(new TextDecoder().decode(out.stdout)), [
+    "Batch000000",
+    "Batch050000",
+    "Batch099999",
+  ]);
 });

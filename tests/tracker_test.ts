@@ -52,9 +52,9 @@ function diffOptions(overrides: Partial<DiffOptions> = {}): DiffOptions {
 }
 
 /** All unit snapshots of a tree; fails on any scan problem. */
-function scan(base: string): FolderSnapshot[] {
+async function scan(base: string): Promise<FolderSnapshot[]> {
   const out: FolderSnapshot[] = [];
-  for (const item of scanFolders(base, { markerNames: MARKERS })) {
+  for await (const item of scanFolders(base, { markerNames: MARKERS })) {
     if (item.kind === "problem") assert.fail(`${item.problem.path}: ${item.problem.reason}`);
     out.push(item.snapshot);
   }
@@ -291,7 +291,7 @@ Deno.test("Tracker.open: upgrades an original tool's database in place, rows kep
       await sqlite3(path, "SELECT batch_id, status, end_time FROM upload_batches ORDER BY 1"),
       ["b-1|completed|2025-06-02 16:51:00", `b-2|interrupted|${new Date(T2).toISOString()}`],
     );
-    const decisions = again.applyScan(scan(base), runId, base, diffOptions());
+    const decisions = again.applyScan(await scan(base), runId, base, diffOptions());
     // Fingerprints differ from the original's hashes: uploaded once more, retries forgotten.
     assert.deepEqual(decisions.map((d) => [d.snapshot.key, d.change, d.status, d.upload]), [
       ["Batch54", "changed", "pending", true],
@@ -311,7 +311,7 @@ Deno.test("Tracker.open: upgrades an original tool's database in place, rows kep
   assert.deepEqual(await sqlite3(path, "PRAGMA integrity_check"), ["ok"]);
 });
 
-Deno.test("Tracker.applyScan: the diff rule over real scans of a real tree", () => {
+Deno.test("Tracker.applyScan: the diff rule over real scans of a real tree", async () => {
   using dir = tempDir();
   const base = join(dir.path, "data");
   const tree = generateTree(base, { folders: 60, nested: true, perLine: 20, keys: true });
@@ -319,7 +319,7 @@ Deno.test("Tracker.applyScan: the diff rule over real scans of a real tree", () 
   try {
     // First scan: every unit is new and pending, and to be uploaded.
     const run1 = tracker.startRun(base, "upload");
-    const first = tracker.applyScan(scan(base), run1, base, diffOptions());
+    const first = tracker.applyScan(await scan(base), run1, base, diffOptions());
     assert.equal(first.length, tree.units);
     assert.deepEqual(first.map((d) => d.snapshot.key), tree.keys);
     assert.ok(first.every((d) => d.change === "new" && d.status === "pending" && d.upload));
@@ -347,7 +347,7 @@ Deno.test("Tracker.applyScan: the diff rule over real scans of a real tree", () 
 
     // Second scan of the unchanged tree: nothing to do, nothing written.
     const run2 = tracker.startRun(base, "upload");
-    const second = tracker.applyScan(scan(base), run2, base, diffOptions());
+    const second = tracker.applyScan(await scan(base), run2, base, diffOptions());
     assert.ok(second.every((d) => d.change === "unchanged" && d.status === "success"));
     assert.equal(second.filter((d) => d.upload).length, 0);
     assert.deepEqual(folderRows(tracker), afterUpload);
@@ -361,7 +361,7 @@ Deno.test("Tracker.applyScan: the diff rule over real scans of a real tree", () 
     assert.equal(failedRow.retry_count, 2);
     writeTree(target.path, { "2025-06-02 16:44:00.jpg": { bytes: 50, mtime: T1 } });
     const run3 = tracker.startRun(base, "upload");
-    const third = tracker.applyScan(scan(base), run3, base, diffOptions());
+    const third = tracker.applyScan(await scan(base), run3, base, diffOptions());
     const changed = third.filter((d) => d.change !== "unchanged");
     assert.deepEqual(changed.map((d) => [d.snapshot.key, d.change, d.upload]), [
       [target.key, "changed", true],
@@ -379,7 +379,7 @@ Deno.test("Tracker.applyScan: the diff rule over real scans of a real tree", () 
     const fresh = third[3].snapshot;
     writeTree(fresh.path, { "new.jpg": { bytes: 5, mtime: Date.now() } });
     const run4 = tracker.startRun(base, "upload");
-    const fourth = tracker.applyScan(scan(base), run4, base, diffOptions());
+    const fourth = tracker.applyScan(await scan(base), run4, base, diffOptions());
     const settling = fourth.filter((d) => d.settling);
     assert.deepEqual(settling.map((d) => [d.snapshot.key, d.change, d.upload]), [
       [fresh.key, "changed", false],
@@ -390,17 +390,17 @@ Deno.test("Tracker.applyScan: the diff rule over real scans of a real tree", () 
   }
 });
 
-Deno.test("Tracker.recordBatch: a folder changed during its upload stays pending", () => {
+Deno.test("Tracker.recordBatch: a folder changed during its upload stays pending", async () => {
   using dir = tempDir();
   const base = join(dir.path, "data");
   writeTree(base, { "A/stats.json": { text: "{}", mtime: T1 } });
   const tracker = Tracker.open(join(dir.path, "t.db"));
   try {
     const run = tracker.startRun(base, "upload");
-    const [before] = tracker.applyScan(scan(base), run, base, diffOptions());
+    const [before] = tracker.applyScan(await scan(base), run, base, diffOptions());
     // The folder changes while its batch is in flight, and a rescan records that.
     writeTree(base, { "A/a.jpg": { bytes: 10, mtime: T2 } });
-    const [during] = tracker.applyScan(scan(base), run, base, diffOptions());
+    const [during] = tracker.applyScan(await scan(base), run, base, diffOptions());
     assert.equal(during.change, "changed");
     tracker.recordBatch(batch("b1", run, 1, T2), [
       { path: before.snapshot.path, fingerprint: before.snapshot.fingerprint, ok: true },
@@ -409,21 +409,21 @@ Deno.test("Tracker.recordBatch: a folder changed during its upload stays pending
     assert.equal(row.upload_status, "pending");
     assert.equal(row.uploaded_hash, before.snapshot.fingerprint);
     assert.equal(row.file_hash, during.snapshot.fingerprint);
-    const [next] = tracker.applyScan(scan(base), run + 1, base, diffOptions());
+    const [next] = tracker.applyScan(await scan(base), run + 1, base, diffOptions());
     assert.deepEqual([next.change, next.upload], ["unchanged", true]);
   } finally {
     tracker.close();
   }
 });
 
-Deno.test("Tracker.recordBatch: failures count until maxRetries, success clears them", () => {
+Deno.test("Tracker.recordBatch: failures count until maxRetries, success clears them", async () => {
   using dir = tempDir();
   const base = join(dir.path, "data");
   writeTree(base, { "A/stats.json": { text: "{}" }, "B/stats.json": { text: "[]" } });
   const tracker = Tracker.open(join(dir.path, "t.db"));
   try {
     const run = tracker.startRun(base, "upload");
-    let decisions = tracker.applyScan(scan(base), run, base, diffOptions());
+    let decisions = tracker.applyScan(await scan(base), run, base, diffOptions());
     const [a, b] = decisions.map((d) => d.snapshot);
     for (let attempt = 1; attempt <= 3; attempt++) {
       tracker.recordBatch(batch(`b${attempt}`, run, 2, T1 + attempt * 10_000), [
@@ -435,7 +435,7 @@ Deno.test("Tracker.recordBatch: failures count until maxRetries, success clears 
         [rowB.upload_status, rowB.retry_count, rowB.error_message],
         ["failed", attempt, "22P02: invalid input"],
       );
-      decisions = tracker.applyScan(scan(base), run, base, diffOptions());
+      decisions = tracker.applyScan(await scan(base), run, base, diffOptions());
       assert.deepEqual(decisions.map((d) => d.upload), [false, attempt < 3], `attempt ${attempt}`);
     }
     const batches = tracker.db.prepare(
@@ -468,7 +468,7 @@ Deno.test("Tracker.recordBatch: failures count until maxRetries, success clears 
   }
 });
 
-Deno.test("Tracker passes: folders gone from disk are counted missing, never deleted", () => {
+Deno.test("Tracker passes: folders gone from disk are counted missing, never deleted", async () => {
   using dir = tempDir();
   const base = join(dir.path, "data");
   writeTree(base, {
@@ -477,18 +477,18 @@ Deno.test("Tracker passes: folders gone from disk are counted missing, never del
     "C/x.jpg": { bytes: 1 },
   });
   const tracker = Tracker.open(join(dir.path, "t.db"));
-  const pass = (runId: number) => {
+  const pass = async (runId: number) => {
     tracker.beginPass(base, runId);
-    const decisions = tracker.applyScan(scan(base), runId, base, diffOptions());
+    const decisions = tracker.applyScan(await scan(base), runId, base, diffOptions());
     return { decisions, missing: tracker.endPass() };
   };
   try {
     const run1 = tracker.startRun(base, "upload");
-    assert.deepEqual(pass(run1).missing, { count: 0, sample: [] });
+    assert.deepEqual((await pass(run1)).missing, { count: 0, sample: [] });
 
     Deno.removeSync(join(base, "B"), { recursive: true });
     const run2 = tracker.startRun(base, "upload");
-    assert.deepEqual(pass(run2).missing, { count: 1, sample: [join(base, "B")] });
+    assert.deepEqual((await pass(run2)).missing, { count: 1, sample: [join(base, "B")] });
     assert.equal(folderRows(tracker).length, 3, "the row of the missing folder stays");
     const report = tracker.status();
     assert.equal(report.missing, 1);
@@ -502,7 +502,7 @@ Deno.test("Tracker passes: folders gone from disk are counted missing, never del
 
     writeTree(base, { "B/stats.json": { text: "{}" } });
     const run4 = tracker.startRun(base, "upload");
-    const back = pass(run4);
+    const back = await pass(run4);
     assert.equal(back.decisions.find((d) => d.snapshot.key === "B")!.change, "unchanged");
     assert.deepEqual(back.missing, { count: 0, sample: [] });
     assert.equal(tracker.status().missing, 0);
@@ -511,7 +511,7 @@ Deno.test("Tracker passes: folders gone from disk are counted missing, never del
   }
 });
 
-Deno.test("Tracker passes: a base that is gone counts all its folders as missing", () => {
+Deno.test("Tracker passes: a base that is gone counts all its folders as missing", async () => {
   using dir = tempDir();
   const base = join(dir.path, "data");
   writeTree(base, { "A/stats.json": { text: "{}" }, "B/x.jpg": { bytes: 1 } });
@@ -519,7 +519,7 @@ Deno.test("Tracker passes: a base that is gone counts all its folders as missing
   try {
     const run = tracker.startRun(base, "upload");
     tracker.beginPass(base, run);
-    tracker.applyScan(scan(base), run, base, diffOptions());
+    tracker.applyScan(await scan(base), run, base, diffOptions());
     tracker.endPass();
     Deno.renameSync(base, join(dir.path, "renamed"));
     const report = tracker.status();
@@ -530,7 +530,7 @@ Deno.test("Tracker passes: a base that is gone counts all its folders as missing
   }
 });
 
-Deno.test("Tracker.applyScan: rescanning an unchanged tree writes no row", () => {
+Deno.test("Tracker.applyScan: rescanning an unchanged tree writes no row", async () => {
   using dir = tempDir();
   const base = join(dir.path, "data");
   writeTree(base, { "A/stats.json": { text: "{}" }, "B/x.jpg": { bytes: 1 } });
@@ -538,7 +538,7 @@ Deno.test("Tracker.applyScan: rescanning an unchanged tree writes no row", () =>
   try {
     const run1 = tracker.startRun(base, "upload");
     tracker.beginPass(base, run1);
-    tracker.applyScan(scan(base), run1, base, diffOptions());
+    tracker.applyScan(await scan(base), run1, base, diffOptions());
     tracker.endPass();
     const changes = () =>
       Number((tracker.db.prepare("SELECT total_changes() AS n").get() as { n: number }).n);
@@ -546,7 +546,7 @@ Deno.test("Tracker.applyScan: rescanning an unchanged tree writes no row", () =>
     const run2 = tracker.startRun(base, "upload");
     const afterStart = changes();
     tracker.beginPass(base, run2);
-    tracker.applyScan(scan(base), run2, base, diffOptions());
+    tracker.applyScan(await scan(base), run2, base, diffOptions());
     assert.deepEqual(tracker.endPass(), { count: 0, sample: [] });
     assert.ok(afterStart > before, "the run itself is recorded");
     assert.equal(changes(), afterStart, "no folder row was written by the rescan");
@@ -555,14 +555,14 @@ Deno.test("Tracker.applyScan: rescanning an unchanged tree writes no row", () =>
   }
 });
 
-Deno.test("Tracker.moveBase: a moved base keeps every folder's status, nothing is new", () => {
+Deno.test("Tracker.moveBase: a moved base keeps every folder's status, nothing is new", async () => {
   using dir = tempDir();
   const base = join(dir.path, "data");
   writeTree(base, { "A/stats.json": { text: "{}" }, "L/B/x.jpg": { bytes: 1 } });
   const tracker = Tracker.open(join(dir.path, "t.db"));
   try {
     const run = tracker.startRun(base, "upload");
-    const snaps = scan(base);
+    const snaps = await scan(base);
     tracker.applyScan(snaps, run, base, diffOptions());
     tracker.recordBatch(
       batch("b1", run, 2, T1),
@@ -571,7 +571,7 @@ Deno.test("Tracker.moveBase: a moved base keeps every folder's status, nothing i
     const moved = join(dir.path, "moved");
     Deno.renameSync(base, moved);
     assert.deepEqual(tracker.moveBase(base, moved), { moved: 2, replaced: 0 });
-    const decisions = tracker.applyScan(scan(moved), run, moved, diffOptions());
+    const decisions = tracker.applyScan(await scan(moved), run, moved, diffOptions());
     assert.deepEqual(decisions.map((d) => [d.snapshot.key, d.change, d.upload]), [
       ["A", "unchanged", false],
       ["L/B", "unchanged", false],
@@ -788,7 +788,7 @@ Deno.test("sqlite3 tool: the original documentation's queries give the expected 
   const tracker = Tracker.open(path);
   try {
     const run = tracker.startRun(base, "upload");
-    const [b54, b55, b56] = tracker.applyScan(scan(base), run, base, diffOptions())
+    const [b54, b55, b56] = tracker.applyScan(await scan(base), run, base, diffOptions())
       .map((d) => d.snapshot);
     tracker.recordFolderFailures([{
       path: b55.path,
