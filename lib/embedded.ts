@@ -1,40 +1,60 @@
 /**
- * The embedded default target: a PGlite database (PostgreSQL compiled to WebAssembly,
- * running inside this process) persisted in a local folder and served on a Unix socket
- * in a private (0700) directory, so `psql` talks to it like to any server.
+ * The embedded default target: a PGlite database (PostgreSQL compiled to WebAssembly)
+ * persisted in a local folder and served on a Unix socket in a private (0700) directory,
+ * so `psql` talks to it like to any server.
  *
- * Facts this module is built on (PGlite 0.5.16, pglite-socket 0.2.17):
+ * Threads: PGlite and the socket server run in a worker (lib/embedded_worker.ts). Every
+ * PostgreSQL statement, initdb and the startup run synchronously in WebAssembly and block
+ * the thread they run on for up to seconds; on the worker they leave this (the main)
+ * thread free, so signal handlers, timers and progress keep running. The main thread owns
+ * the lock, the folders and the socket directory, and can end the worker at any moment
+ * (`signal` during the start, `stop({ force: true })`), which stops PostgreSQL as a crash
+ * would: its WAL brings the database back at the next start.
+ *
+ * Facts this module is built on (PGlite 0.5.16, pglite-socket 0.2.17, Deno 2):
  *
  * - Every client connection shares ONE PostgreSQL session. pglite-socket queues protocol
  *   messages from all connections and runs them one at a time; while the session is inside
  *   an explicit transaction only the connection that opened it is served, the others wait.
  *   A connection that disconnects inside a transaction has it rolled back. Session state
  *   (`SET`, prepared statements, temp tables) is visible to every connection.
- * - Each statement runs synchronously in WebAssembly and blocks this process's event loop
- *   while it runs: never wait for a psql child synchronously in the serving process.
+ * - A Deno worker can listen on a Unix socket with `node:net` (what pglite-socket uses), so
+ *   psql's bytes go straight to the worker: no relay through the main thread, no extra copy.
  * - PGlite takes no lock on its folder: two processes opening the same folder both succeed
  *   and lose each other's writes. A lock file beside the folder (`<dataDir>.lock`, an OS
  *   lock that dies with its process) refuses the second one.
+ * - Durability: PGlite runs PostgreSQL with `fsync=off` (`-F`, its default) and writes the
+ *   folder through plain `write` calls. A statement psql saw acknowledged has its WAL in the
+ *   operating system's cache, so it survives a kill -9 of this process (or the end of the
+ *   worker); it does not survive a power cut or a kernel crash before the OS writes back.
+ * - A new database is made by initdb in WebAssembly, in memory, then written to disk. That
+ *   happens in a worker of its own in `<dataDir>.creating`, which is renamed to `<dataDir>`
+ *   only once PostgreSQL has started on it and shut down cleanly; the worker then ends,
+ *   which gives initdb's memory back before the serving worker starts. A start that is
+ *   interrupted, killed or fails leaves no half-made `<dataDir>`: the next start removes
+ *   the stale `.creating` folder and creates the database again.
+ * - Memory: PostgreSQL's startup settings below ({@linkcode EMBEDDED_SETTINGS}) replace
+ *   initdb's defaults (128 MB of shared buffers, 1 GB of WAL between checkpoints), which
+ *   sized the process for a server, not a 1 GB device.
  *
- * Costs measured here (2 cores): creating a database takes 3-4 s and peaks near 750 MB RSS
- * (initdb runs in WebAssembly); opening an existing one takes 0.3-0.5 s and about 300 MB.
- * An empty database is 39 MB on disk. Upserts of ~450-byte rows in 500-row statements through
- * psql run at 20k-33k new rows/s (55k/s when nothing changed), with 1 or 4 psql processes
- * alike: statements are serialised.
+ * Costs measured here (2 shared cores, Deno 2.9): creating a database takes 3-5 s and the
+ * process peaks near 560 MB RSS while initdb runs (that memory is returned when the
+ * creating worker ends); opening an existing one takes 0.3-0.7 s and about 200 MB. An empty
+ * database is 39 MB on disk. Upserts of ~450-byte rows in 500-row statements through psql
+ * run at 20k-33k new rows/s, with 1 or 4 psql processes alike: statements are serialised.
  *
  * Permissions under `deno run`: `--allow-read` and `--allow-write` (the folder, the lock
  * file, the socket directory in the temp dir, PGlite's own .wasm/.data files) and
  * `--allow-net` (listening on a Unix socket). No `--allow-env`, `--allow-sys` or
- * `--allow-run` are needed by this module.
+ * `--allow-run` are needed by this module. Workers inherit the process's permissions.
  *
  * @module
  */
 
 import { basename, dirname, isAbsolute, join, resolve } from "node:path";
-import { PGlite, type PGliteOptions } from "@electric-sql/pglite";
-import { PGLiteSocketServer } from "@electric-sql/pglite-socket";
 import { messageOf, UploadError } from "./errors.ts";
 import type { PsqlConnection } from "./psql.ts";
+import type { EmbeddedReply, EmbeddedRequest } from "./embedded_worker.ts";
 
 /** The port psql is told to use; with `-h <dir>` it only names the socket file. */
 export const EMBEDDED_PORT = 5432;
@@ -45,14 +65,62 @@ export const EMBEDDED_DATABASE = "postgres";
 /** Default for {@linkcode EmbeddedOptions.maxConnections}. */
 export const DEFAULT_MAX_CONNECTIONS = 8;
 
+/**
+ * PostgreSQL settings given on the command line of every start (they override the
+ * database's postgresql.conf, so databases made by earlier versions get them too).
+ *
+ * - `shared_buffers`: PostgreSQL's page cache lives inside the WebAssembly memory and is
+ *   touched as it fills; the operating system caches the files anyway. 16 MB instead of
+ *   initdb's 128 MB saves about 110 MB of RSS at the same upsert rate.
+ * - `max_wal_size` / `min_wal_size`: a checkpoint at most every 256 MB of WAL instead of
+ *   1 GB bounds the disk the WAL takes and the replay after a crash, at the cost of a
+ *   checkpoint (at most `shared_buffers` of writes) more often.
+ */
+export const EMBEDDED_SETTINGS: Readonly<Record<string, string>> = {
+  shared_buffers: "16MB",
+  max_wal_size: "256MB",
+  min_wal_size: "32MB",
+};
+
+/**
+ * PGlite's own startup arguments (`PGlite.defaultStartParams` in 0.5.16: single-user mode,
+ * fsync off, no parallel workers, synchronous I/O). They are repeated here because PGlite
+ * replaces, not extends, them when `startParams` is given; the worker module (which alone
+ * loads PGlite) would be the only other place to read them from.
+ */
+const PGLITE_START_PARAMS = [
+  "--single",
+  "-F",
+  "-O",
+  "-j",
+  "-c",
+  "search_path=public",
+  "-c",
+  "exit_on_error=false",
+  "-c",
+  "log_checkpoints=false",
+  "-c",
+  "max_worker_processes=0",
+  "-c",
+  "max_parallel_workers=0",
+  "-c",
+  "max_parallel_workers_per_gather=0",
+  "-c",
+  "io_method=sync",
+  "-c",
+  "max_parallel_maintenance_workers=0",
+];
+
 /** The socket file name libpq looks for in the `-h` directory for port 5432. */
 const SOCKET_NAME = `.s.PGSQL.${EMBEDDED_PORT}`;
 /** Longest socket path the platforms accept (sun_path is 104 bytes on macOS, 108 on Linux). */
 const MAX_SOCKET_PATH = 103;
 /** Prefix of the socket directories this module creates in the temp dir. */
 const SOCKET_DIR_PREFIX = "pglite-";
-/** The files PGlite loads at startup, looked up in {@linkcode EmbeddedOptions.assetsDir}. */
-const ASSET_FILES = { pglite: "pglite.wasm", initdb: "initdb.wasm", bundle: "pglite.data" };
+/** Suffix of the folder a new database is made in before it is renamed into place. */
+const CREATING_SUFFIX = ".creating";
+/** How long `stop()` waits for a clean shutdown before it ends the worker. */
+const STOP_TIMEOUT_MS = 60_000;
 
 /** Options for {@linkcode startEmbedded}. */
 export interface EmbeddedOptions {
@@ -74,6 +142,24 @@ export interface EmbeddedOptions {
    * files live elsewhere, e.g. extracted beside a `deno compile` binary.
    */
   assetsDir?: string;
+  /**
+   * Abandons the start when it aborts: the worker is ended at once (whatever PostgreSQL is
+   * doing), a database this start was creating is removed, the socket directory is removed
+   * and the lock released; `startEmbedded` then rejects with kind `interrupted`. An
+   * existing database is left as a crash leaves it, and opens normally next time. Only the
+   * start listens: once it has resolved, the server runs until `stop()`.
+   */
+  signal?: AbortSignal;
+}
+
+/** Options for {@linkcode EmbeddedServer.stop}. */
+export interface StopOptions {
+  /**
+   * End the worker at once instead of shutting PostgreSQL down cleanly (for a second
+   * Ctrl-C). Acknowledged statements are kept (see the module notes on durability); the
+   * next start replays the WAL. Default false.
+   */
+  force?: boolean;
 }
 
 /** A running embedded database. */
@@ -86,10 +172,15 @@ export interface EmbeddedServer {
   connection: PsqlConnection;
   /**
    * Closes client connections (queued statements are dropped, psql sees the connection
-   * lost), shuts PGlite down cleanly, removes the socket directory and releases the lock.
-   * Safe to call more than once.
+   * lost), shuts PGlite down cleanly (a running statement finishes first), ends the
+   * worker, removes the socket directory and releases the lock. Safe to call more than
+   * once: later calls return the first call's promise, except that `force` ends a clean
+   * shutdown still in progress.
+   *
+   * @throws {UploadError} `fatal` when PGlite reported a failure while shutting down (the
+   *   rest of the cleanup still ran).
    */
-  stop(): Promise<void>;
+  stop(options?: StopOptions): Promise<void>;
 }
 
 /** What the lock file records about the process serving a folder. */
@@ -101,14 +192,15 @@ interface LockHolder {
 
 /**
  * Opens (creating when missing) the PGlite database in `dataDir` and serves it on a Unix
- * socket for psql.
+ * socket for psql, from a worker thread.
  *
  * @param dataDir The database folder; its parent must exist or be creatable.
  * @param options See {@linkcode EmbeddedOptions}.
  * @returns The running server; call `stop()` when done.
- * @throws {UploadError} `locked` when another process serves this folder (or a live server
- *   owns the socket path); `config` when the folder is not a PGlite database, the socket path
- *   is too long or the options are invalid; `fatal` when PGlite or the listener fails.
+ * @throws {UploadError} `interrupted` when `options.signal` aborts before the server is
+ *   ready; `locked` when another process serves this folder (or a live server owns the
+ *   socket path); `config` when the folder is not a PGlite database, the socket path is too
+ *   long or the options are invalid; `fatal` when PGlite or the listener fails.
  */
 export async function startEmbedded(
   dataDir: string,
@@ -122,6 +214,12 @@ export async function startEmbedded(
     });
   }
   const dir = resolve(dataDir);
+  const signal = options.signal;
+  const interrupted = () =>
+    new UploadError("interrupted", `Interrupted while starting the embedded database ${dir}`, {
+      subject: dir,
+    });
+  if (signal?.aborted) throw interrupted();
   const cleanup: (() => Promise<void> | void)[] = [];
   // Undone in reverse order; every step runs even when an earlier one fails.
   const undo = async () => {
@@ -140,6 +238,7 @@ export async function startEmbedded(
     const lock = _acquireLock(dir);
     cleanup.push(() => lock.release());
     _removeStaleSocketDir(lock.previous, options.socketDir, log);
+    await _removeUnfinishedCreation(dir, log);
     const fresh = _checkDataDir(dir);
     const socketDir = await _prepareSocketDir(options.socketDir, log);
     const socketPath = join(socketDir, SOCKET_NAME);
@@ -149,17 +248,41 @@ export async function startEmbedded(
         : Deno.remove(socketPath).catch(_ignoreNotFound)
     );
     lock.record({ pid: Deno.pid, socketDir, startedAt: new Date().toISOString() });
+    const startParams = _startParams(EMBEDDED_SETTINGS);
 
-    if (fresh) log(`Creating embedded database in ${dir} (the first start takes a few seconds)`);
-    const db = await _openDatabase(dir, options.assetsDir);
-    cleanup.push(() => db.close());
-    const server = new PGLiteSocketServer({ db, path: socketPath, maxConnections });
-    _closeCancelRequests(server);
-    server.addEventListener("error", (event) => {
-      log(`Embedded server error: ${messageOf((event as CustomEvent).detail)}`);
+    if (fresh) {
+      log(`Creating embedded database in ${dir} (the first start takes a few seconds)`);
+      await _createDatabase(dir, { startParams, assetsDir: options.assetsDir, signal, log });
+    }
+
+    const worker = new _EmbeddedWorker(log);
+    let forced = false;
+    cleanup.push(async () => {
+      try {
+        if (!forced) {
+          await worker.request({ type: "stop" }, "stopped", { timeoutMs: STOP_TIMEOUT_MS });
+        }
+      } catch (error) {
+        if (!(error instanceof _WorkerEnded)) throw error;
+        // Ended by force (or by a timeout, already logged): nothing left to shut down.
+      } finally {
+        worker.terminate();
+      }
     });
-    await _listen(server, socketPath);
-    cleanup.push(() => server.stop());
+    await worker.request(
+      {
+        type: "serve",
+        dataDir: dir,
+        assetsDir: options.assetsDir,
+        startParams,
+        socketPath,
+        maxConnections,
+      },
+      "ready",
+      { signal },
+    ).catch((error) => {
+      throw error instanceof _WorkerEnded ? interrupted() : _failure(error, dir, socketPath);
+    });
 
     let stopping: Promise<void> | undefined;
     return {
@@ -179,8 +302,14 @@ export async function startEmbedded(
         env: {},
         display: `embedded PGlite at ${dir}`,
       },
-      stop() {
-        stopping ??= undo();
+      stop(stopOptions = {}) {
+        if (stopOptions.force) {
+          forced = true;
+          worker.terminate();
+        }
+        stopping ??= undo().catch((error) => {
+          throw _failure(error, dir, socketPath);
+        });
         return stopping;
       },
     };
@@ -188,8 +317,217 @@ export async function startEmbedded(
     await undo().catch((cleanupError) => {
       log(`Cleanup after a failed start also failed: ${messageOf(cleanupError)}`);
     });
+    throw error instanceof _WorkerEnded ? interrupted() : error;
+  }
+}
+
+/** PGlite's start arguments with `settings` added as `-c name=value`. */
+function _startParams(settings: Readonly<Record<string, string>>): string[] {
+  return [
+    ...PGLITE_START_PARAMS,
+    ...Object.entries(settings).flatMap(([name, value]) => ["-c", `${name}=${value}`]),
+  ];
+}
+
+/** Why a worker request ended without its answer: the worker was ended (abort, force). */
+class _WorkerEnded extends Error {}
+
+/** A failure the worker reported, or a worker that died. */
+class _WorkerFailed extends Error {
+  constructor(readonly stage: "open" | "listen" | "stop" | "crash", message: string) {
+    super(message);
+  }
+}
+
+/** Turns a worker failure into the error `startEmbedded` and `stop()` document. */
+function _failure(error: unknown, dir: string, socketPath: string): unknown {
+  if (!(error instanceof _WorkerFailed)) return error;
+  const what = error.stage === "listen"
+    ? `Cannot listen on ${socketPath}`
+    : error.stage === "stop"
+    ? `Cannot stop embedded database ${dir}`
+    : `Cannot open embedded database ${dir}`;
+  return new UploadError("fatal", `${what}: ${error.message}`, {
+    subject: error.stage === "listen" ? socketPath : dir,
+    cause: error,
+  });
+}
+
+/** Options of {@linkcode _EmbeddedWorker.request}. */
+interface RequestOptions {
+  /** Ends the worker and rejects with {@linkcode _WorkerEnded} when it aborts. */
+  signal?: AbortSignal;
+  /** Ends the worker and rejects with {@linkcode _WorkerEnded} after this long. */
+  timeoutMs?: number;
+}
+
+/** One lib/embedded_worker.ts thread: requests to it, answers from it. */
+class _EmbeddedWorker {
+  #worker: Worker;
+  #log: (line: string) => void;
+  #ended = false;
+  #pending: { expect: EmbeddedReply["type"]; settle: (error?: Error) => void } | null = null;
+
+  constructor(log: (line: string) => void) {
+    this.#log = log;
+    this.#worker = new Worker(new URL("./embedded_worker.ts", import.meta.url).href, {
+      type: "module",
+    });
+    this.#worker.onmessage = (event: MessageEvent<EmbeddedReply>) => {
+      const message = event.data;
+      if (message.type === "log") this.#log(message.line);
+      else if (message.type === "failed") {
+        this.#settle(new _WorkerFailed(message.stage, message.message));
+      } else if (this.#pending?.expect === message.type) this.#settle();
+    };
+    this.#worker.onerror = (event: ErrorEvent) => {
+      // An uncaught error ends the worker; keep it from ending this thread too.
+      event.preventDefault();
+      const failure = new _WorkerFailed("crash", event.message);
+      if (this.#pending) this.#settle(failure);
+      else this.#log(`Embedded database worker failed: ${event.message}`);
+    };
+  }
+
+  /**
+   * Sends `message` and resolves when the worker answers `expect`.
+   *
+   * @throws {_WorkerFailed} when the worker reports a failure or dies.
+   * @throws {_WorkerEnded} when the worker is ended (signal, timeout, terminate).
+   */
+  request(
+    message: EmbeddedRequest,
+    expect: EmbeddedReply["type"],
+    options: RequestOptions = {},
+  ): Promise<void> {
+    if (this.#ended) return Promise.reject(new _WorkerEnded("The worker has ended"));
+    const { signal, timeoutMs } = options;
+    return new Promise<void>((resolve, reject) => {
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      const onAbort = () => this.terminate();
+      this.#pending = {
+        expect,
+        settle: (error) => {
+          this.#pending = null;
+          signal?.removeEventListener("abort", onAbort);
+          clearTimeout(timer);
+          if (error) reject(error);
+          else resolve();
+        },
+      };
+      if (signal?.aborted) return this.terminate();
+      signal?.addEventListener("abort", onAbort, { once: true });
+      if (timeoutMs !== undefined) {
+        timer = setTimeout(() => {
+          this.#log(
+            `The embedded database did not stop within ${timeoutMs / 1000} s: ended it ` +
+              `(PostgreSQL replays its WAL at the next start)`,
+          );
+          this.terminate();
+        }, timeoutMs);
+      }
+      this.#worker.postMessage(message);
+    });
+  }
+
+  /** Ends the worker at once; a pending request rejects with {@linkcode _WorkerEnded}. */
+  terminate(): void {
+    if (this.#ended) return;
+    this.#ended = true;
+    this.#worker.terminate();
+    this.#settle(new _WorkerEnded("The worker was ended"));
+  }
+
+  #settle(error?: Error): void {
+    this.#pending?.settle(error);
+  }
+}
+
+/** What {@linkcode _createDatabase} needs besides the folder. */
+interface CreateOptions {
+  startParams: string[];
+  assetsDir: string | undefined;
+  signal: AbortSignal | undefined;
+  log: (line: string) => void;
+}
+
+/**
+ * Makes a new database for `dir`: initdb and a first clean start and shutdown in
+ * `<dir>.creating` on a worker of its own, then a rename to `dir`. On any failure or
+ * abort the worker is ended and the `.creating` folder removed.
+ *
+ * @throws {_WorkerEnded} when `signal` aborts; {@linkcode UploadError} `fatal` when PGlite
+ *   cannot create it.
+ */
+async function _createDatabase(dir: string, options: CreateOptions): Promise<void> {
+  const staging = `${dir}${CREATING_SUFFIX}`;
+  Deno.mkdirSync(staging, { mode: 0o700 });
+  const worker = new _EmbeddedWorker(options.log);
+  try {
+    await worker.request(
+      {
+        type: "create",
+        dataDir: staging,
+        assetsDir: options.assetsDir,
+        startParams: options.startParams,
+      },
+      "created",
+      { signal: options.signal },
+    );
+  } catch (error) {
+    worker.terminate();
+    await _removeCreation(staging);
+    if (error instanceof _WorkerFailed) {
+      throw new UploadError(
+        "fatal",
+        `Cannot create embedded database ${dir}: ${error.message}`,
+        { subject: dir, cause: error },
+      );
+    }
     throw error;
   }
+  // Ending the worker gives initdb's WebAssembly memory back before the server starts.
+  worker.terminate();
+  // An empty folder (the user's, or left by an older version) gives way to the new one.
+  try {
+    Deno.removeSync(dir);
+  } catch (error) {
+    _ignoreNotFound(error);
+  }
+  Deno.renameSync(staging, dir);
+}
+
+/**
+ * Removes a `.creating` folder. An ended worker's thread may still finish the file call it
+ * was in, so a removal racing it is tried again for up to a second.
+ */
+async function _removeCreation(staging: string): Promise<void> {
+  for (let attempt = 0;; attempt++) {
+    try {
+      await Deno.remove(staging, { recursive: true });
+      return;
+    } catch (error) {
+      if (error instanceof Deno.errors.NotFound) return;
+      if (attempt >= 20) throw error;
+    }
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+}
+
+/**
+ * Removes the `<dir>.creating` folder a killed or failed creation left behind. Called with
+ * the lock held, so no other process can be creating it.
+ */
+async function _removeUnfinishedCreation(dir: string, log: (line: string) => void) {
+  const staging = `${dir}${CREATING_SUFFIX}`;
+  try {
+    await Deno.lstat(staging);
+  } catch (error) {
+    _ignoreNotFound(error);
+    return;
+  }
+  await _removeCreation(staging);
+  log(`Removed unfinished embedded database ${staging} (its creation was interrupted)`);
 }
 
 /** An acquired folder lock. */
@@ -292,8 +630,8 @@ function _removeStaleSocketDir(
 }
 
 /**
- * Makes sure `dir` is a PGlite database or can become one. Returns true when PGlite will
- * have to create it (initdb).
+ * Makes sure `dir` is a PGlite database or can become one. Returns true when it has to be
+ * created (missing or empty); its parent is then created when missing.
  */
 function _checkDataDir(dir: string): boolean {
   let entries: string[];
@@ -307,7 +645,6 @@ function _checkDataDir(dir: string): boolean {
       });
     }
     Deno.mkdirSync(dirname(dir), { recursive: true });
-    Deno.mkdirSync(dir, { mode: 0o700 });
     return true;
   }
   if (entries.includes("PG_VERSION")) return false;
@@ -368,76 +705,6 @@ async function _removeDeadSocket(path: string, log: (line: string) => void): Pro
   }
   await Deno.remove(path);
   log(`Removed stale socket ${path}`);
-}
-
-/** Starts PGlite on `dir`, with its WebAssembly and data files from `assetsDir` if given. */
-async function _openDatabase(dir: string, assetsDir: string | undefined): Promise<PGlite> {
-  const options: PGliteOptions = { dataDir: dir };
-  try {
-    if (assetsDir !== undefined) {
-      const read = (name: string) => Deno.readFile(join(assetsDir, name));
-      const [pglite, initdb, bundle] = await Promise.all([
-        read(ASSET_FILES.pglite),
-        read(ASSET_FILES.initdb),
-        read(ASSET_FILES.bundle),
-      ]);
-      options.pgliteWasmModule = await WebAssembly.compile(pglite);
-      options.initdbWasmModule = await WebAssembly.compile(initdb);
-      options.fsBundle = new Blob([bundle]);
-    }
-    return await PGlite.create(options);
-  } catch (error) {
-    throw new UploadError("fatal", `Cannot open embedded database ${dir}: ${messageOf(error)}`, {
-      subject: dir,
-      cause: error,
-    });
-  }
-}
-
-/** Listens on the socket path; a failure to bind is fatal for the embedded target. */
-async function _listen(server: PGLiteSocketServer, path: string): Promise<void> {
-  try {
-    await server.start();
-  } catch (error) {
-    await server.stop();
-    throw new UploadError("fatal", `Cannot listen on ${path}: ${messageOf(error)}`, {
-      subject: path,
-      cause: error,
-    });
-  }
-}
-
-/** The first eight bytes of a CancelRequest: its length (16) and its code. */
-const CANCEL_REQUEST_HEAD = [16, 80877102];
-
-/**
- * Closes connections that carry a CancelRequest. psql's Ctrl-C sends one on a new
- * connection and then waits until the server closes it; pglite-socket 0.2.17 reads the
- * request, ignores it and keeps the connection open, so psql hung for good. PGlite cannot
- * cancel a running statement anyway: closing the connection at once lets the statement
- * finish and psql go on, as a server that has nothing to cancel does.
- */
-function _closeCancelRequests(server: PGLiteSocketServer): void {
-  type Socket = {
-    once(event: "data", listener: (chunk: Uint8Array) => void): void;
-    end(): void;
-  };
-  const target = server as unknown as { handleConnection(socket: Socket): Promise<void> };
-  const handle = target.handleConnection.bind(server);
-  target.handleConnection = (socket) => {
-    // Registered before pglite-socket's own listener, which then sees the request and
-    // ignores it; the socket is closed right after.
-    socket.once("data", (chunk) => {
-      if (chunk.length < 8) return;
-      const view = new DataView(chunk.buffer, chunk.byteOffset, chunk.byteLength);
-      if (
-        view.getInt32(0) === CANCEL_REQUEST_HEAD[0] && view.getInt32(4) === CANCEL_REQUEST_HEAD[1]
-      ) {
-        socket.end();
-      }
-    });
-    return handle(socket);
-  };
 }
 
 /** Swallows the one expected failure of removing a file that is already gone. */

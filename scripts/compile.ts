@@ -68,9 +68,12 @@ async function main(argv: string[]): Promise<number> {
       // A smaller heap keeps resident memory low; the run streams (see docs/benchmarks.md).
       "--v8-flags=--max-semi-space-size=4,--max-old-space-size=192",
       ...includes.flatMap((file) => ["--include", file]),
-      // The folder walk runs in a worker, loaded by URL at run time: bundle its module too.
+      // The folder walk and the embedded database run in workers, loaded by URL at run
+      // time: bundle their modules too.
       "--include",
       join(ROOT, "lib", "scan_worker.ts"),
+      "--include",
+      join(ROOT, "lib", "embedded_worker.ts"),
       ...(target ? ["--target", target] : []),
       "--output",
       output,
