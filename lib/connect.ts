@@ -72,6 +72,7 @@ export function connectorFor(
       }
       server ??= await startEmbedded(spec.dataDir, {
         maxConnections: Math.max(8, (options.maxConnections ?? 4) + 2),
+        signal,
       });
       return server.connection;
     },
