@@ -192,97 +192,93 @@ export function parseUploadCommand(
   config.connectTimeoutSeconds = num("connect-timeout", { min: 0 }) ??
     config.connectTimeoutSeconds;
   config.batchDelaySeconds = num("batch-delay", { min: 0 }) ?? config.batchDelaySeconds;
-  if (typeof values["db-path"] === "string") {
-    if (values["db-path"] === "") {
-      throw new UploadError("usage", "Empty value for --db-path", {
-        hint: "--db-path takes the tracking database's file name",
-      });
-    }
-    config.dbPath = values["db-path"];
+  const emptyHints = {
+    "db-path": "--db-path takes the tracking database's file name",
+    "db-url": "Give a postgresql:// URL, or leave the flag out for the embedded database",
+    "moved-from": "--moved-from takes the base folder's old path",
+  } as const;
+  for (const [flag, hint] of Object.entries(emptyHints)) {
+    if (values[flag as keyof typeof emptyHints] === "") usage(`Empty value for --${flag}`, hint);
   }
+  if (typeof values["db-path"] === "string") config.dbPath = values["db-path"];
   config.dbPath = fromCaller(config.dbPath, env);
-  const help = values.help === true;
-  const status = values.status === true;
-  const scanOnly = values["scan-only"] === true;
-  const dryRun = values["dry-run"] === true;
-  const watch = values.watch === true;
-  const printSchema = values["print-schema"] === true;
-  const verify = values.verify === true;
-  const modes = [
-    printSchema && "--print-schema",
-    status && "--status",
-    scanOnly && "--scan-only",
-    dryRun && "--dry-run",
-    watch && "--watch",
-    verify && "--verify",
-  ].filter(Boolean);
-  if (!help && modes.length > 1) {
-    throw new UploadError("usage", `${modes.join(" and ")} cannot be combined`, {
-      hint: `Run '${command} --help' for what each mode does`,
-    });
-  }
-  if (positionals.length > 1) {
-    throw new UploadError("usage", `Expected one base path, got ${positionals.length}`, {
-      hint: `Quote paths with spaces: ${command} "my data/"`,
-    });
-  }
-  const basePath = positionals[0] ?? null;
-  if (printSchema && basePath !== null) {
-    throw new UploadError("usage", "--print-schema takes no base path", {
-      hint: `Run '${command} --print-schema [--role NAME]' and give its output to the owner`,
-    });
-  }
-  if (typeof values.role === "string" && !printSchema) {
-    throw new UploadError("usage", "--role needs --print-schema", {
-      hint: "--role names the uploading role the printed SQL grants to",
-    });
-  }
-  if (!help && !status && !printSchema && basePath === null) {
-    throw new UploadError("usage", "Missing the base path to upload", {
-      hint: `Usage: ${command} <base_path> [options]; '${command} --help' for more`,
-    });
-  }
-  if (basePath !== null && basePath.trim() === "") {
-    throw new UploadError("usage", "Empty base path", {
-      hint: `Give the folder that holds the test folders; '.' for the current directory`,
-    });
-  }
+  const basePath = checkUploadModes(values, positionals, command);
   const rescan = num("rescan-every", { min: 1 });
-  if (rescan !== undefined && !watch) {
-    throw new UploadError("usage", "--rescan-every needs --watch", {
-      hint: `Run '${command} --help' for what --watch does`,
-    });
+  if (rescan !== undefined && values.watch !== true) {
+    usage("--rescan-every needs --watch", `Run '${command} --help' for what --watch does`);
   }
   const movedFrom = values["moved-from"];
-  if (movedFrom === "") {
-    throw new UploadError("usage", "Empty value for --moved-from", {
-      hint: "--moved-from takes the base folder's old path",
-    });
-  }
-  if (values["db-url"] === "") {
-    throw new UploadError("usage", "Empty value for --db-url", {
-      hint: "Give a postgresql:// URL, or leave the flag out for the embedded database",
-    });
-  }
   return {
     basePath: basePath === null ? null : fromCaller(basePath, env),
-    scanOnly,
-    status,
-    dryRun,
-    watch,
+    scanOnly: values["scan-only"] === true,
+    status: values.status === true,
+    dryRun: values["dry-run"] === true,
+    watch: values.watch === true,
     rescanEverySeconds: rescan ?? DEFAULT_RESCAN_EVERY_SECONDS,
     movedFrom: typeof movedFrom === "string" ? fromCaller(movedFrom, env) : null,
-    printSchema,
+    printSchema: values["print-schema"] === true,
     role: typeof values.role === "string" ? values.role : null,
-    verify,
+    verify: values.verify === true,
     ...imagesSettings(values, env),
     markers: values["no-markers"] !== true,
     json: values.json === true,
     quiet: values.quiet === true,
-    help,
+    help: values.help === true,
     dbUrl: typeof values["db-url"] === "string" ? values["db-url"] : undefined,
     config,
   };
+}
+
+/** Throws a usage error (exit 2) with a one-line hint. */
+function usage(message: string, hint: string): never {
+  throw new UploadError("usage", message, { hint });
+}
+
+/**
+ * Checks that the modes of `deno task upload` go together and the base path is there when
+ * one is needed; returns the base path as given (or null).
+ */
+function checkUploadModes(
+  values: Record<string, string | boolean | undefined>,
+  positionals: string[],
+  command: string,
+): string | null {
+  const on = (flag: string) => values[flag] === true;
+  const modes = ["print-schema", "status", "scan-only", "dry-run", "watch", "verify"]
+    .filter(on).map((m) => `--${m}`);
+  const help = on("help");
+  if (!help && modes.length > 1) {
+    usage(`${modes.join(" and ")} cannot be combined`, `Run '${command} --help' for each mode`);
+  }
+  if (positionals.length > 1) {
+    usage(
+      `Expected one base path, got ${positionals.length}`,
+      `Quote paths with spaces: ${command} "my data/"`,
+    );
+  }
+  const basePath = positionals[0] ?? null;
+  if (on("print-schema") && basePath !== null) {
+    usage(
+      "--print-schema takes no base path",
+      `Run '${command} --print-schema [--role NAME]' and give its output to the owner`,
+    );
+  }
+  if (typeof values.role === "string" && !on("print-schema")) {
+    usage("--role needs --print-schema", "--role names the role the printed SQL grants to");
+  }
+  if (!help && !on("status") && !on("print-schema") && basePath === null) {
+    usage(
+      "Missing the base path to upload",
+      `Usage: ${command} <base_path> [options]; '${command} --help' for more`,
+    );
+  }
+  if (basePath !== null && basePath.trim() === "") {
+    usage(
+      "Empty base path",
+      "Give the folder that holds the test folders; '.' for the current directory",
+    );
+  }
+  return basePath;
 }
 
 /** Applies the environment's settings over the defaults. */

@@ -103,6 +103,29 @@ export interface PlannerOptions {
   roomFor?: (bytes: number) => Promise<void>;
 }
 
+/** A folder item of a source. */
+type FolderItem = Extract<SourceItem, { kind: "folder" }>;
+
+/** What planning a group of folders found besides rows to send. */
+interface PlanOutcome {
+  failures: { path: string; key: string; error: string; snapshot: FolderSnapshot }[];
+  /** Folders whose row the server already holds (recorded, not sent). */
+  adopted: { path: string; fingerprint: string; contentHash: string }[];
+}
+
+/**
+ * The content hash the server is known to hold for a folder, when there is one to compare:
+ * with `--verify`, the server's own; else, for a folder whose files changed, the hash last
+ * uploaded. Equal to the built row's, the folder's files changed but not what its row
+ * carries (a touch, a copy resetting mtimes, a lost tracker rebuilt), so nothing is sent
+ * and no marker rewritten. Not with `--images-to` (see the caller): an image rewritten at
+ * the same size changes no row, yet its object must be replaced.
+ */
+function heldContent(d: ScanDecision): string | null {
+  if (d.remoteContent !== undefined) return d.remoteContent;
+  return d.change === "changed" ? d.uploadedContent : null;
+}
+
 /** Stats files larger than this wait for room in the byte budget before they are read. */
 const LARGE_STATS_BYTES = 1024 * 1024;
 
@@ -225,119 +248,127 @@ export class Planner {
     revisit: boolean,
   ): Promise<void> {
     const run = this.#run;
-    const failures: { path: string; key: string; error: string; snapshot: FolderSnapshot }[] = [];
-    const adopted: { path: string; fingerprint: string; contentHash: string }[] = [];
+    const outcome: PlanOutcome = { failures: [], adopted: [] };
     for (let i = 0; i < decisions.length; i++) {
       const d = decisions[i];
-      const source = group[i];
-      const snap = d.snapshot;
       if (!revisit) {
         if (d.change === "new") run.counters.new++;
         else if (d.change === "changed") run.counters.changed++;
         else run.counters.unchanged++;
       }
-      if (d.settling && run.mode === "scan-only") {
-        run.counters.settling++;
-        continue;
-      }
-      if (d.settling) {
-        const queued = this.#options.settle.add({
-          path: snap.path,
-          key: snap.key,
-          base: source.base,
-          force: source.force,
-          strict: source.strict,
-          dueAt: snap.newestMtimeMs + run.config.minAgeSeconds * 1000 + 50,
-        });
-        if (!queued) run.counters.settling++;
-        continue;
-      }
-      // With --images-to, a folder whose images were never stored there goes again (its row
-      // gains the keys), even when nothing else changed.
-      const needsObjects = run.objects !== null && d.objectsDest !== run.objects.store.display &&
-        snap.files.some((f) => isImageName(f.name, run.config.imageExtensions));
-      const upload = d.upload || source.force || needsObjects;
-      if (!upload || run.mode === "scan-only") continue;
-      if (source.strict) {
-        const holder = this.#strictKeys.get(snap.key);
-        if (holder !== undefined && holder !== snap.path) {
-          failures.push({
-            path: snap.path,
-            key: snap.key,
-            snapshot: snap,
-            error: `Key ${snap.key} is also the key of ${holder} in this run: two folders of ` +
-              `the same name would share one row. Upload them with --base`,
-          });
-          continue;
-        }
-        this.#strictKeys.set(snap.key, snap.path);
-      }
-      run.counters.queued++;
-      const statsSize = snap.files.find((f) => f.name === run.config.statsFileName)?.size ?? 0;
-      if (statsSize > LARGE_STATS_BYTES) {
-        // Bound what is parsed at once: a large file waits for the rows in flight to go.
-        await this.flush();
-        await this.#options.roomFor?.(statsSize * 2);
-      }
-      if (run.folderEvents) this.#found(snap);
-      let built;
-      let plan: FolderObjectPlan | undefined;
-      try {
-        plan = run.objects ? this.#planObjects(snap) : undefined;
-        built = buildRow(snap, run.config, new Date(run.now()), {
-          strict: source.strict,
-          imageObjects: plan?.objects.map((o) => o.key),
-        });
-      } catch (error) {
-        failures.push({ path: snap.path, key: snap.key, error: messageOf(error), snapshot: snap });
-        continue;
-      }
-      const contentHash = built.row.metadata.content_hash as string;
-      if (run.folderEvents) {
-        run.emit({
-          event: "folder_read",
-          path: snap.path,
-          key: snap.key,
-          stats: built.row.test_results !== null,
-          test_status: built.row.test_status,
-        });
-      }
-      // Files changed but what the row carries did not (a touch, a copy resetting mtimes):
-      // the server already holds this content, so nothing is sent and no marker rewritten.
-      // Not with --images-to: an image rewritten at the same size changes no row, yet its
-      // object must be replaced (the committer puts only images whose MD5 changed).
-      // With --verify, what the server holds is known for every folder: a new one (a lost
-      // tracker) whose row is already there is adopted the same way.
-      const held = d.remoteContent !== undefined
-        ? d.remoteContent
-        : d.change === "changed"
-        ? d.uploadedContent
-        : null;
-      if (!source.force && run.objects === null && held === contentHash) {
-        adopted.push({ path: snap.path, fingerprint: snap.fingerprint, contentHash });
-        continue;
-      }
-      if (run.mode === "dry-run") {
-        run.counters.bytes += built.bytes;
-        if (plan) this.#countObjects(snap, plan);
-        continue;
-      }
-      await this.#pack({
-        path: snap.path,
-        // The parsed stats are not needed once the JSON text is built.
-        row: { ...built.row, test_results: null },
-        json: built.json,
-        bytes: built.bytes,
-        snapshot: snap,
-        contentHash,
-      });
+      if (d.settling) this.#holdBack(d.snapshot, group[i]);
+      else if (this.#wanted(d, group[i], outcome)) await this.#prepare(d, group[i], outcome);
       if (run.stopping) break;
     }
-    if (adopted.length > 0) {
-      run.counters.adopted += adopted.length;
-      run.tracker?.recordAdopted(adopted, new Date(run.now()));
+    if (outcome.adopted.length > 0) {
+      run.counters.adopted += outcome.adopted.length;
+      run.tracker?.recordAdopted(outcome.adopted, new Date(run.now()));
     }
-    await run.failFolders(failures);
+    await run.failFolders(outcome.failures);
+  }
+
+  /** A folder still being written: queued to be looked at again once it has settled. */
+  #holdBack(snap: FolderSnapshot, source: FolderItem): void {
+    const run = this.#run;
+    const queued = run.mode !== "scan-only" && this.#options.settle.add({
+      path: snap.path,
+      key: snap.key,
+      base: source.base,
+      force: source.force,
+      strict: source.strict,
+      dueAt: snap.newestMtimeMs + run.config.minAgeSeconds * 1000 + 50,
+    });
+    if (!queued) run.counters.settling++;
+  }
+
+  /**
+   * Whether a settled folder goes on to be read: the diff says so, it was named on
+   * purpose, or (`--images-to`) its images were never stored there. A name-only key taken
+   * by another folder in this run fails instead.
+   */
+  #wanted(d: ScanDecision, source: FolderItem, outcome: PlanOutcome): boolean {
+    const run = this.#run;
+    const snap = d.snapshot;
+    const needsObjects = run.objects !== null && d.objectsDest !== run.objects.store.display &&
+      snap.files.some((f) => isImageName(f.name, run.config.imageExtensions));
+    if (!(d.upload || source.force || needsObjects) || run.mode === "scan-only") return false;
+    if (source.strict) {
+      const holder = this.#strictKeys.get(snap.key);
+      if (holder !== undefined && holder !== snap.path) {
+        outcome.failures.push({
+          path: snap.path,
+          key: snap.key,
+          snapshot: snap,
+          error: `Key ${snap.key} is also the key of ${holder} in this run: two folders of ` +
+            `the same name would share one row. Upload them with --base`,
+        });
+        return false;
+      }
+      this.#strictKeys.set(snap.key, snap.path);
+    }
+    run.counters.queued++;
+    return true;
+  }
+
+  /**
+   * Reads a folder's stats.json and builds its row; then adopts it (the server already
+   * holds this content), counts it (dry run), or packs it into the batch being filled.
+   */
+  async #prepare(d: ScanDecision, source: FolderItem, outcome: PlanOutcome): Promise<void> {
+    const run = this.#run;
+    const snap = d.snapshot;
+    const statsSize = snap.files.find((f) => f.name === run.config.statsFileName)?.size ?? 0;
+    if (statsSize > LARGE_STATS_BYTES) {
+      // Bound what is parsed at once: a large file waits for the rows in flight to go.
+      await this.flush();
+      await this.#options.roomFor?.(statsSize * 2);
+    }
+    if (run.folderEvents) this.#found(snap);
+    let built;
+    let plan: FolderObjectPlan | undefined;
+    try {
+      plan = run.objects ? this.#planObjects(snap) : undefined;
+      built = buildRow(snap, run.config, new Date(run.now()), {
+        strict: source.strict,
+        imageObjects: plan?.objects.map((o) => o.key),
+      });
+    } catch (error) {
+      outcome.failures.push({
+        path: snap.path,
+        key: snap.key,
+        error: messageOf(error),
+        snapshot: snap,
+      });
+      return;
+    }
+    const contentHash = built.row.metadata.content_hash as string;
+    if (run.folderEvents) {
+      run.emit({
+        event: "folder_read",
+        path: snap.path,
+        key: snap.key,
+        stats: built.row.test_results !== null,
+        test_status: built.row.test_status,
+      });
+    }
+    if (!source.force && run.objects === null && heldContent(d) === contentHash) {
+      outcome.adopted.push({ path: snap.path, fingerprint: snap.fingerprint, contentHash });
+      return;
+    }
+    if (run.mode === "dry-run") {
+      run.counters.bytes += built.bytes;
+      if (plan) this.#countObjects(snap, plan);
+      return;
+    }
+    await this.#pack({
+      path: snap.path,
+      // The parsed stats are not needed once the JSON text is built.
+      row: { ...built.row, test_results: null },
+      json: built.json,
+      bytes: built.bytes,
+      snapshot: snap,
+      contentHash,
+    });
   }
 
   async #pack(item: PlannedItem): Promise<void> {

@@ -16,6 +16,9 @@ import { decideFolder, type DiffDecision, type DiffOptions, type TrackedState } 
 import type { FolderSnapshot } from "./scan.ts";
 import { type RunStatus, UploadError } from "./errors.ts";
 import { localDeviceId } from "./device.ts";
+import { readStatus, type StatusOptions, type StatusReport } from "./status.ts";
+
+export type { FailureEntry, StatusOptions, StatusReport } from "./status.ts";
 
 /** The schema version this code writes. */
 export const SCHEMA_VERSION = 4;
@@ -160,74 +163,6 @@ export interface ScanDecision extends DiffDecision {
    * undefined otherwise.
    */
   remoteContent?: string | null;
-}
-
-/** A failed folder, as `--status` lists it. */
-export interface FailureEntry {
-  folderPath: string;
-  folderName: string;
-  /** The last error, naming the file or the server's SQLSTATE. */
-  error: string;
-  /** When it last failed. */
-  when: string;
-  /** Runs that failed it since its files last changed. */
-  retryCount: number;
-}
-
-/** Counts and lists of a tracking database, for `--status`. Lists hold `limit` entries at most. */
-export interface StatusReport {
-  dbPath: string;
-  total: number;
-  byStatus: Record<string, number>;
-  /** Pending folders whose newest file was too young to upload when last seen. */
-  settling: number;
-  /** Tracked folders gone from disk: not found by the last complete scan, or under a base that is gone. */
-  missing: number;
-  missingSample: string[];
-  /** Base folders that no longer exist (moved or renamed? see `--moved-from`). */
-  goneBases: string[];
-  recentBatches: {
-    batchName: string;
-    successful: number;
-    failed: number;
-    total: number;
-    status: string;
-    startTime: string;
-    endTime: string | null;
-    durationSeconds: number | null;
-    foldersPerSecond: number | null;
-  }[];
-  /** Failed folders the next runs retry (retry count below --max-retries), newest first. */
-  recentFailures: FailureEntry[];
-  failuresTotal: number;
-  /** Failed folders that used up their retries and wait for a change, newest first. */
-  exhausted: FailureEntry[];
-  exhaustedTotal: number;
-  /** Folders or files the last scans could not read. */
-  problems: { path: string; reason: string; since: string }[];
-  problemsTotal: number;
-  /** What the last `--verify` found (when it ran, rows read, re-queued, orphans), if one ran. */
-  lastVerify: Record<string, unknown> | null;
-  /** Server rows of this device with no folder on disk, as the last `--verify` found them. */
-  orphans: string[];
-  orphansTotal: number;
-  lastRun: {
-    runId: number;
-    mode: string;
-    status: string;
-    startedAt: string;
-    endedAt: string | null;
-  } | null;
-}
-
-/** Settings of {@linkcode Tracker.status}. */
-export interface StatusOptions {
-  /** Most entries per list (failures, exhausted, problems, missing); null for all. Default 10. */
-  limit?: number | null;
-  /** Recent batches listed. Default 5. */
-  batches?: number;
-  /** The retry limit that separates retried failures from exhausted ones. Default 3. */
-  maxRetries?: number;
 }
 
 interface FolderRow {
@@ -958,163 +893,9 @@ export class Tracker {
     return rows.map((r) => r.base_path).sort((a, b) => b.length - a.length);
   }
 
-  /** The report behind `--status`. */
+  /** The report behind `--status` (see lib/status.ts). */
   status(options: StatusOptions = {}): StatusReport {
-    const limit = options.limit === undefined ? 10 : options.limit;
-    const maxRetries = options.maxRetries ?? 3;
-    const cap = limit ?? -1; // SQLite: a negative LIMIT means no limit
-    const byStatus: Record<string, number> = {};
-    let total = 0;
-    for (
-      const row of this.db.prepare(
-        "SELECT COALESCE(upload_status, 'pending') AS s, count(*) AS n FROM folder_status GROUP BY 1 ORDER BY 1",
-      ).all() as { s: string; n: number }[]
-    ) {
-      byStatus[row.s] = Number(row.n);
-      total += Number(row.n);
-    }
-    // An original tool's database opened read-only has none of the newer columns yet.
-    const version = this.schemaVersion();
-    const count = (sql: string, ...params: (string | number)[]) =>
-      Number((this.db.prepare(sql).get(...params) as { n: number }).n);
-    const settling = version >= 2
-      ? count(
-        "SELECT count(*) AS n FROM folder_status WHERE settling = 1 AND upload_status = 'pending'",
-      )
-      : 0;
-    const goneBases = version >= 2 ? this.#goneBases() : [];
-    let missing = 0;
-    let missingSample: string[] = [];
-    if (version >= 3) {
-      const where = "FROM folder_status WHERE missing_since IS NOT NULL OR base_path IN " +
-        "(SELECT value FROM json_each(?))";
-      const gone = JSON.stringify(goneBases);
-      missing = count(`SELECT count(*) AS n ${where}`, gone);
-      missingSample = (this.db.prepare(
-        `SELECT folder_path AS p ${where} ORDER BY folder_path LIMIT ?`,
-      ).all(gone, cap) as { p: string }[]).map((r) => r.p);
-    }
-    const recentBatches = (this.db.prepare(
-      "SELECT batch_name, successful_uploads, failed_uploads, total_folders, status, start_time, " +
-        "end_time FROM upload_batches ORDER BY start_time DESC, batch_id DESC LIMIT ?",
-    ).all(options.batches ?? 5) as {
-      batch_name: string;
-      successful_uploads: number;
-      failed_uploads: number;
-      total_folders: number;
-      status: string;
-      start_time: string;
-      end_time: string | null;
-    }[]).map((b) => {
-      const duration = b.end_time
-        ? (Date.parse(b.end_time) - Date.parse(b.start_time)) / 1000
-        : null;
-      const done = Number(b.successful_uploads ?? 0) + Number(b.failed_uploads ?? 0);
-      return {
-        batchName: b.batch_name,
-        successful: Number(b.successful_uploads ?? 0),
-        failed: Number(b.failed_uploads ?? 0),
-        total: Number(b.total_folders ?? 0),
-        status: b.status,
-        startTime: b.start_time,
-        endTime: b.end_time,
-        durationSeconds: duration,
-        foldersPerSecond: duration && duration > 0 ? Math.round(done / duration) : null,
-      };
-    });
-    const failures = (exhausted: boolean): FailureEntry[] =>
-      (this.db.prepare(
-        "SELECT folder_path, folder_name, error_message, updated_at, retry_count FROM folder_status " +
-          `WHERE upload_status = 'failed' AND COALESCE(retry_count, 0) ${
-            exhausted ? ">=" : "<"
-          } ? ORDER BY updated_at DESC, folder_path LIMIT ?`,
-      ).all(maxRetries, cap) as {
-        folder_path: string;
-        folder_name: string;
-        error_message: string | null;
-        updated_at: string;
-        retry_count: number | null;
-      }[]).map((f) => ({
-        folderPath: f.folder_path,
-        folderName: f.folder_name,
-        error: f.error_message ?? "",
-        when: f.updated_at,
-        retryCount: Number(f.retry_count ?? 0),
-      }));
-    const failedWhere = "FROM folder_status WHERE upload_status = 'failed' AND " +
-      "COALESCE(retry_count, 0)";
-    const problems = version >= 3
-      ? (this.db.prepare(
-        "SELECT path, reason, first_seen FROM problems ORDER BY path LIMIT ?",
-      ).all(cap) as { path: string; reason: string; first_seen: string }[]).map((p) => ({
-        path: p.path,
-        reason: p.reason,
-        since: p.first_seen,
-      }))
-      : [];
-    const hasRuns = this.db.prepare(
-      "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'runs'",
-    ).get();
-    const last = hasRuns
-      ? this.db.prepare(
-        "SELECT run_id, mode, status, started_at, ended_at FROM runs ORDER BY run_id DESC LIMIT 1",
-      ).get() as
-        | {
-          run_id: number;
-          mode: string;
-          status: string;
-          started_at: string;
-          ended_at: string | null;
-        }
-        | undefined
-      : undefined;
-    return {
-      dbPath: this.path,
-      total,
-      byStatus,
-      settling,
-      missing,
-      missingSample,
-      goneBases,
-      recentBatches,
-      recentFailures: failures(false),
-      failuresTotal: count(`SELECT count(*) AS n ${failedWhere} < ?`, maxRetries),
-      exhausted: failures(true),
-      exhaustedTotal: count(`SELECT count(*) AS n ${failedWhere} >= ?`, maxRetries),
-      problems,
-      problemsTotal: version >= 3 ? count("SELECT count(*) AS n FROM problems") : 0,
-      lastVerify: version >= 4 ? JSON.parse(this.getMeta("last_verify") ?? "null") : null,
-      orphans: version >= 4
-        ? (this.db.prepare("SELECT folder_key FROM verify_orphans ORDER BY folder_key LIMIT ?")
-          .all(cap) as { folder_key: string }[]).map((r) => r.folder_key)
-        : [],
-      orphansTotal: version >= 4 ? count("SELECT count(*) AS n FROM verify_orphans") : 0,
-      lastRun: last
-        ? {
-          runId: Number(last.run_id),
-          mode: last.mode,
-          status: last.status,
-          startedAt: last.started_at,
-          endedAt: last.ended_at,
-        }
-        : null,
-    };
-  }
-
-  /** Tracked base folders that no longer exist on disk. */
-  #goneBases(): string[] {
-    const bases = this.db.prepare(
-      "SELECT DISTINCT base_path FROM folder_status WHERE base_path IS NOT NULL",
-    ).all() as { base_path: string }[];
-    return bases.map((b) => b.base_path).filter((base) => {
-      try {
-        return !Deno.statSync(base).isDirectory;
-      } catch (error) {
-        // Gone (or unreadable, which a run would report): its folders count as missing.
-        if (error instanceof Deno.errors.NotFound) return true;
-        return false;
-      }
-    });
+    return readStatus(this.db, this.path, this.schemaVersion(), options);
   }
 
   /**

@@ -1,0 +1,286 @@
+/**
+ * The numbers behind `--status`, read from the tracking database: counts by status,
+ * recent batches with their rate, failures (retried and given up), unreadable folders,
+ * missing folders and gone bases, and what the last `--verify` found. Read-only; an
+ * original tool's database (no newer tables yet) gives what it can.
+ *
+ * @module
+ */
+
+import type { DatabaseSync } from "node:sqlite";
+
+/** A failed folder, as `--status` lists it. */
+export interface FailureEntry {
+  folderPath: string;
+  folderName: string;
+  /** The last error, naming the file or the server's SQLSTATE. */
+  error: string;
+  /** When it last failed. */
+  when: string;
+  /** Runs that failed it since its files last changed. */
+  retryCount: number;
+}
+
+/** Counts and lists of a tracking database, for `--status`. Lists hold `limit` entries at most. */
+export interface StatusReport {
+  dbPath: string;
+  total: number;
+  byStatus: Record<string, number>;
+  /** Pending folders whose newest file was too young to upload when last seen. */
+  settling: number;
+  /** Tracked folders gone from disk: not found by the last complete scan, or under a base that is gone. */
+  missing: number;
+  missingSample: string[];
+  /** Base folders that no longer exist (moved or renamed? see `--moved-from`). */
+  goneBases: string[];
+  recentBatches: {
+    batchName: string;
+    successful: number;
+    failed: number;
+    total: number;
+    status: string;
+    startTime: string;
+    endTime: string | null;
+    durationSeconds: number | null;
+    foldersPerSecond: number | null;
+  }[];
+  /** Failed folders the next runs retry (retry count below --max-retries), newest first. */
+  recentFailures: FailureEntry[];
+  failuresTotal: number;
+  /** Failed folders that used up their retries and wait for a change, newest first. */
+  exhausted: FailureEntry[];
+  exhaustedTotal: number;
+  /** Folders or files the last scans could not read. */
+  problems: { path: string; reason: string; since: string }[];
+  problemsTotal: number;
+  /** What the last `--verify` found (when it ran, rows read, re-queued, orphans), if one ran. */
+  lastVerify: Record<string, unknown> | null;
+  /** Server rows of this device with no folder on disk, as the last `--verify` found them. */
+  orphans: string[];
+  orphansTotal: number;
+  lastRun: {
+    runId: number;
+    mode: string;
+    status: string;
+    startedAt: string;
+    endedAt: string | null;
+  } | null;
+}
+
+/** Settings of {@linkcode Tracker.status}. */
+export interface StatusOptions {
+  /** Most entries per list (failures, exhausted, problems, missing); null for all. Default 10. */
+  limit?: number | null;
+  /** Recent batches listed. Default 5. */
+  batches?: number;
+  /** The retry limit that separates retried failures from exhausted ones. Default 3. */
+  maxRetries?: number;
+}
+
+/** A parameter of a status query. */
+type Param = string | number;
+
+/** Runs the queries of one report on one database. */
+class StatusReader {
+  readonly #db: DatabaseSync;
+  /** The LIMIT of every list (-1: no limit). */
+  readonly #cap: number;
+
+  constructor(db: DatabaseSync, cap: number) {
+    this.#db = db;
+    this.#cap = cap;
+  }
+
+  count(sql: string, ...params: Param[]): number {
+    return Number((this.#db.prepare(sql).get(...params) as { n: number }).n);
+  }
+
+  all<T>(sql: string, ...params: Param[]): T[] {
+    return this.#db.prepare(sql).all(...params) as T[];
+  }
+
+  /** A list query's rows, cut at the report's limit (its last parameter). */
+  list<T>(sql: string, ...params: Param[]): T[] {
+    return this.all<T>(`${sql} LIMIT ?`, ...params, this.#cap);
+  }
+
+  byStatus(): { byStatus: Record<string, number>; total: number } {
+    const byStatus: Record<string, number> = {};
+    let total = 0;
+    const rows = this.all<{ s: string; n: number }>(
+      "SELECT COALESCE(upload_status, 'pending') AS s, count(*) AS n FROM folder_status " +
+        "GROUP BY 1 ORDER BY 1",
+    );
+    for (const row of rows) {
+      byStatus[row.s] = Number(row.n);
+      total += Number(row.n);
+    }
+    return { byStatus, total };
+  }
+
+  /** Folders not found by the last complete scan, or under a base that is gone. */
+  missing(goneBases: string[]): { missing: number; missingSample: string[] } {
+    const where = "FROM folder_status WHERE missing_since IS NOT NULL OR base_path IN " +
+      "(SELECT value FROM json_each(?))";
+    const gone = JSON.stringify(goneBases);
+    return {
+      missing: this.count(`SELECT count(*) AS n ${where}`, gone),
+      missingSample: this.list<{ p: string }>(
+        `SELECT folder_path AS p ${where} ORDER BY folder_path`,
+        gone,
+      ).map((r) => r.p),
+    };
+  }
+
+  /** Tracked base folders that no longer exist on disk. */
+  goneBases(): string[] {
+    const bases = this.all<{ base_path: string }>(
+      "SELECT DISTINCT base_path FROM folder_status WHERE base_path IS NOT NULL",
+    );
+    return bases.map((b) => b.base_path).filter((base) => {
+      try {
+        return !Deno.statSync(base).isDirectory;
+      } catch (error) {
+        // Gone (or unreadable, which a run would report): its folders count as missing.
+        return error instanceof Deno.errors.NotFound;
+      }
+    });
+  }
+
+  recentBatches(limit: number): StatusReport["recentBatches"] {
+    return this.all<{
+      batch_name: string;
+      successful_uploads: number;
+      failed_uploads: number;
+      total_folders: number;
+      status: string;
+      start_time: string;
+      end_time: string | null;
+    }>(
+      "SELECT batch_name, successful_uploads, failed_uploads, total_folders, status, start_time, " +
+        "end_time FROM upload_batches ORDER BY start_time DESC, batch_id DESC LIMIT ?",
+      limit,
+    ).map((b) => {
+      const duration = b.end_time
+        ? (Date.parse(b.end_time) - Date.parse(b.start_time)) / 1000
+        : null;
+      const done = Number(b.successful_uploads ?? 0) + Number(b.failed_uploads ?? 0);
+      return {
+        batchName: b.batch_name,
+        successful: Number(b.successful_uploads ?? 0),
+        failed: Number(b.failed_uploads ?? 0),
+        total: Number(b.total_folders ?? 0),
+        status: b.status,
+        startTime: b.start_time,
+        endTime: b.end_time,
+        durationSeconds: duration,
+        foldersPerSecond: duration && duration > 0 ? Math.round(done / duration) : null,
+      };
+    });
+  }
+
+  /** Failed folders below (`exhausted` false) or at `maxRetries`, newest first, and their count. */
+  failures(maxRetries: number, exhausted: boolean): { items: FailureEntry[]; total: number } {
+    const where = "FROM folder_status WHERE upload_status = 'failed' AND " +
+      `COALESCE(retry_count, 0) ${exhausted ? ">=" : "<"} ?`;
+    const items = this.list<{
+      folder_path: string;
+      folder_name: string;
+      error_message: string | null;
+      updated_at: string;
+      retry_count: number | null;
+    }>(
+      "SELECT folder_path, folder_name, error_message, updated_at, retry_count " +
+        `${where} ORDER BY updated_at DESC, folder_path`,
+      maxRetries,
+    ).map((f) => ({
+      folderPath: f.folder_path,
+      folderName: f.folder_name,
+      error: f.error_message ?? "",
+      when: f.updated_at,
+      retryCount: Number(f.retry_count ?? 0),
+    }));
+    return { items, total: this.count(`SELECT count(*) AS n ${where}`, maxRetries) };
+  }
+
+  problems(): { items: StatusReport["problems"]; total: number } {
+    const items = this.list<{ path: string; reason: string; first_seen: string }>(
+      "SELECT path, reason, first_seen FROM problems ORDER BY path",
+    ).map((p) => ({ path: p.path, reason: p.reason, since: p.first_seen }));
+    return { items, total: this.count("SELECT count(*) AS n FROM problems") };
+  }
+
+  lastVerify(): { lastVerify: Record<string, unknown> | null; orphans: string[]; total: number } {
+    const meta = this.all<{ value: string }>("SELECT value FROM meta WHERE key = 'last_verify'");
+    return {
+      lastVerify: meta.length > 0 ? JSON.parse(meta[0].value) : null,
+      orphans: this.list<{ folder_key: string }>(
+        "SELECT folder_key FROM verify_orphans ORDER BY folder_key",
+      ).map((r) => r.folder_key),
+      total: this.count("SELECT count(*) AS n FROM verify_orphans"),
+    };
+  }
+
+  lastRun(): StatusReport["lastRun"] {
+    const hasRuns = this.all("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'runs'");
+    if (hasRuns.length === 0) return null;
+    const [last] = this.all<{
+      run_id: number;
+      mode: string;
+      status: string;
+      started_at: string;
+      ended_at: string | null;
+    }>("SELECT run_id, mode, status, started_at, ended_at FROM runs ORDER BY run_id DESC LIMIT 1");
+    return last
+      ? {
+        runId: Number(last.run_id),
+        mode: last.mode,
+        status: last.status,
+        startedAt: last.started_at,
+        endedAt: last.ended_at,
+      }
+      : null;
+  }
+}
+
+/**
+ * The report behind `--status` for a tracking database at schema `version` (older ones
+ * lack tables: their parts of the report are empty).
+ */
+export function readStatus(
+  db: DatabaseSync,
+  path: string,
+  version: number,
+  options: StatusOptions = {},
+): StatusReport {
+  const limit = options.limit === undefined ? 10 : options.limit;
+  const maxRetries = options.maxRetries ?? 3;
+  const r = new StatusReader(db, limit ?? -1); // SQLite: a negative LIMIT means no limit
+  const goneBases = version >= 2 ? r.goneBases() : [];
+  const failures = r.failures(maxRetries, false);
+  const exhausted = r.failures(maxRetries, true);
+  const problems = version >= 3 ? r.problems() : { items: [], total: 0 };
+  const verify = version >= 4 ? r.lastVerify() : { lastVerify: null, orphans: [], total: 0 };
+  return {
+    dbPath: path,
+    ...r.byStatus(),
+    settling: version >= 2
+      ? r.count(
+        "SELECT count(*) AS n FROM folder_status WHERE settling = 1 AND upload_status = 'pending'",
+      )
+      : 0,
+    ...(version >= 3 ? r.missing(goneBases) : { missing: 0, missingSample: [] }),
+    goneBases,
+    recentBatches: r.recentBatches(options.batches ?? 5),
+    recentFailures: failures.items,
+    failuresTotal: failures.total,
+    exhausted: exhausted.items,
+    exhaustedTotal: exhausted.total,
+    problems: problems.items,
+    problemsTotal: problems.total,
+    lastVerify: verify.lastVerify,
+    orphans: verify.orphans,
+    orphansTotal: verify.total,
+    lastRun: r.lastRun(),
+  };
+}
