@@ -54,6 +54,7 @@
 import { basename, dirname, isAbsolute, join, resolve } from "node:path";
 import { messageOf, UploadError } from "./errors.ts";
 import type { PsqlConnection } from "./psql.ts";
+import { type HeldLock, tryLock } from "./lock.ts";
 import type { EmbeddedReply, EmbeddedRequest } from "./embedded_worker.ts";
 
 /** The port psql is told to use; with `-h <dir>` it only names the socket file. */
@@ -237,7 +238,7 @@ export async function startEmbedded(
   try {
     const lock = _acquireLock(dir);
     cleanup.push(() => lock.release());
-    _removeStaleSocketDir(lock.previous, options.socketDir, log);
+    _removeStaleSocketDir(_holderOf(lock.previous), options.socketDir, log);
     await _removeUnfinishedCreation(dir, log);
     const fresh = _checkDataDir(dir);
     const socketDir = await _prepareSocketDir(options.socketDir, log);
@@ -247,7 +248,9 @@ export async function startEmbedded(
         ? Deno.remove(socketDir, { recursive: true })
         : Deno.remove(socketPath).catch(_ignoreNotFound)
     );
-    lock.record({ pid: Deno.pid, socketDir, startedAt: new Date().toISOString() });
+    lock.record(
+      { pid: Deno.pid, socketDir, startedAt: new Date().toISOString() } satisfies LockHolder,
+    );
     const startParams = _startParams(EMBEDDED_SETTINGS);
 
     if (fresh) {
@@ -530,34 +533,22 @@ async function _removeUnfinishedCreation(dir: string, log: (line: string) => voi
   log(`Removed unfinished embedded database ${staging} (its creation was interrupted)`);
 }
 
-/** An acquired folder lock. */
-interface HeldLock {
-  /** What the lock file said before we took it (a crashed run leaves its record). */
-  previous: LockHolder | null;
-  record(holder: LockHolder): void;
-  release(): void;
+/** The lock record of a process that served the folder, when it is one. */
+function _holderOf(record: Record<string, unknown> | null): LockHolder | null {
+  return typeof record?.pid === "number" && typeof record.socketDir === "string" &&
+      typeof record.startedAt === "string"
+    ? record as unknown as LockHolder
+    : null;
 }
 
 /**
- * Takes the exclusive OS lock on `<dir>.lock` (flock: per open file, released when the
- * process dies). The file is never deleted: deleting a lock file races with its next user.
+ * Takes the lock on `<dir>.lock` (see lib/lock.ts): refused, with the holder's pid, when
+ * another process serves the folder.
  */
 function _acquireLock(dir: string): HeldLock {
-  const path = `${dir}.lock`;
-  let file: Deno.FsFile;
-  try {
-    file = Deno.openSync(path, { read: true, write: true, create: true, mode: 0o600 });
-  } catch (error) {
-    throw new UploadError("config", `Cannot open lock file ${path}: ${messageOf(error)}`, {
-      subject: path,
-      cause: error,
-    });
-  }
-  const previous = _readHolder(file);
-  if (!file.tryLockSync(true)) {
-    file.close();
-    const who = previous ? ` (pid ${previous.pid}, since ${previous.startedAt})` : "";
-    throw new UploadError(
+  return tryLock(`${dir}.lock`, (holder) => {
+    const who = holder ? ` (pid ${holder.pid}, since ${holder.startedAt})` : "";
+    return new UploadError(
       "locked",
       `Embedded database ${dir} is in use by another process${who}`,
       {
@@ -565,43 +556,7 @@ function _acquireLock(dir: string): HeldLock {
         hint: "Only one process can serve it at a time: wait for that run to finish",
       },
     );
-  }
-  return {
-    previous,
-    record(holder) {
-      file.truncateSync(0);
-      file.seekSync(0, Deno.SeekMode.Start);
-      _writeAll(file, new TextEncoder().encode(JSON.stringify(holder) + "\n"));
-    },
-    release() {
-      // An empty file says "nobody holds it"; a crashed holder leaves its record behind.
-      file.truncateSync(0);
-      file.close();
-    },
-  };
-}
-
-/** The holder recorded in a lock file, or null when it is empty or unreadable. */
-function _readHolder(file: Deno.FsFile): LockHolder | null {
-  const buffer = new Uint8Array(4096);
-  const n = file.readSync(buffer) ?? 0;
-  file.seekSync(0, Deno.SeekMode.Start);
-  if (n === 0) return null;
-  try {
-    const value = JSON.parse(new TextDecoder().decode(buffer.subarray(0, n)));
-    if (
-      typeof value?.pid === "number" && typeof value.socketDir === "string" &&
-      typeof value.startedAt === "string"
-    ) return value;
-  } catch (_error) {
-    // A torn or foreign record: treat it as no record, the lock itself still decides.
-  }
-  return null;
-}
-
-function _writeAll(file: Deno.FsFile, bytes: Uint8Array): void {
-  let written = 0;
-  while (written < bytes.length) written += file.writeSync(bytes.subarray(written));
+  });
 }
 
 /**

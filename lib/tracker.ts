@@ -17,6 +17,7 @@ import type { FolderSnapshot } from "./scan.ts";
 import { type RunStatus, UploadError } from "./errors.ts";
 import { localDeviceId } from "./device.ts";
 import { readStatus, type StatusOptions, type StatusReport } from "./status.ts";
+import { type HeldLock, tryLock } from "./lock.ts";
 
 export type { FailureEntry, StatusOptions, StatusReport } from "./status.ts";
 
@@ -198,7 +199,7 @@ function iso(date: Date): string {
 export class Tracker {
   readonly path: string;
   readonly db: DatabaseSync;
-  #lockFile: Deno.FsFile | null = null;
+  #lock: HeldLock | null = null;
   #statements = new Map<string, StatementSync>();
   #pass: Pass | null = null;
 
@@ -215,8 +216,8 @@ export class Tracker {
    */
   static open(path: string, options: TrackerOpenOptions = {}): Tracker {
     const lock = options.lock ?? true;
-    let lockFile: Deno.FsFile | null = null;
-    if (lock && path !== ":memory:") lockFile = acquireLock(`${path}.lock`, options.command);
+    let held: HeldLock | null = null;
+    if (lock && path !== ":memory:") held = acquireLock(`${path}.lock`, options.command);
     let db: DatabaseSync;
     try {
       db = new DatabaseSync(path, { readOnly: options.readOnly ?? false });
@@ -226,14 +227,14 @@ export class Tracker {
         db.exec("PRAGMA synchronous = NORMAL");
       }
     } catch (error) {
-      lockFile?.close();
+      held?.release();
       throw new UploadError("config", `Cannot open tracking database ${path}: ${error}`, {
         subject: path,
         cause: error,
       });
     }
     const tracker = new Tracker(path, db);
-    tracker.#lockFile = lockFile;
+    tracker.#lock = held;
     try {
       if (!options.readOnly) tracker.#migrate();
     } catch (error) {
@@ -921,14 +922,8 @@ export class Tracker {
   close(): void {
     this.#statements.clear();
     if (this.db.isOpen) this.db.close();
-    if (this.#lockFile) {
-      try {
-        this.#lockFile.close();
-      } catch {
-        // Already closed: the lock went with it, which is all this step is for.
-      }
-      this.#lockFile = null;
-    }
+    this.#lock?.release();
+    this.#lock = null;
   }
 }
 
@@ -941,52 +936,28 @@ export interface LockHolder {
 }
 
 /**
- * Takes the exclusive OS lock on `lockPath` without waiting, and writes who holds it.
+ * Takes the tracking database's lock (`<db>.lock`, see lib/lock.ts) without waiting, and
+ * records who holds it.
  *
  * @throws {UploadError} kind `locked` naming the holder when another process has it.
  */
-export function acquireLock(lockPath: string, command = "upload"): Deno.FsFile {
-  let file: Deno.FsFile;
-  try {
-    file = Deno.openSync(lockPath, { read: true, write: true, create: true });
-  } catch (error) {
-    throw new UploadError("config", `Cannot open lock file ${lockPath}: ${error}`, {
-      subject: lockPath,
-      cause: error,
-    });
-  }
-  let locked: boolean;
-  try {
-    locked = file.tryLockSync(true);
-  } catch (error) {
-    file.close();
-    throw new UploadError("config", `Cannot lock ${lockPath}: ${error}`, { subject: lockPath });
-  }
-  if (!locked) {
-    file.close();
-    let holder = "another process";
-    try {
-      const info = JSON.parse(Deno.readTextFileSync(lockPath)) as LockHolder;
-      holder = `process ${info.pid} on ${info.host} (${info.command}, since ${info.since})`;
-    } catch {
-      // The holder may not have written its details yet; the generic wording stands.
-    }
-    throw new UploadError(
+export function acquireLock(lockPath: string, command = "upload"): HeldLock {
+  const lock = tryLock(lockPath, (info) => {
+    const holder = info
+      ? `process ${info.pid} on ${info.host} (${info.command}, since ${info.since})`
+      : "another process"; // the holder may not have written its details yet
+    return new UploadError(
       "locked",
       `Tracking database ${lockPath.replace(/\.lock$/, "")} is in use by ${holder}`,
-      {
-        subject: lockPath,
-        hint: "Wait for that run to finish, or use another --db-path",
-      },
+      { subject: lockPath, hint: "Wait for that run to finish, or use another --db-path" },
     );
-  }
+  });
   const holder: LockHolder = {
     pid: Deno.pid,
     host: hostname(),
     command,
     since: new Date().toISOString(),
   };
-  file.truncateSync(0);
-  file.writeSync(new TextEncoder().encode(JSON.stringify(holder) + "\n"));
-  return file;
+  lock.record({ ...holder });
+  return lock;
 }

@@ -210,7 +210,7 @@ Deno.test("quick: with a tracking database the manager afterwards sends none of 
       assert.equal(refused.code, 2, describeRun(refused));
       assert.match(refused.stderr, /in use by process/);
     } finally {
-      lock.close();
+      lock.release();
     }
     assert.ok(!(await rows(dir)).has("Batch99"));
 
