@@ -17,7 +17,7 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { hasPostgres, type PgServer, startPostgres } from "../support/postgres.ts";
-import { removeTree, writeTree } from "../support/tree.ts";
+import { removeTree, type TreeSpec, writeTree } from "../support/tree.ts";
 import {
   delay,
   describeExit,
@@ -35,15 +35,25 @@ import {
 const STATS = { json: { result: "PASS", value: 1 } };
 const OLD = Date.now() - 3_600_000;
 
-/** Runs `fn` with a fresh server and a temp directory; every uploader is killed afterwards. */
+/**
+ * Writes `spec` under `root` as a device does: each file dated when it is written
+ * (writeTree's default is a fixed past time, which would count as long settled).
+ */
+function writeNow(root: string, spec: TreeSpec): void {
+  const now = Date.now();
+  writeTree(
+    root,
+    Object.fromEntries(Object.entries(spec).map(([k, v]) => [k, { mtime: now, ...v }])),
+  );
+}
+
+/** Runs `fn` with a fresh server and a temp directory, both removed afterwards. */
 async function withServer(fn: (pg: PgServer, dir: string) => Promise<void>): Promise<void> {
   const pg = await startPostgres();
   const dir = Deno.makeTempDirSync({ prefix: "watch_test_" });
-  const started: UploaderProcess[] = [];
   try {
     await fn(pg, dir);
   } finally {
-    await Promise.allSettled(started.map((p) => p.kill()));
     removeTree(dir);
     await pg.close();
   }
@@ -125,7 +135,7 @@ Deno.test({
         await waitForRow(pg, watcher, "Init");
 
         // A new folder lands: from its last write to its row being visible.
-        writeTree(data, { "New/stats.json": STATS, "New/a.jpg": { bytes: 8 } });
+        writeNow(data, { "New/stats.json": STATS, "New/a.jpg": { bytes: 8 } });
         const written = performance.now();
         const landed = await waitForRow(pg, watcher, "New");
         const newMs = Math.round(landed.at - written);
@@ -135,9 +145,9 @@ Deno.test({
         assert.ok(newMs < 8_000, `took ${newMs} ms (--min-age 1)`);
 
         // A half-written folder: stats.json, then 300 ms later an image. One row, both.
-        writeTree(data, { "Half/stats.json": STATS });
+        writeNow(data, { "Half/stats.json": STATS });
         await delay(300);
-        writeTree(data, { "Half/b.jpg": { bytes: 8 } });
+        writeNow(data, { "Half/b.jpg": { bytes: 8 } });
         const halfWritten = performance.now();
         const half = await waitForRow(pg, watcher, "Half");
         console.log(
@@ -150,7 +160,7 @@ Deno.test({
         assert.equal(await rewritten(pg, "Half"), false, "never sent half done, then fixed");
 
         // An edit is re-sent.
-        writeTree(data, { "New/stats.json": { json: { result: "PASS", value: 2 } } });
+        writeNow(data, { "New/stats.json": { json: { result: "PASS", value: 2 } } });
         const edited = performance.now();
         const again = await waitForRow(
           pg,
@@ -165,7 +175,7 @@ Deno.test({
 
         // A tree moved in from outside the base (written elsewhere, then published by mv):
         // the folder below the moved directory lands too, long before the 60 s rescan.
-        writeTree(join(dir, "staging"), { "Moved/Run1/stats.json": STATS });
+        writeNow(join(dir, "staging"), { "Moved/Run1/stats.json": STATS });
         Deno.renameSync(join(dir, "staging", "Moved"), join(data, "Moved"));
         const moved = performance.now();
         const run1 = await waitForRow(pg, watcher, "Moved/Run1", undefined, 15_000);
@@ -193,7 +203,7 @@ Deno.test({
 
         // SIGTERM while a batch is in flight: it finishes, the process exits 0.
         await slowInserts(pg, 2);
-        writeTree(data, { "Last/stats.json": STATS });
+        writeNow(data, { "Last/stats.json": STATS });
         await waitForActiveUpsert(pg);
         watcher.signal("SIGTERM");
         const exit = await watcher.done;
@@ -237,7 +247,7 @@ Deno.test({
         await waitForRow(pg, watcher, "Init");
 
         await pg.stop();
-        writeTree(data, { "During/stats.json": STATS, "During/c.png": { bytes: 8 } });
+        writeNow(data, { "During/stats.json": STATS, "During/c.png": { bytes: 8 } });
         // Settled (1 s) and tried against the stopped server, several times.
         await delay(4_000);
         assert.ok(!watcher.exited, "the watch exited during the outage");
@@ -290,7 +300,7 @@ Deno.test({
         Deno.renameSync(data, join(dir, "data.old"));
         Deno.mkdirSync(data);
         await delay(1_000); // whatever the move itself raised has been handled
-        writeTree(data, { "Remounted/Run2/stats.json": STATS });
+        writeNow(data, { "Remounted/Run2/stats.json": STATS });
         const written = performance.now();
         const landed = await waitForRow(pg, watcher, "Remounted/Run2", undefined, 15_000);
         console.log(
