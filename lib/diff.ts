@@ -76,9 +76,11 @@ export function decideFolder(
 ): DiffDecision {
   // A file dated more than a minute ahead of this clock is not being written now: the
   // device's clock was wrong (a Raspberry Pi without a real-time clock). Waiting for the
-  // clock to catch up could take years, so such folders count as settled.
+  // clock to catch up could take years, so such folders count as settled. With no settle
+  // time (--min-age 0) nothing is held back, a folder dated slightly ahead included.
   const age = options.nowMs - seen.newestMtimeMs;
-  const settling = age < options.minAgeMs && age > -FUTURE_TOLERANCE_MS;
+  const settling = options.minAgeMs > 0 && age < options.minAgeMs &&
+    age > -FUTURE_TOLERANCE_MS;
   if (tracked === undefined) {
     return { change: "new", status: "pending", retryCount: 0, settling, upload: !settling };
   }

@@ -198,8 +198,11 @@ class Changes {
       // Gone again (a temp file renamed, a folder removed): its parent changed.
     }
     if (info?.isDirectory) {
-      if (kind === "create" || kind === "other" || kind === "any") this.#trees.add(path);
-      else this.#folders.add(path);
+      // A directory created or moved in (a tree written elsewhere and published with mv
+      // arrives as one "rename") is walked with everything below it.
+      if (kind === "create" || kind === "rename" || kind === "other" || kind === "any") {
+        this.#trees.add(path);
+      } else this.#folders.add(path);
     } else if (parts.length > 0) {
       this.#folders.add(dirname(path));
     }

@@ -1,0 +1,319 @@
+/**
+ * `deno task upload BASE --watch` against a real PostgreSQL server, through the real
+ * script in its own process group (`--json`):
+ *
+ * - a new folder lands (the delay from its last write to its row is printed);
+ * - a half-written folder is not sent half done; an edit is re-sent;
+ * - a tree moved into the base lands, its nested folders included;
+ * - a second `upload` on the same tracker is refused (exit 2), naming the watching process;
+ * - SIGTERM finishes the batch in flight and exits 0 with nothing pending; SIGINT exits 130;
+ * - a folder created while the server is down lands once it is back, and the process
+ *   never exits meanwhile;
+ * - the periodic rescan (`--rescan-every`) finds folders whose file events were missed.
+ *
+ * @module
+ */
+
+import assert from "node:assert/strict";
+import { join } from "node:path";
+import { hasPostgres, type PgServer, startPostgres } from "../support/postgres.ts";
+import { removeTree, type TreeSpec, writeTree } from "../support/tree.ts";
+import {
+  delay,
+  describeExit,
+  dropSlowInserts,
+  runUploader,
+  slowInserts,
+  startUploader,
+  type TableRow,
+  tableRows,
+  trackerState,
+  type UploaderProcess,
+  waitForActiveUpsert,
+} from "./support/run.ts";
+
+const STATS = { json: { result: "PASS", value: 1 } };
+const OLD = Date.now() - 3_600_000;
+
+/**
+ * Writes `spec` under `root` as a device does: each file dated when it is written
+ * (writeTree's default is a fixed past time, which would count as long settled).
+ */
+function writeNow(root: string, spec: TreeSpec): void {
+  const now = Date.now();
+  writeTree(
+    root,
+    Object.fromEntries(Object.entries(spec).map(([k, v]) => [k, { mtime: now, ...v }])),
+  );
+}
+
+/** Runs `fn` with a fresh server and a temp directory, both removed afterwards. */
+async function withServer(fn: (pg: PgServer, dir: string) => Promise<void>): Promise<void> {
+  const pg = await startPostgres();
+  const dir = Deno.makeTempDirSync({ prefix: "watch_test_" });
+  try {
+    await fn(pg, dir);
+  } finally {
+    removeTree(dir);
+    await pg.close();
+  }
+}
+
+/** Starts `upload DATA --watch --min-age 1 --rescan-every S --json` on tracker `db`. */
+function startWatch(
+  pg: PgServer,
+  data: string,
+  db: string,
+  rescanEvery = 60,
+): UploaderProcess {
+  return startUploader(
+    [data, "--db-path", db, "--watch", "--min-age", "1", "--rescan-every", String(rescanEvery)],
+    { env: { SUPABASE_DB_URL: pg.url } },
+  );
+}
+
+/** This table's row with `key`, or undefined (also while the table does not exist yet). */
+async function rowOf(pg: PgServer, key: string): Promise<TableRow | undefined> {
+  try {
+    return (await tableRows(pg)).rows.find((r) => r.key === key);
+  } catch (error) {
+    if (/does not exist/.test(String(error))) return undefined;
+    throw error;
+  }
+}
+
+/**
+ * Polls the server until the row of `key` exists and satisfies `pred`; returns it with
+ * the time it was first seen. Fails when `watcher` exits first or `timeoutMs` passes.
+ */
+async function waitForRow(
+  pg: PgServer,
+  watcher: UploaderProcess,
+  key: string,
+  pred: (row: TableRow) => boolean = () => true,
+  timeoutMs = 20_000,
+): Promise<{ row: TableRow; at: number }> {
+  const deadline = performance.now() + timeoutMs;
+  for (;;) {
+    const row = await rowOf(pg, key);
+    if (row && pred(row)) return { row, at: performance.now() };
+    if (watcher.exited) {
+      throw new Error(`The watch exited before ${key} landed: ${describeExit(await watcher.done)}`);
+    }
+    if (performance.now() > deadline) {
+      throw new Error(
+        `No row for ${key} in ${timeoutMs} ms (last seen: ${JSON.stringify(row)})\n` +
+          `events: ${JSON.stringify(watcher.events.slice(-10))}`,
+      );
+    }
+    await delay(50);
+  }
+}
+
+/** Whether the row of `key` was rewritten after its insert (updated_at moved). */
+async function rewritten(pg: PgServer, key: string): Promise<boolean> {
+  const out = await pg.psql(
+    `select updated_at > created_at from device_test where folder_key = '${key}'`,
+  );
+  return out.trim() === "t";
+}
+
+Deno.test({
+  name: "watch: new, half-written, edited and moved-in folders land; a second run is " +
+    "refused; SIGTERM finishes the batch in flight and exits 0",
+  ignore: !hasPostgres(),
+  sanitizeResources: false,
+  sanitizeOps: false,
+  async fn() {
+    await withServer(async (pg, dir) => {
+      const data = join(dir, "data");
+      writeTree(data, { "Init/stats.json": { ...STATS, mtime: OLD } });
+      const db = join(dir, "t.db");
+      const watcher = startWatch(pg, data, db);
+      try {
+        await watcher.waitFor((e) => e.event === "watching", 30_000);
+        await waitForRow(pg, watcher, "Init");
+
+        // A new folder lands: from its last write to its row being visible.
+        writeNow(data, { "New/stats.json": STATS, "New/a.jpg": { bytes: 8 } });
+        const written = performance.now();
+        const landed = await waitForRow(pg, watcher, "New");
+        const newMs = Math.round(landed.at - written);
+        console.log(`watch: a new folder's row visible ${newMs} ms after its last write`);
+        assert.deepEqual(landed.row.images, ["a.jpg"]);
+        assert.deepEqual(landed.row.testResults, STATS.json);
+        assert.ok(newMs < 8_000, `took ${newMs} ms (--min-age 1)`);
+
+        // A half-written folder: stats.json, then 300 ms later an image. One row, both.
+        writeNow(data, { "Half/stats.json": STATS });
+        await delay(300);
+        writeNow(data, { "Half/b.jpg": { bytes: 8 } });
+        const halfWritten = performance.now();
+        const half = await waitForRow(pg, watcher, "Half");
+        console.log(
+          `watch: a folder written in two steps visible ${
+            Math.round(half.at - halfWritten)
+          } ms after its last write`,
+        );
+        assert.deepEqual(half.row.images, ["b.jpg"], "the first row seen has the image");
+        assert.deepEqual(half.row.testResults, STATS.json);
+        assert.equal(await rewritten(pg, "Half"), false, "never sent half done, then fixed");
+
+        // An edit is re-sent.
+        writeNow(data, { "New/stats.json": { json: { result: "PASS", value: 2 } } });
+        const edited = performance.now();
+        const again = await waitForRow(
+          pg,
+          watcher,
+          "New",
+          (r) => (r.testResults as { value?: number }).value === 2,
+        );
+        console.log(
+          `watch: an edit visible ${Math.round(again.at - edited)} ms after the write`,
+        );
+        assert.equal(await rewritten(pg, "New"), true);
+
+        // A tree moved in from outside the base (written elsewhere, then published by mv):
+        // the folder below the moved directory lands too, long before the 60 s rescan.
+        writeNow(join(dir, "staging"), { "Moved/Run1/stats.json": STATS });
+        Deno.renameSync(join(dir, "staging", "Moved"), join(data, "Moved"));
+        const moved = performance.now();
+        const run1 = await waitForRow(pg, watcher, "Moved/Run1", undefined, 15_000);
+        console.log(
+          `watch: a folder inside a directory moved in visible ${
+            Math.round(run1.at - moved)
+          } ms after the mv`,
+        );
+
+        // A cron run meanwhile is refused, naming the watching process.
+        const cron = await runUploader([data, "--db-path", db, "--min-age", "0"], {
+          env: { SUPABASE_DB_URL: pg.url },
+        });
+        assert.equal(cron.code, 2, describeExit(cron));
+        const refusal = cron.events.find((e) => e.event === "error" || e.event === "summary");
+        assert.ok(refusal, describeExit(cron));
+        assert.match(String(refusal.message ?? refusal.error), /in use by process \d+/);
+        assert.ok(
+          String(refusal.message ?? refusal.error).includes(`process ${watcher.pid} `),
+          JSON.stringify(refusal),
+        );
+        assert.match(String(refusal.message ?? refusal.error), /watch/);
+        assert.equal(refusal.exit_code, 2);
+        assert.ok(!watcher.exited, "the watch goes on");
+
+        // SIGTERM while a batch is in flight: it finishes, the process exits 0.
+        await slowInserts(pg, 2);
+        writeNow(data, { "Last/stats.json": STATS });
+        await waitForActiveUpsert(pg);
+        watcher.signal("SIGTERM");
+        const exit = await watcher.done;
+        assert.equal(exit.code, 0, describeExit(exit));
+        await dropSlowInserts(pg);
+        assert.ok(await rowOf(pg, "Last"), "the batch in flight was finished");
+        const state = trackerState(db);
+        assert.equal(state.integrity, "ok");
+        const notDone = state.folders.filter((f) => f.status !== "success");
+        assert.deepEqual(notDone, [], "nothing left pending");
+        assert.deepEqual(
+          state.folders.map((f) => f.key).sort(),
+          ["Half", "Init", "Last", "Moved/Run1", "New"],
+        );
+        assert.ok(!state.batchStatuses.includes("running"), "a batch left running");
+        assert.equal(state.runStatuses.at(-1), "stopped");
+        const summary = exit.events.find((e) => e.event === "summary");
+        assert.equal(summary?.exit_code, 0, describeExit(exit));
+        const table = await tableRows(pg);
+        assert.equal(table.duplicates, 0);
+      } finally {
+        await watcher.kill();
+      }
+    });
+  },
+});
+
+Deno.test({
+  name: "watch: a folder created while the server is down lands after it; SIGINT exits 130",
+  ignore: !hasPostgres(),
+  sanitizeResources: false,
+  sanitizeOps: false,
+  async fn() {
+    await withServer(async (pg, dir) => {
+      const data = join(dir, "data");
+      writeTree(data, { "Init/stats.json": { ...STATS, mtime: OLD } });
+      const db = join(dir, "t.db");
+      const watcher = startWatch(pg, data, db);
+      try {
+        await watcher.waitFor((e) => e.event === "watching", 30_000);
+        await waitForRow(pg, watcher, "Init");
+
+        await pg.stop();
+        writeNow(data, { "During/stats.json": STATS, "During/c.png": { bytes: 8 } });
+        // Settled (1 s) and tried against the stopped server, several times.
+        await delay(4_000);
+        assert.ok(!watcher.exited, "the watch exited during the outage");
+        await pg.start();
+        const back = performance.now();
+        const landed = await waitForRow(pg, watcher, "During", undefined, 40_000);
+        console.log(
+          `watch: a folder made during a 4 s outage visible ${
+            Math.round(landed.at - back)
+          } ms after the server came back`,
+        );
+        assert.deepEqual(landed.row.images, ["c.png"]);
+        assert.ok(!watcher.exited);
+        const retries = watcher.events.filter((e) => e.event === "retry").length;
+        assert.ok(retries > 0, "the outage was retried");
+
+        watcher.signal("SIGINT");
+        const exit = await watcher.done;
+        assert.equal(exit.code, 130, describeExit(exit));
+        const state = trackerState(db);
+        assert.equal(state.integrity, "ok");
+        assert.deepEqual(state.folders.filter((f) => f.status !== "success"), []);
+        assert.equal(state.runStatuses.at(-1), "interrupted");
+      } finally {
+        await watcher.kill();
+      }
+    });
+  },
+});
+
+Deno.test({
+  name: "watch: the periodic rescan finds folders whose file events were missed",
+  ignore: !hasPostgres(),
+  sanitizeResources: false,
+  sanitizeOps: false,
+  async fn() {
+    await withServer(async (pg, dir) => {
+      const data = join(dir, "data");
+      writeTree(data, { "Init/stats.json": { ...STATS, mtime: OLD } });
+      const db = join(dir, "t.db");
+      const watcher = startWatch(pg, data, db, 2);
+      try {
+        const watching = await watcher.waitFor((e) => e.event === "watching", 30_000);
+        assert.equal(watching.rescan_every_s, 2);
+        await waitForRow(pg, watcher, "Init");
+
+        // The base replaced at its path, as when a USB disk is unmounted and mounted
+        // again: the file-system events watch the old directory, so nothing names what is
+        // written in the new one; only the rescan finds it.
+        Deno.renameSync(data, join(dir, "data.old"));
+        Deno.mkdirSync(data);
+        await delay(1_000); // whatever the move itself raised has been handled
+        writeNow(data, { "Remounted/Run2/stats.json": STATS });
+        const written = performance.now();
+        const landed = await waitForRow(pg, watcher, "Remounted/Run2", undefined, 15_000);
+        console.log(
+          `watch --rescan-every 2: a folder no file event named visible ${
+            Math.round(landed.at - written)
+          } ms after its last write`,
+        );
+        watcher.signal("SIGTERM");
+        const exit = await watcher.done;
+        assert.equal(exit.code, 0, describeExit(exit));
+      } finally {
+        await watcher.kill();
+      }
+    });
+  },
+});
