@@ -553,7 +553,8 @@ function _acquireLock(dir: string): HeldLock {
       `Embedded database ${dir} is in use by another process${who}`,
       {
         subject: dir,
-        hint: "Only one process can serve it at a time: wait for that run to finish",
+        hint:
+          "Only one process can serve it at a time: wait for that upload or 'deno task sql' session to end",
       },
     );
   });

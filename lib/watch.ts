@@ -92,9 +92,16 @@ export function watchSource(
     context.signal.addEventListener("abort", onAbort, { once: true });
     try {
       let nextRescan = 0; // the first pass runs at once
+      let baseId = identity(base);
       while (!context.signal.aborted) {
         if (Date.now() >= nextRescan) {
           changes.clear(); // a full pass looks at everything
+          // A base replaced at its path (a disk remounted): the old watch sees nothing more.
+          const id = identity(base);
+          if (events !== null && id !== baseId && changes.rewatch()) {
+            context.emit({ event: "warning", message: `${base} was replaced; watching it anew` });
+          }
+          baseId = id;
           let baseIsUnit = false;
           for await (const chunk of treeSource(base, walk)(context)) {
             baseIsUnit ||= chunk.some((i) => i.kind === "folder" && i.snapshot.path === base);
@@ -155,6 +162,17 @@ class Changes {
   }
 
   /** Starts watching; null when the platform refuses (a watch limit, a file system without events). */
+  /** Stops the watch and starts a new one on the base (which was replaced). */
+  rewatch(): boolean {
+    try {
+      this.#watcher?.close();
+    } catch (_error) {
+      // Already closed with the directory it watched.
+    }
+    this.#watcher = null;
+    return this.watch() !== null;
+  }
+
   watch(): Deno.FsWatcher | null {
     try {
       this.#watcher = Deno.watchFs(this.#base, { recursive: true });
@@ -309,6 +327,16 @@ class Changes {
       this.#watcher = null;
     }
     this.#notify();
+  }
+}
+
+/** The base's device and inode, to notice it was replaced at its path; "" when unreadable. */
+function identity(path: string): string {
+  try {
+    const info = Deno.statSync(path);
+    return `${info.dev}:${info.ino}`;
+  } catch (_error) {
+    return ""; // gone for now: the walk reports it
   }
 }
 

@@ -107,6 +107,13 @@ const CASES: Case[] = [
     want: { change: "unchanged", status: "pending", retryCount: 0, settling: false, upload: true },
   },
   {
+    name: "--min-age 0: nothing settles, a folder dated slightly in the future included",
+    tracked: tracked({ status: "pending" }),
+    seen: { newestMtimeMs: NOW + 30_000 },
+    options: { minAgeMs: 0 },
+    want: { change: "unchanged", status: "pending", retryCount: 0, settling: false, upload: true },
+  },
+  {
     name: "mtime slightly in the future (clock skew) counts as settling",
     tracked: tracked({ status: "pending" }),
     seen: { newestMtimeMs: NOW + 59_999 },
