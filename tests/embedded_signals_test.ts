@@ -132,10 +132,12 @@ Deno.test("embedded signals: timers on the main thread keep firing while a datab
     const duration = performance.now() - started;
     try {
       gaps.push(performance.now() - last);
+      // Creating the database takes seconds of CPU; were it on the main thread, a gap would
+      // be that long. The bound leaves room for a machine busy with other tests.
       const worst = Math.max(...gaps);
-      assert.ok(worst < 300, `the main thread stalled for ${Math.round(worst)} ms`);
+      assert.ok(worst < 1500, `the main thread stalled for ${Math.round(worst)} ms`);
       assert.ok(
-        gaps.length >= duration / 50 / 2,
+        gaps.length >= duration / 50 / 4,
         `${gaps.length} ticks in ${Math.round(duration)} ms`,
       );
       assert.equal(await psql(server.connection, "select 1"), "1");
