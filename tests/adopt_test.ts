@@ -166,3 +166,133 @@ Deno.test("wrong URL: closed port and unresolvable host give up in the connect w
     assert.ok(!exists(join(data, "Batch2", "success.json")));
   });
 });
+
+// 5. Quick upload: a folder's identity -------------------------------------------------
+
+/** The row of `key`: its source path, content and batch. */
+async function rowOf(
+  pg: PgServer,
+  key: string,
+): Promise<{ source: string; results: unknown; batch: string; count: number }> {
+  const out = await pg.psql(
+    `select json_build_object('source', max(metadata->>'source_path'),
+       'results', max(test_results::text), 'batch', max(upload_batch), 'count', count(*))
+     from device_test where folder_key = ${`'${key.replaceAll("'", "''")}'`}`,
+  );
+  const row = JSON.parse(out);
+  return { ...row, results: row.results === null ? null : JSON.parse(row.results) };
+}
+
+Deno.test({
+  name: "quick: two folders of the same name never overwrite each other, in one run or two",
+  ignore: !hasPostgres(),
+  sanitizeResources: false,
+  sanitizeOps: false,
+  async fn() {
+    const pg = await startPostgres();
+    try {
+      await withDir("adopt_quick_", async (dir) => {
+        writeTree(join(dir, "D"), {
+          "L2/Batch12/stats.json": { json: { result: "PASS", line: 2 } },
+          "L3/Batch12/stats.json": { json: { result: "FAIL", line: 3 } },
+          "Y/Batch12/stats.json": { json: { result: "PASS", line: "Y" } },
+        });
+        const noTracker = join(dir, "none.db");
+
+        // (a) One run, both keyed Batch12: the second is refused, the first row stays.
+        const first = await quick(
+          ["D/L2/Batch12", "D/L3/Batch12", "--db-path", noTracker],
+          pg.url,
+          dir,
+        );
+        assert.equal(first.code, 1, describeRun(first));
+        const summary = summaryOf(first);
+        assert.equal(summary.uploaded, 1, describeRun(first));
+        assert.equal(summary.inserted, 1);
+        assert.equal(summary.updated, 0, "the second folder overwrote the first");
+        assert.equal(summary.failed, 1);
+        const failed = jsonEvents(first).filter((e) => e.event === "folder_failed");
+        assert.deepEqual(failed.map((e) => e.path), [join(dir, "D/L3/Batch12")]);
+        assert.match(String(failed[0].error), /Batch12/);
+        console.log(`same name in one run: ${failed[0].error}`);
+        let row = await rowOf(pg, "Batch12");
+        assert.equal(row.count, 1);
+        assert.equal(row.source, join(dir, "D/L2/Batch12"));
+        assert.deepEqual(row.results, { result: "PASS", line: 2 });
+        assert.ok(exists(join(dir, "D/L2/Batch12/success.json")));
+        assert.ok(!exists(join(dir, "D/L3/Batch12/success.json")), "refused folder marked done");
+        assert.ok(!exists(noTracker), "a tracking database was made");
+
+        // (c) A later run with another folder of that name: refused as a conflict naming
+        // the folder that holds the key; the row is unchanged.
+        const later = await quick(["D/Y/Batch12", "--db-path", noTracker], pg.url, dir);
+        assert.equal(later.code, 1, describeRun(later));
+        const conflict = jsonEvents(later).filter((e) => e.event === "folder_failed");
+        assert.equal(conflict.length, 1, describeRun(later));
+        assert.ok(
+          String(conflict[0].error).includes(join(dir, "D/L2/Batch12")),
+          `the conflict names the holder: ${conflict[0].error}`,
+        );
+        console.log(`same name in a later run: ${conflict[0].error}`);
+        const after = await rowOf(pg, "Batch12");
+        assert.deepEqual(after, row, "the row changed");
+        assert.ok(!exists(join(dir, "D/Y/Batch12/success.json")));
+        assert.equal(summaryOf(later).failed, 1);
+
+        // Quick again of the folder that holds the key: that is its own row, no conflict.
+        const again = await quick(["D/L2/Batch12", "--db-path", noTracker], pg.url, dir);
+        assert.equal(again.code, 0, describeRun(again));
+        row = await rowOf(pg, "Batch12");
+        assert.equal(row.source, join(dir, "D/L2/Batch12"));
+      });
+    } finally {
+      await pg.close();
+    }
+  },
+});
+
+Deno.test({
+  name: "quick: with the manager's tracker a folder keeps its tracked key; no second row",
+  ignore: !hasPostgres(),
+  sanitizeResources: false,
+  sanitizeOps: false,
+  async fn() {
+    const pg = await startPostgres();
+    try {
+      await withDir("adopt_quick_tracked_", async (dir) => {
+        const data = join(dir, "D");
+        writeTree(data, {
+          "Line2/Batch99/stats.json": { json: { result: "PASS" } },
+          "Line2/Batch98/a.jpg": { bytes: 10 },
+          "Line3/Batch99/stats.json": { json: { result: "" } },
+        });
+        const tracker = join(dir, "tracker.db");
+        const first = await upload([data, "--db-path", tracker, "--min-age", "0"], pg.url);
+        assert.equal(first.code, 0, describeRun(first));
+        assert.equal(summaryOf(first).inserted, 3);
+
+        // The folder changes, then is sent by quick upload with the same tracker.
+        writeTree(data, { "Line2/Batch99/stats.json": { json: { result: "PASS", rerun: 1 } } });
+        const q = await quick(["D/Line2/Batch99", "--db-path", tracker], pg.url, dir);
+        assert.equal(q.code, 0, describeRun(q));
+        const qs = summaryOf(q);
+        assert.equal(qs.updated, 1, describeRun(q));
+        assert.equal(qs.inserted, 0, "quick made a new row instead of updating the tracked one");
+        assert.equal((await rowOf(pg, "Batch99")).count, 0, "a row keyed by the name alone");
+        const row = await rowOf(pg, "Line2/Batch99");
+        assert.equal(row.count, 1);
+        assert.deepEqual(row.results, { result: "PASS", rerun: 1 });
+
+        // The manager afterwards has nothing new to send.
+        const next = await upload([data, "--db-path", tracker, "--min-age", "0"], pg.url);
+        assert.equal(next.code, 0, describeRun(next));
+        const ns = summaryOf(next);
+        assert.equal(ns.uploaded, 0, describeRun(next));
+        assert.equal(Number(await pg.psql("select count(*) from device_test")), 3);
+        assert.equal((await rowOf(pg, "Line2/Batch99")).count, 1);
+      });
+    } finally {
+      await pg.close();
+    }
+  },
+});
