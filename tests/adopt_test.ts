@@ -296,3 +296,171 @@ Deno.test({
     }
   },
 });
+
+// 3. A short statement_timeout ----------------------------------------------------------
+
+/** The `--status --json` report's failure lists (retried and exhausted), as folder paths. */
+function statusFailures(result: CliResult): { path: string; error: string }[] {
+  const start = result.stdout.indexOf("{");
+  const report = JSON.parse(result.stdout.slice(start)) as Record<string, unknown>;
+  const lists = [report.recentFailures, report.exhausted].filter(Array.isArray).flat() as {
+    folderPath: string;
+    error: string;
+  }[];
+  return lists.map((f) => ({ path: f.folderPath, error: f.error }));
+}
+
+Deno.test({
+  name: "statement_timeout 120ms: slow rows fail alone naming 57014 and the limit, the rest land",
+  ignore: !hasPostgres(),
+  sanitizeResources: false,
+  sanitizeOps: false,
+  async fn() {
+    const pg = await startPostgres();
+    try {
+      await withDir("adopt_timeout_", async (dir) => {
+        const data = join(dir, "data");
+        const dbPath = join(dir, "tracker.db");
+        const tree = generateTree(data, { folders: 160, seed: 31, keys: true });
+        const slow: string[] = [];
+        for (let i = 1; i <= 5; i++) {
+          slow.push(`Slow${i}`);
+          writeTree(data, { [`Slow${i}/stats.json`]: { json: { result: "PASS", i } } });
+        }
+        await createTables(pg);
+        // A row named Slow* takes 300 ms to insert: it never fits in 120 ms, alone or not;
+        // every other row takes nothing.
+        await pg.psql(
+          `create role hurried login password 'hurried-pass';
+           grant usage on schema public to hurried;
+           grant select, insert, update on device_test, devices to hurried;
+           create function slow_row() returns trigger language plpgsql as $$
+           begin
+             if new.folder_name like 'Slow%' then perform pg_sleep(0.3); end if;
+             return new;
+           end $$;
+           create trigger slow_row before insert on device_test
+             for each row execute function slow_row();
+           alter role hurried set statement_timeout = '120ms'`,
+        );
+        const url = roleUrl(pg, "hurried", "hurried-pass");
+        const started = performance.now();
+        const result = await upload(
+          [data, "--db-path", dbPath, "--min-age", "0", "--batch-size", "50", "--parallel", "2"],
+          url,
+          120_000,
+        );
+        const seconds = (performance.now() - started) / 1000;
+        console.log(`statement_timeout 120ms: exit ${result.code} after ${seconds.toFixed(1)} s`);
+        assert.equal(result.code, 1, describeRun(result));
+        assert.ok(seconds < 90, `took ${seconds.toFixed(1)} s`);
+        assert.doesNotMatch(result.stderr, /unreachable/i);
+        const summary = summaryOf(result);
+        assert.equal(summary.failed, 5, describeRun(result));
+        assert.equal(summary.uploaded, tree.units);
+        const failed = jsonEvents(result).filter((e) => e.event === "folder_failed");
+        assert.deepEqual(failed.map((e) => String(e.path)).sort(), slow.map((s) => join(data, s)));
+        for (const f of failed) {
+          assert.match(String(f.error), /57014/, String(f.error));
+          assert.match(String(f.error), /statement_timeout is 120ms/, String(f.error));
+          assert.ok(String(f.error).includes(String(f.path).split("/").pop()!), String(f.error));
+        }
+        console.log(`a slow row: ${failed[0].error}`);
+        const rows = await rowsByKey(pg);
+        assert.equal(rows.size, tree.units);
+        for (const key of tree.keys!) assert.ok(rows.has(key), `${key} missing`);
+        for (const s of slow) {
+          assert.ok(!rows.has(s), `${s} landed`);
+          assert.ok(exists(join(data, s, "failed.json")), `${s}/failed.json`);
+        }
+
+        // --status lists them, in text and in JSON.
+        const status = await runUploadCli(["--status", "--db-path", dbPath]);
+        assert.equal(status.code, 0, describeRun(status));
+        for (const s of slow) assert.ok(status.stdout.includes(s) || status.stderr.includes(s), s);
+        assert.match(status.stdout + status.stderr, /57014/);
+        const statusJson = await runUploadCli(["--status", "--json", "--db-path", dbPath]);
+        assert.equal(statusJson.code, 0, describeRun(statusJson));
+        const listed = statusFailures(statusJson);
+        assert.deepEqual(listed.map((f) => f.path).sort(), slow.map((s) => join(data, s)));
+        for (const f of listed) assert.match(f.error, /57014/);
+      });
+    } finally {
+      await pg.close();
+    }
+  },
+});
+
+Deno.test({
+  name:
+    "statement_timeout 30ms: no outage; a schema step it cancels is a named configuration error",
+  ignore: !hasPostgres(),
+  sanitizeResources: false,
+  sanitizeOps: false,
+  async fn() {
+    const pg = await startPostgres();
+    try {
+      await withDir("adopt_timeout30_", async (dir) => {
+        const data = join(dir, "data");
+        const dbPath = join(dir, "tracker.db");
+        const tree = generateTree(data, { folders: 150, seed: 32, keys: true });
+        await createTables(pg);
+        // Every row costs 2 ms: a batch of 50 cannot finish in 30 ms, a few rows can.
+        await pg.psql(
+          `create role rushed login password 'rushed-pass';
+           grant usage on schema public to rushed;
+           grant select, insert, update on device_test, devices to rushed;
+           create function row_cost() returns trigger language plpgsql as $$
+           begin perform pg_sleep(0.002); return new; end $$;
+           create trigger row_cost before insert on device_test
+             for each row execute function row_cost();
+           alter role rushed set statement_timeout = '30ms'`,
+        );
+        const url = roleUrl(pg, "rushed", "rushed-pass");
+        const args = [data, "--db-path", dbPath, "--min-age", "0", "--batch-size", "50"];
+        const started = performance.now();
+        const result = await upload(args, url, 120_000);
+        const seconds = (performance.now() - started) / 1000;
+        console.log(`statement_timeout 30ms: exit ${result.code} after ${seconds.toFixed(1)} s`);
+        assert.notEqual(result.code, 3, describeRun(result));
+        assert.doesNotMatch(result.stderr, /unreachable/i);
+        const summary = summaryOf(result);
+        const rows = await rowsByKey(pg);
+        assert.equal(rows.size, Number(summary.uploaded), "uploaded count vs table");
+        if (result.code === 2) {
+          // The schema inspection (tens of ms of catalog reads) did not fit: the run stops
+          // before any batch, as a configuration error that names the setting and its fix.
+          assert.equal(summary.error_kind, "config", describeRun(result));
+          assert.equal(summary.sqlstate, "57014");
+          assert.match(String(summary.error), /statement_timeout/);
+          assert.match(String(summary.hint), /alter role .* set statement_timeout/);
+          assert.equal(rows.size, 0);
+          const state = trackerState(dbPath);
+          assert.deepEqual(
+            state.folders.filter((f) => f.status !== "pending").map((f) => f.path),
+            [],
+            "folders not sent were marked",
+          );
+          assert.ok(!exists(join(data, tree.keys![0], "failed.json")));
+          assert.ok(!exists(join(data, tree.keys![0], "success.json")));
+        } else {
+          // The schema step fitted: every folder either landed or failed, and the counts say so.
+          assert.equal(
+            Number(summary.failed),
+            tree.units - rows.size,
+            `failed count vs folders missing from the table: ${describeRun(result)}`,
+          );
+          assert.equal(result.code, Number(summary.failed) > 0 ? 1 : 0, describeRun(result));
+        }
+
+        // With the limit raised as the hint says, the same tracker finishes the job.
+        await pg.psql("alter role rushed set statement_timeout = '1s'");
+        const rerun = await upload(args, url, 120_000);
+        assert.equal(rerun.code, 0, describeRun(rerun));
+        assert.equal((await rowsByKey(pg)).size, tree.units);
+      });
+    } finally {
+      await pg.close();
+    }
+  },
+});
