@@ -19,6 +19,7 @@ import { join } from "node:path";
 import { hasPostgres, type PgServer, startPostgres } from "../support/postgres.ts";
 import { generateTree, removeTree, T1, writeTree } from "../support/tree.ts";
 import { buildSchemaStatements } from "../lib/schema.ts";
+import { MAX_STATS_BYTES } from "../lib/folder.ts";
 import { runMeasured } from "../bench/proc.ts";
 import {
   type CliResult,
@@ -165,6 +166,166 @@ Deno.test("wrong URL: closed port and unresolvable host give up in the connect w
     assert.ok(!exists(join(data, "Batch1", "success.json")));
     assert.ok(!exists(join(data, "Batch2", "success.json")));
   });
+});
+
+// 4. Large stats.json files -------------------------------------------------------------
+
+/**
+ * Writes a valid stats.json of exactly `size` bytes: a result and a long `trace` array of
+ * small objects, padded with trailing whitespace. Returns the trace's length.
+ */
+function writeBigStats(path: string, size: number): number {
+  const head = '{"result":"PASS","trace":[';
+  const tail = "]}";
+  const parts: string[] = [head];
+  let length = head.length + tail.length;
+  let n = 0;
+  for (;;) {
+    const item = `${n === 0 ? "" : ","}{"t":${n},"v":${(n % 997) / 8}}`;
+    if (length + item.length > size) break;
+    parts.push(item);
+    length += item.length;
+    n++;
+  }
+  parts.push(tail, " ".repeat(size - length));
+  Deno.mkdirSync(join(path, ".."), { recursive: true });
+  Deno.writeTextFileSync(path, parts.join(""));
+  return n;
+}
+
+/** Runs the upload manager as `deno task upload` does (its V8 flags), measuring peak RSS. */
+async function uploadMeasured(args: string[], url: string) {
+  const env: Record<string, string> = { NO_COLOR: "1", SUPABASE_DB_URL: url, DEVICE_ID };
+  for (const name of ["PATH", "HOME", "DENO_DIR", "XDG_CACHE_HOME", "TMPDIR", "LANG"]) {
+    const value = Deno.env.get(name);
+    if (value !== undefined) env[name] = value;
+  }
+  const measured = await runMeasured(Deno.execPath(), [
+    "run",
+    TASK_V8_FLAGS,
+    "--allow-read",
+    "--allow-write",
+    "--allow-env",
+    "--allow-run",
+    "--allow-sys",
+    "--allow-net",
+    "--quiet",
+    "--config",
+    join(REPO_ROOT, "deno.json"),
+    UPLOAD_SCRIPT,
+    ...args,
+    "--json",
+  ], { env, pollMs: 20 });
+  return { result: measured as CliResult, peakMb: measured.peakRssKb / 1024, measured };
+}
+
+/** Checks the big rows: result and trace length, first and last trace entries. */
+async function assertBigRows(pg: PgServer, expected: Map<string, number>): Promise<void> {
+  const keys = [...expected.keys()].map((k) => `'${k}'`).join(",");
+  const out = await pg.psql(
+    `select json_object_agg(folder_key, json_build_array(test_results->>'result',
+       jsonb_array_length(test_results->'trace'), test_results->'trace'->0,
+       test_results->'trace'->-1, test_status))
+     from device_test where folder_key in (${keys})`,
+  );
+  const got = JSON.parse(out) as Record<string, [string, number, unknown, unknown, string]>;
+  for (const [key, n] of expected) {
+    assert.ok(got[key], `${key} missing`);
+    const last = n - 1;
+    assert.deepEqual(got[key], [
+      "PASS",
+      n,
+      { t: 0, v: 0 },
+      { t: last, v: (last % 997) / 8 },
+      "passed",
+    ]);
+  }
+}
+
+Deno.test({
+  name: "large stats.json: six of 9 MB and six just under 16 MiB land under the task's heap limits",
+  ignore: !hasPostgres(),
+  sanitizeResources: false,
+  sanitizeOps: false,
+  async fn() {
+    // lz4 (PostgreSQL's faster TOAST compression) keeps the server's share of the time down;
+    // the uploader's memory is what is measured.
+    const pg = await startPostgres({ conf: { default_toast_compression: "lz4" } });
+    try {
+      await withDir("adopt_big_", async (dir) => {
+        // Six folders of 9 MB each, and a few ordinary ones.
+        const nine = join(dir, "nine");
+        const nineRows = new Map<string, number>();
+        for (let i = 1; i <= 6; i++) {
+          nineRows.set(`Big${i}`, writeBigStats(join(nine, `Big${i}`, "stats.json"), 9_000_000));
+        }
+        generateTree(nine, { folders: 8, seed: 41 });
+        const a = await uploadMeasured(
+          [nine, "--db-path", join(dir, "nine.db"), "--min-age", "0"],
+          pg.url,
+        );
+        console.log(
+          `6 x 9 MB stats.json: exit ${a.result.code}, peak RSS ${a.peakMb.toFixed(0)} MB ` +
+            `(psql peak ${(a.measured.psqlPeakKb / 1024).toFixed(0)} MB), ` +
+            `${(a.measured.wallMs / 1000).toFixed(1)} s`,
+        );
+        assert.equal(a.result.code, 0, describeRun(a.result));
+        const aSummary = summaryOf(a.result);
+        assert.equal(aSummary.failed, 0);
+        assert.equal(aSummary.uploaded, 6 + 8 - 0 - Math.floor(8 / 10));
+        await assertBigRows(pg, nineRows);
+        assert.ok(a.peakMb < 600, `peak RSS ${a.peakMb.toFixed(0)} MB`);
+        removeTree(nine);
+
+        // Six just under the 16 MiB limit, one over it (not even JSON: refused before it is
+        // parsed), and a few ordinary folders.
+        const sixteen = join(dir, "sixteen");
+        const sixteenRows = new Map<string, number>();
+        for (let i = 1; i <= 6; i++) {
+          sixteenRows.set(
+            `Max${i}`,
+            writeBigStats(join(sixteen, `Max${i}`, "stats.json"), MAX_STATS_BYTES - 1024),
+          );
+        }
+        Deno.mkdirSync(join(sixteen, "TooBig"));
+        const tooBig = join(sixteen, "TooBig", "stats.json");
+        Deno.writeTextFileSync(tooBig, "{" + "x".repeat(17 * 1048576));
+        generateTree(sixteen, { folders: 4, seed: 42, prefix: "Small" });
+        const b = await uploadMeasured(
+          [sixteen, "--db-path", join(dir, "sixteen.db"), "--min-age", "0"],
+          pg.url,
+        );
+        console.log(
+          `6 x 16 MiB - 1 KiB stats.json (+ one of 17 MiB refused): exit ${b.result.code}, ` +
+            `peak RSS ${b.peakMb.toFixed(0)} MB ` +
+            `(psql peak ${(b.measured.psqlPeakKb / 1024).toFixed(0)} MB), ` +
+            `${(b.measured.wallMs / 1000).toFixed(1)} s`,
+        );
+        assert.equal(b.result.code, 1, describeRun(b.result));
+        const failed = jsonEvents(b.result).filter((e) => e.event === "folder_failed");
+        assert.deepEqual(
+          failed.map((e) => e.path),
+          [join(sixteen, "TooBig")],
+          describeRun(b.result),
+        );
+        const message = String(failed[0].error);
+        console.log(`over the limit: ${message}`);
+        assert.ok(message.includes(tooBig), message);
+        assert.match(message, /17\.0 MiB, more than the 16 MiB/);
+        const bSummary = summaryOf(b.result);
+        assert.equal(bSummary.failed, 1);
+        assert.equal(bSummary.uploaded, 6 + 4);
+        await assertBigRows(pg, sixteenRows);
+        assert.equal(
+          Number(await pg.psql("select count(*) from device_test where folder_key = 'TooBig'")),
+          0,
+        );
+        assert.ok(b.peakMb < 600, `peak RSS ${b.peakMb.toFixed(0)} MB`);
+      });
+    } finally {
+      await pg.close();
+    }
+  },
 });
 
 // 5. Quick upload: a folder's identity -------------------------------------------------
