@@ -210,7 +210,10 @@ async function withSession<T>(
         );
       }
       attempt++;
-      const delayMs = backoffDelay(attempt, ctx.backoff);
+      // The wait never reaches past the deadline: the last attempt comes at the deadline,
+      // not up to a whole backoff step later.
+      const remainingMs = window - (t - ctx.health.failingSince);
+      const delayMs = Math.min(backoffDelay(attempt, ctx.backoff), remainingMs);
       ctx.onRetry?.({ subject, attempt, delayMs, reason: messageOf(error) });
       await sleep(delayMs, ctx.signal);
     }
