@@ -216,25 +216,8 @@ export async function startEmbedded(
   }
   const dir = resolve(dataDir);
   const signal = options.signal;
-  const interrupted = () =>
-    new UploadError("interrupted", `Interrupted while starting the embedded database ${dir}`, {
-      subject: dir,
-    });
-  if (signal?.aborted) throw interrupted();
-  const cleanup: (() => Promise<void> | void)[] = [];
-  // Undone in reverse order; every step runs even when an earlier one fails.
-  const undo = async () => {
-    let failure: unknown = undefined;
-    for (const step of cleanup.reverse()) {
-      try {
-        await step();
-      } catch (error) {
-        failure ??= error;
-      }
-    }
-    cleanup.length = 0;
-    if (failure !== undefined) throw failure;
-  };
+  if (signal?.aborted) throw _interrupted(dir);
+  const cleanup = new _UndoStack();
   try {
     const lock = _acquireLock(dir);
     cleanup.push(() => lock.release());
@@ -257,71 +240,125 @@ export async function startEmbedded(
       log(`Creating embedded database in ${dir} (the first start takes a few seconds)`);
       await _createDatabase(dir, { startParams, assetsDir: options.assetsDir, signal, log });
     }
-
-    const worker = new _EmbeddedWorker(log);
-    let forced = false;
-    cleanup.push(async () => {
-      try {
-        if (!forced) {
-          await worker.request({ type: "stop" }, "stopped", { timeoutMs: STOP_TIMEOUT_MS });
-        }
-      } catch (error) {
-        if (!(error instanceof _WorkerEnded)) throw error;
-        // Ended by force (or by a timeout, already logged): nothing left to shut down.
-      } finally {
-        worker.terminate();
-      }
-    });
-    await worker.request(
-      {
-        type: "serve",
-        dataDir: dir,
-        assetsDir: options.assetsDir,
-        startParams,
-        socketPath,
-        maxConnections,
-      },
-      "ready",
-      { signal },
-    ).catch((error) => {
-      throw error instanceof _WorkerEnded ? interrupted() : _failure(error, dir, socketPath);
-    });
-
-    let stopping: Promise<void> | undefined;
-    return {
-      dataDir: dir,
-      socketDir,
-      connection: {
-        args: [
-          "-h",
-          socketDir,
-          "-p",
-          String(EMBEDDED_PORT),
-          "-U",
-          EMBEDDED_USER,
-          "-d",
-          EMBEDDED_DATABASE,
-        ],
-        env: {},
-        display: `embedded PGlite at ${dir}`,
-      },
-      stop(stopOptions = {}) {
-        if (stopOptions.force) {
-          forced = true;
-          worker.terminate();
-        }
-        stopping ??= undo().catch((error) => {
-          throw _failure(error, dir, socketPath);
-        });
-        return stopping;
-      },
-    };
+    return await _serve(
+      { dataDir: dir, socketDir, socketPath, startParams, maxConnections },
+      options,
+      cleanup,
+    );
   } catch (error) {
-    await undo().catch((cleanupError) => {
+    await cleanup.run().catch((cleanupError) => {
       log(`Cleanup after a failed start also failed: ${messageOf(cleanupError)}`);
     });
-    throw error instanceof _WorkerEnded ? interrupted() : error;
+    throw error instanceof _WorkerEnded ? _interrupted(dir) : error;
   }
+}
+
+function _interrupted(dir: string): UploadError {
+  return new UploadError("interrupted", `Interrupted while starting the embedded database ${dir}`, {
+    subject: dir,
+  });
+}
+
+/** Steps undone in reverse order; every step runs even when an earlier one fails. */
+class _UndoStack {
+  #steps: (() => Promise<void> | void)[] = [];
+
+  push(step: () => Promise<void> | void): void {
+    this.#steps.push(step);
+  }
+
+  /** Runs every step, newest first; rethrows the first failure after all have run. */
+  async run(): Promise<void> {
+    let failure: unknown = undefined;
+    for (const step of this.#steps.reverse()) {
+      try {
+        await step();
+      } catch (error) {
+        failure ??= error;
+      }
+    }
+    this.#steps.length = 0;
+    if (failure !== undefined) throw failure;
+  }
+}
+
+/** Where and how the worker serves the database. */
+interface ServePlan {
+  dataDir: string;
+  socketDir: string;
+  socketPath: string;
+  startParams: string[];
+  maxConnections: number;
+}
+
+/**
+ * Starts the worker that serves `plan.dataDir` on its socket and returns the running
+ * server; stopping it runs `cleanup` (worker first, then what was pushed before).
+ */
+async function _serve(
+  plan: ServePlan,
+  options: EmbeddedOptions,
+  cleanup: _UndoStack,
+): Promise<EmbeddedServer> {
+  const { dataDir: dir, socketPath } = plan;
+  const worker = new _EmbeddedWorker(options.log ?? (() => {}));
+  let forced = false;
+  cleanup.push(async () => {
+    try {
+      if (!forced) {
+        await worker.request({ type: "stop" }, "stopped", { timeoutMs: STOP_TIMEOUT_MS });
+      }
+    } catch (error) {
+      if (!(error instanceof _WorkerEnded)) throw error;
+      // Ended by force (or by a timeout, already logged): nothing left to shut down.
+    } finally {
+      worker.terminate();
+    }
+  });
+  await worker.request(
+    {
+      type: "serve",
+      dataDir: dir,
+      assetsDir: options.assetsDir,
+      startParams: plan.startParams,
+      socketPath,
+      maxConnections: plan.maxConnections,
+    },
+    "ready",
+    { signal: options.signal },
+  ).catch((error) => {
+    throw error instanceof _WorkerEnded ? _interrupted(dir) : _failure(error, dir, socketPath);
+  });
+
+  let stopping: Promise<void> | undefined;
+  return {
+    dataDir: dir,
+    socketDir: plan.socketDir,
+    connection: {
+      args: [
+        "-h",
+        plan.socketDir,
+        "-p",
+        String(EMBEDDED_PORT),
+        "-U",
+        EMBEDDED_USER,
+        "-d",
+        EMBEDDED_DATABASE,
+      ],
+      env: {},
+      display: `embedded PGlite at ${dir}`,
+    },
+    stop(stopOptions = {}) {
+      if (stopOptions.force) {
+        forced = true;
+        worker.terminate();
+      }
+      stopping ??= cleanup.run().catch((error) => {
+        throw _failure(error, dir, socketPath);
+      });
+      return stopping;
+    },
+  };
 }
 
 /** PGlite's start arguments with `settings` added as `-c name=value`. */

@@ -195,6 +195,30 @@ function iso(date: Date): string {
   return date.toISOString();
 }
 
+/** The tracked rows of a chunk's folder paths (a JSON array). */
+const SCAN_SELECT =
+  "SELECT rowid, folder_path, file_hash, folder_key, upload_status, retry_count, settling, " +
+  "missing_since, base_path, content_hash, objects_dest FROM folder_status " +
+  "WHERE folder_path IN (SELECT value FROM json_each(?))";
+
+/** New folders of a chunk as pending: ?1 now, ?2 base, ?3 run, ?4 a JSON array of tuples. */
+const SCAN_INSERT =
+  "INSERT INTO folder_status (folder_path, folder_name, last_modified, file_count, file_hash, " +
+  "upload_status, retry_count, created_at, updated_at, base_path, folder_key, last_seen_run, " +
+  "settling) SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, " +
+  "'pending', 0, ?1, ?1, ?2, value ->> 5, ?3, value ->> 6 FROM json_each(?4) RETURNING rowid";
+
+/** A changed folder back to pending with a fresh retry count. */
+const SCAN_RESET =
+  "UPDATE folder_status SET folder_name = ?, last_modified = ?, file_count = ?, file_hash = ?, " +
+  "upload_status = 'pending', retry_count = 0, error_message = NULL, " +
+  "updated_at = ?, base_path = COALESCE(?, base_path), folder_key = ?, last_seen_run = ?, " +
+  "settling = ?, missing_since = NULL WHERE folder_path = ?";
+
+/** Unchanged folders whose settling flag, base or missing mark moved. */
+const SCAN_TOUCH = "UPDATE folder_status SET settling = ?, base_path = COALESCE(?, base_path), " +
+  "missing_since = NULL WHERE folder_path IN (SELECT value FROM json_each(?))";
+
 /** The local tracking database. */
 export class Tracker {
   readonly path: string;
@@ -475,29 +499,10 @@ export class Tracker {
     options: DiffOptions & { dryRun?: boolean; remote?: boolean },
   ): ScanDecision[] {
     const remote = options.remote ? this.#remoteHashes(snapshots.map((s) => s.key)) : null;
-    const select = this.#stmt(
-      "SELECT rowid, folder_path, file_hash, folder_key, upload_status, retry_count, settling, " +
-        "missing_since, base_path, content_hash, objects_dest FROM folder_status " +
-        "WHERE folder_path IN (SELECT value FROM json_each(?))",
-    );
-    const insert = this.#stmt(
-      "INSERT INTO folder_status (folder_path, folder_name, last_modified, file_count, file_hash, " +
-        "upload_status, retry_count, created_at, updated_at, base_path, folder_key, last_seen_run, " +
-        "settling) SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, " +
-        "'pending', 0, ?1, ?1, ?2, value ->> 5, ?3, value ->> 6 FROM json_each(?4) RETURNING rowid",
-    );
-    const reset = this.#stmt(
-      "UPDATE folder_status SET folder_name = ?, last_modified = ?, file_count = ?, file_hash = ?, " +
-        "upload_status = 'pending', retry_count = 0, error_message = NULL, " +
-        "updated_at = ?, base_path = COALESCE(?, base_path), folder_key = ?, last_seen_run = ?, " +
-        "settling = ?, " +
-        "missing_since = NULL WHERE folder_path = ?",
-    );
-    const touch = this.#stmt(
-      "UPDATE folder_status SET settling = ?, base_path = COALESCE(?, base_path), " +
-        "missing_since = NULL " +
-        "WHERE folder_path IN (SELECT value FROM json_each(?))",
-    );
+    const select = this.#stmt(SCAN_SELECT);
+    const insert = this.#stmt(SCAN_INSERT);
+    const reset = this.#stmt(SCAN_RESET);
+    const touch = this.#stmt(SCAN_TOUCH);
     const nowText = iso(new Date(options.nowMs));
     const pass = this.#pass !== null && this.#pass.base === basePath;
     const apply = () => {
