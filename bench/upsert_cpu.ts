@@ -9,8 +9,11 @@
  * - `staging`: per batch, one transaction: a temp table dropped at commit, `COPY` of the
  *   rows' columns into it, one `INSERT ... SELECT ... ON CONFLICT` with the same guard and
  *   reply as the upsert, `commit`;
- * - `staging-json`: the same, but the staging table holds each row's JSON text (one jsonb
- *   column) and the insert unpacks it with `jsonb_to_record`.
+ * - `staging-text`: the same, but the staging table holds each row's JSON text (one text
+ *   column) and the insert unpacks it with `json_to_record`;
+ * - `jsonb-lean`, `json-lean`: one statement per batch as `jsonb`, with the device as
+ *   literals and the rows in a bare array unpacked by `jsonb_to_recordset` or
+ *   `json_to_recordset` (what of the saving needs no staging table).
  *
  * Each is a script psql reads on stdin, as the uploader's session does. The rows are built
  * by lib/folder.ts buildRow from a generated tree. The first load goes into an empty table;
@@ -18,7 +21,7 @@
  * Server CPU is the postmaster's process tree (backends included) before and after.
  *
  * ```
- * deno run -A bench/upsert_cpu.ts --rows 100000 [--batch 500] [--runs 3] [--methods copy,jsonb,staging]
+ * deno run -A bench/upsert_cpu.ts --rows 100000 [--batch 500] [--runs 3] [--methods copy,jsonb,...]
  * ```
  *
  * @module
@@ -30,7 +33,12 @@ import { DEFAULT_CONFIG, markerNames } from "../config.ts";
 import { buildRow } from "../lib/folder.ts";
 import { scanFolders } from "../lib/scan.ts";
 import { buildSchemaStatements } from "../lib/schema.ts";
-import { buildUpsertStatement, sqlLiteral, type UploadRow } from "../lib/sql.ts";
+import {
+  buildUpsertStatement,
+  rowToJsonWithStats,
+  sqlLiteral,
+  type UploadRow,
+} from "../lib/sql.ts";
 import { connectionFromUrl } from "../lib/target.ts";
 import { startPostgres } from "../support/postgres.ts";
 import { generateTree, removeTree } from "../support/tree.ts";
@@ -66,7 +74,7 @@ interface Figures {
 function usage(): never {
   console.error(
     "Usage: deno run -A bench/upsert_cpu.ts --rows N [--batch 500] [--runs 3] " +
-      "[--methods copy,jsonb,staging,staging-json]",
+      "[--methods copy,jsonb,jsonb-lean,json-lean,staging,staging-text]",
   );
   Deno.exit(2);
 }
@@ -77,7 +85,7 @@ const { values } = parseArgs({
     rows: { type: "string", default: "100000" },
     batch: { type: "string", default: String(DEFAULT_CONFIG.batchSize) },
     runs: { type: "string", default: "3" },
-    methods: { type: "string", default: "copy,jsonb,staging,staging-json" },
+    methods: { type: "string", default: "copy,jsonb,jsonb-lean,json-lean,staging,staging-text" },
     help: { type: "boolean", default: false },
   },
 });
@@ -88,11 +96,17 @@ const RUNS = Number(values.runs);
 if (!(ROWS > 0 && BATCH > 0 && RUNS > 0)) usage();
 const METHODS = values.methods.split(",");
 
-/** The rows of the generated tree, with their JSON texts as the uploader sends them. */
+/** Distinct folders generated on disk; more rows are copies of theirs under other keys. */
+const BASE_FOLDERS = 2000;
+
+/**
+ * The rows of a generated tree, with their JSON texts as the uploader sends them. Past
+ * {@linkcode BASE_FOLDERS}, rows repeat the built ones under new keys (their stats text
+ * travels as it is on disk, as buildRow sends it).
+ */
 async function buildRows(tree: string): Promise<{ rows: UploadRow[]; json: string[] }> {
-  generateTree(tree, { folders: ROWS, nonUnitEvery: 0 });
-  const rows: UploadRow[] = [];
-  const json: string[] = [];
+  generateTree(tree, { folders: Math.min(ROWS, BASE_FOLDERS), nonUnitEvery: 0 });
+  const base: { row: UploadRow; json: string; stats: string | null }[] = [];
   const now = new Date();
   for await (
     const item of scanFolders(tree, {
@@ -103,8 +117,29 @@ async function buildRows(tree: string): Promise<{ rows: UploadRow[]; json: strin
   ) {
     if (item.kind !== "folder") continue;
     const built = buildRow(item.snapshot, DEFAULT_CONFIG, now);
-    rows.push(built.row);
-    json.push(built.json);
+    const stats = built.row.test_results === null
+      ? null
+      : Deno.readTextFileSync(join(item.snapshot.path, DEFAULT_CONFIG.statsFileName));
+    base.push({ row: built.row, json: built.json, stats });
+  }
+  const rows: UploadRow[] = [];
+  const json: string[] = [];
+  for (let i = 0; i < ROWS; i++) {
+    const b = base[i % base.length];
+    const copy = Math.floor(i / base.length);
+    if (copy === 0) {
+      rows.push(b.row);
+      json.push(b.json);
+      continue;
+    }
+    const row: UploadRow = {
+      ...b.row,
+      folder_key: `${b.row.folder_key}_${copy}`,
+      folder_name: `${b.row.folder_name}_${copy}`,
+      metadata: { ...b.row.metadata, source_path: `${b.row.metadata.source_path}_${copy}` },
+    };
+    rows.push(row);
+    json.push(rowToJsonWithStats(row, b.stats));
   }
   return { rows, json };
 }
@@ -214,21 +249,39 @@ function stagingScript(rows: readonly UploadRow[]): string {
   return parts.join("");
 }
 
-/** `staging-json`: as `staging`, the staging table holding each row's JSON text. */
-function stagingJsonScript(json: readonly string[]): string {
+/**
+ * `staging-text`: as `staging`, the staging table holding each row's JSON text in a text
+ * column (COPY cannot refuse it), unpacked by `json_to_record` in the insert.
+ */
+function stagingTextScript(json: readonly string[]): string {
   const parts: string[] = [];
   const insert = stagingInsert(
-    `select r.* from upload_input u, jsonb_to_record(u.j) as r(${INPUT_COLUMNS})`,
+    `select r.* from pg_temp.upload_input u, json_to_record(u.j::json) as r(${INPUT_COLUMNS})`,
   );
   for (const batch of batches(json)) {
     parts.push(
-      `begin;\ncreate temp table upload_input (j jsonb) on commit drop;\n` +
-        `copy upload_input from stdin;\n`,
+      `begin;\ncreate temp table upload_input (j text) on commit drop;\n` +
+        `copy pg_temp.upload_input from stdin;\n`,
     );
     for (const text of batch) parts.push(copyText(text) + "\n");
     parts.push("\\.\n", insert, "commit;\n");
   }
   return parts.join("");
+}
+
+/**
+ * `jsonb-lean` / `json-lean`: one statement per batch like `jsonb`, but the device and
+ * batch name as literals and the literal a bare array of the rows, unpacked by
+ * `jsonb_to_recordset` or `json_to_recordset`.
+ */
+function leanScript(json: readonly string[], type: "json" | "jsonb"): string {
+  return batches(json).map((batch) =>
+    stagingInsert(
+      `select r.* from ${type}_to_recordset(${
+        sqlLiteral(`[${batch.join(",")}]`)
+      }::${type}) as r(${INPUT_COLUMNS})`,
+    )
+  ).join("");
 }
 
 async function main(): Promise<void> {
@@ -242,6 +295,11 @@ async function main(): Promise<void> {
       autovacuum: "off",
     },
   });
+  const stop = () => {
+    pg.close().finally(() => Deno.exit(130));
+  };
+  Deno.addSignalListener("SIGINT", stop);
+  Deno.addSignalListener("SIGTERM", stop);
   try {
     const url = pg.url;
     for (const sql of buildSchemaStatements({ table: TABLE, device: DEVICE })) {
@@ -258,7 +316,9 @@ async function main(): Promise<void> {
       { name: "copy", script: copyScript(rows), replies: false },
       { name: "jsonb", script: jsonbScript(rows, json), replies: true },
       { name: "staging", script: stagingScript(rows), replies: true },
-      { name: "staging-json", script: stagingJsonScript(json), replies: true },
+      { name: "staging-text", script: stagingTextScript(json), replies: true },
+      { name: "jsonb-lean", script: leanScript(json, "jsonb"), replies: true },
+      { name: "json-lean", script: leanScript(json, "json"), replies: true },
     ];
     const methods = all.filter((m) => METHODS.includes(m.name));
     const postmaster = Number(
