@@ -6,6 +6,9 @@
  *   floor: no conflict handling, no reply);
  * - `jsonb`: the uploader's upsert, {@linkcode buildUpsertStatement} (one statement per
  *   batch, the rows in one jsonb literal unpacked by `jsonb_to_recordset`);
+ * - `script`: the uploader's COPY upsert, {@linkcode buildUpsertScript} (lib/sql.ts): per
+ *   batch one transaction, a temp table of text columns dropped at commit, `COPY` into it,
+ *   the insert casting the columns (the default methods are copy, jsonb and script);
  * - `staging`: per batch, one transaction: a temp table dropped at commit, `COPY` of the
  *   rows' columns into it, one `INSERT ... SELECT ... ON CONFLICT` with the same guard and
  *   reply as the upsert, `commit`;
@@ -34,6 +37,7 @@ import { buildRow } from "../lib/folder.ts";
 import { scanFolders } from "../lib/scan.ts";
 import { buildSchemaStatements } from "../lib/schema.ts";
 import {
+  buildUpsertScript,
   buildUpsertStatement,
   rowToJsonWithStats,
   sqlLiteral,
@@ -74,7 +78,7 @@ interface Figures {
 function usage(): never {
   console.error(
     "Usage: deno run -A bench/upsert_cpu.ts --rows N [--batch 500] [--runs 3] " +
-      "[--methods copy,jsonb,jsonb-lean,json-lean,staging,staging-text]",
+      "[--methods copy,jsonb,script,jsonb-lean,json-lean,staging,staging-text]",
   );
   Deno.exit(2);
 }
@@ -85,7 +89,7 @@ const { values } = parseArgs({
     rows: { type: "string", default: "100000" },
     batch: { type: "string", default: String(DEFAULT_CONFIG.batchSize) },
     runs: { type: "string", default: "3" },
-    methods: { type: "string", default: "copy,jsonb,jsonb-lean,json-lean,staging,staging-text" },
+    methods: { type: "string", default: "copy,jsonb,script" },
     help: { type: "boolean", default: false },
   },
 });
@@ -192,6 +196,19 @@ function jsonbScript(rows: readonly UploadRow[], json: readonly string[]): strin
     );
   }
   return parts.join("");
+}
+
+/** `script`: the uploader's COPY upsert, {@linkcode buildUpsertScript} per batch. */
+function scriptScript(rows: readonly UploadRow[], json: readonly string[]): string {
+  const rowBatches = batches(rows);
+  const jsonBatches = batches(json);
+  return rowBatches.map((batch, i) =>
+    buildUpsertScript(
+      batch,
+      { table: TABLE, device: DEVICE, batchName: BATCH_NAME },
+      jsonBatches[i],
+    )
+  ).join("");
 }
 
 /** The insert of the staging methods: `input` names the rows' relation. */
@@ -315,6 +332,7 @@ async function main(): Promise<void> {
     const all: Method[] = [
       { name: "copy", script: copyScript(rows), replies: false },
       { name: "jsonb", script: jsonbScript(rows, json), replies: true },
+      { name: "script", script: scriptScript(rows, json), replies: true },
       { name: "staging", script: stagingScript(rows), replies: true },
       { name: "staging-text", script: stagingTextScript(json), replies: true },
       { name: "jsonb-lean", script: leanScript(json, "jsonb"), replies: true },
