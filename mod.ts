@@ -47,7 +47,13 @@ export { type FileEntry, fingerprintFiles } from "./lib/fingerprint.ts";
 export { decideFolder, type DiffDecision } from "./lib/diff.ts";
 export { type StatusReport, Tracker } from "./lib/tracker.ts";
 export { buildRow, readStats } from "./lib/folder.ts";
-export { buildUpsertStatement, type DeviceInfo, sqlLiteral, type UploadRow } from "./lib/sql.ts";
+export {
+  buildUpsertScript,
+  buildUpsertStatement,
+  type DeviceInfo,
+  sqlLiteral,
+  type UploadRow,
+} from "./lib/sql.ts";
 export {
   buildSchemaStatements,
   describePermissionError,

@@ -83,6 +83,13 @@ export interface RunOptions {
    * is gone. Default: no limit.
    */
   timeoutMs?: number;
+  /**
+   * The text is a psql script of several statements, sent as it is (not checked to be one
+   * statement): the reply is that of the last statement it ran, and when that failed the
+   * session sends `rollback` after the reply, ending a transaction the script opened.
+   * `buildUpsertScript` (lib/sql.ts) makes such scripts. Default false.
+   */
+  script?: boolean;
 }
 
 /** Bytes of stderr a session keeps for error messages. */
@@ -530,7 +537,7 @@ export class PsqlSession {
   }
 
   async #runNow(sql: string, options: RunOptions): Promise<StatementReply> {
-    const statement = terminateStatement(sql);
+    const statement = options.script ? scriptText(sql) : terminateStatement(sql);
     if (!this.#alive) {
       throw new UploadError("transient", `The psql session to ${this.#display} is closed`);
     }
@@ -539,7 +546,8 @@ export class PsqlSession {
     const marker = collector ? `\\warn ${collector.marker}\n` : "";
     const text = `${statement}\\if :ERROR\n${marker}` +
       `\\echo ${token} err :LAST_ERROR_SQLSTATE :'LAST_ERROR_MESSAGE'\n` +
-      `\\else\n${marker}\\echo ${token} ok :ROW_COUNT\n\\endif\n`;
+      `\\else\n${marker}\\echo ${token} ok :ROW_COUNT\n\\endif\n` +
+      (options.script ? `\\if :ERROR\nrollback;\n\\endif\n` : "");
     let timer: ReturnType<typeof setTimeout> | undefined;
     if (options.timeoutMs !== undefined) {
       timer = setTimeout(() => {
@@ -717,6 +725,11 @@ export class PsqlSession {
   async [Symbol.asyncDispose](): Promise<void> {
     await this.close();
   }
+}
+
+/** A script's text ending with a newline, so the reply trailer starts on a line of its own. */
+function scriptText(script: string): string {
+  return script.endsWith("\n") ? script : `${script}\n`;
 }
 
 /** Milliseconds as seconds for a message: one decimal below 10 s. */

@@ -1251,6 +1251,17 @@ export function describePermissionError(
       },
     );
   }
+  if (/create temporary tables/i.test(reply.message)) {
+    return new UploadError(
+      "config",
+      `${role[0].toUpperCase()}${role.slice(1)} may not create temporary tables on ` +
+        `${ctx.targetDisplay}; each batch is copied into one, dropped at its commit (${server})`,
+      {
+        ...options,
+        hint: `Have an owner run \`grant temporary on database <database> to ${roleSql}\``,
+      },
+    );
+  }
   const schema = reply.message.match(/permission denied for schema "?([^"\s]+)"?/)?.[1];
   if (schema !== undefined) {
     return new UploadError(

@@ -2,10 +2,18 @@
  * SQL text: the one quoting function, identifier quoting, table names and the batch upsert
  * statement. Pure functions, no I/O. The schema's own statements live in `schema.ts`.
  *
- * Every value that ends up in SQL text goes through {@linkcode sqlLiteral}; batch rows
- * travel inside one JSON literal unpacked by `jsonb_to_recordset`, so no value is ever
- * spliced into SQL any other way. The statements use no session state (no `SET`, no
- * prepared statements, no temp tables), so they work through a transaction pooler.
+ * Every value that ends up in SQL text goes through {@linkcode sqlLiteral}, so no value is
+ * ever spliced into SQL any other way. A batch of rows travels one of two ways:
+ *
+ * - {@linkcode buildUpsertStatement}: one statement, the rows inside one JSON literal
+ *   unpacked by `jsonb_to_recordset`;
+ * - {@linkcode buildUpsertScript}: one transaction in a psql script, the rows streamed by
+ *   `COPY ... FROM STDIN` (fields escaped by {@linkcode copyField}) into a temp table
+ *   dropped at its commit, then the same insert. About half the server CPU per row of the
+ *   statement (docs/benchmarks.md); needs a server that takes COPY (PGlite's socket does not).
+ *
+ * Neither leaves session state behind (no `SET`, no prepared statements, no temp table past
+ * the transaction that made it), so both work through a transaction pooler.
  *
  * @module
  */
@@ -306,6 +314,110 @@ export function buildUpsertStatement(
   options: UpsertOptions,
   rowJson?: readonly string[],
 ): string {
+  const ref = checkBatch(rows, options, rowJson);
+  const rowsText = rowJson !== undefined
+    ? rowJson.join(",")
+    : rows.map((r) => JSON.stringify(payloadRow(r))).join(",");
+  const header = headerJson(options);
+  const payloadText = `${header.slice(0, -1)},"rows":[${rowsText}]}`;
+  const objects = rows.some((r) => r.image_objects !== undefined);
+  const objectsType = objects ? ", image_objects text[]" : "";
+  return `with payload as (\n` +
+    `  select ${sqlLiteral(payloadText)}::jsonb as p\n` +
+    `), input as (\n` +
+    `  select r.* from payload, jsonb_to_recordset(payload.p->'rows') as r(\n` +
+    `    folder_key text, folder_name text, images text[], test_results jsonb,\n` +
+    `    test_status text, test_date timestamptz, metadata jsonb, strict boolean${objectsType})\n` +
+    upsertTail(ref, rows);
+}
+
+/** The name of the staging table of {@linkcode buildUpsertScript} (in `pg_temp`). */
+export const STAGING_TABLE = "upload_rows";
+
+/** Its columns, all text (COPY cannot refuse a text field; the casts are the insert's). */
+const STAGING_COLUMNS = [
+  "metadata",
+  "folder_key",
+  "folder_name",
+  "images",
+  "test_results",
+  "test_status",
+  "test_date",
+  "strict",
+  "image_objects",
+] as const;
+
+/**
+ * The upsert of {@linkcode buildUpsertStatement} as a psql script of one transaction: a
+ * temp table dropped at commit, `COPY ... FROM STDIN` of the rows' fields into it (every
+ * field text), the same insert reading it (same guard, conflicts and one-line JSON reply,
+ * read it with {@linkcode parseUpsertReply}), and `commit`. The header (device, batch
+ * name) travels in a JSON literal as in the statement.
+ *
+ * Send it with the session's `script` option (lib/psql.ts): the script ends in the last
+ * statement it ran, so the reply trailer judges the first failure (the create, the insert
+ * or the commit) and a failed script's transaction is rolled back after the reply. Three
+ * facts of psql this relies on:
+ *
+ * - a failed `COPY FROM STDIN` does not set psql's `:ERROR`, so nothing may fail there:
+ *   the staging columns are text and the rows' text is valid UTF-8 without NUL;
+ * - the copy runs only when the create succeeded (`\if :ERROR`); psql still lexes lines
+ *   in a skipped branch, quotes included;
+ * - so every data line starts with a backslash before its first character (`\{`, which
+ *   COPY reads as `{`; metadata, a JSON object, is the first column): outside COPY, psql takes the line for an unknown meta-command and
+ *   discards it whole, whatever quotes it holds, rather than running it as SQL.
+ *
+ * @throws UploadError as {@linkcode buildUpsertStatement}; `fatal` when a JSON text is not
+ *   the one {@linkcode rowToJson} or {@linkcode rowToJsonWithStats} made for its row.
+ *
+ * @example
+ * ```ts
+ * const script = buildUpsertScript(rows, {
+ *   table: "device_test",
+ *   device: { id: "6f1c2b8e-2f7c-4a55-9a53-0d6f0c1c9e1a", name: "pi-7", type: "image_analyzer" },
+ *   batchName: "batch_20250602_164255",
+ * });
+ * ```
+ */
+export function buildUpsertScript(
+  rows: readonly UploadRow[],
+  options: UpsertOptions,
+  rowJson?: readonly string[],
+): string {
+  const ref = checkBatch(rows, options, rowJson);
+  const staging = `pg_temp.${STAGING_TABLE}`;
+  const parts: string[] = [
+    `begin;\n` +
+    `create temp table ${STAGING_TABLE} (${
+      STAGING_COLUMNS.map((c) => `${c} text`).join(", ")
+    }) on commit drop;\n` +
+    `\\if :ERROR\n\\else\n` +
+    `copy ${staging} from stdin;\n`,
+  ];
+  for (let i = 0; i < rows.length; i++) parts.push(copyLine(rows[i], rowJson?.[i]));
+  parts.push(
+    `\\.\n` +
+      `with payload as (\n` +
+      `  select ${sqlLiteral(headerJson(options))}::jsonb as p\n` +
+      `), input as (\n` +
+      `  select u.folder_key, u.folder_name, u.images::text[] as images,\n` +
+      `    u.test_results::jsonb as test_results, u.test_status,\n` +
+      `    u.test_date::timestamptz as test_date, u.metadata::jsonb as metadata,\n` +
+      `    u.strict::boolean as strict, u.image_objects::text[] as image_objects\n` +
+      `  from ${staging} u\n` +
+      upsertTail(ref, rows) + `\n` +
+      `\\if :ERROR\n\\else\ncommit;\n\\endif\n` +
+      `\\endif\n`,
+  );
+  return parts.join("");
+}
+
+/** Checks a batch for {@linkcode buildUpsertStatement} and its kin; returns the table. */
+function checkBatch(
+  rows: readonly UploadRow[],
+  options: UpsertOptions,
+  rowJson: readonly string[] | undefined,
+): TableRef {
   checkDevice(options.device);
   const ref = tableRef(options.table);
   if (rows.length === 0) throw new UploadError("fatal", "Cannot build an upsert of no rows");
@@ -327,16 +439,24 @@ export function buildUpsertStatement(
     if (rowJson === undefined) checkStorable(payloadRow(row), row, "row");
     else if (MAY_BE_UNSTORABLE.test(rowJson[i])) checkStorable(JSON.parse(rowJson[i]), row, "row");
   }
-  const header = JSON.stringify({
+  return ref;
+}
+
+/** The batch's header: device and batch name, as a JSON object's text. */
+function headerJson(options: UpsertOptions): string {
+  return JSON.stringify({
     device_id: options.device.id,
     device_name: options.device.name,
     device_type: options.device.type,
     upload_batch: options.batchName,
   });
-  const rowsText = rowJson !== undefined
-    ? rowJson.join(",")
-    : rows.map((r) => JSON.stringify(payloadRow(r))).join(",");
-  const payloadText = `${header.slice(0, -1)},"rows":[${rowsText}]}`;
+}
+
+/**
+ * The rest of an upsert once `payload` (the header as `p`) and `input` (the rows, typed)
+ * are open: the strict-row conflicts, the insert and its one-line JSON reply.
+ */
+function upsertTail(ref: TableRef, rows: readonly UploadRow[]): string {
   const t = ref.sql;
   // Strict rows (keyed by a folder's name alone) may not overwrite a row another folder
   // wrote: such keys are left out and reported. Without strict rows the check is left out.
@@ -357,17 +477,10 @@ export function buildUpsertStatement(
     : `'[]'::json`;
   // Rows carrying object keys write image_objects; without them the column is left alone.
   const objects = rows.some((r) => r.image_objects !== undefined);
-  const objectsType = objects ? ", image_objects text[]" : "";
   const objectsColumn = objects ? ", image_objects" : "";
   const objectsValue = objects ? ", i.image_objects" : "";
   const objectsSet = objects ? ", image_objects = excluded.image_objects" : "";
-  return `with payload as (\n` +
-    `  select ${sqlLiteral(payloadText)}::jsonb as p\n` +
-    `), input as (\n` +
-    `  select r.* from payload, jsonb_to_recordset(payload.p->'rows') as r(\n` +
-    `    folder_key text, folder_name text, images text[], test_results jsonb,\n` +
-    `    test_status text, test_date timestamptz, metadata jsonb, strict boolean${objectsType})\n` +
-    conflicts +
+  return conflicts +
     `), written as (\n` +
     `  insert into ${t} as t (device_id, device_name, device_type, folder_key, folder_name,\n` +
     `    images, test_results, test_status, test_date, upload_batch, metadata, data_type` +
@@ -391,6 +504,85 @@ export function buildUpsertStatement(
     `select json_build_object('inserted', count(*) filter (where inserted),\n` +
     `  'updated', count(*) filter (where not inserted), 'conflicts', ${report})::text\n` +
     `from written;`;
+}
+
+/**
+ * One row as a line of COPY text for the staging table, with the backslash before its
+ * first character that {@linkcode buildUpsertScript} relies on. test_results is the stats
+ * text as it travels in the row's JSON (its own digits and key order), not serialized again.
+ */
+function copyLine(row: UploadRow, json: string | undefined): string {
+  const metadata = JSON.stringify(row.metadata);
+  let stats: string | null;
+  if (json === undefined) {
+    stats = row.test_results === null || row.test_results === undefined
+      ? null
+      : JSON.stringify(row.test_results);
+  } else {
+    // The JSON text is prefix + stats + suffix, both made from the row's other fields.
+    const prefix = `{"folder_key":${JSON.stringify(row.folder_key)},"folder_name":${
+      JSON.stringify(row.folder_name)
+    },"images":${JSON.stringify(row.images)},"test_results":`;
+    const suffix = `,"test_status":${JSON.stringify(row.test_status)},"test_date":${
+      JSON.stringify(row.test_date)
+    },"metadata":${metadata}${row.strict ? ',"strict":true' : ""}${
+      row.image_objects !== undefined ? `,"image_objects":${JSON.stringify(row.image_objects)}` : ""
+    }}`;
+    if (
+      json.length < prefix.length + suffix.length || !json.startsWith(prefix) ||
+      !json.endsWith(suffix)
+    ) {
+      throw new UploadError("fatal", "A row's JSON text does not match the row", {
+        subject: row.folder_key,
+      });
+    }
+    const text = json.slice(prefix.length, json.length - suffix.length);
+    stats = text === "null" ? null : text;
+  }
+  // metadata first: a JSON object's text, so every line starts with `\{`.
+  return `\\${copyField(metadata)}\t${copyField(row.folder_key)}\t${copyField(row.folder_name)}\t${
+    copyField(textArrayLiteral(row.images))
+  }\t${copyField(stats)}\t${copyField(row.test_status)}\t${copyField(row.test_date)}\t${
+    row.strict ? "t" : "\\N"
+  }\t${row.image_objects === undefined ? "\\N" : copyField(textArrayLiteral(row.image_objects))}\n`;
+}
+
+/**
+ * Escapes a value as one field of COPY's text format: `\N` for null; backslash, newline,
+ * carriage return and tab as backslash escapes. Text only (no NUL: PostgreSQL refuses it).
+ *
+ * @example
+ * ```ts
+ * copyField("a\tb\\c"); // "a\\tb\\\\c"
+ * copyField(null); // "\\N"
+ * ```
+ */
+export function copyField(value: string | null): string {
+  if (value === null) return "\\N";
+  return /[\\\n\r\t]/.test(value) ? value.replace(/[\\\n\r\t]/g, escapeCopyChar) : value;
+}
+
+function escapeCopyChar(c: string): string {
+  return c === "\\" ? "\\\\" : c === "\n" ? "\\n" : c === "\r" ? "\\r" : "\\t";
+}
+
+/**
+ * A PostgreSQL array literal of text elements, each double-quoted with `"` and `\`
+ * escaped: what `'...'::text[]` reads back as the same strings.
+ *
+ * @example
+ * ```ts
+ * textArrayLiteral(['a "b"', "c"]); // '{"a \\"b\\"","c"}'
+ * ```
+ */
+export function textArrayLiteral(items: readonly string[]): string {
+  let out = "{";
+  for (let i = 0; i < items.length; i++) {
+    if (i > 0) out += ",";
+    const item = items[i];
+    out += `"${/["\\]/.test(item) ? item.replace(/["\\]/g, "\\$&") : item}"`;
+  }
+  return `${out}}`;
 }
 
 /**
