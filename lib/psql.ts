@@ -564,7 +564,7 @@ export class PsqlSession {
       );
       const reply = await this.#readReply(token, collector);
       await written;
-      return reply;
+      return options.script ? causeOfAbort(reply) : reply;
     } finally {
       clearTimeout(timer);
     }
@@ -728,6 +728,19 @@ export class PsqlSession {
 }
 
 /** A script's text ending with a newline, so the reply trailer starts on a line of its own. */
+/**
+ * A script's reply blamed on the statement after a failed COPY (25P02, "current transaction
+ * is aborted"): psql leaves `:ERROR` false after a COPY the server refused, so the reply
+ * names the next statement. The COPY's own SQLSTATE and message are in its stderr when the
+ * script set `VERBOSITY verbose` for it (`ERROR:  57014: canceling statement ...`).
+ */
+function causeOfAbort(reply: StatementReply): StatementReply {
+  if (reply.ok || reply.sqlstate !== "25P02" || reply.stderr === undefined) return reply;
+  const cause = reply.stderr.match(/^ERROR:\s+([0-9A-Z]{5}):\s+(.*)$/m);
+  if (cause === null || cause[1] === "25P02") return reply;
+  return { ...reply, sqlstate: cause[1], message: cause[2] };
+}
+
 function scriptText(script: string): string {
   return script.endsWith("\n") ? script : `${script}\n`;
 }

@@ -392,11 +392,14 @@ export function buildUpsertScript(
       STAGING_COLUMNS.map((c) => `${c} text`).join(", ")
     }) on commit drop;\n` +
     `\\if :ERROR\n\\else\n` +
+    // psql reports a refused COPY only on stderr; verbose, it carries the SQLSTATE there.
+    `\\set VERBOSITY verbose\n` +
     `copy ${staging} from stdin;\n`,
   ];
   for (let i = 0; i < rows.length; i++) parts.push(copyLine(rows[i], rowJson?.[i]));
   parts.push(
     `\\.\n` +
+      `\\set VERBOSITY default\n` +
       `with payload as (\n` +
       `  select ${sqlLiteral(headerJson(options))}::jsonb as p\n` +
       `), input as (\n` +

@@ -131,6 +131,8 @@ export interface WriteContext {
    * `COPY FROM STDIN` (the embedded PGlite does not). Default false.
    */
   copyRows?: boolean;
+  /** Told once when `copyRows` is turned off because the role may not use it. */
+  onWarning?: (message: string) => void;
   backoff?: BackoffOptions;
   signal: AbortSignal;
   onRetry?: (notice: RetryNotice) => void;
@@ -361,6 +363,16 @@ async function writePart<T extends BatchItem>(
       }
       return;
     }
+    if (ctx.copyRows && mayNotCreateTempTables(reply)) {
+      // A role without TEMP on the database: the same rows as one statement instead.
+      ctx.copyRows = false;
+      ctx.onWarning?.(
+        `${ctx.targetDisplay} refuses temporary tables to this role (${reply.sqlstate}): ` +
+          "each batch goes as one statement instead, which costs the server about twice the " +
+          "CPU per row; `grant temporary on database ...` to the role restores the faster way",
+      );
+      return writePart(items, batchName, ctx, result);
+    }
     error = reply;
   } catch (thrown) {
     // V8 serializes recursively: a value nested too deeply to turn into JSON is this
@@ -391,10 +403,16 @@ async function writePart<T extends BatchItem>(
   }
 }
 
+/** A refusal of the staging table that `copyRows` needs (42501 on CREATE TEMP TABLE). */
+function mayNotCreateTempTables(error: UploadError): boolean {
+  return error.sqlstate === "42501" && /temporary tables/i.test(error.message);
+}
+
 /** What the write side reports, as run events. */
 export type WriterEvent =
   | { event: "retry"; subject: string; attempt: number; delay_ms: number; reason: string }
-  | { event: "schema"; table: string; rekeyed: number };
+  | { event: "schema"; table: string; rekeyed: number }
+  | { event: "warning"; message: string };
 
 /** Settings of {@linkcode LazyWriter}. */
 export interface LazyWriterOptions {
@@ -465,6 +483,7 @@ export class LazyWriter {
             reason: n.reason,
           });
         },
+        onWarning: (message) => o.emit({ event: "warning", message }),
         now: o.now,
       };
       const schema = await ensureSchema(context);

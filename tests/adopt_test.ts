@@ -18,7 +18,7 @@ import assert from "node:assert/strict";
 import { join } from "node:path";
 import { hasPostgres, type PgServer, startPostgres } from "../support/postgres.ts";
 import { generateTree, removeTree, writeTree } from "../support/tree.ts";
-import { buildSchemaStatements } from "../lib/schema.ts";
+import { buildSchemaStatements, printSchemaSql } from "../lib/schema.ts";
 import { MAX_STATS_BYTES } from "../lib/folder.ts";
 import { runMeasured } from "../bench/proc.ts";
 import {
@@ -633,6 +633,59 @@ Deno.test({
         const rerun = await upload(args, url, 120_000);
         assert.equal(rerun.code, 0, describeRun(rerun));
         assert.equal((await rowsByKey(pg)).size, tree.units);
+      });
+    } finally {
+      await pg.close();
+    }
+  },
+});
+
+// A role without TEMP on the database ----------------------------------------------------
+
+Deno.test({
+  name: "a role without TEMP on the database: batches go as statements, with one warning",
+  ignore: !hasPostgres(),
+  sanitizeResources: false,
+  sanitizeOps: false,
+  async fn() {
+    const pg = await startPostgres();
+    try {
+      await withDir("adopt_no_temp_", async (dir) => {
+        await createTables(pg);
+        await pg.psql(
+          `create role notemp login password 'notemp-pass';
+           revoke temporary on database uploads from public;
+           grant usage on schema public to notemp;
+           grant select, insert, update on device_test, devices to notemp;
+           grant usage, select on all sequences in schema public to notemp;`,
+        );
+        const data = join(dir, "data");
+        const tree = generateTree(data, { folders: 120, seed: 5 });
+        const run = await upload(
+          [data, "--db-path", join(dir, "tracker.db"), "--min-age", "0", "--no-markers"],
+          roleUrl(pg, "notemp", "notemp-pass"),
+        );
+        assert.equal(run.code, 0, describeRun(run));
+        const summary = summaryOf(run);
+        assert.equal(summary.failed, 0, describeRun(run));
+        assert.equal(summary.uploaded, tree.units);
+        const warnings = jsonEvents(run).filter((e) => e.event === "warning");
+        assert.equal(warnings.length, 1, describeRun(run));
+        assert.match(String(warnings[0].message), /temporary tables.*42501/s);
+        assert.equal(
+          Number(await pg.psql("select count(*) from device_test")),
+          tree.units,
+        );
+
+        // The owner's SQL of --print-schema grants TEMPORARY: the next run copies its rows.
+        await pg.psql(printSchemaSql({ table: "device_test", role: "notemp" }));
+        const again = await upload(
+          [data, "--db-path", join(dir, "tracker2.db"), "--min-age", "0", "--no-markers"],
+          roleUrl(pg, "notemp", "notemp-pass"),
+        );
+        assert.equal(again.code, 0, describeRun(again));
+        assert.equal(summaryOf(again).uploaded, tree.units);
+        assert.equal(jsonEvents(again).filter((e) => e.event === "warning").length, 0);
       });
     } finally {
       await pg.close();

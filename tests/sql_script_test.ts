@@ -128,12 +128,13 @@ Deno.test("buildUpsertScript: one transaction, data lines start with a backslash
   assert.match(script, /^begin;\ncreate temp table upload_rows \(/);
   assert.match(
     script,
-    /on commit drop;\n\\if :ERROR\n\\else\ncopy pg_temp\.upload_rows from stdin;\n/,
+    /on commit drop;\n\\if :ERROR\n\\else\n\\set VERBOSITY verbose\ncopy pg_temp\.upload_rows from stdin;\n/,
   );
   const lines = script.split("\n");
   const from = lines.indexOf("copy pg_temp.upload_rows from stdin;") + 1;
   const to = lines.indexOf("\\.");
   assert.equal(to - from, 2, "one line per row");
+  assert.equal(lines[to + 1], "\\set VERBOSITY default");
   for (const line of lines.slice(from, to)) assert.ok(line.startsWith("\\{"), line);
   assert.ok(script.endsWith("\\if :ERROR\n\\else\ncommit;\n\\endif\n\\endif\n"));
 });
@@ -329,6 +330,25 @@ Deno.test({
             ),
             { inserted: 1, updated: 0 },
           );
+          assert.deepEqual(await ok(owner, "select count(*) from device_test"), ["1"]);
+        });
+        await t.step("a COPY cut short by statement_timeout: 57014, not 25P02", async () => {
+          const big = Array.from({ length: 400 }, (_, i) => nastyRow(100 + i));
+          for (const b of big) {
+            // About 40 KB of stats per row: 16 MB for the COPY to read.
+            const stats = { trace: "x".repeat(40_000), i: b.row.folder_key };
+            b.row.test_results = stats;
+            b.json = JSON.stringify({ ...JSON.parse(b.json), test_results: stats });
+          }
+          await ok(owner, "set statement_timeout = '20ms'");
+          const reply = await owner.run(
+            buildUpsertScript(big.map((b) => b.row), OPTIONS, big.map((b) => b.json)),
+            { script: true, timeoutMs: 60_000 },
+          );
+          await ok(owner, "reset statement_timeout");
+          assert.ok(!reply.ok);
+          assert.equal(reply.sqlstate, "57014", `${reply.sqlstate}: ${reply.message}`);
+          assert.match(reply.message, /statement timeout/);
           assert.deepEqual(await ok(owner, "select count(*) from device_test"), ["1"]);
         });
       } finally {
