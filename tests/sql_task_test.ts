@@ -204,8 +204,13 @@ Deno.test("sql: Ctrl-C during a statement on the embedded database does not hang
       const stderr = new TextDecoder().decode(out.stderr);
       assert.notEqual(out.signal, "SIGKILL", `psql hung after the cancel request:\n${stderr}`);
       // PGlite cannot cancel a running statement: it finishes, and psql ends by itself with
-      // its own exit code (1, as after a cancelled statement on a server).
-      assert.ok(out.code === 0 || out.code === 1, `exit ${out.code}: ${stderr}`);
+      // its own exit code (1, as after a cancelled statement on a server). On a busy machine
+      // the signal may reach psql before it has set up its handler (still connecting): then
+      // it dies of it and the task passes that on as 130. Either way nothing hangs.
+      assert.ok(
+        out.code === 0 || out.code === 1 || out.code === 130,
+        `exit ${out.code}: ${stderr}`,
+      );
     } finally {
       clearTimeout(timer);
     }
