@@ -24,13 +24,14 @@ import { runMeasured } from "../bench/proc.ts";
 import {
   type CliResult,
   describeRun,
+  exists,
   jsonEvents,
   REPO_ROOT,
   runUploadCli,
   summaryOf,
   UPLOAD_SCRIPT,
 } from "./support/cli.ts";
-import { trackerState } from "./support/run.ts";
+import { TASK_PERMISSIONS, trackerState } from "./support/run.ts";
 
 const QUICK_SCRIPT = join(REPO_ROOT, "scripts", "quick_upload.ts");
 const DEVICE_ID = "3a8e4c1d-2b7f-4e90-9c1a-5d6e7f8a9b0c";
@@ -57,16 +58,6 @@ function quick(args: string[], url: string, cwd: string): Promise<CliResult> {
     env: { SUPABASE_DB_URL: url, DEVICE_ID },
     cwd,
   });
-}
-
-function exists(path: string): boolean {
-  try {
-    Deno.lstatSync(path);
-    return true;
-  } catch (error) {
-    if (error instanceof Deno.errors.NotFound) return false;
-    throw error;
-  }
 }
 
 /** Creates the uploader's tables as an owner would, before a restricted role uploads. */
@@ -216,12 +207,7 @@ async function uploadMeasured(args: string[], url: string) {
   const measured = await runMeasured(Deno.execPath(), [
     "run",
     TASK_V8_FLAGS,
-    "--allow-read",
-    "--allow-write",
-    "--allow-env",
-    "--allow-run",
-    "--allow-sys",
-    "--allow-net",
+    ...TASK_PERMISSIONS,
     "--quiet",
     "--config",
     join(REPO_ROOT, "deno.json"),

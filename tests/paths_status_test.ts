@@ -20,7 +20,14 @@ import assert from "node:assert/strict";
 import { join } from "node:path";
 import { hasPostgres, type PgServer, startPostgres } from "../support/postgres.ts";
 import { removeTree, setMtime, writeTree } from "../support/tree.ts";
-import { describeRun, jsonEvents, REPO_ROOT, runUploadCli, summaryOf } from "./support/cli.ts";
+import {
+  describeRun,
+  exists,
+  jsonEvents,
+  REPO_ROOT,
+  runUploadCli,
+  summaryOf,
+} from "./support/cli.ts";
 import { tableRows, trackerState } from "./support/run.ts";
 
 const QUICK_SCRIPT = join(REPO_ROOT, "scripts", "quick_upload.ts");
@@ -74,16 +81,6 @@ async function withServer(fn: (pg: PgServer, dir: string) => Promise<void>): Pro
   } finally {
     removeTree(dir);
     await pg.close();
-  }
-}
-
-function exists(path: string): boolean {
-  try {
-    Deno.statSync(path);
-    return true;
-  } catch (error) {
-    if (error instanceof Deno.errors.NotFound) return false;
-    throw error;
   }
 }
 

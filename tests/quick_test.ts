@@ -18,6 +18,7 @@ import { UploadError } from "../lib/errors.ts";
 import {
   type CliResult,
   describeRun,
+  exists,
   jsonEvents,
   REPO_ROOT,
   runUploadCli,
@@ -68,16 +69,6 @@ async function rows(dir: string): Promise<Map<string, { status: string; batch: s
     out.set(key, { status, batch });
   }
   return out;
-}
-
-function exists(path: string): boolean {
-  try {
-    Deno.lstatSync(path);
-    return true;
-  } catch (error) {
-    if (error instanceof Deno.errors.NotFound) return false;
-    throw error;
-  }
 }
 
 async function withDir(fn: (dir: string) => Promise<void>): Promise<void> {

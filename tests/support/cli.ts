@@ -150,3 +150,14 @@ export function describeRun(result: CliResult): string {
     result.stderr.slice(-4000)
   }`;
 }
+
+/** Whether anything (a file, a folder, a dangling link) is at `path`. */
+export function exists(path: string): boolean {
+  try {
+    Deno.lstatSync(path);
+    return true;
+  } catch (error) {
+    if (error instanceof Deno.errors.NotFound) return false;
+    throw error;
+  }
+}

@@ -27,7 +27,7 @@ export const REPO_ROOT: string = fileURLToPath(new URL("../../", import.meta.url
 export const UPLOAD_MANAGER: string = join(REPO_ROOT, "scripts", "upload_manager.ts");
 
 /** The permissions of `deno task upload` (deno.json), so tests run what users run. */
-const TASK_PERMISSIONS = [
+export const TASK_PERMISSIONS: readonly string[] = [
   "--allow-read",
   "--allow-write",
   "--allow-env",
