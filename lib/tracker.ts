@@ -650,9 +650,11 @@ export class Tracker {
     return this.transaction(() => {
       this.#stmt("DELETE FROM verify_orphans").run();
       this.#stmt(
+        // Uncorrelated, so SQLite builds the set of keys on disk once: a correlated
+        // NOT EXISTS would scan the base's rows again for every server row.
         "INSERT INTO verify_orphans (folder_key) SELECT r.folder_key FROM remote_rows r " +
-          "WHERE NOT EXISTS (SELECT 1 FROM folder_status f WHERE f.folder_key = r.folder_key " +
-          "AND f.base_path = ? AND f.missing_since IS NULL)",
+          "WHERE r.folder_key NOT IN (SELECT f.folder_key FROM folder_status f " +
+          "WHERE f.base_path = ? AND f.missing_since IS NULL AND f.folder_key IS NOT NULL)",
       ).run(base);
       this.#stmt("DELETE FROM remote_rows").run();
       const orphans = Number(
