@@ -363,8 +363,10 @@ async function writePart<T extends BatchItem>(
       }
       return;
     }
-    if (ctx.copyRows && mayNotCreateTempTables(reply)) {
-      // A role without TEMP on the database: the same rows as one statement instead.
+    if (mayNotCreateTempTables(reply)) {
+      // A role without TEMP on the database: the same rows as one statement instead. Batches
+      // in flight at the same time are refused alike; the first one to come back warns.
+      if (!ctx.copyRows) return writePart(items, batchName, ctx, result);
       ctx.copyRows = false;
       ctx.onWarning?.(
         `${ctx.targetDisplay} refuses temporary tables to this role (${reply.sqlstate}): ` +
