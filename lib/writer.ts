@@ -326,7 +326,9 @@ async function writePart<T extends BatchItem>(
   if (items.length === 0) return;
   let error: unknown;
   try {
-    const build = ctx.copyRows ? buildUpsertScript : buildUpsertStatement;
+    // Read once: another batch may turn copyRows off while this one is in flight.
+    const copy = ctx.copyRows === true;
+    const build = copy ? buildUpsertScript : buildUpsertStatement;
     const sql = build(items.map((i) => i.row), {
       table: ctx.table,
       device: ctx.device,
@@ -336,7 +338,7 @@ async function writePart<T extends BatchItem>(
       result.statements++;
       const reply = await runner.run(sql, {
         timeoutMs: ctx.statementTimeoutMs,
-        script: ctx.copyRows,
+        script: copy,
       });
       if (reply.ok) return reply;
       const refused = replyError(reply, batchName, ctx, runner);
@@ -363,7 +365,7 @@ async function writePart<T extends BatchItem>(
       }
       return;
     }
-    if (mayNotCreateTempTables(reply)) {
+    if (copy && mayNotCreateTempTables(reply)) {
       // A role without TEMP on the database: the same rows as one statement instead. Batches
       // in flight at the same time are refused alike; the first one to come back warns.
       if (!ctx.copyRows) return writePart(items, batchName, ctx, result);
