@@ -4,8 +4,8 @@
  * so `psql` talks to it like to any server.
  *
  * Threads: PGlite and the socket server run in a worker (lib/embedded_worker.ts). Every
- * PostgreSQL statement, initdb and the startup run synchronously in WebAssembly and block
- * the thread they run on for up to seconds; on the worker they leave this (the main)
+ * PostgreSQL statement and the startup run synchronously in WebAssembly and block the
+ * thread they run on for up to seconds; on the worker they leave this (the main)
  * thread free, so signal handlers, timers and progress keep running. The main thread owns
  * the lock, the folders and the socket directory, and can end the worker at any moment
  * (`signal` during the start, `stop({ force: true })`), which stops PostgreSQL as a crash
@@ -27,21 +27,24 @@
  *   folder through plain `write` calls. A statement psql saw acknowledged has its WAL in the
  *   operating system's cache, so it survives a kill -9 of this process (or the end of the
  *   worker); it does not survive a power cut or a kernel crash before the OS writes back.
- * - A new database is made by initdb in WebAssembly, in memory, then written to disk. That
- *   happens in a worker of its own in `<dataDir>.creating`, which is renamed to `<dataDir>`
- *   only once PostgreSQL has started on it and shut down cleanly; the worker then ends,
- *   which gives initdb's memory back before the serving worker starts. A start that is
+ * - A new database is not made by initdb: it is the empty database kept in the repository
+ *   (lib/embedded_template.ts), unpacked on this thread, asynchronously, into
+ *   `<dataDir>.creating` and renamed to `<dataDir>` once every file is written; the worker
+ *   then opens it as it opens any existing database. (initdb in WebAssembly ran two
+ *   PostgreSQL instances at once and peaked near 600 MB of RSS.) A start that is
  *   interrupted, killed or fails leaves no half-made `<dataDir>`: the next start removes
- *   the stale `.creating` folder and creates the database again.
+ *   the stale `.creating` folder and unpacks the template again.
  * - Memory: PostgreSQL's startup settings below ({@linkcode EMBEDDED_SETTINGS}) replace
  *   initdb's defaults (128 MB of shared buffers, 1 GB of WAL between checkpoints), which
  *   sized the process for a server, not a 1 GB device.
  *
- * Costs measured here (2 shared cores, Deno 2.9): creating a database takes 3-5 s and the
- * process peaks near 560 MB RSS while initdb runs (that memory is returned when the
- * creating worker ends); opening an existing one takes 0.3-0.7 s and about 200 MB. An empty
- * database is 39 MB on disk. Upserts of ~450-byte rows in 500-row statements through psql
- * run at 20k-33k new rows/s, with 1 or 4 psql processes alike: statements are serialised.
+ * Costs measured here (2 shared cores, Deno 2.9; docs/benchmarks.md, "The embedded
+ * default"): unpacking the template takes about 0.2 s; opening a database (new or not)
+ * takes 0.3-0.7 s and adds about 150 MB to the process's RSS (PGlite's compiled code, its
+ * WebAssembly memory and the worker), so a first `deno task upload examples/data` peaks
+ * near 230 MB. An empty database is 39 MB on disk. Upserts of ~450-byte rows in 500-row
+ * statements through psql run at 20k-33k new rows/s, with 1 or 4 psql processes alike:
+ * statements are serialised.
  *
  * Permissions under `deno run`: `--allow-read` and `--allow-write` (the folder, the lock
  * file, the socket directory in the temp dir, PGlite's own .wasm/.data files) and
@@ -56,6 +59,7 @@ import { messageOf, UploadError } from "./errors.ts";
 import type { PsqlConnection } from "./psql.ts";
 import { type HeldLock, tryLock } from "./lock.ts";
 import type { EmbeddedReply, EmbeddedRequest } from "./embedded_worker.ts";
+import { extractTemplate } from "./embedded_template.ts";
 
 /** The port psql is told to use; with `-h <dir>` it only names the socket file. */
 export const EMBEDDED_PORT = 5432;
@@ -143,6 +147,11 @@ export interface EmbeddedOptions {
    * files live elsewhere, e.g. extracted beside a `deno compile` binary.
    */
   assetsDir?: string;
+  /**
+   * The archive a new database is unpacked from. Default: lib/embedded_template.tar.br
+   * (see lib/embedded_template.ts).
+   */
+  template?: URL | string;
   /**
    * Abandons the start when it aborts: the worker is ended at once (whatever PostgreSQL is
    * doing), a database this start was creating is removed, the socket directory is removed
@@ -234,11 +243,11 @@ export async function startEmbedded(
     lock.record(
       { pid: Deno.pid, socketDir, startedAt: new Date().toISOString() } satisfies LockHolder,
     );
-    const startParams = _startParams(EMBEDDED_SETTINGS);
+    const startParams = embeddedStartParams();
 
     if (fresh) {
-      log(`Creating embedded database in ${dir} (the first start takes a few seconds)`);
-      await _createDatabase(dir, { startParams, assetsDir: options.assetsDir, signal, log });
+      log(`Creating embedded database in ${dir}`);
+      await _createDatabase(dir, { template: options.template, signal });
     }
     return await _serve(
       { dataDir: dir, socketDir, socketPath, startParams, maxConnections },
@@ -361,11 +370,14 @@ async function _serve(
   };
 }
 
-/** PGlite's start arguments with `settings` added as `-c name=value`. */
-function _startParams(settings: Readonly<Record<string, string>>): string[] {
+/**
+ * The arguments every embedded start gives PostgreSQL: PGlite's own with
+ * {@linkcode EMBEDDED_SETTINGS} added as `-c name=value`.
+ */
+export function embeddedStartParams(): string[] {
   return [
     ...PGLITE_START_PARAMS,
-    ...Object.entries(settings).flatMap(([name, value]) => ["-c", `${name}=${value}`]),
+    ...Object.entries(EMBEDDED_SETTINGS).flatMap(([name, value]) => ["-c", `${name}=${value}`]),
   ];
 }
 
@@ -485,49 +497,32 @@ class _EmbeddedWorker {
 
 /** What {@linkcode _createDatabase} needs besides the folder. */
 interface CreateOptions {
-  startParams: string[];
-  assetsDir: string | undefined;
+  template: URL | string | undefined;
   signal: AbortSignal | undefined;
-  log: (line: string) => void;
 }
 
 /**
- * Makes a new database for `dir`: initdb and a first clean start and shutdown in
- * `<dir>.creating` on a worker of its own, then a rename to `dir`. On any failure or
- * abort the worker is ended and the `.creating` folder removed.
+ * Makes a new database for `dir`: the template (lib/embedded_template.ts) unpacked into
+ * `<dir>.creating` on this thread, asynchronously, then a rename to `dir`. On any failure
+ * or abort the `.creating` folder is removed.
  *
- * @throws {_WorkerEnded} when `signal` aborts; {@linkcode UploadError} `fatal` when PGlite
- *   cannot create it.
+ * @throws {_WorkerEnded} when `signal` aborts; {@linkcode UploadError} `fatal` when the
+ *   template cannot be read or written out.
  */
 async function _createDatabase(dir: string, options: CreateOptions): Promise<void> {
   const staging = `${dir}${CREATING_SUFFIX}`;
   Deno.mkdirSync(staging, { mode: 0o700 });
-  const worker = new _EmbeddedWorker(options.log);
   try {
-    await worker.request(
-      {
-        type: "create",
-        dataDir: staging,
-        assetsDir: options.assetsDir,
-        startParams: options.startParams,
-      },
-      "created",
-      { signal: options.signal },
-    );
+    await extractTemplate(staging, { source: options.template, signal: options.signal });
   } catch (error) {
-    worker.terminate();
     await _removeCreation(staging);
-    if (error instanceof _WorkerFailed) {
-      throw new UploadError(
-        "fatal",
-        `Cannot create embedded database ${dir}: ${error.message}`,
-        { subject: dir, cause: error },
-      );
-    }
-    throw error;
+    if (options.signal?.aborted) throw new _WorkerEnded("Aborted while unpacking");
+    if (error instanceof UploadError) throw error;
+    throw new UploadError("fatal", `Cannot create embedded database ${dir}: ${messageOf(error)}`, {
+      subject: dir,
+      cause: error,
+    });
   }
-  // Ending the worker gives initdb's WebAssembly memory back before the server starts.
-  worker.terminate();
   // An empty folder (the user's, or left by an older version) gives way to the new one.
   try {
     Deno.removeSync(dir);
@@ -538,19 +533,14 @@ async function _createDatabase(dir: string, options: CreateOptions): Promise<voi
 }
 
 /**
- * Removes a `.creating` folder. An ended worker's thread may still finish the file call it
- * was in, so a removal racing it is tried again for up to a second.
+ * Removes a `.creating` folder. Nothing else writes into it: it is unpacked on this thread
+ * with the lock held, and every write has finished when the unpacking returns or throws.
  */
 async function _removeCreation(staging: string): Promise<void> {
-  for (let attempt = 0;; attempt++) {
-    try {
-      await Deno.remove(staging, { recursive: true });
-      return;
-    } catch (error) {
-      if (error instanceof Deno.errors.NotFound) return;
-      if (attempt >= 20) throw error;
-    }
-    await new Promise((resolve) => setTimeout(resolve, 50));
+  try {
+    await Deno.remove(staging, { recursive: true });
+  } catch (error) {
+    _ignoreNotFound(error);
   }
 }
 

@@ -1,17 +1,16 @@
 /**
  * The embedded database's own thread: PGlite (PostgreSQL in WebAssembly) and the Unix
  * socket server psql talks to both run here, so the statements that block for seconds
- * (initdb, startup, every query) block this worker's event loop and never the main
+ * (startup, every query) block this worker's event loop and never the main
  * thread's. The main thread ({@linkcode startEmbedded} in lib/embedded.ts) owns the lock,
  * the folders and the socket directory; it can end this worker at any moment with
  * `terminate()`, which stops PostgreSQL as a crash would.
  *
  * Protocol, one request per worker:
  *
- * - `create`: initialise a new database in `dataDir`, shut it down cleanly, answer
- *   `created`. The main thread then ends the worker, which frees initdb's memory.
- * - `serve`: open `dataDir`, listen on `socketPath`, answer `ready`; later `stop` closes
- *   the clients, shuts PostgreSQL down cleanly and answers `stopped`.
+ * - `serve`: open `dataDir` (always an existing database: a new one is unpacked from the
+ *   template by the main thread first), listen on `socketPath`, answer `ready`; later
+ *   `stop` closes the clients, shuts PostgreSQL down cleanly and answers `stopped`.
  *
  * Any failure answers `failed` with the stage and message. `log` messages carry lines for
  * the caller's log (server errors seen while serving).
@@ -29,12 +28,6 @@ import { PGLiteSocketServer } from "@electric-sql/pglite-socket";
 /** What the main thread asks of this worker. */
 export type EmbeddedRequest =
   | {
-    type: "create";
-    dataDir: string;
-    assetsDir?: string;
-    startParams: string[];
-  }
-  | {
     type: "serve";
     dataDir: string;
     assetsDir?: string;
@@ -46,7 +39,6 @@ export type EmbeddedRequest =
 
 /** What this worker answers. */
 export type EmbeddedReply =
-  | { type: "created" }
   | { type: "ready" }
   | { type: "stopped" }
   | { type: "log"; line: string }
@@ -120,17 +112,6 @@ function closeCancelRequests(target: PGLiteSocketServer): void {
   };
 }
 
-async function create(request: Extract<EmbeddedRequest, { type: "create" }>): Promise<void> {
-  try {
-    const fresh = await openDatabase(request.dataDir, request.assetsDir, request.startParams);
-    await fresh.close();
-  } catch (error) {
-    reply({ type: "failed", stage: "open", message: messageOf(error) });
-    return;
-  }
-  reply({ type: "created" });
-}
-
 async function serve(request: Extract<EmbeddedRequest, { type: "serve" }>): Promise<void> {
   try {
     db = await openDatabase(request.dataDir, request.assetsDir, request.startParams);
@@ -182,7 +163,6 @@ async function stop(): Promise<void> {
 
 self.onmessage = (event: MessageEvent<EmbeddedRequest>) => {
   const request = event.data;
-  if (request.type === "create") create(request);
-  else if (request.type === "serve") serve(request);
+  if (request.type === "serve") serve(request);
   else if (request.type === "stop") stop();
 };

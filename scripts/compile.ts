@@ -1,7 +1,7 @@
 /**
  * `deno task compile`: builds standalone executables of the two entry points with
- * `deno compile`, PGlite's WebAssembly and data files included, so a device needs neither
- * Deno nor the repository (psql is still needed):
+ * `deno compile`, PGlite's WebAssembly and data files and the embedded database's template
+ * included, so a device needs neither Deno nor the repository (psql is still needed):
  *
  * ```
  * dist/upload_manager   same flags as `deno task upload`
@@ -74,6 +74,9 @@ async function main(argv: string[]): Promise<number> {
       join(ROOT, "lib", "scan_worker.ts"),
       "--include",
       join(ROOT, "lib", "embedded_worker.ts"),
+      // The empty database a new embedded one is unpacked from (lib/embedded_template.ts).
+      "--include",
+      join(ROOT, "lib", "embedded_template.tar.br"),
       ...(target ? ["--target", target] : []),
       "--output",
       output,
