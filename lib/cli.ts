@@ -11,6 +11,8 @@ import { parseArgs, type ParseArgsConfig } from "node:util";
 import { DEFAULT_CONFIG, type UploaderConfig } from "../config.ts";
 import { EXIT, exitCodeFor, messageOf, UploadError } from "./errors.ts";
 import { redactUrl } from "./target.ts";
+import type { Connector } from "./connect.ts";
+import { oneLine } from "./progress.ts";
 import { type ObjectStore, parseImagesTo, type RetryEvent, storeFromEnv } from "./storage.ts";
 
 /** Settings of `deno task upload`. Paths are absolute (resolved from the caller's directory). */
@@ -641,10 +643,10 @@ export async function runMain(main: (argv: string[]) => Promise<number>): Promis
     code = await main(Deno.args);
   } catch (error) {
     code = exitCodeFor(error);
-    const message = redactUrl(messageOf(error));
+    const message = oneLine(redactUrl(messageOf(error)));
     console.error(`Error: ${message}`);
     const upload = error instanceof UploadError ? error : undefined;
-    if (upload?.hint) console.error(`Hint: ${upload.hint}`);
+    if (upload?.hint) console.error(`Hint: ${oneLine(upload.hint)}`);
     if (!upload) console.error(error);
     else if (upload.kind === "fatal" && upload.cause !== undefined) console.error(upload.cause);
     const end = Deno.args.indexOf("--");
@@ -652,6 +654,26 @@ export async function runMain(main: (argv: string[]) => Promise<number>): Promis
     if (flags.includes("--json")) console.log(JSON.stringify(errorEvent(error, code)));
   }
   Deno.exit(code);
+}
+
+/**
+ * The first line of a run that writes: the target as messages name it, then where it was
+ * configured; for the embedded default, its folder and how to point at Supabase instead.
+ *
+ * @example
+ * ```ts
+ * targetLine({ display: "db.x.supabase.co:5432/postgres", source: "$SUPABASE_DB_URL", embedded: false });
+ * // "Uploading to db.x.supabase.co:5432/postgres (from $SUPABASE_DB_URL)"
+ * ```
+ */
+export function targetLine(connector: Pick<Connector, "display" | "source" | "embedded">): string {
+  if (connector.embedded) {
+    return `Using the ${connector.display} (no --db-url, SUPABASE_DB_URL or DATABASE_URL set). ` +
+      `To upload to Supabase instead, set SUPABASE_DB_URL=postgresql://... ` +
+      `(see README); 'deno task sql' opens this database.`;
+  }
+  const source = connector.source ? ` (from ${connector.source})` : "";
+  return `Uploading to ${connector.display}${source}`;
 }
 
 /** The JSON event for an error that ended a command. */

@@ -151,7 +151,11 @@ export type EngineEvent =
   }
   | { event: "watching"; base: string; rescan_every_s: number; file_events: boolean }
   | { event: "warning"; message: string }
-  | { event: "stopping"; reason: string };
+  /**
+   * The run stops: because of an error (`kind` and `hint` set, the same error the summary
+   * carries), or because it was interrupted or asked to stop (`reason` only).
+   */
+  | { event: "stopping"; reason: string; kind?: string; hint?: string };
 
 /** How a run ended. */
 export interface RunResult {

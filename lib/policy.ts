@@ -132,8 +132,55 @@ export function classifyConnectFailure(stderr: string): ErrorKind {
     : "config";
 }
 
-/** Advice for a failed connection, from psql's stderr; undefined when there is none to give. */
-export function connectHint(kind: ErrorKind, stderr: string, display: string): string | undefined {
+/** How a connection came to its TLS setting, for the hints of a failed connection. */
+export interface TlsSetting {
+  /** The sslmode psql will use, when the URL or the environment says (else libpq's default). */
+  mode?: string;
+  /** The uploader added `sslmode=require` itself (a host other than this machine). */
+  added: boolean;
+  /** Where the setting lives: a URL parameter, or libpq's `PGSSLMODE` variable. */
+  via: "url" | "env";
+}
+
+/**
+ * Advice about TLS for a failed connection: the uploader's own `sslmode=require` meeting a
+ * server without TLS, or `sslmode=disable` meeting a server that takes only TLS.
+ */
+function tlsHint(stderr: string, tls: TlsSetting | undefined): string | undefined {
+  const where = tls?.via === "env" ? "PGSSLMODE" : "the URL";
+  if (tls?.added && /server does not support SSL/i.test(stderr)) {
+    const fix = tls.via === "env" ? "set PGSSLMODE=disable" : "add ?sslmode=disable to the URL";
+    return `The uploader asked for TLS (sslmode=require) because the host is not this machine, ` +
+      `and this server does not offer it: ${fix} to connect without TLS (only over a network ` +
+      `you trust)`;
+  }
+  if (
+    tls?.mode === "disable" &&
+    /no encryption|SSL (connection )?(is )?required|requires SSL|SSL off/i.test(stderr)
+  ) {
+    return `The server takes only TLS connections and ${where} says sslmode=disable: remove ` +
+      `it (the uploader then asks for sslmode=require), or set sslmode=require`;
+  }
+  if (tls?.mode === "require" && /no pg_hba\.conf entry.*SSL encryption/i.test(stderr)) {
+    return `The server refuses TLS connections from here and ${
+      tls.added
+        ? "the uploader asked for sslmode=require (the host is not this machine)"
+        : `${where} says sslmode=require`
+    }: set sslmode=disable in ${where}, or allow hostssl in the server's pg_hba.conf`;
+  }
+  return undefined;
+}
+
+/**
+ * Advice for a failed connection, from psql's stderr and how the connection was set up;
+ * undefined when there is none to give.
+ */
+export function connectHint(
+  kind: ErrorKind,
+  stderr: string,
+  conn: { display: string; tls?: TlsSetting },
+): string | undefined {
+  const display = conn.display;
   const supabase = display.match(/db\.([a-z0-9]+)\.supabase\.co/i);
   if (
     supabase &&
@@ -144,6 +191,8 @@ export function connectHint(kind: ErrorKind, stderr: string, display: string): s
       `Use the session pooler instead: aws-<region>.pooler.supabase.com:5432 with user ` +
       `postgres.${supabase[1]} (or the transaction pooler on port 6543)`;
   }
+  const tls = tlsHint(stderr, conn.tls);
+  if (tls) return tls;
   if (/password authentication failed|no password supplied/i.test(stderr)) {
     return "Check the password in the database URL (or PGPASSWORD / ~/.pgpass)";
   }
