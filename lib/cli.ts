@@ -359,7 +359,8 @@ Options:
   --min-age S          seconds a folder's newest file must be old before it is
                        uploaded; younger folders are left for later (default: ${config.minAgeSeconds})
   --give-up-after S    stop with exit code 3 when the server, once reached, stays
-                       unreachable this long (default: ${config.giveUpAfterSeconds})
+                       unreachable, or another session keeps the table locked, this
+                       long (default: ${config.giveUpAfterSeconds})
   --connect-timeout S  stop with exit code 3 when the server cannot be reached at all
                        for this long, e.g. a wrong host or port (default: ${config.connectTimeoutSeconds})
   --batch-delay S      pause between batches, for small shared databases (default: ${config.batchDelaySeconds})
@@ -395,7 +396,7 @@ Environment:
 
 Exit codes:
   0 all done   1 some folders failed   2 usage or configuration error
-  3 target unreachable   130 interrupted (run again to resume)
+  3 target unreachable or locked   130 interrupted (run again to resume)
 
 Examples:
   deno task upload examples/data
@@ -546,7 +547,8 @@ was typed in.
 
 Exit codes:
   0 all done   1 some folders failed   2 usage or configuration error (or a running
-  'deno task upload' holds the tracking database)   3 target unreachable   130 interrupted
+  'deno task upload' holds the tracking database)   3 target unreachable or locked
+  130 interrupted
 
 Examples:
   deno task quick examples/data/Batch54

@@ -18,6 +18,9 @@ export type ErrorAction = "retry" | "split" | "fail" | "stop";
  * - `transient` (connection lost or refused, too many connections, a server restarting,
  *   serialization failures): `retry` on a fresh session after a backoff; no folder is
  *   charged, and a deadline turns a lasting failure into `unreachable`.
+ * - `blocked` (the server's lock_timeout ended a wait for a lock another session holds):
+ *   `retry` after a backoff on the same session; no folder is charged, and a deadline of
+ *   its own stops the run naming the holder.
  * - `data` (the server refused the rows for their content) and `timeout` (the statement ran
  *   past the server's `statement_timeout` or the client's own limit): `split` a statement
  *   of several rows in halves; a single row `fail`s alone, named.
@@ -36,6 +39,7 @@ export function actionFor(error: unknown, rows: number): ErrorAction {
   if (!(error instanceof UploadError)) return "stop";
   switch (error.kind) {
     case "transient":
+    case "blocked":
       return "retry";
     case "data":
     case "timeout":
@@ -52,8 +56,9 @@ export function actionFor(error: unknown, rows: number): ErrorAction {
  *
  * - `transient` (retry, restart psql): class 08 (connection), class 53 (too many
  *   connections, out of memory, disk full), 57P01/57P02/57P03/57P05 (server shutting down,
- *   starting up, idle session closed), 40001 and 40P01 (serialization failure, deadlock),
- *   55P03 (lock not available).
+ *   starting up, idle session closed), 40001 and 40P01 (serialization failure, deadlock).
+ * - `blocked`: 55P03 (lock not available: `lock_timeout` ended a wait for another
+ *   session's lock).
  * - `timeout`: 57014 (statement timeout or a cancelled statement): smaller pieces may fit.
  * - `config` (stop and tell the user): 42501 (permission or row-level security), class 28
  *   (authentication), 3D000 (no such database), 3F000 (no such schema), 25006 (read-only
@@ -65,6 +70,7 @@ export function actionFor(error: unknown, rows: number): ErrorAction {
  * ```ts
  * classifySqlstate("23505"); // "data"
  * classifySqlstate("53300"); // "transient"
+ * classifySqlstate("55P03"); // "blocked"
  * classifySqlstate("42501"); // "config"
  * ```
  */
@@ -79,8 +85,9 @@ export function classifySqlstate(code: string): ErrorKind {
     case "57P05":
     case "40001":
     case "40P01":
-    case "55P03":
       return "transient";
+    case "55P03":
+      return "blocked";
     case "3D000":
     case "3F000":
     case "25006":

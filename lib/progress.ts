@@ -228,6 +228,9 @@ export class Reporter {
         if (e.kind !== undefined) this.error({ message: e.reason, hint: e.hint });
         else human(`Stopping: ${e.reason}`);
         break;
+      case "lock_wait":
+        human(`Waiting for a lock: ${e.message}`);
+        break;
       case "schema":
         if (e.rekeyed > 0) {
           human(
@@ -499,6 +502,8 @@ export function quickStepLines(
         : [];
     case "warning":
       return [warn(`Warning: ${e.message}`)];
+    case "lock_wait":
+      return [warn(`Waiting for a lock: ${e.message}`)];
     case "stopping":
       // An error that stops the run is printed once, by `Reporter.error`.
       return e.kind !== undefined ? [] : [warn(`Stopping: ${e.reason}`)];

@@ -21,7 +21,7 @@ Deno.test("classifySqlstate maps SQLSTATEs to error kinds", () => {
     ["40001", "transient"],
     ["40P01", "transient"],
     ["57014", "timeout"],
-    ["55P03", "transient"],
+    ["55P03", "blocked"],
     ["42501", "config"],
     ["28000", "config"],
     ["28P01", "config"],
@@ -75,6 +75,8 @@ Deno.test("actionFor: one decision per error kind and batch size", () => {
   const table: [string, number, string][] = [
     ["transient", 10, "retry"],
     ["transient", 1, "retry"],
+    ["blocked", 10, "retry"],
+    ["blocked", 1, "retry"],
     ["data", 10, "split"],
     ["data", 1, "fail"],
     ["timeout", 2, "split"],
