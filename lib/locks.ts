@@ -313,11 +313,25 @@ export class LockWatch {
     };
   }
 
-  /** Stops watching; a look in progress is waited for. */
-  async close(): Promise<void> {
+  /** Whether {@linkcode close} was called. */
+  get closed(): boolean {
+    return this.#closed;
+  }
+
+  /**
+   * Stops watching. A look in progress is waited for up to `graceMs` (default 2,000): one
+   * stuck on a session that cannot connect must not hold up the end of a run.
+   */
+  async close(graceMs = 2_000): Promise<void> {
     this.#closed = true;
     this.#cancel();
-    await this.#looking;
+    if (this.#looking === undefined) return;
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    await Promise.race([
+      this.#looking,
+      new Promise<void>((resolve) => timer = setTimeout(resolve, graceMs)),
+    ]);
+    clearTimeout(timer);
   }
 
   #cancel(): void {

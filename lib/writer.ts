@@ -689,14 +689,16 @@ export class LazyWriter {
   /** The lock watch of a run: looks through a pooled session, reports `lock_wait` events. */
   #lockWatch(pool: SessionPool): LockWatch {
     const o = this.#options;
-    return new LockWatch({
+    const watch: LockWatch = new LockWatch({
       table: o.config.table,
       exec: async (sql) => {
         const runner = await pool.acquire();
         try {
           return await runner.run(sql, { timeoutMs: 10_000 });
         } finally {
-          pool.release(runner);
+          // A session that came after the run closed its pool would be left running.
+          if (watch.closed) runner.kill();
+          else pool.release(runner);
         }
       },
       onReport: (report, subjects) => {
@@ -711,6 +713,7 @@ export class LazyWriter {
       },
       now: o.now,
     });
+    return watch;
   }
 
   /** Abandons statements in flight: stops retries and kills every psql session. */
