@@ -11,6 +11,8 @@ import { parseArgs, type ParseArgsConfig } from "node:util";
 import { DEFAULT_CONFIG, type UploaderConfig } from "../config.ts";
 import { EXIT, exitCodeFor, messageOf, UploadError } from "./errors.ts";
 import { redactUrl } from "./target.ts";
+import type { Connector } from "./connect.ts";
+import { oneLine } from "./progress.ts";
 import { type ObjectStore, parseImagesTo, type RetryEvent, storeFromEnv } from "./storage.ts";
 
 /** Settings of `deno task upload`. Paths are absolute (resolved from the caller's directory). */
@@ -357,7 +359,8 @@ Options:
   --min-age S          seconds a folder's newest file must be old before it is
                        uploaded; younger folders are left for later (default: ${config.minAgeSeconds})
   --give-up-after S    stop with exit code 3 when the server, once reached, stays
-                       unreachable this long (default: ${config.giveUpAfterSeconds})
+                       unreachable, or another session keeps the table locked, this
+                       long (default: ${config.giveUpAfterSeconds})
   --connect-timeout S  stop with exit code 3 when the server cannot be reached at all
                        for this long, e.g. a wrong host or port (default: ${config.connectTimeoutSeconds})
   --batch-delay S      pause between batches, for small shared databases (default: ${config.batchDelaySeconds})
@@ -393,7 +396,7 @@ Environment:
 
 Exit codes:
   0 all done   1 some folders failed   2 usage or configuration error
-  3 target unreachable   130 interrupted (run again to resume)
+  3 target unreachable or locked   130 interrupted (run again to resume)
 
 Examples:
   deno task upload examples/data
@@ -544,7 +547,8 @@ was typed in.
 
 Exit codes:
   0 all done   1 some folders failed   2 usage or configuration error (or a running
-  'deno task upload' holds the tracking database)   3 target unreachable   130 interrupted
+  'deno task upload' holds the tracking database)   3 target unreachable or locked
+  130 interrupted
 
 Examples:
   deno task quick examples/data/Batch54
@@ -641,10 +645,10 @@ export async function runMain(main: (argv: string[]) => Promise<number>): Promis
     code = await main(Deno.args);
   } catch (error) {
     code = exitCodeFor(error);
-    const message = redactUrl(messageOf(error));
+    const message = oneLine(redactUrl(messageOf(error)));
     console.error(`Error: ${message}`);
     const upload = error instanceof UploadError ? error : undefined;
-    if (upload?.hint) console.error(`Hint: ${upload.hint}`);
+    if (upload?.hint) console.error(`Hint: ${oneLine(upload.hint)}`);
     if (!upload) console.error(error);
     else if (upload.kind === "fatal" && upload.cause !== undefined) console.error(upload.cause);
     const end = Deno.args.indexOf("--");
@@ -652,6 +656,26 @@ export async function runMain(main: (argv: string[]) => Promise<number>): Promis
     if (flags.includes("--json")) console.log(JSON.stringify(errorEvent(error, code)));
   }
   Deno.exit(code);
+}
+
+/**
+ * The first line of a run that writes: the target as messages name it, then where it was
+ * configured; for the embedded default, its folder and how to point at Supabase instead.
+ *
+ * @example
+ * ```ts
+ * targetLine({ display: "db.x.supabase.co:5432/postgres", source: "$SUPABASE_DB_URL", embedded: false });
+ * // "Uploading to db.x.supabase.co:5432/postgres (from $SUPABASE_DB_URL)"
+ * ```
+ */
+export function targetLine(connector: Pick<Connector, "display" | "source" | "embedded">): string {
+  if (connector.embedded) {
+    return `Using the ${connector.display} (no --db-url, SUPABASE_DB_URL or DATABASE_URL set). ` +
+      `To upload to Supabase instead, set SUPABASE_DB_URL=postgresql://... ` +
+      `(see README); 'deno task sql' opens this database.`;
+  }
+  const source = connector.source ? ` (from ${connector.source})` : "";
+  return `Uploading to ${connector.display}${source}`;
 }
 
 /** The JSON event for an error that ended a command. */

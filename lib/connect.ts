@@ -14,8 +14,13 @@ import { connectionFromUrl, libpqConnection, targetIdFromUrl, type TargetSpec } 
 
 /** A target that can be opened on demand. */
 export interface Connector {
-  /** What the first output line says about the target. Never holds a password. */
+  /**
+   * The target as messages name it: `host:port/database`, the embedded folder, or libpq's
+   * variables. Never a user name or password.
+   */
   readonly display: string;
+  /** Where the target was configured (`--db-url`, `$SUPABASE_DB_URL`, `$PGHOST`), when given. */
+  readonly source?: string;
   /** Whether this is the embedded local database. */
   readonly embedded: boolean;
   /** Identity of the target (server, port, database; no user or password), kept in the tracker. */
@@ -40,9 +45,10 @@ export function connectorFor(
   options: { maxConnections?: number } = {},
 ): Connector {
   if (spec.kind === "url") {
-    const connection = connectionFromUrl(spec.url);
+    const connection = connectionFromUrl(spec.url, { source: spec.source, env });
     return {
-      display: `${connection.display} (from ${spec.source})`,
+      display: connection.display,
+      source: spec.source,
       embedded: false,
       id: targetIdFromUrl(spec.url),
       open: () => Promise.resolve(connection),
@@ -53,6 +59,7 @@ export function connectorFor(
     const connection = libpqConnection(env);
     return {
       display: connection.display,
+      source: spec.source,
       embedded: false,
       id: `libpq:${env.PGSERVICE ?? ""}:${env.PGHOST ?? ""}:${env.PGPORT ?? ""}:${
         env.PGDATABASE ?? ""

@@ -14,6 +14,9 @@
  * - `timeout`: a statement ran past the server's `statement_timeout` or the client's own
  *   limit (the batch is split; a single row that still times out fails alone).
  * - `transient`: connection lost or refused, timeout, pooler trouble (retried with backoff).
+ * - `blocked`: a statement waited for a lock another session holds (the server's
+ *   `lock_timeout`, 55P03): retried with backoff on the same session, never taken for an
+ *   outage; past the deadline it stops the run (exit 3, folders stay pending).
  * - `unreachable`: the target stayed unreachable past the deadline (exit 3).
  * - `locked`: another run holds the tracking database (exit 2).
  * - `interrupted`: the user asked the run to stop (exit 130).
@@ -26,6 +29,7 @@ export type ErrorKind =
   | "data"
   | "timeout"
   | "transient"
+  | "blocked"
   | "unreachable"
   | "locked"
   | "interrupted"
@@ -92,6 +96,7 @@ export function exitCodeFor(error: unknown): number {
       return EXIT.USAGE;
     case "unreachable":
     case "transient":
+    case "blocked":
       return EXIT.UNREACHABLE;
     case "interrupted":
       return EXIT.INTERRUPTED;
@@ -101,7 +106,13 @@ export function exitCodeFor(error: unknown): number {
 }
 
 /** How a run ended, as recorded in the tracker and printed in the summary. */
-export type RunStatus = "completed" | "stopped" | "failed" | "interrupted" | "unreachable";
+export type RunStatus =
+  | "completed"
+  | "stopped"
+  | "failed"
+  | "interrupted"
+  | "unreachable"
+  | "blocked";
 
 /** What {@linkcode decideOutcome} looks at. */
 export interface OutcomeInput {
@@ -133,6 +144,7 @@ export function decideOutcome(input: OutcomeInput): { status: RunStatus; exitCod
   const error = input.error;
   if (error && error.kind !== "interrupted") {
     const exitCode = exitCodeFor(error);
+    if (error.kind === "blocked") return { status: "blocked", exitCode };
     return { status: exitCode === EXIT.UNREACHABLE ? "unreachable" : "failed", exitCode };
   }
   if (input.interrupted || error?.kind === "interrupted") {

@@ -6,6 +6,7 @@
  */
 
 import type { RunStatus, UploadError } from "./errors.ts";
+import type { LockHolder } from "./locks.ts";
 
 /** Live counts of a run. */
 export interface RunCounters {
@@ -151,7 +152,26 @@ export type EngineEvent =
   }
   | { event: "watching"; base: string; rescan_every_s: number; file_events: boolean }
   | { event: "warning"; message: string }
-  | { event: "stopping"; reason: string };
+  /**
+   * Statements of this run wait for a lock another session holds (seen after a few seconds
+   * of waiting, or after the server's lock_timeout cancelled one). `holders` are the
+   * sessions in the way, as far as the server shows them.
+   */
+  | {
+    event: "lock_wait";
+    /** The batches or step waiting. */
+    subjects: string[];
+    /** How long the longest of them has waited. */
+    waited_ms: number;
+    holders: LockHolder[];
+    /** The same as one sentence. */
+    message: string;
+  }
+  /**
+   * The run stops: because of an error (`kind` and `hint` set, the same error the summary
+   * carries), or because it was interrupted or asked to stop (`reason` only).
+   */
+  | { event: "stopping"; reason: string; kind?: string; hint?: string };
 
 /** How a run ended. */
 export interface RunResult {

@@ -18,6 +18,9 @@ export type ErrorAction = "retry" | "split" | "fail" | "stop";
  * - `transient` (connection lost or refused, too many connections, a server restarting,
  *   serialization failures): `retry` on a fresh session after a backoff; no folder is
  *   charged, and a deadline turns a lasting failure into `unreachable`.
+ * - `blocked` (the server's lock_timeout ended a wait for a lock another session holds):
+ *   `retry` after a backoff on the same session; no folder is charged, and a deadline of
+ *   its own stops the run naming the holder.
  * - `data` (the server refused the rows for their content) and `timeout` (the statement ran
  *   past the server's `statement_timeout` or the client's own limit): `split` a statement
  *   of several rows in halves; a single row `fail`s alone, named.
@@ -36,6 +39,7 @@ export function actionFor(error: unknown, rows: number): ErrorAction {
   if (!(error instanceof UploadError)) return "stop";
   switch (error.kind) {
     case "transient":
+    case "blocked":
       return "retry";
     case "data":
     case "timeout":
@@ -52,8 +56,9 @@ export function actionFor(error: unknown, rows: number): ErrorAction {
  *
  * - `transient` (retry, restart psql): class 08 (connection), class 53 (too many
  *   connections, out of memory, disk full), 57P01/57P02/57P03/57P05 (server shutting down,
- *   starting up, idle session closed), 40001 and 40P01 (serialization failure, deadlock),
- *   55P03 (lock not available).
+ *   starting up, idle session closed), 40001 and 40P01 (serialization failure, deadlock).
+ * - `blocked`: 55P03 (lock not available: `lock_timeout` ended a wait for another
+ *   session's lock).
  * - `timeout`: 57014 (statement timeout or a cancelled statement): smaller pieces may fit.
  * - `config` (stop and tell the user): 42501 (permission or row-level security), class 28
  *   (authentication), 3D000 (no such database), 3F000 (no such schema), 25006 (read-only
@@ -65,6 +70,7 @@ export function actionFor(error: unknown, rows: number): ErrorAction {
  * ```ts
  * classifySqlstate("23505"); // "data"
  * classifySqlstate("53300"); // "transient"
+ * classifySqlstate("55P03"); // "blocked"
  * classifySqlstate("42501"); // "config"
  * ```
  */
@@ -79,8 +85,9 @@ export function classifySqlstate(code: string): ErrorKind {
     case "57P05":
     case "40001":
     case "40P01":
-    case "55P03":
       return "transient";
+    case "55P03":
+      return "blocked";
     case "3D000":
     case "3F000":
     case "25006":
@@ -132,8 +139,55 @@ export function classifyConnectFailure(stderr: string): ErrorKind {
     : "config";
 }
 
-/** Advice for a failed connection, from psql's stderr; undefined when there is none to give. */
-export function connectHint(kind: ErrorKind, stderr: string, display: string): string | undefined {
+/** How a connection came to its TLS setting, for the hints of a failed connection. */
+export interface TlsSetting {
+  /** The sslmode psql will use, when the URL or the environment says (else libpq's default). */
+  mode?: string;
+  /** The uploader added `sslmode=require` itself (a host other than this machine). */
+  added: boolean;
+  /** Where the setting lives: a URL parameter, or libpq's `PGSSLMODE` variable. */
+  via: "url" | "env";
+}
+
+/**
+ * Advice about TLS for a failed connection: the uploader's own `sslmode=require` meeting a
+ * server without TLS, or `sslmode=disable` meeting a server that takes only TLS.
+ */
+function tlsHint(stderr: string, tls: TlsSetting | undefined): string | undefined {
+  const where = tls?.via === "env" ? "PGSSLMODE" : "the URL";
+  if (tls?.added && /server does not support SSL/i.test(stderr)) {
+    const fix = tls.via === "env" ? "set PGSSLMODE=disable" : "add ?sslmode=disable to the URL";
+    return `The uploader asked for TLS (sslmode=require) because the host is not this machine, ` +
+      `and this server does not offer it: ${fix} to connect without TLS (only over a network ` +
+      `you trust)`;
+  }
+  if (
+    tls?.mode === "disable" &&
+    /no encryption|SSL (connection )?(is )?required|requires SSL|SSL off/i.test(stderr)
+  ) {
+    return `The server takes only TLS connections and ${where} says sslmode=disable: remove ` +
+      `it (the uploader then asks for sslmode=require), or set sslmode=require`;
+  }
+  if (tls?.mode === "require" && /no pg_hba\.conf entry.*SSL encryption/i.test(stderr)) {
+    return `The server refuses TLS connections from here and ${
+      tls.added
+        ? "the uploader asked for sslmode=require (the host is not this machine)"
+        : `${where} says sslmode=require`
+    }: set sslmode=disable in ${where}, or allow hostssl in the server's pg_hba.conf`;
+  }
+  return undefined;
+}
+
+/**
+ * Advice for a failed connection, from psql's stderr and how the connection was set up;
+ * undefined when there is none to give.
+ */
+export function connectHint(
+  kind: ErrorKind,
+  stderr: string,
+  conn: { display: string; tls?: TlsSetting },
+): string | undefined {
+  const display = conn.display;
   const supabase = display.match(/db\.([a-z0-9]+)\.supabase\.co/i);
   if (
     supabase &&
@@ -144,6 +198,8 @@ export function connectHint(kind: ErrorKind, stderr: string, display: string): s
       `Use the session pooler instead: aws-<region>.pooler.supabase.com:5432 with user ` +
       `postgres.${supabase[1]} (or the transaction pooler on port 6543)`;
   }
+  const tls = tlsHint(stderr, conn.tls);
+  if (tls) return tls;
   if (/password authentication failed|no password supplied/i.test(stderr)) {
     return "Check the password in the database URL (or PGPASSWORD / ~/.pgpass)";
   }

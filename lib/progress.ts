@@ -70,6 +70,19 @@ export function formatDuration(ms: number): string {
   return `${Math.floor(m / 60)} h ${m % 60} min`;
 }
 
+/**
+ * A message as one line: the lines of a multi-line message (psql's DETAIL, a second line
+ * of a connection error) joined with spaces.
+ *
+ * @example
+ * ```ts
+ * oneLine("connection failed: refused\n\tIs the server running?"); // "connection failed: refused Is the server running?"
+ * ```
+ */
+export function oneLine(text: string): string {
+  return text.split("\n").map((l) => l.trim()).filter((l) => l !== "").join(" ");
+}
+
 /** The one-line progress text. */
 export function progressLine(c: RunCounters, elapsedMs: number): string {
   const secs = Math.max(elapsedMs / 1000, 0.001);
@@ -99,6 +112,7 @@ export class Reporter {
   #timer: ReturnType<typeof setInterval> | undefined;
   #started = 0;
   #liveShown = false;
+  #shownError: string | undefined;
 
   constructor(options: ReporterOptions = {}) {
     const tty = options.tty ?? false;
@@ -125,6 +139,19 @@ export class Reporter {
   warn(line: string): void {
     this.#clearLive();
     this.#err(line + "\n");
+  }
+
+  /**
+   * Prints the error that ends a command: one `Error:` line, then its `Hint:` line when it
+   * has one. The same error again (the run's stopping event, then its result) prints
+   * nothing, so every stopping error shows once. Printed even when quiet.
+   */
+  error(error: { message: string; hint?: string }): void {
+    const message = oneLine(error.message);
+    if (this.#shownError === message) return;
+    this.#shownError = message;
+    this.warn(`Error: ${message}`);
+    if (error.hint) this.warn(`Hint: ${oneLine(error.hint)}`);
   }
 
   /** Prints one JSON event line (only in JSON mode). */
@@ -197,7 +224,12 @@ export class Reporter {
         break;
       case "stopping":
         this.#clearLive();
-        human(`Stopping: ${e.reason}`);
+        // An error is printed once, as soon as it stops the run; the summary follows.
+        if (e.kind !== undefined) this.error({ message: e.reason, hint: e.hint });
+        else human(`Stopping: ${e.reason}`);
+        break;
+      case "lock_wait":
+        human(`Waiting for a lock: ${e.message}`);
         break;
       case "schema":
         if (e.rekeyed > 0) {
@@ -470,8 +502,11 @@ export function quickStepLines(
         : [];
     case "warning":
       return [warn(`Warning: ${e.message}`)];
+    case "lock_wait":
+      return [warn(`Waiting for a lock: ${e.message}`)];
     case "stopping":
-      return [warn(`Stopping: ${e.reason}`)];
+      // An error that stops the run is printed once, by `Reporter.error`.
+      return e.kind !== undefined ? [] : [warn(`Stopping: ${e.reason}`)];
     default:
       return [];
   }

@@ -26,7 +26,12 @@
  */
 
 import { UploadError } from "./errors.ts";
-import { classifyConnectFailure, classifySqlstate, connectHint } from "./policy.ts";
+import {
+  classifyConnectFailure,
+  classifySqlstate,
+  connectHint,
+  type TlsSetting,
+} from "./policy.ts";
 import { parseQuotedLiteral, terminateStatement } from "./psql_text.ts";
 
 /** How to reach a server with psql. Never holds a password in `args`. */
@@ -35,8 +40,10 @@ export interface PsqlConnection {
   args: string[];
   /** Extra environment for the psql child (PGPASSWORD and friends live here, never in args). */
   env: Record<string, string>;
-  /** What to show the user: host, port and database, never a password. */
+  /** What to show the user: host, port and database, never a user name or password. */
   display: string;
+  /** How the TLS setting came about, for the hints of a failed connection. */
+  tls?: TlsSetting;
 }
 
 /** The outcome of one statement: {@linkcode StatementOk} or {@linkcode StatementError}. */
@@ -260,7 +267,7 @@ export async function copyOut(
       kind,
       `Cannot read rows from ${conn.display}: ${text || `psql exited with code ${status.code}`}`,
       {
-        hint: connectHint(kind, text, conn.display),
+        hint: connectHint(kind, text, conn),
       },
     );
   }
@@ -472,7 +479,7 @@ export class PsqlSession {
       throw new UploadError(
         kind,
         `Cannot connect to ${conn.display}: ${stderr || (error as Error).message}`,
-        { cause: error, hint: connectHint(kind, stderr, conn.display) },
+        { cause: error, hint: connectHint(kind, stderr, conn) },
       );
     }
     if (reply.ok && reply.rows.length === 1 && reply.rows[0].startsWith("1|")) {

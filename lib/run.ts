@@ -146,7 +146,12 @@ export class Run {
       this.#interrupted = true;
     } else if (!this.#error) {
       this.#error = e;
-      this.emit({ event: "stopping", reason: e.message });
+      this.emit({
+        event: "stopping",
+        reason: e.message,
+        kind: e.kind,
+        ...(e.hint ? { hint: e.hint } : {}),
+      });
     }
     this.stop.abort();
   }

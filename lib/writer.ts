@@ -26,6 +26,17 @@ import {
   type TablePolicies,
 } from "./schema.ts";
 import { unreachableHint } from "./target.ts";
+import {
+  buildLockHoldersStatement,
+  describeHolders,
+  type LockHolder,
+  lockWaitMessage,
+  LockWatch,
+  parseLockReport,
+  type WatchedStatement,
+} from "./locks.ts";
+import { parseReadOnlyFacts, READ_ONLY_STATEMENT, readOnlyError } from "./readonly.ts";
+import { APPLICATION_NAME } from "./psql.ts";
 import type { Connector } from "./connect.ts";
 import type { UploaderConfig } from "../config.ts";
 
@@ -115,8 +126,16 @@ export interface WriteContext {
   targetDisplay: string;
   /** The connecting role and the tables' row-level security, once the schema step read them. */
   access?: { role: string; policies: TablePolicies[] };
-  /** Give up when the server stays unreachable this long (ms), once it has answered. */
+  /**
+   * Give up when the server stays unreachable this long (ms), once it has answered; also
+   * when a statement keeps being refused a lock (55P03) this long.
+   */
   giveUpAfterMs: number;
+  /**
+   * Watches statements in flight for lock waits (reported as `lock_wait`). None: no watch
+   * (the embedded database, whose one session cannot wait for another).
+   */
+  locks?: LockWatch;
   /**
    * Give up when a run that has never reached the server fails this long (ms): a wrong
    * host or port should not take the whole `giveUpAfterMs` to say so. Default 15 s.
@@ -185,6 +204,7 @@ async function withSession<T>(
 ): Promise<T> {
   const now = ctx.now ?? Date.now;
   let attempt = 0;
+  let blockedSince: number | null = null;
   while (true) {
     if (ctx.signal.aborted) {
       throw new UploadError("interrupted", `Interrupted before ${subject} was written`, {
@@ -201,12 +221,31 @@ async function withSession<T>(
       return result;
     } catch (error) {
       const retry = actionFor(error, 1) === "retry";
+      const blocked = error instanceof UploadError && error.kind === "blocked";
       if (runner) {
-        if (retry) runner.kill(); // the next attempt starts a fresh psql
+        // The next attempt starts a fresh psql, except after a lock wait: that session is fine.
+        if (retry && !blocked) runner.kill();
         ctx.pool.release(runner); // a dead session is dropped by the pool
       }
       if (!retry) throw error;
       const t = now();
+      if (blocked) {
+        // The server answered: a lock wait is no outage, and has a deadline of its own.
+        ctx.health.failingSince = null;
+        ctx.health.answered = true;
+        blockedSince ??= t;
+        if (t - blockedSince >= ctx.giveUpAfterMs) {
+          throw lockGiveUp(error, subject, Math.round((t - blockedSince) / 1000));
+        }
+        attempt++;
+        const delayMs = Math.min(
+          backoffDelay(attempt, ctx.backoff),
+          ctx.giveUpAfterMs - (t - blockedSince),
+        );
+        ctx.onRetry?.({ subject, attempt, delayMs, reason: messageOf(error) });
+        await sleep(delayMs, ctx.signal);
+        continue;
+      }
       ctx.health.failingSince ??= t;
       const window = ctx.health.answered
         ? ctx.giveUpAfterMs
@@ -232,6 +271,130 @@ async function withSession<T>(
       ctx.onRetry?.({ subject, attempt, delayMs, reason: messageOf(error) });
       await sleep(delayMs, ctx.signal);
     }
+  }
+}
+
+/** The error that stops the run after a statement was refused a lock past the deadline. */
+function lockGiveUp(error: UploadError, subject: string, seconds: number): UploadError {
+  return new UploadError(
+    "blocked",
+    `Gave up on ${subject} after ${seconds} s of lock waits: ${error.message}`,
+    { subject, sqlstate: error.sqlstate, hint: error.hint, cause: error },
+  );
+}
+
+/** What to do about a lock another session holds: let it finish, or end it. */
+function lockHint(table: string, holders: readonly LockHolder[]): string {
+  const pid = holders[0]?.pid;
+  const end = pid !== undefined
+    ? `select pg_terminate_backend(${pid})`
+    : "pg_terminate_backend(pid) (pg_locks and pg_stat_activity show the pid)";
+  return `Another session holds a lock on ${table}: let its transaction finish (commit or ` +
+    `roll back), or end it as the table's owner or a superuser with ${end}. Folders stay ` +
+    `pending; the next run sends them`;
+}
+
+/**
+ * The error for a statement that waited for a lock until the server's `lock_timeout`
+ * (55P03) or a statement timeout ended it: `blocked`, naming the sessions in the way. Asks
+ * the server who holds locks on the tables when the watch did not see it (one query on the
+ * same session; a failure leaves the holders unnamed).
+ */
+async function lockWaitError(
+  reply: { sqlstate: string; message: string },
+  subject: string,
+  ctx: WriteContext,
+  options: { runner?: StatementRunner; seen?: readonly LockHolder[] },
+): Promise<UploadError> {
+  let holders = options.seen ?? [];
+  let lockTimeout: string | null = null;
+  if (holders.length === 0 && options.runner?.alive) {
+    try {
+      const check = await options.runner.run(
+        buildLockHoldersStatement(ctx.table, APPLICATION_NAME),
+        { timeoutMs: 10_000 },
+      );
+      const report = check.ok ? parseLockReport(check.rows) : undefined;
+      holders = report?.holders ?? [];
+      lockTimeout = report?.lockTimeout ?? null;
+    } catch (_error) {
+      // The check is advice: a session lost meanwhile leaves the holders unnamed, and the
+      // retry meets the loss itself.
+    }
+  }
+  const limit = reply.sqlstate === "55P03"
+    ? `the server's lock_timeout${lockTimeout ? ` (${lockTimeout})` : ""} ended this try`
+    : "a statement timeout ended this try";
+  return new UploadError(
+    "blocked",
+    `Waiting for a lock on ${ctx.table}, ${describeHolders(holders)}; ${limit}: ` +
+      `${reply.sqlstate}: ${reply.message}`,
+    { subject, sqlstate: reply.sqlstate, hint: lockHint(ctx.table, holders) },
+  );
+}
+
+/** The error for a write refused as read-only (25006), with what the server says of why. */
+async function readOnlyRefusal(
+  reply: { sqlstate: string; message: string },
+  subject: string,
+  ctx: WriteContext,
+  runner: StatementRunner,
+): Promise<UploadError> {
+  let facts;
+  try {
+    const check = await runner.run(READ_ONLY_STATEMENT, { timeoutMs: 10_000 });
+    facts = check.ok ? parseReadOnlyFacts(check.rows) : undefined;
+  } catch (_error) {
+    // The check is advice: without it the error names the refusal alone.
+  }
+  return readOnlyError(reply, { targetDisplay: ctx.targetDisplay, subject }, facts);
+}
+
+/**
+ * An error reply as the UploadError the policy acts on, asking the server what it needs to
+ * say more: who holds the lock of a 55P03, why the database is read-only for a 25006.
+ * A statement the watch saw waiting on a lock that then timed out is a lock wait too.
+ */
+async function explainReply(
+  reply: StatementReply & { ok: false },
+  subject: string,
+  ctx: WriteContext,
+  runner: StatementRunner,
+  watched?: WatchedStatement,
+): Promise<UploadError> {
+  if (reply.sqlstate === "55P03" || (reply.sqlstate === "57014" && watched?.sawLock)) {
+    return await lockWaitError(reply, subject, ctx, { runner, seen: watched?.holders });
+  }
+  if (reply.sqlstate === "25006") return await readOnlyRefusal(reply, subject, ctx, runner);
+  return replyError(reply, subject, ctx, runner);
+}
+
+/**
+ * Runs one statement with the lock watch on it: `parts` is text the statement carries, by
+ * which the watch finds it on the server. A client-side timeout of a statement the watch
+ * saw waiting on a lock is thrown as `blocked` (retried), not as a timeout (split).
+ */
+async function runWatched(
+  runner: StatementRunner,
+  sql: string,
+  options: { timeoutMs?: number; script?: boolean },
+  watch: { ctx: WriteContext; subject: string; parts: string[] },
+): Promise<{ reply: StatementReply; watched?: WatchedStatement }> {
+  const watched = watch.ctx.locks?.track(watch.subject, watch.parts);
+  try {
+    return { reply: await runner.run(sql, options), watched };
+  } catch (error) {
+    if (watched?.sawLock && error instanceof UploadError && error.kind === "timeout") {
+      throw await lockWaitError(
+        { sqlstate: "57014", message: error.message },
+        watch.subject,
+        watch.ctx,
+        { seen: watched.holders },
+      );
+    }
+    throw error;
+  } finally {
+    watched?.done();
   }
 }
 
@@ -273,13 +436,25 @@ function replyError(
  */
 export async function ensureSchema(ctx: WriteContext): Promise<{ rekeyed: number }> {
   // Transient refusals (deadlock, too many connections, shutdown) are retried here like a
-  // lost connection; a statement timeout (57014) goes back to the schema step, which names it.
+  // lost connection, and lock waits (55P03) as such; a read-only database (25006) stops the
+  // run saying so; a statement timeout (57014) goes back to the schema step, which names it.
+  // The comment lets the lock watch find the statement on the server.
+  const tag = `/* ${APPLICATION_NAME} schema ${ctx.device.id} */`;
   const exec = (sql: string) =>
     withSession(ctx, "schema", async (runner) => {
-      const reply = await runner.run(sql);
+      const { reply, watched } = await runWatched(runner, `${tag}\n${sql}`, {}, {
+        ctx,
+        subject: "schema",
+        parts: [tag],
+      });
+      if (reply.ok) return reply;
       if (
-        !reply.ok && reply.sqlstate !== "57014" && classifySqlstate(reply.sqlstate) === "transient"
-      ) throw replyError(reply, "schema", ctx);
+        reply.sqlstate === "55P03" || reply.sqlstate === "25006" ||
+        (reply.sqlstate === "57014" && watched?.sawLock)
+      ) throw await explainReply(reply, "schema", ctx, runner, watched);
+      if (reply.sqlstate !== "57014" && classifySqlstate(reply.sqlstate) === "transient") {
+        throw replyError(reply, "schema", ctx);
+      }
       return reply;
     });
   const options = { table: ctx.table, device: ctx.device, targetDisplay: ctx.targetDisplay };
@@ -334,14 +509,16 @@ async function writePart<T extends BatchItem>(
       device: ctx.device,
       batchName,
     }, items.map((i) => i.json));
+    // Text the statement carries (its header), by which the lock watch finds it.
+    const parts = [`"upload_batch":${JSON.stringify(batchName)}`, ctx.device.id];
     const reply = await withSession(ctx, batchName, async (runner) => {
       result.statements++;
-      const reply = await runner.run(sql, {
+      const { reply, watched } = await runWatched(runner, sql, {
         timeoutMs: ctx.statementTimeoutMs,
         script: copy,
-      });
+      }, { ctx, subject: batchName, parts });
       if (reply.ok) return reply;
-      const refused = replyError(reply, batchName, ctx, runner);
+      const refused = await explainReply(reply, batchName, ctx, runner, watched);
       if (actionFor(refused, items.length) === "retry") throw refused;
       return refused;
     });
@@ -416,7 +593,14 @@ function mayNotCreateTempTables(error: UploadError): boolean {
 export type WriterEvent =
   | { event: "retry"; subject: string; attempt: number; delay_ms: number; reason: string }
   | { event: "schema"; table: string; rekeyed: number }
-  | { event: "warning"; message: string };
+  | { event: "warning"; message: string }
+  | {
+    event: "lock_wait";
+    subjects: string[];
+    waited_ms: number;
+    holders: LockHolder[];
+    message: string;
+  };
 
 /** Settings of {@linkcode LazyWriter}. */
 export interface LazyWriterOptions {
@@ -448,6 +632,7 @@ export class LazyWriter {
   #options: LazyWriterOptions;
   #abort = new AbortController();
   #pool: SessionPool | undefined;
+  #locks: LockWatch | undefined;
   #opening: Promise<WriteContext> | undefined;
 
   constructor(options: LazyWriterOptions) {
@@ -459,9 +644,13 @@ export class LazyWriter {
     this.#opening ??= (async () => {
       const o = this.#options;
       const connection = await o.connector.open(o.signal);
-      this.#pool = new SessionPool(psqlFactory(connection));
+      const pool = new SessionPool(psqlFactory(connection));
+      this.#pool = pool;
+      // PGlite serves one session at a time: nothing there can wait for another's lock.
+      this.#locks = o.connector.embedded ? undefined : this.#lockWatch(pool);
       const context: WriteContext = {
-        pool: this.#pool,
+        pool,
+        locks: this.#locks,
         connection,
         table: o.config.table,
         device: {
@@ -497,14 +686,46 @@ export class LazyWriter {
     return this.#opening;
   }
 
+  /** The lock watch of a run: looks through a pooled session, reports `lock_wait` events. */
+  #lockWatch(pool: SessionPool): LockWatch {
+    const o = this.#options;
+    const watch: LockWatch = new LockWatch({
+      table: o.config.table,
+      exec: async (sql) => {
+        const runner = await pool.acquire();
+        try {
+          return await runner.run(sql, { timeoutMs: 10_000 });
+        } finally {
+          // A session that came after the run closed its pool would be left running.
+          if (watch.closed) runner.kill();
+          else pool.release(runner);
+        }
+      },
+      onReport: (report, subjects) => {
+        const waitedMs = Math.max(0, ...report.waiting.map((w) => w.waitedMs));
+        o.emit({
+          event: "lock_wait",
+          subjects,
+          waited_ms: waitedMs,
+          holders: report.holders,
+          message: lockWaitMessage(subjects, waitedMs, o.config.table, report.holders),
+        });
+      },
+      now: o.now,
+    });
+    return watch;
+  }
+
   /** Abandons statements in flight: stops retries and kills every psql session. */
   abandon(): void {
     this.#abort.abort();
+    void this.#locks?.close(); // stops its timer now; a look in progress ends with the pool
     this.#pool?.kill();
   }
 
-  /** Closes the sessions (the connector is closed by its owner). */
+  /** Closes the lock watch and the sessions (the connector is closed by its owner). */
   async close(): Promise<void> {
+    await this.#locks?.close();
     await this.#pool?.close();
   }
 }

@@ -15,6 +15,7 @@ import {
   parseQuickCommand,
   quickHelp,
   runMain,
+  targetLine,
 } from "../lib/cli.ts";
 import { connectorFor } from "../lib/connect.ts";
 import { type EngineEvent, newCounters } from "../lib/events.ts";
@@ -35,12 +36,18 @@ async function main(argv: string[]): Promise<number> {
   const reporter = new Reporter({ json: cmd.json, quiet: cmd.quiet, tty: false });
   const onEvent = (e: EngineEvent) => {
     reporter.json(e as unknown as Record<string, unknown>);
+    if (e.event === "stopping" && e.kind !== undefined) {
+      reporter.error({ message: e.reason, hint: e.hint });
+    }
     for (const line of quickStepLines(e, config)) {
       if (line.level === "warn") reporter.warn(line.text);
       else reporter.info(line.text);
     }
   };
 
+  // The URL is read before anything is printed: one it refuses leaves only its error.
+  const spec = resolveTarget({ dbUrl: cmd.dbUrl, dbPath: config.dbPath, env });
+  const connector = connectorFor(spec, env, { maxConnections: 1 });
   if (cmd.dbUrl && /\/\/[^/@]*:[^/@]+@/.test(cmd.dbUrl)) {
     reporter.warn(
       "Warning: a password in --db-url is visible to other users in the process list; " +
@@ -61,8 +68,6 @@ async function main(argv: string[]): Promise<number> {
     if (!isDir) throw new UploadError("usage", `--base is not a directory: ${cmd.base}`);
   }
 
-  const spec = resolveTarget({ dbUrl: cmd.dbUrl, dbPath: config.dbPath, env });
-  const connector = connectorFor(spec, env, { maxConnections: 1 });
   await checkPsql();
 
   // The tracking database is used when it exists (and then locked like a manager run),
@@ -73,15 +78,7 @@ async function main(argv: string[]): Promise<number> {
     const deviceId = tracker
       ? tracker.deviceId(config.deviceId || undefined)
       : config.deviceId || localDeviceId();
-    if (connector.embedded) {
-      reporter.info(
-        `Using the ${connector.display} (no --db-url, SUPABASE_DB_URL or DATABASE_URL set). ` +
-          `To upload to Supabase instead, set SUPABASE_DB_URL=postgresql://... ` +
-          `(see README); 'deno task sql' opens this database.`,
-      );
-    } else {
-      reporter.info(`Uploading to ${connector.display}`);
-    }
+    reporter.info(targetLine(connector));
     let recording = tracker;
     if (tracker) {
       const use = trackerForTarget(tracker, `${connector.id}#${config.table}`);
@@ -138,10 +135,7 @@ async function main(argv: string[]): Promise<number> {
         onEvent,
         counters,
       });
-      if (result.error) {
-        reporter.warn(`Error: ${result.error.message}`);
-        if (result.error.hint) reporter.warn(`Hint: ${result.error.hint}`);
-      }
+      if (result.error) reporter.error(result.error);
       reporter.quickSummary(result);
       return result.exitCode;
     } finally {

@@ -12,6 +12,7 @@ import {
   objectStoreFor,
   parseUploadCommand,
   runMain,
+  targetLine,
   uploadHelp,
 } from "../lib/cli.ts";
 import { connectorFor } from "../lib/connect.ts";
@@ -71,17 +72,18 @@ async function main(argv: string[]): Promise<number> {
     });
   }
 
+  const sends = mode === "upload" || mode === "watch";
+  const spec = resolveTarget({ dbUrl: cmd.dbUrl, dbPath: config.dbPath, env });
+  // The URL is read before anything is printed: one it refuses leaves only its error.
+  const connector = sends
+    ? connectorFor(spec, env, { maxConnections: config.parallel })
+    : undefined;
   if (cmd.dbUrl && /\/\/[^/@]*:[^/@]+@/.test(cmd.dbUrl)) {
     reporter.warn(
       "Warning: a password in --db-url is visible to other users in the process list; " +
         "prefer SUPABASE_DB_URL in the environment (see README: Configuring Supabase)",
     );
   }
-  const sends = mode === "upload" || mode === "watch";
-  const spec = resolveTarget({ dbUrl: cmd.dbUrl, dbPath: config.dbPath, env });
-  const connector = sends
-    ? connectorFor(spec, env, { maxConnections: config.parallel })
-    : undefined;
   if (connector) await checkPsql();
 
   const tracker = openTracker(config.dbPath, mode);
@@ -97,15 +99,7 @@ async function main(argv: string[]): Promise<number> {
       );
     }
     if (connector) {
-      if (connector.embedded) {
-        reporter.info(
-          `Using the ${connector.display} (no --db-url, SUPABASE_DB_URL or DATABASE_URL set). ` +
-            `To upload to Supabase instead, set SUPABASE_DB_URL=postgresql://... ` +
-            `(see README); 'deno task sql' opens this database.`,
-        );
-      } else {
-        reporter.info(`Uploading to ${connector.display}`);
-      }
+      reporter.info(targetLine(connector));
       const reset = tracker.useTarget(`${connector.id}#${config.table}`);
       if (reset > 0) {
         reporter.info(
@@ -179,10 +173,7 @@ async function main(argv: string[]): Promise<number> {
         })
         : await runUpload({ ...options, mode: mode as ManagerMode, verify: cmd.verify });
       reporter.stop();
-      if (result.error) {
-        reporter.warn(`Error: ${result.error.message}`);
-        if (result.error.hint) reporter.warn(`Hint: ${result.error.hint}`);
-      }
+      if (result.error) reporter.error(result.error);
       reporter.summary(result, mode);
       return result.exitCode;
     } finally {

@@ -22,6 +22,7 @@ const MANAGER_EVENTS = new Set([
   "schema",
   "settle_wait",
   "missing",
+  "lock_wait",
   "stopping",
   "summary",
 ]);
@@ -41,6 +42,7 @@ const QUICK_EVENTS = new Set([
   "batch_done",
   "retry",
   "schema",
+  "lock_wait",
   "stopping",
   "summary",
 ]);

@@ -5,7 +5,7 @@
 
 import assert from "node:assert/strict";
 import { UploadError } from "../lib/errors.ts";
-import { actionFor, classifyConnectFailure, classifySqlstate } from "../lib/policy.ts";
+import { actionFor, classifyConnectFailure, classifySqlstate, connectHint } from "../lib/policy.ts";
 
 Deno.test("classifySqlstate maps SQLSTATEs to error kinds", () => {
   const table: Array<[string, string]> = [
@@ -21,7 +21,7 @@ Deno.test("classifySqlstate maps SQLSTATEs to error kinds", () => {
     ["40001", "transient"],
     ["40P01", "transient"],
     ["57014", "timeout"],
-    ["55P03", "transient"],
+    ["55P03", "blocked"],
     ["42501", "config"],
     ["28000", "config"],
     ["28P01", "config"],
@@ -75,6 +75,8 @@ Deno.test("actionFor: one decision per error kind and batch size", () => {
   const table: [string, number, string][] = [
     ["transient", 10, "retry"],
     ["transient", 1, "retry"],
+    ["blocked", 10, "retry"],
+    ["blocked", 1, "retry"],
     ["data", 10, "split"],
     ["data", 1, "fail"],
     ["timeout", 2, "split"],
@@ -93,4 +95,37 @@ Deno.test("actionFor: one decision per error kind and batch size", () => {
   }
   assert.equal(actionFor(new Error("a bug"), 10), "stop");
   assert.equal(actionFor(new RangeError("too deep"), 1), "stop");
+});
+
+Deno.test("connectHint: TLS the uploader added, and sslmode=disable against a TLS-only server", () => {
+  const noSsl = 'connection to server at "lab.example" (10.0.0.5), port 5432 failed: ' +
+    "server does not support SSL, but SSL was required";
+  const display = "lab.example:5432/uploads";
+  // The uploader added sslmode=require: the hint says so, and how to turn it off.
+  const url = connectHint("config", noSsl, {
+    display,
+    tls: { mode: "require", added: true, via: "url" },
+  });
+  assert.match(url ?? "", /uploader asked for TLS \(sslmode=require\)/);
+  assert.match(url ?? "", /\?sslmode=disable/);
+  const env = connectHint("config", noSsl, {
+    display,
+    tls: { mode: "require", added: true, via: "env" },
+  });
+  assert.match(env ?? "", /PGSSLMODE=disable/);
+  // The user asked for TLS: the server's own message is the whole story.
+  assert.equal(
+    connectHint("config", noSsl, { display, tls: { mode: "require", added: false, via: "url" } }),
+    undefined,
+  );
+  // A server taking only TLS, and a URL saying sslmode=disable.
+  const hba = 'connection to server at "lab.example" (10.0.0.5), port 5432 failed: FATAL:  ' +
+    'no pg_hba.conf entry for host "10.0.0.9", user "lab", database "uploads", no encryption';
+  const disable = connectHint("config", hba, {
+    display,
+    tls: { mode: "disable", added: false, via: "url" },
+  });
+  assert.match(disable ?? "", /takes only TLS connections and the URL says sslmode=disable/);
+  // Without sslmode=disable the same FATAL is about pg_hba.conf alone: no TLS hint.
+  assert.equal(connectHint("config", hba, { display }), undefined);
 });

@@ -12,11 +12,18 @@ import {
   connectionFromUrl,
   embeddedDataDir,
   isLocalHost,
+  libpqConnection,
   redactUrl,
   resolveTarget,
   targetIdFromUrl,
   unreachableHint,
 } from "../lib/target.ts";
+import { connectorFor } from "../lib/connect.ts";
+import { errorEvent, targetLine } from "../lib/cli.ts";
+import { exitCodeFor } from "../lib/errors.ts";
+import { oneLine } from "../lib/progress.ts";
+import { seededRandom } from "./support/run.ts";
+import { leakedTrigrams, randomPassword } from "./support/secrets.ts";
 
 const URL_A = "postgresql://a:pa@host-a:5432/db";
 const URL_B = "postgresql://b:pb@host-b:5432/db";
@@ -100,7 +107,8 @@ Deno.test("connectionFromUrl moves a user-info password into PGPASSWORD", () => 
   assert.equal(url.username, "postgres.abcd");
   assert.equal(url.hostname, "db.example.com");
   assert.equal(url.port, "6543");
-  assert.equal(conn.display, "postgres.abcd@db.example.com:6543/postgres");
+  // The display names no user either: the user info stays out of every message.
+  assert.equal(conn.display, "db.example.com:6543/postgres");
 });
 
 Deno.test("connectionFromUrl moves a ?password= parameter into PGPASSWORD", () => {
@@ -117,7 +125,7 @@ Deno.test("connectionFromUrl moves a ?password= parameter into PGPASSWORD", () =
 Deno.test("connectionFromUrl percent-decodes the password, the user and the database", () => {
   const conn = connectionFromUrl("postgres://lab%40site:p%40ss%2Fw%3Ard%25%20x@h:1/my%20db");
   assert.deepEqual(conn.env, { PGPASSWORD: "p@ss/w:rd% x" });
-  assert.equal(conn.display, "lab@site@h:1/my db");
+  assert.equal(conn.display, "h:1/my db");
   // psql decodes the URL itself: the user stays encoded in argv.
   assert.equal(new URL(psqlUrl(conn.args)).username, "lab%40site");
   // A literal `@` in the password (not encoded): the URL parser takes the last `@`.
@@ -204,16 +212,17 @@ Deno.test("connectionFromUrl refuses what is not a postgres URL, without echoing
 });
 
 Deno.test("redactUrl hides passwords, also in URLs the parser refuses", () => {
-  assert.equal(redactUrl("postgresql://u:secret@h:5432/db"), "postgresql://u:***@h:5432/db");
+  // The whole user info goes, user name included (a password pasted there shows no more).
+  assert.equal(redactUrl("postgresql://u:secret@h:5432/db"), "postgresql://***@h:5432/db");
   assert.equal(
     redactUrl("postgresql://u@h/db?password=secret&x=1"),
-    "postgresql://u@h/db?password=***&x=1",
+    "postgresql://***@h/db?password=***&x=1",
   );
   assert.equal(
-    redactUrl("postgresql://u@h/db?a=1&PASSWORD=secret"),
-    "postgresql://u@h/db?a=1&PASSWORD=***",
+    redactUrl("postgresql://h/db?a=1&PASSWORD=secret"),
+    "postgresql://h/db?a=1&PASSWORD=***",
   );
-  assert.equal(redactUrl("postgresql://u@h/db"), "postgresql://u@h/db");
+  assert.equal(redactUrl("postgresql://h/db"), "postgresql://h/db");
   assert.equal(redactUrl("no url here"), "no url here");
   for (
     const url of [
@@ -267,4 +276,171 @@ Deno.test("unreachableHint points db.<ref>.supabase.co at the session and transa
   const other = unreachableHint("u@10.1.2.3:5432/db");
   assert.doesNotMatch(other, /supabase/i);
   assert.match(other, /host|port|network/i);
+});
+
+/** The error a URL is refused with (kind `config`), or fails the test. */
+function refusal(url: string, source = "$SUPABASE_DB_URL"): UploadError {
+  try {
+    connectionFromUrl(url, { source });
+  } catch (error) {
+    assert.ok(error instanceof UploadError, String(error));
+    assert.equal(error.kind, "config");
+    return error;
+  }
+  assert.fail(`accepted: ${url}`);
+}
+
+Deno.test("connectionFromUrl refuses an unencoded # ? / in the password, echoing nothing of the user info", () => {
+  // The reported case: a password holding @ and #, pasted as it is. The URL parser ends the
+  // host at `#`, so `dE$FG7` (part of the password) became the host and the first line.
+  const reported = "postgresql://lab:xY.-abC@dE$FG7#@127.0.0.1:5432/uploads";
+  for (
+    const url of [
+      reported,
+      "postgresql://lab:ab/cd@127.0.0.1:5432/uploads",
+      "postgresql://lab:ab?cd@db.example.com/uploads",
+      "postgresql://lab:a@b#c@db.example.com/uploads",
+      "postgres://lab:x/y?z#w@db.example.com:6543/postgres?sslmode=require",
+    ]
+  ) {
+    const error = refusal(url);
+    const shown = `${error.message}\n${error.hint}\n${JSON.stringify(errorEvent(error, 2))}`;
+    assert.match(error.message, /^Cannot read the URL in \$SUPABASE_DB_URL: an "@" comes after/);
+    assert.match(error.hint ?? "", /%23/);
+    assert.match(error.hint ?? "", /%2F/);
+    assert.match(error.hint ?? "", /%40/);
+    assert.match(error.hint ?? "", /%3F/);
+    assert.doesNotMatch(error.message, /\n/);
+    // Nothing of "lab:<password>" is printed: not the user, not a piece of the password.
+    for (const piece of ["lab", "abC", "dE$", "FG7", "ab/", "b#c", "x/y"]) {
+      assert.ok(!shown.includes(piece), `${url}: "${piece}" shown in\n${shown}`);
+    }
+  }
+  assert.match(refusal(reported, "--db-url").message, /^Cannot read the URL of --db-url: /);
+  // Percent-encoded, the same password works and lands whole in PGPASSWORD.
+  const encoded = connectionFromUrl(
+    `postgresql://lab:${encodeURIComponent("xY.-abC@dE$FG7#")}@127.0.0.1:5432/uploads`,
+  );
+  assert.deepEqual(encoded.env, { PGPASSWORD: "xY.-abC@dE$FG7#" });
+  assert.equal(encoded.display, "127.0.0.1:5432/uploads");
+  // A bad escape is refused the same way, naming the part and never its text.
+  const bad = refusal("postgresql://lab:p%zzword@h/db");
+  assert.match(bad.message, /password's percent-encoding is invalid/);
+  assert.ok(!`${bad.message}${bad.hint}`.includes("zzw"), bad.message);
+  const badUser = refusal("postgresql://la%zzb:pw@h/db");
+  assert.match(badUser.message, /user name's percent-encoding is invalid/);
+});
+
+Deno.test("targetLine: the first line names host and database, then where the URL came from", () => {
+  const connector = connectorFor({
+    kind: "url",
+    url: "postgresql://postgres.abcd:pw@aws-0-eu-central-1.pooler.supabase.com:5432/postgres",
+    source: "$SUPABASE_DB_URL",
+  }, {});
+  assert.equal(
+    targetLine(connector),
+    "Uploading to aws-0-eu-central-1.pooler.supabase.com:5432/postgres (from $SUPABASE_DB_URL)",
+  );
+  // Messages name the target without its source: it never sits inside a sentence.
+  assert.equal(connector.display, "aws-0-eu-central-1.pooler.supabase.com:5432/postgres");
+  assert.equal(connector.source, "$SUPABASE_DB_URL");
+  const libpq = connectorFor({ kind: "libpq", source: "$PGHOST" }, { PGHOST: "db.lab" });
+  assert.equal(targetLine(libpq), "Uploading to libpq defaults (PGHOST=db.lab) (from $PGHOST)");
+});
+
+Deno.test("sslmode: a non-local PGHOST gets the same sslmode=require as a URL naming that host", () => {
+  const url = connectionFromUrl("postgresql://u:p@db.lab.example/db");
+  assert.deepEqual(url.tls, { mode: "require", added: true, via: "url" });
+  const env = libpqConnection({ PGHOST: "db.lab.example", PGUSER: "u" });
+  assert.deepEqual(env.env, { PGSSLMODE: "require" });
+  assert.deepEqual(env.tls, { mode: "require", added: true, via: "env" });
+  // A host list with a remote host among local ones: TLS too (as for any remote host).
+  assert.deepEqual(libpqConnection({ PGHOST: "localhost,db.lab.example" }).env, {
+    PGSSLMODE: "require",
+  });
+  // Local hosts and sockets: libpq's own default, both ways.
+  for (const host of ["localhost", "127.0.0.1", "/var/run/postgresql"]) {
+    assert.deepEqual(libpqConnection({ PGHOST: host }).env, {}, host);
+    assert.equal(libpqConnection({ PGHOST: host }).tls?.added, false, host);
+  }
+  // An sslmode the user set wins on both paths (PGREQUIRESSL, the old spelling, too).
+  assert.deepEqual(libpqConnection({ PGHOST: "db.lab.example", PGSSLMODE: "disable" }).env, {});
+  assert.deepEqual(libpqConnection({ PGHOST: "db.lab.example", PGREQUIRESSL: "1" }).env, {});
+  const kept = connectionFromUrl("postgresql://u:p@db.lab.example/db", {
+    env: { PGSSLMODE: "disable" },
+  });
+  assert.equal(new URL(psqlUrl(kept.args)).searchParams.get("sslmode"), null);
+  assert.deepEqual(kept.tls, { mode: "disable", added: false, via: "env" });
+  // libpq's display names no user (PGUSER), like the URL's.
+  assert.equal(env.display, "libpq defaults (PGHOST=db.lab.example)");
+});
+
+/** What the tool shows of a URL: first line, psql's argv, tracker id, or the error it prints. */
+function shownFor(url: string): { text: string; refused: string | null; password?: string } {
+  let connector;
+  try {
+    connector = connectorFor({ kind: "url", url, source: "$SUPABASE_DB_URL" }, {});
+  } catch (error) {
+    assert.ok(error instanceof UploadError, String(error));
+    const code = exitCodeFor(error);
+    assert.equal(code, 2);
+    // As runMain prints it: `Error:` and `Hint:` lines, and the --json error event.
+    const text = [
+      `Error: ${oneLine(redactUrl(error.message))}`,
+      `Hint: ${error.hint}`,
+      JSON.stringify(errorEvent(error, code)),
+      redactUrl(url),
+    ].join("\n");
+    return { text, refused: error.message };
+  }
+  const conn = connectionFromUrl(url, { source: "$SUPABASE_DB_URL" });
+  const text = [
+    targetLine(connector),
+    JSON.stringify({ event: "run_start", target: connector.display }),
+    `Cannot connect to ${connector.display}: timeout expired`,
+    connector.id,
+    JSON.stringify(conn.args),
+    redactUrl(url),
+  ].join("\n");
+  return { text, refused: null, password: conn.env.PGPASSWORD };
+}
+
+Deno.test("password property: 1,000 random printable-ASCII passwords, raw and encoded, never shown", () => {
+  const random = seededRandom(19_4);
+  const host = "127.0.0.1:5432/uploads";
+  const rest = `postgresql://lab:@${host}`;
+  // What the tool prints for unrelated passwords of each outcome: its own fixed words.
+  const words = [
+    shownFor(`postgresql://lab:QQQQ@${host}`).text,
+    shownFor(`postgresql://lab:QQ#QQ@${host}`).text,
+    shownFor(`postgresql://lab:QQ%zQQ@${host}`).text,
+  ].join("\n");
+  assert.ok(!words.includes("QQ"), words);
+  let refused = 0;
+  for (let i = 0; i < 1000; i++) {
+    const password = randomPassword(random);
+    for (const form of ["raw", "encoded"] as const) {
+      const text = form === "raw" ? password : encodeURIComponent(password);
+      const url = `postgresql://lab:${text}@${host}`;
+      const shown = shownFor(url);
+      const leaks = leakedTrigrams(shown.text, password, `${rest}\n${words}`);
+      assert.deepEqual(
+        leaks,
+        [],
+        `${form} ${JSON.stringify(password)} shows ${leaks}:\n${shown.text}`,
+      );
+      if (form === "encoded") {
+        // Encoded, every password is taken whole, and only psql's environment holds it.
+        assert.equal(shown.refused, null, `${JSON.stringify(password)}: ${shown.refused}`);
+        assert.equal(shown.password, password);
+      } else if (/[/?#]/.test(password)) {
+        // Raw with / ? or #: refused, never misread as a host, port or database.
+        assert.ok(shown.refused !== null, `accepted raw ${JSON.stringify(password)}`);
+      }
+      if (form === "raw" && shown.refused !== null) refused++;
+    }
+  }
+  // About half the raw passwords hold one of / ? # or a bad % escape and are refused; the
+  // property covered both outcomes.
+  assert.ok(refused > 200 && refused < 800, `${refused} of 1000 raw passwords refused`);
 });

@@ -13,7 +13,7 @@
 
 import { rowToJson } from "../lib/sql.ts";
 import assert from "node:assert/strict";
-import { UploadError } from "../lib/errors.ts";
+import { exitCodeFor, UploadError } from "../lib/errors.ts";
 import type { PsqlConnection, StatementReply } from "../lib/psql.ts";
 import type { UploadRow } from "../lib/sql.ts";
 import {
@@ -90,7 +90,7 @@ class FakeRunner implements StatementRunner {
     }
     const keys = sql.includes("::jsonb as p") ? payloadKeys(sql) : [];
     this.#server.statements.push(keys);
-    const answer = this.#server.answer(keys, this.#server.statements.length);
+    const answer = this.#server.answer(keys, this.#server.statements.length, sql);
     if (answer instanceof UploadError) {
       if (answer.kind === "transient") this.alive = false; // as a lost psql session is
       return Promise.reject(answer);
@@ -115,9 +115,9 @@ class FakeServer {
   /** The folder_keys of each statement received, in order. */
   statements: string[][] = [];
   runners: FakeRunner[] = [];
-  answer: (keys: string[], n: number) => Answer;
+  answer: (keys: string[], n: number, sql: string) => Answer;
 
-  constructor(answer: (keys: string[], n: number) => Answer) {
+  constructor(answer: (keys: string[], n: number, sql: string) => Answer) {
     this.answer = answer;
   }
 
@@ -281,13 +281,127 @@ Deno.test("writeBatch: a lost connection is retried on a fresh session, charging
 });
 
 Deno.test("writeBatch: transient SQLSTATEs in a reply are retried, not bisected", async () => {
-  for (const sqlstate of ["40001", "40P01", "53300", "57P01", "08006", "55P03"]) {
+  for (const sqlstate of ["40001", "40P01", "53300", "57P01", "08006"]) {
     const server = new FakeServer((keys, n) => n === 1 ? refused(sqlstate, "try again") : ok(keys));
     const { ctx, retries } = context(server);
     const result = await writeBatch(items(keysOf(6)), "b1", ctx);
     assert.ok(result.outcomes.every((o) => o.ok), sqlstate);
     assert.equal(retries.length, 1, sqlstate);
     assert.deepEqual(server.statements.map((s) => s.length), [6, 6], sqlstate);
+    await ctx.pool.close();
+  }
+});
+
+/** The reply of the lock holders query: one session holding the table in a transaction. */
+const HOLDERS_REPLY: StatementReply = {
+  ok: true,
+  rowCount: 1,
+  rows: [JSON.stringify({
+    waiting: [],
+    holders: [{
+      pid: 4242,
+      user: "lab",
+      application: "psql",
+      state: "idle in transaction",
+      seconds: 41,
+      query: "lock table device_test in access exclusive mode",
+      modes: ["AccessExclusiveLock"],
+    }],
+    lock_timeout: "1s",
+  })],
+};
+
+const LOCK_TIMEOUT = refused("55P03", "canceling statement due to lock timeout");
+
+Deno.test("writeBatch: a lock_timeout (55P03) is a lock wait: retried on the same session, holder named", async () => {
+  const server = new FakeServer((keys, n, sql) =>
+    sql.includes("holder_pids") ? HOLDERS_REPLY : n === 1 ? LOCK_TIMEOUT : ok(keys)
+  );
+  const { ctx, retries } = context(server);
+  ctx.health.answered = false;
+  const result = await writeBatch(items(keysOf(6)), "b1", ctx);
+  assert.ok(result.outcomes.every((o) => o.ok));
+  // Not split, not a new session: the same batch again on the same psql.
+  assert.deepEqual(server.statements.map((s) => s.length), [6, 0, 6]);
+  assert.equal(server.runners.length, 1);
+  assert.equal(server.runners[0].killed, false);
+  assert.equal(retries.length, 1);
+  assert.match(
+    retries[0].reason,
+    /^Waiting for a lock on device_test, held by pid 4242 \(lab, psql, idle in transaction for 41 s, AccessExclusiveLock: lock table device_test in access exclusive mode\); the server's lock_timeout \(1s\) ended this try: 55P03: /,
+  );
+  assert.doesNotMatch(retries[0].reason, /unreachable/i);
+  // The server answered: no outage streak began.
+  assert.equal(ctx.health.failingSince, null);
+  assert.equal(ctx.health.answered, true);
+  await ctx.pool.close();
+});
+
+Deno.test("writeBatch: a lock held past the deadline stops as blocked (exit 3), never unreachable", async () => {
+  let clock = 1_000_000;
+  const server = new FakeServer((_keys, _n, sql) => {
+    if (sql.includes("holder_pids")) return HOLDERS_REPLY;
+    clock += 700;
+    return LOCK_TIMEOUT;
+  });
+  const { ctx, retries } = context(server, { giveUpAfterMs: 3_000, now: () => clock });
+  const error = await thrown(writeBatch(items(keysOf(4)), "b1", ctx));
+  assert.equal(error.kind, "blocked");
+  assert.equal(exitCodeFor(error), 3);
+  assert.match(
+    error.message,
+    /^Gave up on b1 after \d+ s of lock waits: Waiting for a lock on device_test, held by pid 4242/,
+  );
+  assert.doesNotMatch(`${error.message} ${error.hint}`, /unreachable|network|host and port/i);
+  assert.match(error.hint ?? "", /pg_terminate_backend\(4242\)/);
+  assert.ok(retries.length >= 3, `${retries.length} retries`);
+  assert.equal(server.runners.length, 1, "a lock wait keeps its session");
+  await ctx.pool.close();
+});
+
+Deno.test("writeBatch: a read-only database (25006) stops as a configuration error saying why", async () => {
+  const facts = (recovery: boolean, source: string | null) => ({
+    ok: true as const,
+    rowCount: 1,
+    rows: [JSON.stringify({
+      recovery,
+      default_read_only: !recovery,
+      source,
+      database: "uploads",
+      role: "lab",
+    })],
+  });
+  const cases = [
+    {
+      facts: facts(false, "database"),
+      message: /default_transaction_read_only is on for database uploads/,
+      hint:
+        /set default_transaction_read_only = off; alter database uploads reset default_transaction_read_only/,
+    },
+    {
+      facts: facts(false, "user"),
+      message: /for role lab/,
+      hint:
+        /set default_transaction_read_only = off; alter role lab reset default_transaction_read_only/,
+    },
+    { facts: facts(true, null), message: /the server is a standby/, hint: /primary/ },
+  ];
+  for (const c of cases) {
+    const server = new FakeServer((_keys, _n, sql) =>
+      sql.includes("pg_is_in_recovery")
+        ? c.facts
+        : refused("25006", "cannot execute INSERT in a read-only transaction")
+    );
+    const { ctx, retries } = context(server);
+    const error = await thrown(writeBatch(items(keysOf(3)), "b1", ctx));
+    assert.equal(error.kind, "config");
+    assert.equal(exitCodeFor(error), 2);
+    assert.match(error.message, /^The database fake@127\.0\.0\.1:1\/db is read-only: /);
+    assert.match(error.message, c.message);
+    assert.match(error.message, /25006: cannot execute INSERT in a read-only transaction/);
+    assert.match(error.hint ?? "", c.hint);
+    assert.equal(retries.length, 0);
+    assert.deepEqual(server.statements.map((s) => s.length), [3, 0], "no bisect, one check");
     await ctx.pool.close();
   }
 });
