@@ -497,6 +497,11 @@ export class LazyWriter {
     return this.#opening;
   }
 
+  /** Whether {@linkcode open} was called: the target was opened (or tried) in this run. */
+  get opened(): boolean {
+    return this.#opening !== undefined;
+  }
+
   /** Abandons statements in flight: stops retries and kills every psql session. */
   abandon(): void {
     this.#abort.abort();
