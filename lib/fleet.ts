@@ -288,7 +288,7 @@ export function listed(report: FleetReport, options: RenderOptions): FleetDevice
 function outcomeText(d: FleetDevice): string {
   if (d.outcome === null) return "-";
   if (d.outcome === "running") return d.mode === "watch" ? "watching" : "running";
-  const mode = d.mode === "watch" || d.mode === "quick" ? `${d.mode} ` : "";
+  const mode = d.mode === "watch" || d.mode === "quick" ? `${d.mode}: ` : "";
   return `${mode}${d.outcome}${d.exitCode === null ? "" : `, exit ${d.exitCode}`}`;
 }
 
