@@ -421,7 +421,8 @@ export interface RunHealthOptions {
 
 /**
  * The health reporter of an engine run: counts from its tracker (else its counters),
- * warnings as run events, an embedded database reported to only when the run opened it.
+ * warnings as run events (none once an error stopped the run: that error is the news), an
+ * embedded database reported to only when the run opened it.
  */
 export function reporterForRun(run: Run, options: RunHealthOptions): HealthReporter {
   return new HealthReporter({
@@ -432,7 +433,10 @@ export function reporterForRun(run: Run, options: RunHealthOptions): HealthRepor
     mayConnect: () => !options.connector.embedded || options.writer.opened,
     counts: () =>
       healthCounts(run.runId !== null ? run.tracker : null, run.counters, run.config.maxRetries),
-    warn: (message) => run.emit({ event: "warning", message }),
+    // A run stopped by an error has said why; a report failing with it would say it again.
+    warn: (message) => {
+      if (!run.error) run.emit({ event: "warning", message });
+    },
     startedAt: run.startedAt,
     now: run.now,
   });

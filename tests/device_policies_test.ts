@@ -165,6 +165,8 @@ Deno.test({
               ),
             );
             assert.match(String(summary.hint), new RegExp(`values \\('lab_a', '${B}'\\)`));
+            // The health report is refused alike; the error above already says why.
+            assert.deepEqual(run.events.filter((e) => e.event === "warning"), []);
             assert.equal(await rowsOf(pg, B), before, "B's rows untouched");
             assert.equal(
               await pg.psql(`select * from device_health where device_id = '${B}'`),
