@@ -454,6 +454,11 @@ export class LazyWriter {
     this.#options = options;
   }
 
+  /** Whether {@linkcode open} was called: the target was opened (or tried) in this run. */
+  get opened(): boolean {
+    return this.#opening !== undefined;
+  }
+
   /** The write context, opening the target and preparing the schema on the first call. */
   open(): Promise<WriteContext> {
     this.#opening ??= (async () => {
@@ -495,11 +500,6 @@ export class LazyWriter {
       return context;
     })();
     return this.#opening;
-  }
-
-  /** Whether {@linkcode open} was called: the target was opened (or tried) in this run. */
-  get opened(): boolean {
-    return this.#opening !== undefined;
   }
 
   /** Abandons statements in flight: stops retries and kills every psql session. */
