@@ -454,9 +454,9 @@ export class LazyWriter {
     this.#options = options;
   }
 
-  /** Whether {@linkcode open} was called: the target was opened (or tried) in this run. */
+  /** Whether the target was opened in this run (an embedded database started, say). */
   get opened(): boolean {
-    return this.#opening !== undefined;
+    return this.#pool !== undefined;
   }
 
   /** The write context, opening the target and preparing the schema on the first call. */
