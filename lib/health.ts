@@ -326,9 +326,11 @@ export class HealthReporter {
   async report(state: HealthState): Promise<boolean> {
     const o = this.#o;
     if (!o.mayConnect()) return false;
-    const device = o.device();
+    let deviceId = "(unknown)";
     let session: PsqlSession | undefined;
     try {
+      const device = o.device();
+      deviceId = device.id;
       const sql = buildHealthUpsert(o.table, this.#record(device, state));
       const timeoutMs = o.statementTimeoutMs ?? 10_000;
       session = await PsqlSession.start(await o.connector.open(), {
@@ -337,14 +339,14 @@ export class HealthReporter {
       let reply = await session.run(sql, { timeoutMs });
       if (!reply.ok && (reply.sqlstate === "42P01" || reply.sqlstate === "42703")) {
         const ddl = await session.run(buildHealthSchemaStatement(o.table), { timeoutMs });
-        if (!ddl.ok) return this.#refused(device.id, ddl);
+        if (!ddl.ok) return this.#refused(deviceId, ddl);
         reply = await session.run(sql, { timeoutMs });
       }
-      if (!reply.ok) return this.#refused(device.id, reply);
+      if (!reply.ok) return this.#refused(deviceId, reply);
       return true;
     } catch (error) {
       // The report must never end the run: whatever stopped it is the warning.
-      this.#warn(device.id, messageOf(error));
+      this.#warn(deviceId, messageOf(error));
       return false;
     } finally {
       await session?.close();
