@@ -88,3 +88,20 @@ export { Reporter } from "./lib/progress.ts";
 export { formatStatus } from "./lib/report.ts";
 export { folderKeyFor, type QuickOptions, runQuickUpload } from "./lib/quick.ts";
 export { localDeviceId, nameBasedUuid } from "./lib/device.ts";
+export {
+  buildHealthUpsert,
+  type HealthCounts,
+  type HealthRecord,
+  healthRef,
+  HealthReporter,
+} from "./lib/health.ts";
+export {
+  buildFleetQuery,
+  type FleetDevice,
+  fleetJson,
+  type FleetReport,
+  readFleet,
+  renderFleet,
+} from "./lib/fleet.ts";
+export { buildIsolationSql, describeDeviceRefusal } from "./lib/device_policies.ts";
+export { TOOL_VERSION } from "./lib/version.ts";

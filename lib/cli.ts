@@ -31,6 +31,8 @@ export interface UploadCommand {
   printSchema: boolean;
   /** `--role NAME`: the uploading role `--print-schema` grants to. */
   role: string | null;
+  /** `--isolate-devices`: `--print-schema` adds per-device write isolation. */
+  isolateDevices: boolean;
   /** `--images-to s3://BUCKET/PREFIX` (else `$UPLOAD_IMAGES_TO`), or null. */
   imagesTo: string | null;
   /** `--images-parallel N`: images put at once. */
@@ -67,6 +69,7 @@ const UPLOAD_FLAGS = {
   "moved-from": { type: "string" },
   "print-schema": { type: "boolean" },
   role: { type: "string" },
+  "isolate-devices": { type: "boolean" },
   "images-to": { type: "string" },
   "images-parallel": { type: "string" },
   verify: { type: "boolean" },
@@ -220,6 +223,7 @@ export function parseUploadCommand(
     movedFrom: typeof movedFrom === "string" ? fromCaller(movedFrom, env) : null,
     printSchema: values["print-schema"] === true,
     role: typeof values.role === "string" ? values.role : null,
+    isolateDevices: values["isolate-devices"] === true,
     verify: values.verify === true,
     ...imagesSettings(values, env),
     markers: values["no-markers"] !== true,
@@ -267,6 +271,12 @@ function checkUploadModes(
   }
   if (typeof values.role === "string" && !on("print-schema")) {
     usage("--role needs --print-schema", "--role names the role the printed SQL grants to");
+  }
+  if (on("isolate-devices") && !on("print-schema")) {
+    usage(
+      "--isolate-devices needs --print-schema",
+      "It adds per-device row-level security to the SQL --print-schema prints",
+    );
   }
   if (!help && !on("status") && !on("print-schema") && basePath === null) {
     usage(
@@ -322,7 +332,7 @@ export function uploadHelp(config: UploaderConfig = DEFAULT_CONFIG): string {
 Usage: deno task upload <base_path> [options]
        deno task upload <base_path> --watch [--rescan-every S] [options]
        deno task upload --status [--db-path PATH] [--json]
-       deno task upload --print-schema [--role NAME]
+       deno task upload --print-schema [--role NAME] [--isolate-devices]
 
 Walks <base_path>, finds every folder that directly holds an image or ${config.statsFileName},
 records it in a local tracking database, and uploads new or changed folders in batches
@@ -347,6 +357,9 @@ Modes:
                        least-privilege uploading role what it needs, for an owner to
                        run once (psql or Supabase's SQL editor); connects to nothing
   --role NAME          with --print-schema: the role to grant to (default: uploader)
+  --isolate-devices    with --print-schema: also row-level security under which each
+                       device's own login role (a member of --role) may write only the
+                       rows of the devices the owner assigns it in device_roles
 
 Options:
   --db-url URL         target database (default: $SUPABASE_DB_URL, else $DATABASE_URL,

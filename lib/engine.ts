@@ -21,6 +21,7 @@ import type { UploaderConfig } from "../config.ts";
 import type { Connector } from "./connect.ts";
 import { Committer } from "./committer.ts";
 import { decideOutcome, UploadError } from "./errors.ts";
+import { HEALTH_EVERY_MS, reporterForRun } from "./health.ts";
 import {
   type EngineEvent,
   newCounters,
@@ -77,6 +78,8 @@ export interface EngineOptions {
   settleDeadlineMs?: number;
   /** A partial batch is sent after the source was quiet this long (ms). Default 100. */
   lingerMs?: number;
+  /** How often a `--watch` records its health on the server (ms). Default 60,000. */
+  healthEveryMs?: number;
   /** The clock. */
   now?: () => number;
 }
@@ -136,6 +139,17 @@ export async function runEngine(source: FolderSource, options: EngineOptions): P
     settle,
     roomFor: committer ? (bytes) => committer.roomFor(bytes) : undefined,
   });
+  // Each run that sends rows records its device's health at its end; a watch also as it goes.
+  const health = writer
+    ? reporterForRun(run, { connector: options.connector!, deviceId: options.deviceId, writer })
+    : null;
+  const stopBeats = options.mode === "watch"
+    ? health?.heartbeat(options.healthEveryMs ?? HEALTH_EVERY_MS, run.stop.signal, () => ({
+      outcome: "running",
+      exitCode: null,
+      ended: false,
+    }))
+    : undefined;
 
   try {
     let remote: RemoteReport | null = null;
@@ -148,6 +162,7 @@ export async function runEngine(source: FolderSource, options: EngineOptions): P
   } catch (error) {
     run.fail(error);
   } finally {
+    await stopBeats?.();
     await committer?.drain(options.graceMs ?? 10_000);
     await run.markers?.drain();
     await writer?.close();
@@ -173,6 +188,8 @@ export async function runEngine(source: FolderSource, options: EngineOptions): P
       new Date(run.now()),
     );
   }
+  // A server that stayed away would only make the run wait once more.
+  if (status !== "unreachable") await health?.report({ outcome: status, exitCode, ended: true });
   return { counters, exitCode, status, durationMs, error: run.error, runId: run.runId, exhausted };
 }
 

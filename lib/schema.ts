@@ -18,6 +18,8 @@
  */
 
 import { UploadError } from "./errors.ts";
+import { buildHealthDdl, healthRef } from "./health.ts";
+import { describeDeviceRefusal, isolationSection } from "./device_policies.ts";
 import { classifySqlstate } from "./policy.ts";
 import type { StatementError, StatementReply } from "./psql.ts";
 import {
@@ -515,6 +517,7 @@ function schemaBlock(ref: TableRef, device: DeviceInfo | undefined): string {
     `    create extension if not exists pgcrypto;\n` +
     `  end if;\n` +
     `${devicesPart}` +
+    `${buildHealthDdl(ref)}\n` +
     `${createTable}\n` +
     upgrade;
   return doBlock(declare, body);
@@ -1202,6 +1205,8 @@ export function describePermissionError(
   reply: { sqlstate: string; message: string },
   ctx: PermissionContext,
 ): UploadError {
+  const device = describeDeviceRefusal(reply, ctx);
+  if (device !== undefined) return device;
   const server = `${reply.sqlstate}: ${reply.message}`;
   const named = reply.message.match(/(?:table|relation) "?([^"\s]+)"?/)?.[1];
   const table = named ?? ctx.table;
@@ -1300,6 +1305,8 @@ export interface PrintSchemaOptions {
    * upload by that device would. Without one, such rows go to {@linkcode UNKNOWN_DEVICE}.
    */
   device?: DeviceInfo;
+  /** Also print per-device write isolation (lib/device_policies.ts). Default false. */
+  isolateDevices?: boolean;
 }
 
 /** The placeholder role of {@linkcode printSchemaSql}. */
@@ -1345,17 +1352,22 @@ export function printSchemaSql(options: PrintSchemaOptions): string {
     `--    every row (${adoption};`,
     `--    older duplicates of one folder are kept as "<folder> (duplicate <id>)"), and keeps the`,
     `--    table's triggers and CHECK constraints.`,
+    `--    It also creates ${healthRef(ref).sql} (one row per device: each run's health, read`,
+    `--    by deno task fleet), or adds the columns an older one lacks.`,
     `-- 2. Grants the uploading role what it needs, and nothing else: USAGE on the schema,`,
     `--    SELECT, INSERT and UPDATE on both tables, TEMPORARY on the database (PUBLIC usually`,
     `--    has it already; each batch is copied into a temporary table dropped at its commit,`,
     `--    and without it batches go as single statements at about twice the server's CPU).`,
-    `--    It needs no CREATE or ALTER afterwards.`,
+    `--    It needs no CREATE or ALTER afterwards. The same three on ${healthRef(ref).sql}.`,
     placeholder
       ? `--    "${PLACEHOLDER_ROLE}" is a placeholder: replace it everywhere below with the role the\n` +
         `--    uploader connects as (or print this again with that role), or create it first:\n` +
         `--      create role ${PLACEHOLDER_ROLE} login password '...';`
       : `--    The role is ${role}.`,
     `-- 3. Row-level security: commented-out examples at the end.`,
+    ...(options.isolateDevices
+      ? [`-- 4. Per-device write isolation (row-level security by device_roles): at the very end.`]
+      : []),
   ].join("\n");
   const usage = ref.schema === undefined
     ? `-- USAGE on the schema holding ${t}:\n` +
@@ -1386,6 +1398,7 @@ export function printSchemaSql(options: PrintSchemaOptions): string {
     "-- 2. Privileges of the uploading role.",
     usage,
     `grant select, insert, update on table ${t}, ${d} to ${role};`,
+    `grant select, insert, update on table ${healthRef(ref).sql} to ${role};`,
     `do $uploader$\n` +
     `begin\n` +
     `  execute format('grant temporary on database %I to %I', current_database(), ` +
@@ -1401,6 +1414,8 @@ export function printSchemaSql(options: PrintSchemaOptions): string {
     "-- you need (e.g. to the device ids this role uploads for).",
     policy(t, ref.name),
     policy(d, "devices"),
+    policy(healthRef(ref).sql, "health"),
     "",
+    ...(options.isolateDevices ? [isolationSection(options.table, roleName)] : []),
   ].join("\n");
 }

@@ -34,6 +34,8 @@ export interface WatchOptions extends Omit<UploadOptions, "mode" | "connector"> 
   debounceMs?: number;
   /** Use file-system events (false: rescans only). Default true. */
   fileEvents?: boolean;
+  /** How often the device's health is recorded on the server (ms). Default 60,000. */
+  healthEveryMs?: number;
 }
 
 /**

@@ -639,6 +639,11 @@ export class LazyWriter {
     this.#options = options;
   }
 
+  /** Whether the target was opened in this run (an embedded database started, say). */
+  get opened(): boolean {
+    return this.#pool !== undefined;
+  }
+
   /** The write context, opening the target and preparing the schema on the first call. */
   open(): Promise<WriteContext> {
     this.#opening ??= (async () => {

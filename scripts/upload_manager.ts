@@ -46,6 +46,7 @@ async function main(argv: string[]): Promise<number> {
     console.log(printSchemaSql({
       table: config.table,
       role: cmd.role ?? undefined,
+      isolateDevices: cmd.isolateDevices,
       device: {
         id: config.deviceId || trackedDeviceId(config.dbPath) || localDeviceId(),
         name: config.deviceName || Deno.hostname(),

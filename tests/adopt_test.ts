@@ -642,7 +642,7 @@ Deno.test({
           `create role notemp login password 'notemp-pass';
            revoke temporary on database uploads from public;
            grant usage on schema public to notemp;
-           grant select, insert, update on device_test, devices to notemp;
+           grant select, insert, update on device_test, devices, device_health to notemp;
            grant usage, select on all sequences in schema public to notemp;`,
         );
         const data = join(dir, "data");

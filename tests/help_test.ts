@@ -35,6 +35,7 @@ const CASES = [
       "--moved-from",
       "--print-schema",
       "--role",
+      "--isolate-devices",
       "--images-to",
       "--images-parallel",
       "--verify",
@@ -61,6 +62,11 @@ const CASES = [
     ],
   },
   { script: "sql.ts", snapshot: "sql_help.txt", flags: ["--db-url", "--db-path", "--help"] },
+  {
+    script: "fleet.ts",
+    snapshot: "fleet_help.txt",
+    flags: ["--stale", "--json", "--db-url", "--db-path", "--help"],
+  },
 ];
 
 for (const c of CASES) {

@@ -1077,6 +1077,9 @@ Deno.test({
             "rows without a device went to the placeholder device",
           );
           assert.deepEqual(await grantsOf(pg, "uploader"), [
+            "device_health:INSERT",
+            "device_health:SELECT",
+            "device_health:UPDATE",
             "device_test:INSERT",
             "device_test:SELECT",
             "device_test:UPDATE",

@@ -1,0 +1,62 @@
+/**
+ * `deno task fleet [--stale DURATION] [--json]`: every device's health, read from the
+ * server the uploader writes to; with `--stale`, exit 1 when a device has been silent
+ * longer than that.
+ *
+ * @module
+ */
+
+import { EXIT, UploadError } from "../lib/errors.ts";
+import { runMain } from "../lib/cli.ts";
+import { connectorFor } from "../lib/connect.ts";
+import {
+  fleetExitCode,
+  fleetHelp,
+  fleetJson,
+  parseFleetCommand,
+  readFleet,
+  renderFleet,
+} from "../lib/fleet.ts";
+import { checkPsql } from "../lib/psql.ts";
+import { resolveTarget } from "../lib/target.ts";
+
+async function main(argv: string[]): Promise<number> {
+  const env = Deno.env.toObject();
+  const cmd = parseFleetCommand(argv, env);
+  if (cmd.help) {
+    console.log(fleetHelp());
+    return EXIT.OK;
+  }
+  if (cmd.dbUrl && /\/\/[^/@]*:[^/@]+@/.test(cmd.dbUrl)) {
+    console.error(
+      "Warning: a password in --db-url is visible to other users in the process list; " +
+        "prefer SUPABASE_DB_URL in the environment",
+    );
+  }
+  const spec = resolveTarget({ dbUrl: cmd.dbUrl, dbPath: cmd.dbPath, env });
+  if (spec.kind === "embedded") {
+    // Opening a folder that does not exist would create an empty database.
+    try {
+      Deno.statSync(spec.dataDir);
+    } catch (error) {
+      if (!(error instanceof Deno.errors.NotFound)) throw error;
+      throw new UploadError("usage", `No embedded database at ${spec.dataDir} yet`, {
+        hint: "Set SUPABASE_DB_URL (or pass --db-url) to read the fleet's server, or pass " +
+          "--db-path of the tracking database beside the embedded one",
+      });
+    }
+  }
+  await checkPsql();
+  const connector = connectorFor(spec, env, { maxConnections: 1 });
+  try {
+    const report = await readFleet(await connector.open(), cmd.config.table);
+    const options = { now: report.serverNow, target: connector.display, staleMs: cmd.staleMs };
+    if (cmd.json) console.log(JSON.stringify(fleetJson(report, options)));
+    else Deno.stdout.writeSync(new TextEncoder().encode(renderFleet(report, options)));
+    return fleetExitCode(report, options);
+  } finally {
+    await connector.close();
+  }
+}
+
+if (import.meta.main) await runMain(main);
