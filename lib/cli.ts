@@ -35,6 +35,11 @@ export interface UploadCommand {
   imagesParallel: number;
   /** `--verify`: reconcile with the server's rows before uploading. */
   verify: boolean;
+  /**
+   * `--adopt-device`: with no device id known (no DEVICE_ID, a new tracker), take over the
+   * one other id the server holds this tree's rows under, instead of stopping.
+   */
+  adoptDevice: boolean;
   markers: boolean;
   json: boolean;
   quiet: boolean;
@@ -68,6 +73,7 @@ const UPLOAD_FLAGS = {
   "images-to": { type: "string" },
   "images-parallel": { type: "string" },
   verify: { type: "boolean" },
+  "adopt-device": { type: "boolean" },
   json: { type: "boolean" },
   quiet: { type: "boolean", short: "q" },
   help: { type: "boolean", short: "h" },
@@ -219,6 +225,7 @@ export function parseUploadCommand(
     printSchema: values["print-schema"] === true,
     role: typeof values.role === "string" ? values.role : null,
     verify: values.verify === true,
+    adoptDevice: values["adopt-device"] === true,
     ...imagesSettings(values, env),
     markers: values["no-markers"] !== true,
     json: values.json === true,
@@ -376,6 +383,10 @@ Options:
   --moved-from OLD     the base folder used to be OLD (renamed, mounted elsewhere): its
                        tracked folders move to <base_path> first, so none is sent
                        again (default: none)
+  --adopt-device       when no device id is known (no DEVICE_ID, a new tracking
+                       database, none in the folders' success.json) and the server
+                       holds this tree's rows under one other device id, take that id
+                       over instead of stopping with exit code 2 (default: off)
   --json               one JSON event per line on stdout; human output on stderr
   -q, --quiet          no progress; errors and a failing summary still print
   -h, --help           this text
@@ -385,7 +396,10 @@ Paths: a relative path means the directory the command was typed in.
 Environment:
   SUPABASE_DB_URL, DATABASE_URL   target URL (keeps the password out of argv and history)
   PGHOST, PGSERVICE, PGPASSWORD   libpq's own settings, used when no URL is given
-  DEVICE_ID, DEVICE_NAME, DEVICE_TYPE   this device's identity in the devices table
+  DEVICE_ID, DEVICE_NAME, DEVICE_TYPE   this device's identity (without DEVICE_ID: the
+                                  tracking database's, else the one the folders' markers
+                                  record, else one made from the machine id; without
+                                  name or type: those the server holds for the device)
   BATCH_SIZE, MAX_RETRIES, BATCH_DELAY_SECONDS, UPLOAD_DB_PATH   defaults for the flags
   UPLOAD_IMAGES_TO, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION, AWS_ENDPOINT_URL
                                   object storage for --images-to

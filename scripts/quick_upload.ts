@@ -7,6 +7,7 @@
  */
 
 import { localDeviceId } from "../lib/device.ts";
+import type { DeviceSource } from "../lib/identity.ts";
 import { EXIT, messageOf, UploadError } from "../lib/errors.ts";
 import {
   fromCaller,
@@ -70,9 +71,11 @@ async function main(argv: string[]): Promise<number> {
   let tracker: Tracker | null = null;
   if (exists(config.dbPath)) tracker = Tracker.open(config.dbPath, { command: "quick upload" });
   try {
-    const deviceId = tracker
-      ? tracker.deviceId(config.deviceId || undefined)
-      : config.deviceId || localDeviceId();
+    // DEVICE_ID, else the tracker's; else it is settled against the named folders' markers
+    // and the server's rows before anything is written.
+    const known = config.deviceId || tracker?.getMeta("device_id");
+    const deviceId = known || localDeviceId();
+    const deviceSource: DeviceSource = config.deviceId ? "config" : known ? "tracker" : "machine";
     if (connector.embedded) {
       reporter.info(
         `Using the ${connector.display} (no --db-url, SUPABASE_DB_URL or DATABASE_URL set). ` +
@@ -130,6 +133,8 @@ async function main(argv: string[]): Promise<number> {
         config,
         connector,
         deviceId,
+        deviceSource,
+        settleDevice: !known,
         tracker: recording,
         base,
         markers: cmd.markers,

@@ -20,6 +20,7 @@ const MANAGER_EVENTS = new Set([
   "batch_done",
   "retry",
   "schema",
+  "device",
   "settle_wait",
   "missing",
   "stopping",
@@ -41,6 +42,7 @@ const QUICK_EVENTS = new Set([
   "batch_done",
   "retry",
   "schema",
+  "device",
   "stopping",
   "summary",
 ]);
