@@ -548,8 +548,9 @@ Environment:
   SUPABASE_DB_URL, DATABASE_URL   target URL (keeps the password out of argv and history)
   PGHOST, PGSERVICE, PGPASSWORD   libpq's own settings, used when no URL is given
   DEVICE_ID, DEVICE_NAME, DEVICE_TYPE   this device's identity (without DEVICE_ID: the
-                                  tracking database's, else one derived from the machine
-                                  id in /etc/machine-id, else from the host name)
+                                  tracking database's, else the one the named folders'
+                                  markers record, else one derived from the machine id in
+                                  /etc/machine-id, else from the host name)
   BATCH_SIZE, UPLOAD_DB_PATH      folders per upsert statement, tracking database
   Precedence: flag, then environment, then config.ts.
 

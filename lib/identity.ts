@@ -63,8 +63,13 @@ export function decideIdentity(
   adopt: boolean,
 ): IdentityDecision {
   const lower = candidate.toLowerCase();
-  const others = [...counts].filter(([id, n]) => n > 0 && id.toLowerCase() !== lower);
-  if ((counts.get(lower) ?? counts.get(candidate) ?? 0) > 0) return { kind: "confirmed" };
+  let ours = 0;
+  const others: [string, number][] = [];
+  for (const [id, n] of counts) {
+    if (id.toLowerCase() === lower) ours += n;
+    else if (n > 0) others.push([id, n]);
+  }
+  if (ours > 0) return { kind: "confirmed" };
   if (others.length === 0) return { kind: "unknown" };
   others.sort((a, b) => b[1] - a[1] || a[0].localeCompare(b[0]));
   if (adopt && others.length === 1) return { kind: "adopt", id: others[0][0], rows: others[0][1] };
@@ -148,7 +153,7 @@ export interface ResolveIdentityOptions extends IdentityMarkers {
   adopt: boolean;
   /** The tree, for messages. */
   base: string;
-  /** Folders asked about per statement. Default 1,000. */
+  /** Folders asked about per statement. Default 5,000. */
   chunk?: number;
 }
 
@@ -178,7 +183,7 @@ export async function resolveIdentity(
   let id = options.candidate;
   let source: DeviceSource = "machine";
   let pending: FolderSnapshot[] = [];
-  const size = options.chunk ?? 1000;
+  const size = options.chunk ?? 5000;
   const ask = async (folders: FolderSnapshot[]): Promise<ResolvedIdentity | null> => {
     if (!table.queryable || folders.length === 0) return null;
     const counts = parseDeviceCounts(

@@ -466,19 +466,24 @@ function headerJson(options: UpsertOptions): string {
  * Compared as bytes, so a `%` sequence that is not UTF-8 never fails the statement.
  */
 function imageNameBytes(entry: string): string {
-  return `case when strpos(${entry}, '/') > 0 then (select string_agg(case when m[1] is null\n` +
-    `      then convert_to(m[2], 'UTF8') else decode(m[1], 'hex') end, ''::bytea order by r.n)\n` +
-    `    from regexp_matches(substring(${entry} from '[^/]*$'), '%([0-9A-Fa-f]{2})|([^%]+|%)', 'g')\n` +
-    `      with ordinality r(m, n))\n` +
+  // Split at each `%`: every piece after the first starts with the two hex digits of a byte
+  // (else the `%` stood for itself).
+  return `case when strpos(${entry}, '/') > 0 then (select string_agg(case when u.n = 1\n` +
+    `      then convert_to(u.p, 'UTF8') when u.p ~ '^[0-9A-Fa-f]{2}'\n` +
+    `      then decode(left(u.p, 2), 'hex') || convert_to(substr(u.p, 3), 'UTF8')\n` +
+    `      else convert_to('%' || u.p, 'UTF8') end, ''::bytea order by u.n)\n` +
+    `    from unnest(string_to_array(substring(${entry} from '[^/]*$'), '%')) with ordinality u(p, n))\n` +
     `  else convert_to(${entry}, 'UTF8') end`;
 }
 
 /**
  * SQL (in the upsert's DO UPDATE): a row this tool did not write (no content_hash) holds
- * the folder's content when its stats are the same JSON value and its images name the same
- * files (URLs ending in those names included): such a row is adopted as it stands.
+ * the folder's content when its stats are the same JSON value (no stats: SQL or JSON null)
+ * and its images name the same files (URLs ending in those names included): such a row is
+ * adopted as it stands.
  */
-const SAME_CONTENT = `t.test_results is not distinct from excluded.test_results\n` +
+const SAME_CONTENT =
+  `coalesce(t.test_results, 'null'::jsonb) = coalesce(excluded.test_results, 'null'::jsonb)\n` +
   `    and (select array_agg(b order by b) from (select ${
     imageNameBytes("o")
   } as b from unnest(t.images) o) s)\n` +
@@ -757,8 +762,9 @@ export interface DeviceCountOptions {
 /**
  * A statement returning one line of JSON, `{"<device id>": rows, ...}`: how many rows of the
  * given folders each device holds (read it with {@linkcode parseDeviceCounts}). The keys
- * travel in one JSON literal; rows are found by `folder_name` (indexed in the original
- * tools' table) and then by `folder_key`.
+ * travel in one JSON literal and are joined to the table as a set (a hash join over one scan
+ * of the table, or the `folder_name` index the original tools' table has), so a statement
+ * costs about one scan however many keys it asks about.
  *
  * @throws UploadError `config` for an invalid table name; `fatal` for no keys.
  *
@@ -770,18 +776,15 @@ export interface DeviceCountOptions {
 export function buildDeviceCountQuery(options: DeviceCountOptions): string {
   if (options.keys.length === 0) throw new UploadError("fatal", "No folder keys to look up");
   const t = tableRef(options.table).sql;
-  const names = [...new Set(options.keys.map((k) => k.slice(k.lastIndexOf("/") + 1)))];
-  const payload = JSON.stringify(
-    options.hasFolderKey ? { names, keys: options.keys } : { names: options.keys },
-  );
-  const byKey = options.hasFolderKey
-    ? `\n    and x.folder_key = any (array(select jsonb_array_elements_text(p.p->'keys')))`
-    : "";
-  return `with p as (select ${sqlLiteral(payload)}::jsonb as p)\n` +
+  const match = options.hasFolderKey
+    ? "x.folder_name = k.name and x.folder_key = k.key"
+    : "x.folder_name = k.key";
+  return `with p as (select ${sqlLiteral(JSON.stringify(options.keys))}::jsonb as p),\n` +
+    `k as (select distinct e.key, substring(e.key from '[^/]*$') as name\n` +
+    `  from p, jsonb_array_elements_text(p.p) as e(key))\n` +
     `select coalesce(json_object_agg(s.d, s.n), '{}')::text from (\n` +
-    `  select x.device_id::text as d, count(*) as n from ${t} x, p\n` +
+    `  select x.device_id::text as d, count(*) as n from ${t} x join k on ${match}\n` +
     `  where x.device_id is not null\n` +
-    `    and x.folder_name = any (array(select jsonb_array_elements_text(p.p->'names')))${byKey}\n` +
     `  group by 1) s;`;
 }
 

@@ -76,7 +76,7 @@ export async function countOtherDevices(
   const totals = new Map<string, number>();
   const own = context.device.id.toLowerCase();
   for (let after = 0;;) {
-    const page = tracker.baseKeys(base, after, CHUNK / 5);
+    const page = tracker.baseKeys(base, after, CHUNK);
     if (page.keys.length === 0) break;
     after = page.next;
     const sql = buildDeviceCountQuery({

@@ -19,9 +19,16 @@
 import assert from "node:assert/strict";
 import { DatabaseSync } from "node:sqlite";
 import { join } from "node:path";
-import { hasPostgres, type PgServer, startPostgres } from "../support/postgres.ts";
+import { hasPostgres, type PgServer, startPostgres, TEST_USER } from "../support/postgres.ts";
 import { removeTree, type TreeSpec, writeTree } from "../support/tree.ts";
-import { printSchemaSql } from "../lib/schema.ts";
+import { buildSchemaStatements, printSchemaSql } from "../lib/schema.ts";
+import { PsqlSession } from "../lib/psql.ts";
+import {
+  buildUpsertScript,
+  buildUpsertStatement,
+  parseUpsertReply,
+  type UploadRow,
+} from "../lib/sql.ts";
 import {
   type CliResult,
   describeRun,
@@ -257,6 +264,12 @@ Deno.test({
         assert.deepEqual(report.other_devices, [{ device_id: DEVICE_Y, folders: 33 }]);
         assert.ok(verify.stderr.includes(DEVICE_Y), verify.stderr);
         assert.match(verify.stderr, /33 folders .*other device/);
+        const status = await runUploadCli(["--status", "--db-path", join(dir, "d.db")]);
+        assert.equal(status.code, 0, describeRun(status));
+        assert.ok(
+          status.stdout.includes(`Folders with rows under other device ids: ${DEVICE_Y} (33)`),
+          status.stdout,
+        );
       });
     } finally {
       await pg.close();
@@ -654,6 +667,135 @@ Deno.test({
         assert.equal(changed.code, 0, describeRun(changed));
         assert.equal(summaryOf(changed).updated, 1);
       });
+    } finally {
+      await pg.close();
+    }
+  },
+});
+
+// The upsert against rows another tool wrote ----------------------------------------
+
+/** A psql session on the test server's socket, as the superuser. */
+async function session(pg: PgServer, database = "uploads"): Promise<PsqlSession> {
+  return await PsqlSession.start({
+    args: ["-h", pg.socketDir, "-p", String(pg.port), "-U", TEST_USER, "-d", database],
+    env: {},
+    display: "test server",
+  });
+}
+
+/** A row as the upload manager builds it for a folder of `images` and `stats`. */
+function ourRow(key: string, images: string[], stats: unknown, hash: string): UploadRow {
+  return {
+    folder_key: key,
+    folder_name: key,
+    images,
+    test_results: stats,
+    test_status: "passed",
+    test_date: "2025-06-02T16:42:55.000Z",
+    metadata: { content_hash: hash, computed_test_status: "passed", total_images: images.length },
+  };
+}
+
+Deno.test({
+  name:
+    "upsert: another tool's rows matched by stats value and decoded image names (non-ASCII, any hex case, stray %); rewrites keep what the tool does not own",
+  ignore: NO_SERVER,
+  async fn() {
+    const pg = await startPostgres();
+    const url = (name: string) =>
+      `https://x.supabase.co/storage/v1/object/public/images/${DEVICE_X}/F/${name}`;
+    try {
+      for (const script of [false, true]) {
+        const database = script ? "script" : "statement";
+        await sql(pg, `create database ${database}`);
+        const db = await session(pg, database);
+        try {
+          const device = { id: DEVICE_X, name: "TEST", type: "image_analyzer" };
+          for (const ddl of buildSchemaStatements({ table: "device_test", device })) {
+            assert.ok((await db.run(ddl)).ok);
+          }
+          assert.ok((await db.run("alter table device_test add column notes text")).ok);
+          // Rows as the original uploader wrote them: URLs, a bare name for a failed upload,
+          // numbers written as 1.0, lower-case escapes, a stray %, a hand-set status.
+          const foreign = [
+            ["F1", [url("%c3%a9t%c3%a9%201.jpg")], '{"a": 1.0, "b": [1, 2]}', "passed"],
+            ["F2", [url("x.jpg"), "y.jpg"], '{"r": []}', "failed"],
+            ["F3", [url("%ZZ%2.jpg")], "null", "pending"],
+            ["F4", [url("x.jpg"), url("gone.jpg")], '{"r": [1]}', "incomplete"],
+          ] as const;
+          for (const [key, images, stats, status] of foreign) {
+            const reply = await db.run(
+              `insert into device_test (device_id, folder_key, folder_name, images, test_results,
+                 test_status, metadata, data_type, notes)
+               values ('${DEVICE_X}', '${key}', '${key}', array[${
+                images.map((i) => `'${i}'`).join(", ")
+              }], '${stats}'::jsonb, '${status}', '{"image_urls": ["kept"], "folder_hash": "theirs"}',
+                 'pdf_report', 'by hand')`,
+            );
+            assert.ok(reply.ok, reply.ok ? "" : reply.message);
+          }
+          const table = async () => {
+            const reply = await db.run(
+              "select json_object_agg(folder_key, to_jsonb(t))::text from device_test t",
+            );
+            assert.ok(reply.ok);
+            return new Map(Object.entries(JSON.parse(reply.rows[0]) as Record<string, unknown>));
+          };
+          const was = await table();
+          const rows = [
+            ourRow("F1", ["été 1.jpg"], { b: [1, 2], a: 1 }, "h1"),
+            ourRow("F2", ["x.jpg", "y.jpg"], { r: [] }, "h2"),
+            ourRow("F3", ["%ZZ%2.jpg"], null, "h3"),
+            ourRow("F4", ["x.jpg", "z.jpg"], { r: [2] }, "h4"),
+          ];
+          const options = { table: "device_test", device, batchName: "b1" };
+          const build = script ? buildUpsertScript : buildUpsertStatement;
+          const reply = await db.run(build(rows, options), { script, timeoutMs: 60_000 });
+          assert.ok(reply.ok, reply.ok ? "" : reply.message);
+          assert.deepEqual(parseUpsertReply(reply.rows), { inserted: 0, updated: 1 }, database);
+          const now = await table();
+          for (const key of ["F1", "F2", "F3"]) {
+            assert.deepEqual(now.get(key), was.get(key), `${database}: ${key} left as it stands`);
+          }
+          // deno-lint-ignore no-explicit-any
+          const f4 = now.get("F4") as any;
+          assert.deepEqual(f4.images, [url("x.jpg"), "z.jpg"], "the stored image keeps its URL");
+          assert.equal(f4.test_status, "incomplete", "a hand-set status is kept");
+          assert.equal(f4.data_type, "pdf_report");
+          assert.equal(f4.notes, "by hand");
+          assert.deepEqual(f4.metadata.image_urls, ["kept"]);
+          assert.equal(f4.metadata.content_hash, "h4");
+          assert.deepEqual(f4.test_results, { r: [2] });
+
+          // The tool's own rows: a status someone changed by hand stays; its own moves.
+          const own = [ourRow("O1", [], { r: [1] }, "o1"), ourRow("O2", [], { r: [1] }, "o2")];
+          assert.ok((await db.run(build(own, options), { script, timeoutMs: 60_000 })).ok);
+          assert.ok(
+            (await db.run("update device_test set test_status = 'failed' where folder_key = 'O1'"))
+              .ok,
+          );
+          const changed = own.map((r) => ({
+            ...r,
+            test_status: "pending",
+            metadata: {
+              ...r.metadata,
+              content_hash: `${r.metadata.content_hash}b`,
+              computed_test_status: "pending",
+            },
+          }));
+          const second = await db.run(build(changed, options), { script, timeoutMs: 60_000 });
+          assert.ok(second.ok);
+          assert.deepEqual(parseUpsertReply(second.rows), { inserted: 0, updated: 2 });
+          const statuses = await db.run(
+            "select string_agg(folder_key || '=' || test_status, ',' order by folder_key) from device_test where folder_key like 'O%'",
+          );
+          assert.ok(statuses.ok);
+          assert.deepEqual(statuses.rows, ["O1=failed,O2=pending"], database);
+        } finally {
+          await db.close();
+        }
+      }
     } finally {
       await pg.close();
     }
