@@ -263,7 +263,7 @@ export function describeIdentity(identity: ResolvedIdentity, trackerPath: string
   switch (identity.source) {
     case "markers":
       return `Device id ${identity.id} taken from the folders' markers (success.json, or the ` +
-        `original tools' upload_success.json)${tracker}`;
+        `original tools' upload_success.json / upload_failed.json)${tracker}`;
     case "adopted":
       return `Device id ${identity.id} adopted (--adopt-device): the server holds ` +
         `${identity.held ?? 0} of these folders under it`;

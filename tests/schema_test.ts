@@ -807,6 +807,18 @@ Deno.test({
         [`${OTHER_DEVICE}|bench-2||scanner`, `${DEVICE.id}|${DEVICE.name}|${DEVICE.type}|`],
       );
 
+      // The original scripts' own INSERT (no folder_key) still goes in, keyed by its name.
+      await ok(
+        session,
+        `insert into device_test (folder_name, device_id, images, test_results, test_status)
+         values ('Batch7', ${sqlLiteral(DEVICE.id)}, '{a.jpg}', '{"result":"PASS"}', 'passed')`,
+      );
+      assert.deepEqual(
+        await ok(session, "select folder_key from device_test where folder_name = 'Batch7'"),
+        ["Batch7"],
+      );
+      await ok(session, "delete from device_test where folder_name = 'Batch7'");
+
       // Uploads: nested folders of one name both land; Batch1 takes over the newest old row.
       const reply = parseUpsertReply(
         await ok(

@@ -423,8 +423,17 @@ Deno.test({
             await sql(pg, "select folder_key from device_test where folder_name = 'Batch99'"),
             "Batch99",
           );
-          // Their insert of a folder already stored is refused, as it always was.
+          // Their insert of a folder already stored is refused, as it always was; their CHECK
+          // on test_status still allows 'incomplete' and refuses anything else.
           await assert.rejects(sql(pg, restInsertSql({ ...fresh })), /duplicate key/);
+          await sql(
+            pg,
+            "update device_test set test_status = 'incomplete' where folder_name = 'Batch99'",
+          );
+          await assert.rejects(
+            sql(pg, "update device_test set test_status = 'bogus' where folder_name = 'Batch99'"),
+            /device_test_test_status_check/,
+          );
         });
       });
     } finally {
