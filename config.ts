@@ -46,13 +46,16 @@ export interface UploaderConfig {
   successMarker: string;
   /** Marker written after a failed upload. */
   failedMarker: string;
-  /** Marker names written by older versions; ignored by change detection, removed on rewrite. */
+  /** Marker names of the original tools; ignored by change detection, never removed. */
   legacyMarkers: readonly string[];
   /** Tracking database path (`--db-path`). */
   dbPath: string;
-  /** Name of this device in the `devices` table (env `DEVICE_NAME`). */
+  /**
+   * Name of this device (env `DEVICE_NAME`). Empty: the name the server holds for it (its
+   * `devices` row, else its latest row), else the host name.
+   */
   deviceName: string;
-  /** Type of this device (env `DEVICE_TYPE`). */
+  /** Type of this device (env `DEVICE_TYPE`). Empty: the server's, else `image_analyzer`. */
   deviceType: string;
   /** Fixed device id (env `DEVICE_ID`); when empty a UUID is made once and kept in the tracker. */
   deviceId: string;
@@ -100,7 +103,7 @@ export const DEFAULT_CONFIG: Readonly<UploaderConfig> = Object.freeze({
   legacyMarkers: ["upload_success.json", "upload_failed.json"],
   dbPath: "upload_tracker.db",
   deviceName: "",
-  deviceType: "image_analyzer",
+  deviceType: "",
   deviceId: "",
   table: "device_test",
   testStatus: defaultTestStatus,

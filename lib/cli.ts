@@ -39,6 +39,11 @@ export interface UploadCommand {
   imagesParallel: number;
   /** `--verify`: reconcile with the server's rows before uploading. */
   verify: boolean;
+  /**
+   * `--adopt-device`: with no device id known (no DEVICE_ID, a new tracker), take over the
+   * one other id the server holds this tree's rows under, instead of stopping.
+   */
+  adoptDevice: boolean;
   markers: boolean;
   json: boolean;
   quiet: boolean;
@@ -73,6 +78,7 @@ const UPLOAD_FLAGS = {
   "images-to": { type: "string" },
   "images-parallel": { type: "string" },
   verify: { type: "boolean" },
+  "adopt-device": { type: "boolean" },
   json: { type: "boolean" },
   quiet: { type: "boolean", short: "q" },
   help: { type: "boolean", short: "h" },
@@ -225,6 +231,7 @@ export function parseUploadCommand(
     role: typeof values.role === "string" ? values.role : null,
     isolateDevices: values["isolate-devices"] === true,
     verify: values.verify === true,
+    adoptDevice: values["adopt-device"] === true,
     ...imagesSettings(values, env),
     markers: values["no-markers"] !== true,
     json: values.json === true,
@@ -392,6 +399,10 @@ Options:
   --moved-from OLD     the base folder used to be OLD (renamed, mounted elsewhere): its
                        tracked folders move to <base_path> first, so none is sent
                        again (default: none)
+  --adopt-device       when no device id is known (no DEVICE_ID, a new tracking
+                       database, none in the folders' success.json) and the server
+                       holds this tree's rows under one other device id, take that id
+                       over instead of stopping with exit code 2 (default: off)
   --json               one JSON event per line on stdout; human output on stderr
   -q, --quiet          no progress; errors and a failing summary still print
   -h, --help           this text
@@ -401,7 +412,10 @@ Paths: a relative path means the directory the command was typed in.
 Environment:
   SUPABASE_DB_URL, DATABASE_URL   target URL (keeps the password out of argv and history)
   PGHOST, PGSERVICE, PGPASSWORD   libpq's own settings, used when no URL is given
-  DEVICE_ID, DEVICE_NAME, DEVICE_TYPE   this device's identity in the devices table
+  DEVICE_ID, DEVICE_NAME, DEVICE_TYPE   this device's identity (without DEVICE_ID: the
+                                  tracking database's, else the one the folders' markers
+                                  record, else one made from the machine id; without
+                                  name or type: those the server holds for the device)
   BATCH_SIZE, MAX_RETRIES, BATCH_DELAY_SECONDS, UPLOAD_DB_PATH   defaults for the flags
   UPLOAD_IMAGES_TO, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION, AWS_ENDPOINT_URL
                                   object storage for --images-to
@@ -550,8 +564,9 @@ Environment:
   SUPABASE_DB_URL, DATABASE_URL   target URL (keeps the password out of argv and history)
   PGHOST, PGSERVICE, PGPASSWORD   libpq's own settings, used when no URL is given
   DEVICE_ID, DEVICE_NAME, DEVICE_TYPE   this device's identity (without DEVICE_ID: the
-                                  tracking database's, else one derived from the machine
-                                  id in /etc/machine-id, else from the host name)
+                                  tracking database's, else the one the named folders'
+                                  markers record, else one derived from the machine id in
+                                  /etc/machine-id, else from the host name)
   BATCH_SIZE, UPLOAD_DB_PATH      folders per upsert statement, tracking database
   Precedence: flag, then environment, then config.ts.
 

@@ -35,7 +35,8 @@ import { sleep } from "./retry.ts";
 import { snapshotFolder } from "./scan.ts";
 import type { FolderSource, SourceItem } from "./sources.ts";
 import type { Tracker } from "./tracker.ts";
-import { finishVerify, readRemote, type RemoteReport } from "./verify.ts";
+import { countOtherDevices, finishVerify, readRemote, type RemoteReport } from "./verify.ts";
+import type { DeviceSource, IdentitySetup } from "./identity.ts";
 import { LazyWriter } from "./writer.ts";
 
 /** Settings of {@linkcode runEngine}. */
@@ -49,8 +50,15 @@ export interface EngineOptions {
   base: string | null;
   /** Where rows go; required unless the mode sends nothing (scan-only, dry-run). */
   connector?: Connector;
-  /** This device's id. */
+  /** This device's id (with `identity`, only the candidate). */
   deviceId: string;
+  /** Where `deviceId` came from. Default `config`. */
+  deviceSource?: DeviceSource;
+  /**
+   * Nothing configured the id (a new tracker): it is settled against the tree's markers
+   * and the server's rows before anything is planned or written (lib/identity.ts).
+   */
+  identity?: IdentitySetup;
   /** Write success.json / failed.json. Default true. */
   markers?: boolean;
   /** Store images before their rows (`--images-to`). */
@@ -98,6 +106,7 @@ export async function runEngine(source: FolderSource, options: EngineOptions): P
     mode: options.mode,
     tracker: options.tracker,
     base: options.base,
+    deviceId: options.deviceId,
     markers: options.markers,
     objects: options.objects,
     folderEvents: options.folderEvents,
@@ -125,6 +134,9 @@ export async function runEngine(source: FolderSource, options: EngineOptions): P
       connector: requireConnector(options.connector),
       config: options.config,
       deviceId: options.deviceId,
+      deviceSource: options.deviceSource,
+      identity: options.identity,
+      onDevice: (device) => run.useDevice(device.id),
       statementTimeoutMs: options.statementTimeoutMs,
       counters,
       emit: (e) => run.emit(e),
@@ -141,7 +153,7 @@ export async function runEngine(source: FolderSource, options: EngineOptions): P
   });
   // Each run that sends rows records its device's health at its end; a watch also as it goes.
   const health = writer
-    ? reporterForRun(run, { connector: options.connector!, deviceId: options.deviceId, writer })
+    ? reporterForRun(run, { connector: options.connector!, writer })
     : null;
   const stopBeats = options.mode === "watch"
     ? health?.heartbeat(options.healthEveryMs ?? HEALTH_EVERY_MS, run.stop.signal, () => ({
@@ -153,12 +165,18 @@ export async function runEngine(source: FolderSource, options: EngineOptions): P
 
   try {
     let remote: RemoteReport | null = null;
+    // An id still to settle is settled when the writer opens, before the first batch is
+    // written; object keys (`--images-to`) carry it, so then before anything is planned.
+    if (writer && options.identity && options.objects) await writer.open();
     if (options.verify && writer && run.tracker && run.runId !== null && options.base) {
       remote = await readRemote(run, await writer.open(), options.base);
       run.verifying = true;
     }
     await feed(run, source, planner, settle, options);
-    if (remote && run.completedPass && !run.stopping) finishVerify(run, options.base!, remote);
+    if (remote && run.completedPass && !run.stopping) {
+      const others = await countOtherDevices(run, await writer!.open(), options.base!);
+      finishVerify(run, options.base!, remote, others);
+    }
   } catch (error) {
     run.fail(error);
   } finally {

@@ -134,6 +134,17 @@ export type EngineEvent =
   }
   | { event: "retry"; subject: string; attempt: number; delay_ms: number; reason: string }
   | { event: "schema"; table: string; rekeyed: number }
+  | {
+    event: "device";
+    /** The device id the run uses. */
+    device_id: string;
+    /** Where it came from: config, tracker, markers, machine or adopted. */
+    source: string;
+    name: string;
+    type: string;
+    /** With `adopted`: this tree's rows the server held under it. */
+    held?: number;
+  }
   | { event: "settle_wait"; folders: number; wait_ms: number }
   | { event: "missing"; count: number; sample: string[] }
   | {
@@ -149,6 +160,8 @@ export type EngineEvent =
     /** Server rows with no folder on disk (kept; listed by --status --json). */
     orphans: number;
     orphan_sample: string[];
+    /** Other device ids holding rows of this tree's folders, with how many (most first). */
+    other_devices: { device_id: string; folders: number }[];
   }
   | { event: "watching"; base: string; rescan_every_s: number; file_events: boolean }
   | { event: "warning"; message: string }

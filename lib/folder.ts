@@ -164,7 +164,8 @@ export interface BuildRowOptions {
  * - `metadata.folder_hash`: the fingerprint taken by the scan (before this read);
  *   `metadata.content_hash`: md5 of what the row carries (stats bytes, file names and sizes),
  *   which decides whether the server rewrites an existing row; `metadata.source_path`: the
- *   folder's path on this device.
+ *   folder's path on this device; `metadata.computed_test_status`: the rule's status (a
+ *   rewrite keeps a status someone set by hand, see `buildUpsertStatement`).
  * - The JSON text carries the stats file's own text (not a re-serialization).
  *
  * @throws {UploadError} kind `folder` when stats.json cannot be used (see {@linkcode readStats}).
@@ -199,12 +200,13 @@ export function buildRow(
   for (const f of files) content.update(`${f.name}\0${f.size}\n`);
   if (options.imageObjects) content.update(`objects\0${options.imageObjects.join("\0")}`);
   const totalBytes = files.reduce((sum, f) => sum + f.size, 0);
+  const testStatus = config.testStatus({ stats, images: imageNames });
   const row: UploadRow = {
     folder_key: snapshot.key,
     folder_name: snapshot.name,
     images: imageNames,
     test_results: stats,
-    test_status: config.testStatus({ stats, images: imageNames }),
+    test_status: testStatus,
     test_date: dateMs === null ? null : new Date(dateMs).toISOString(),
     metadata: {
       folder_hash: snapshot.fingerprint,
@@ -214,6 +216,8 @@ export function buildRow(
       total_bytes: totalBytes,
       upload_timestamp: now.toISOString(),
       source_path: snapshot.path,
+      // What the rule gave: a status that differs from it on the server was set by hand.
+      computed_test_status: testStatus,
     },
   };
   if (options.strict) row.strict = true;

@@ -415,8 +415,6 @@ export class HealthReporter {
 export interface RunHealthOptions {
   /** Where the run writes. */
   connector: Connector;
-  /** This device's id. */
-  deviceId: string;
   /** The run's write side: an embedded database is reported to only once it was opened. */
   writer: { readonly opened: boolean };
 }
@@ -430,7 +428,8 @@ export function reporterForRun(run: Run, options: RunHealthOptions): HealthRepor
   return new HealthReporter({
     connector: options.connector,
     table: run.config.table,
-    device: () => ({ id: options.deviceId, name: run.config.deviceName || Deno.hostname() }),
+    // The run's id as settled when the writer opened (a new tracker may take another back).
+    device: () => ({ id: run.deviceId, name: run.config.deviceName || Deno.hostname() }),
     mode: run.mode,
     mayConnect: () => !options.connector.embedded || options.writer.opened,
     counts: () =>

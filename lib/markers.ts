@@ -1,8 +1,10 @@
 /**
  * Marker files: `success.json` or `failed.json` in a folder after its outcome, written
- * atomically (a hidden temp file, then rename) with the other marker and the older
- * `upload_*.json` names removed. Markers never carry secrets: only the folder, the
- * outcome, the batch and the time.
+ * atomically (a hidden temp file, then rename) with the other marker removed. The original
+ * tools' `upload_success.json` / `upload_failed.json` are never touched (for many folders
+ * they are the only local record of the storage URLs their upload made). Markers never
+ * carry secrets: only the folder, the device, the outcome, the batch and the time; the
+ * success marker's `device_id` lets a new tracker take this device's id back.
  *
  * @module
  */
@@ -15,6 +17,8 @@ export interface SuccessMarker {
   status: "success";
   folder_name: string;
   folder_key: string;
+  /** The device the row belongs to: a new tracker takes its id back from here. */
+  device_id: string;
   upload_time: string;
   upload_batch: string;
   images_uploaded: number;
@@ -44,7 +48,7 @@ function planMarker(
 ): { target: string; temp: string; text: string; stale: string[] } {
   const name = marker.status === "success" ? config.successMarker : config.failedMarker;
   const other = marker.status === "success" ? config.failedMarker : config.successMarker;
-  const stale = [other, ...config.legacyMarkers]
+  const stale = [other]
     .filter((n) => present === undefined || present.has(n))
     .map((n) => join(folderPath, n));
   return {
@@ -56,8 +60,8 @@ function planMarker(
 }
 
 /**
- * Writes the marker for a folder's outcome and removes the opposite and legacy markers
- * (only those in `present`, the folder's file names, when given).
+ * Writes the marker for a folder's outcome and removes the opposite marker (only when in
+ * `present`, the folder's file names, when given). The original tools' markers are kept.
  *
  * @throws the file-system error when the folder is read-only, full or gone; callers report
  * it for that folder and go on (the upload itself already counted).

@@ -10,6 +10,9 @@ import type { Connector } from "./connect.ts";
 import { runEngine } from "./engine.ts";
 import { messageOf, UploadError } from "./errors.ts";
 import type { EngineEvent, RunCounters, RunResult } from "./events.ts";
+import type { DeviceSource, IdentitySetup } from "./identity.ts";
+import { scanFolderChunks } from "./scan.ts";
+import type { FolderSnapshot } from "./scan.ts";
 import { treeSource, type WalkConfig } from "./sources.ts";
 import type { ObjectsSetup } from "./run.ts";
 import type { Tracker } from "./tracker.ts";
@@ -28,8 +31,12 @@ export interface UploadOptions {
   mode: ManagerMode;
   /** Where rows go; required in `upload` mode. */
   connector?: Connector;
-  /** This device's id (from the tracker or config). */
+  /** This device's id (from the tracker or config; with `identity`, only the candidate). */
   deviceId: string;
+  /** Where `deviceId` came from. Default `config`. */
+  deviceSource?: DeviceSource;
+  /** Nothing configured the id: settle it first (see {@linkcode treeIdentity}). */
+  identity?: IdentitySetup;
   /** Write success.json / failed.json. Default true. */
   markers?: boolean;
   /** Store images before their rows (`--images-to`). */
@@ -71,6 +78,34 @@ export function runUpload(options: UploadOptions): Promise<RunResult> {
       connector: options.mode === "upload" ? options.connector : undefined,
     },
   );
+}
+
+/**
+ * How a run on `basePath` settles a device id nothing configured (a new tracker): a walk
+ * of the tree for the id its markers record and the folders to ask the server about.
+ */
+export function treeIdentity(
+  basePath: string,
+  config: UploaderConfig,
+  adopt: boolean,
+): IdentitySetup {
+  const walk = walkConfig(config);
+  return {
+    folders: () => treeFolders(basePath, walk),
+    adopt,
+    base: basePath,
+    successMarker: config.successMarker,
+    legacyMarkers: config.legacyMarkers,
+  };
+}
+
+/** The upload units under `base`, in chunks, as the run's own walk keys them. */
+async function* treeFolders(base: string, walk: WalkConfig): AsyncGenerator<FolderSnapshot[]> {
+  for await (const items of scanFolderChunks(base, { ...walk, chunk: 1000 })) {
+    const folders: FolderSnapshot[] = [];
+    for (const item of items) if (item.kind === "folder") folders.push(item.snapshot);
+    yield folders;
+  }
 }
 
 /** What the walk needs from the configuration. */

@@ -7,6 +7,7 @@
  * @module
  */
 
+import { describeIdentity, type DeviceSource } from "./identity.ts";
 import type { UploaderConfig } from "../config.ts";
 import type { EngineEvent, RunCounters, RunResult } from "./events.ts";
 
@@ -239,6 +240,11 @@ export class Reporter {
           );
         }
         break;
+      case "device": {
+        const line = deviceLine(e);
+        if (line) this.info(line);
+        break;
+      }
       case "settle_wait":
         this.info(
           `Waiting up to ${(e.wait_ms / 1000).toFixed(1)} s for ${
@@ -256,6 +262,16 @@ export class Reporter {
             `without sending, ${plural(e.orphans, "orphan row")} with no folder on disk` +
             (e.orphan_sample.length > 0 ? ` (${e.orphan_sample.slice(0, 3).join(", ")}...)` : ""),
         );
+        if (e.other_devices.length > 0) {
+          const folders = e.other_devices.reduce((sum, d) => sum + d.folders, 0);
+          human(
+            `Warning: ${plural(folders, "folder")} of this tree also have rows under other ` +
+              `device ids: ${
+                e.other_devices.map((d) => `${d.device_id} (${d.folders})`).join(", ")
+              } (another device using the same folder names, or copies an older version ` +
+              `made; those rows are not this device's and are never changed or deleted)`,
+          );
+        }
         break;
       default:
         break;
@@ -500,6 +516,10 @@ export function quickStepLines(
           ),
         ]
         : [];
+    case "device": {
+      const line = deviceLine(e);
+      return line ? [info(line)] : [];
+    }
     case "warning":
       return [warn(`Warning: ${e.message}`)];
     case "lock_wait":
@@ -510,4 +530,14 @@ export function quickStepLines(
     default:
       return [];
   }
+}
+
+/** The line saying how an id nothing configured was settled, or null for a configured one. */
+function deviceLine(e: Extract<EngineEvent, { event: "device" }>): string | null {
+  if (e.source === "config" || e.source === "tracker") return null;
+  return describeIdentity({
+    id: e.device_id,
+    source: e.source as DeviceSource,
+    held: e.held,
+  }, null);
 }

@@ -12,8 +12,11 @@ import type { UploaderConfig } from "../config.ts";
 import type { Connector } from "./connect.ts";
 import { runEngine } from "./engine.ts";
 import type { EngineEvent, RunCounters, RunResult } from "./events.ts";
+import type { DeviceSource, IdentitySetup } from "./identity.ts";
+import { newCounters } from "./events.ts";
 import { walkConfig } from "./pipeline.ts";
-import { pathSource } from "./sources.ts";
+import type { FolderSnapshot } from "./scan.ts";
+import { type FolderSource, pathSource } from "./sources.ts";
 import type { ObjectsSetup } from "./run.ts";
 import type { Tracker } from "./tracker.ts";
 
@@ -24,8 +27,16 @@ export interface QuickOptions {
   config: UploaderConfig;
   /** Where rows go; opened on the first batch, closed by the caller. */
   connector: Connector;
-  /** This device's id. */
+  /** This device's id (with `settleDevice`, only the candidate). */
   deviceId: string;
+  /** Where `deviceId` came from. Default `config`. */
+  deviceSource?: DeviceSource;
+  /**
+   * Nothing configured the id: before the first batch, settle it against the named
+   * folders' markers and the server's rows of them (folders named on the command line;
+   * paths read from stdin cannot be looked at twice and keep the candidate).
+   */
+  settleDevice?: boolean;
   /** The tracking database to record folders in, or null to record nothing. */
   tracker?: Tracker | null;
   /** Keys are relative to this directory; null keys each folder as described above. */
@@ -61,18 +72,45 @@ export function runQuickUpload(
 ): Promise<RunResult> {
   const tracker = options.tracker ?? null;
   const base = options.base ? resolve(options.base) : null;
-  const source = pathSource(paths, walkConfig(options.config), {
+  const sourceOptions = {
     base,
     trackedBases: tracker?.knownBases() ?? [],
     chunk: Math.max(1, options.config.batchSize),
-  });
+  };
+  const walk = walkConfig(options.config);
+  const source = pathSource(paths, walk, sourceOptions);
+  const named = Array.isArray(paths) ? paths as string[] : null;
+  const identity: IdentitySetup | undefined = options.settleDevice && named
+    ? {
+      folders: () => namedFolders(pathSource(named, walk, { ...sourceOptions, chunk: 1000 })),
+      adopt: false,
+      base: base ?? "the named folders",
+      successMarker: options.config.successMarker,
+      legacyMarkers: options.config.legacyMarkers,
+    }
+    : undefined;
   return runEngine(source, {
     ...options,
     mode: "quick",
     tracker,
     base,
+    identity,
     folderEvents: true,
   });
+}
+
+/** The snapshots of a path source's folders, its events left unsaid (a look ahead). */
+async function* namedFolders(source: FolderSource): AsyncGenerator<FolderSnapshot[]> {
+  const context = {
+    signal: new AbortController().signal,
+    emit: () => {},
+    counters: newCounters(),
+  };
+  for await (const items of source(context)) {
+    const folders: FolderSnapshot[] = [];
+    for (const item of items) if (item.kind === "folder") folders.push(item.snapshot);
+    yield folders;
+  }
 }
 
 /**

@@ -40,6 +40,16 @@ export function formatStatus(report: StatusReport): string {
         `${v.orphans} orphan rows with no folder on disk`,
     );
     list(lines, report.orphans, report.orphansTotal, (k) => [`    ${k}`]);
+    const others = Array.isArray(v.other_devices)
+      ? v.other_devices as { device_id: string; folders: number }[]
+      : [];
+    if (others.length > 0) {
+      lines.push(
+        `  Folders with rows under other device ids: ${
+          others.map((d) => `${d.device_id} (${d.folders})`).join(", ")
+        }`,
+      );
+    }
   }
   lines.push("");
   lines.push("Recent batches:");

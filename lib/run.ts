@@ -30,6 +30,8 @@ export interface RunSettings {
   tracker: Tracker | null;
   /** The base the run is about (recorded with the run), or null. */
   base: string | null;
+  /** This device's id (recorded in success.json); the schema step may settle another. */
+  deviceId: string;
   /** Write success.json / failed.json. Default true (never in a dry run or a scan). */
   markers?: boolean;
   /** Send the per-folder step events (quick upload's step lines). Default false. */
@@ -57,6 +59,8 @@ export class Run {
   readonly runId: number | null;
   /** Whether folder step events are sent. */
   readonly folderEvents: boolean;
+  /** This device's id, as settled (see {@linkcode Run.useDevice}). */
+  deviceId: string;
   /** Where images go, or null. */
   readonly objects: ObjectsSetup | null;
   /** Writes markers off the hot path; null when markers are off. */
@@ -83,6 +87,7 @@ export class Run {
     this.now = settings.now ?? Date.now;
     this.startedAt = this.now();
     this.folderEvents = settings.folderEvents ?? false;
+    this.deviceId = settings.deviceId;
     this.objects = settings.objects ?? null;
     this.#onEvent = settings.onEvent ?? (() => {});
     const writes = this.mode !== "dry-run" && this.mode !== "scan-only";
@@ -106,6 +111,16 @@ export class Run {
       : null;
     this.#stamp = new Date(this.startedAt).toISOString().replace(/[-:]/g, "").replace("T", "_")
       .slice(0, 15);
+  }
+
+  /**
+   * The device the schema step settled: its id goes into success.json and object keys, and
+   * is kept in the tracker (except in a dry run).
+   */
+  useDevice(id: string): void {
+    this.deviceId = id;
+    if (this.objects) this.objects.deviceId = id;
+    if (this.tracker && this.mode !== "dry-run") this.tracker.setMeta("device_id", id);
   }
 
   /** Reports an event. */
@@ -213,12 +228,16 @@ export class Run {
   /** Writes success.json for an acknowledged folder. */
   async successMarker(
     snap: FolderSnapshot,
-    details: Omit<SuccessMarker, "status" | "folder_name" | "folder_key" | "folder_hash">,
+    details: Omit<
+      SuccessMarker,
+      "status" | "folder_name" | "folder_key" | "device_id" | "folder_hash"
+    >,
   ): Promise<void> {
     await this.markers?.write(snap.path, {
       status: "success",
       folder_name: snap.name,
       folder_key: snap.key,
+      device_id: this.deviceId,
       ...details,
       folder_hash: snap.fingerprint,
     }, snap.files.map((f) => f.name));

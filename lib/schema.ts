@@ -52,10 +52,28 @@ export interface SchemaOptions {
 export interface EnsureSchemaOptions {
   /** Target table, as for {@linkcode SchemaOptions.table}. */
   table: string;
-  /** This device. */
+  /**
+   * This device. Its name and type are the configured ones, or (see `fromServer`) only what
+   * to use when the server holds none.
+   */
   device: DeviceInfo;
   /** The target as shown to the user (host, port, database). */
   targetDisplay: string;
+  /**
+   * Name and type not configured: what the server holds for this device wins (its
+   * `devices` row, else its latest row of the upload table), and the devices row is never
+   * rewritten for them. Default: both configured.
+   */
+  fromServer?: { name?: boolean; type?: boolean };
+  /**
+   * Settles the device id before anything is written (a new tracker, see lib/identity.ts):
+   * called once after the first inspection with it and a way to run a query; returns the
+   * id to use.
+   */
+  identify?: (
+    inspection: SchemaInspection,
+    query: (sql: string) => Promise<string[]>,
+  ) => Promise<string>;
 }
 
 /** The commands an `INSERT ... ON CONFLICT DO UPDATE` needs row-level security policies for. */
@@ -87,6 +105,10 @@ export interface SchemaResult {
   role: string;
   /** Row-level security of the upload table and `devices`, for {@linkcode describePermissionError}. */
   policies: TablePolicies[];
+  /** The device as the run uses it: the settled id, the name and type from the server or config. */
+  device: DeviceInfo;
+  /** What the run should warn about (a piece the role may not add but uploads do without). */
+  notes: string[];
 }
 
 /** A column as the inspection reports it. */
@@ -95,6 +117,8 @@ export interface ColumnState {
   type: string;
   notNull: boolean;
   hasDefault: boolean;
+  /** An identity or generated column: it gets a value without a default. */
+  identity: boolean;
 }
 
 /** A unique index, with the constraint it backs if any. */
@@ -143,6 +167,8 @@ export interface RelationState {
   /** `has_table_privilege(current_user, ...)`. */
   privileges: { select: boolean; insert: boolean; update: boolean };
   policies: PolicyState[];
+  /** The trigger deriving folder_key for inserts without one (the original tools') is there. */
+  folderKeyTrigger: boolean;
 }
 
 /** What {@linkcode buildInspectStatement}'s one line of JSON says, parsed. */
@@ -265,31 +291,83 @@ function addMissingColumns(rel: string, columns: ReadonlyArray<readonly [string,
     `  end loop;`;
 }
 
-/** The device row's upsert: writes name and type only when they changed. */
-function deviceUpsert(
-  devicesSql: string,
-  device: DeviceInfo,
-  columns: { name: boolean; type: boolean; updatedAt: boolean },
-): string {
+/** Which of this tool's columns the devices table has. */
+interface DeviceColumns {
+  name: boolean;
+  type: boolean;
+  updatedAt: boolean;
+}
+
+/** The device row's insert: id, and name and type where the table has them. */
+function deviceInsert(devicesSql: string, device: DeviceInfo, columns: DeviceColumns): string {
   const names = ["id"];
   const values = [`${sqlLiteral(device.id)}::uuid`];
-  const sets: string[] = [];
-  const compare: string[] = [];
   for (const [column, value] of [["name", device.name], ["type", device.type]] as const) {
     if (!columns[column]) continue;
     names.push(column);
     values.push(sqlLiteral(value));
-    sets.push(`${column} = excluded.${column}`);
-    compare.push(column);
   }
-  const head = `insert into ${devicesSql} as x (${names.join(", ")})\n` +
-    `values (${values.join(", ")})\n`;
-  if (sets.length === 0) return `${head}on conflict (id) do nothing;`;
+  return `insert into ${devicesSql} (${names.join(", ")})\n` +
+    `values (${values.join(", ")}) on conflict (id) do nothing;`;
+}
+
+/** A plain UPDATE of the device row's configured name and type (never an insert). */
+function deviceUpdate(
+  devicesSql: string,
+  device: DeviceInfo,
+  change: { name: boolean; type: boolean },
+  columns: DeviceColumns,
+): string {
+  const sets: string[] = [];
+  if (change.name) sets.push(`name = ${sqlLiteral(device.name)}`);
+  if (change.type) sets.push(`type = ${sqlLiteral(device.type)}`);
   if (columns.updatedAt) sets.push("updated_at = now()");
-  const mine = compare.map((c) => `x.${c}`).join(", ");
-  const theirs = compare.map((c) => `excluded.${c}`).join(", ");
-  return `${head}on conflict (id) do update set ${sets.join(", ")}\n` +
-    `where (${mine}) is distinct from (${theirs});`;
+  return `update ${devicesSql} set ${sets.join(", ")} where id = ${sqlLiteral(device.id)}::uuid;`;
+}
+
+/**
+ * PL/pgSQL: this device's row in `devices` unless it is there. A devices table with NOT NULL
+ * columns of its own refuses it: the row is then left to the lab ({@linkcode ensureSchema}
+ * names the INSERT to run), and the rest of the schema step goes on.
+ */
+function deviceRegistration(devicesSql: string, device: DeviceInfo): string {
+  const id = `${sqlLiteral(device.id)}::uuid`;
+  return `  if not exists (select 1 from ${devicesSql} x where x.id = ${id}) then\n` +
+    `    begin\n` +
+    `      insert into ${devicesSql} (id, name, type) values (${id}, ${sqlLiteral(device.name)}, ${
+      sqlLiteral(device.type)
+    });\n` +
+    `    exception when not_null_violation or check_violation or foreign_key_violation then\n` +
+    `      -- Columns of the lab's own: the uploader asks for the row instead.\n` +
+    `      null;\n` +
+    `    end;\n` +
+    `  end if;\n`;
+}
+
+/** The function behind the trigger that derives folder_key for inserts without one. */
+export const FOLDER_KEY_FUNCTION = "uploader_folder_key";
+
+/**
+ * PL/pgSQL: the trigger that gives an insert without folder_key (the original tools' own,
+ * which know nothing of it) the folder's name as its key, as the upgrade keyed their rows.
+ * It fires only for such rows (`when (new.folder_key is null)`), so the uploader's own
+ * inserts never call it. Variable `nsp` receives the table's schema.
+ */
+function folderKeyTrigger(): string {
+  const fn = sqlLiteral(FOLDER_KEY_FUNCTION);
+  const body = sqlLiteral("begin new.folder_key := new.folder_name; return new; end");
+  return `  -- Inserts without folder_key (the original tools' own) take the folder's name as key.\n` +
+    `  select n.nspname into nsp from pg_catalog.pg_class c\n` +
+    `    join pg_catalog.pg_namespace n on n.oid = c.relnamespace where c.oid = t;\n` +
+    `  if to_regprocedure(format('%I.%I()', nsp, ${fn})) is null then\n` +
+    `    execute format('create function %I.%I() returns trigger language plpgsql as %L',\n` +
+    `      nsp, ${fn}, ${body});\n` +
+    `  end if;\n` +
+    `  if not exists (select 1 from pg_catalog.pg_trigger g join pg_catalog.pg_proc f\n` +
+    `      on f.oid = g.tgfoid where g.tgrelid = t and not g.tgisinternal and f.proname = ${fn}) then\n` +
+    `    execute format('create trigger %I before insert on %s for each row '\n` +
+    `      'when (new.folder_key is null) execute function %I.%I()', ${fn}, t, nsp, ${fn});\n` +
+    `  end if;\n`;
 }
 
 /**
@@ -336,6 +414,48 @@ export function buildSchemaStatements(options: SchemaOptions): string[] {
   return [schemaBlock(ref, options.device)];
 }
 
+/**
+ * PL/pgSQL: the upgrade's one pass over the rows: rows without a device_id go to the
+ * adopting device, folder_key is filled from folder_name, and the newest row of each
+ * (device_id, folder_key) keeps the key while older ones are kept under
+ * `<key> (duplicate <id>)`. A uuid id left null gets one; ids of other types are kept.
+ */
+function rekeyRows(
+  t: string,
+  dev: string,
+  keepName: (column: "device_name" | "device_type", value: string) => string,
+  adopting: DeviceInfo,
+  uuidIds: boolean,
+): string {
+  const newId = uuidIds ? "coalesce(x.id, gen_random_uuid())" : "x.id";
+  return `    with ranked as (\n` +
+    `      select x.ctid as rid, ${newId} as new_id,\n` +
+    `        coalesce(x.folder_key, x.folder_name, '(unnamed)') as base,\n` +
+    `        row_number() over (\n` +
+    `          partition by coalesce(x.device_id, ${dev}),\n` +
+    `            coalesce(x.folder_key, x.folder_name, '(unnamed)')\n` +
+    `          order by x.updated_at desc nulls last, x.created_at desc nulls last,\n` +
+    `            x.id desc nulls last) as n\n` +
+    `      from ${t} x\n` +
+    `    )\n` +
+    `    update ${t} x set\n` +
+    (uuidIds ? `      id = rk.new_id,\n` : "") +
+    `      device_id = coalesce(x.device_id, ${dev}),\n` +
+    `      device_name = ${keepName("device_name", adopting.name)},\n` +
+    `      device_type = ${keepName("device_type", adopting.type)},\n` +
+    `      folder_key = case when rk.n > 1\n` +
+    `        then rk.base || ' (duplicate ' || rk.new_id::text || ')' else rk.base end,\n` +
+    `      folder_name = coalesce(x.folder_name, x.folder_key, '(unnamed)'),\n` +
+    `      images = coalesce(x.images, '{}'),\n` +
+    `      created_at = coalesce(x.created_at, x.updated_at, now()),\n` +
+    `      updated_at = coalesce(x.updated_at, x.created_at, now())\n` +
+    `    from ranked rk\n` +
+    `    where x.ctid = rk.rid and (rk.n > 1 ${uuidIds ? "or x.id is null " : ""}` +
+    `or x.device_id is null\n` +
+    `      or x.folder_key is null or x.folder_name is null or x.images is null\n` +
+    `      or x.created_at is null or x.updated_at is null);\n`;
+}
+
 function schemaBlock(ref: TableRef, device: DeviceInfo | undefined): string {
   const t = ref.sql;
   const D = ref.devicesSql;
@@ -344,7 +464,7 @@ function schemaBlock(ref: TableRef, device: DeviceInfo | undefined): string {
 
   const declare = `  t regclass;\n  d regclass;\n  att_device smallint;\n  att_key smallint;\n` +
     `  att_name smallint;\n  r record;\n  p integer;\n  paused text[] := '{}';\n` +
-    `  paused_always boolean[] := '{}';`;
+    `  paused_always boolean[] := '{}';\n  nsp name;\n  id_uuid boolean;`;
 
   const devicesPart = `  d := to_regclass(${ref.devicesRegclass});\n` +
     `  if d is null then\n` +
@@ -368,14 +488,7 @@ function schemaBlock(ref: TableRef, device: DeviceInfo | undefined): string {
     `      alter table ${D} add primary key (id);\n` +
     `    end if;\n` +
     `  end if;\n` +
-    (device
-      ? `  ${
-        deviceUpsert(D, device, { name: true, type: true, updatedAt: true }).replaceAll(
-          "\n",
-          "\n  ",
-        )
-      }\n`
-      : "");
+    (device ? deviceRegistration(D, device) : "");
 
   const createTable = `  t := to_regclass(${ref.regclass});\n` +
     `  if t is null then\n` +
@@ -398,6 +511,8 @@ function schemaBlock(ref: TableRef, device: DeviceInfo | undefined): string {
     `      data_type text default 'image_analysis',\n` +
     `      unique (device_id, folder_key)\n` +
     `    );\n` +
+    `    t := to_regclass(${ref.regclass});\n` +
+    folderKeyTrigger() +
     `    return;\n` +
     `  end if;`;
 
@@ -458,31 +573,14 @@ function schemaBlock(ref: TableRef, device: DeviceInfo | undefined): string {
     `      paused := paused || r.tgname::text;\n` +
     `      paused_always := paused_always || (r.tgenabled = 'A');\n` +
     `    end loop;\n` +
-    `    with ranked as (\n` +
-    `      select x.ctid as rid, coalesce(x.id, gen_random_uuid()) as new_id,\n` +
-    `        coalesce(x.folder_key, x.folder_name, '(unnamed)') as base,\n` +
-    `        row_number() over (\n` +
-    `          partition by coalesce(x.device_id, ${dev}),\n` +
-    `            coalesce(x.folder_key, x.folder_name, '(unnamed)')\n` +
-    `          order by x.updated_at desc nulls last, x.created_at desc nulls last,\n` +
-    `            x.id desc nulls last) as n\n` +
-    `      from ${t} x\n` +
-    `    )\n` +
-    `    update ${t} x set\n` +
-    `      id = rk.new_id,\n` +
-    `      device_id = coalesce(x.device_id, ${dev}),\n` +
-    `      device_name = ${keepName("device_name", adopting.name)},\n` +
-    `      device_type = ${keepName("device_type", adopting.type)},\n` +
-    `      folder_key = case when rk.n > 1\n` +
-    `        then rk.base || ' (duplicate ' || rk.new_id::text || ')' else rk.base end,\n` +
-    `      folder_name = coalesce(x.folder_name, x.folder_key, '(unnamed)'),\n` +
-    `      images = coalesce(x.images, '{}'),\n` +
-    `      created_at = coalesce(x.created_at, x.updated_at, now()),\n` +
-    `      updated_at = coalesce(x.updated_at, x.created_at, now())\n` +
-    `    from ranked rk\n` +
-    `    where x.ctid = rk.rid and (rk.n > 1 or x.id is null or x.device_id is null\n` +
-    `      or x.folder_key is null or x.folder_name is null or x.images is null\n` +
-    `      or x.created_at is null or x.updated_at is null);\n` +
+    `    -- Ids of other types (a bigint identity of Supabase's Table Editor) stay as they are.\n` +
+    `    select a.atttypid = 'uuid'::regtype into id_uuid from pg_catalog.pg_attribute a\n` +
+    `      where a.attrelid = t and a.attname = 'id' and a.attnum > 0 and not a.attisdropped;\n` +
+    `    if id_uuid then\n` +
+    rekeyRows(t, dev, keepName, adopting, true) +
+    `    else\n` +
+    rekeyRows(t, dev, keepName, adopting, false) +
+    `    end if;\n` +
     `    for p in 1 .. coalesce(array_length(paused, 1), 0) loop\n` +
     `      execute format('alter table %s enable %s trigger %I', t,\n` +
     `        case when paused_always[p] then 'always' else '' end, paused[p]);\n` +
@@ -491,7 +589,8 @@ function schemaBlock(ref: TableRef, device: DeviceInfo | undefined): string {
     `  for r in select v.name, v.value from (values\n` +
     `      ${valuesList(COLUMN_DEFAULTS, "      ")}\n` +
     `    ) v(name, value) join pg_catalog.pg_attribute a on a.attrelid = t and a.attname = v.name\n` +
-    `    where a.attnum > 0 and not a.attisdropped and not a.atthasdef\n` +
+    `    where a.attnum > 0 and not a.attisdropped and not a.atthasdef and a.attidentity = ''\n` +
+    `      and a.attgenerated = '' and (v.name <> 'id' or a.atttypid = 'uuid'::regtype)\n` +
     `  loop\n` +
     `    execute format('alter table %s alter column %I set default %s', t, r.name, r.value);\n` +
     `  end loop;\n` +
@@ -509,7 +608,8 @@ function schemaBlock(ref: TableRef, device: DeviceInfo | undefined): string {
     `  end if;\n` +
     `  if not ${KEY_USABLE} then\n` +
     `    alter table ${t} add unique (device_id, folder_key);\n` +
-    `  end if;`;
+    `  end if;\n` +
+    folderKeyTrigger().trimEnd();
 
   const body = `  -- One schema change at a time; the lock ends with this transaction.\n` +
     `  perform pg_advisory_xact_lock(${SCHEMA_LOCK_KEY});\n` +
@@ -565,7 +665,8 @@ function relationJson(rel: string, devices: string): string {
     `      'force_rls', c.relforcerowsecurity,\n` +
     `      'columns', (select coalesce(json_object_agg(a.attname, json_build_object(\n` +
     `          'type', format_type(a.atttypid, a.atttypmod), 'not_null', a.attnotnull,\n` +
-    `          'has_default', a.atthasdef)), '{}')\n` +
+    `          'has_default', a.atthasdef,\n` +
+    `          'identity', a.attidentity <> '' or a.attgenerated <> '')), '{}')\n` +
     `        from pg_catalog.pg_attribute a where a.attrelid = ${rel} and a.attnum > 0\n` +
     `        and not a.attisdropped),\n` +
     `      'unique', (select coalesce(json_agg(json_build_object(\n` +
@@ -595,7 +696,10 @@ function relationJson(rel: string, devices: string): string {
     `          'applies', 0::oid = any (p.polroles) or exists (select 1 from unnest(p.polroles) pr\n` +
     `            where pr <> 0 and pg_has_role(current_user, pr, 'MEMBER')))\n` +
     `          order by p.polname), '[]')\n` +
-    `        from pg_catalog.pg_policy p where p.polrelid = ${rel}))\n` +
+    `        from pg_catalog.pg_policy p where p.polrelid = ${rel}),\n` +
+    `      'folder_key_trigger', exists (select 1 from pg_catalog.pg_trigger g\n` +
+    `        join pg_catalog.pg_proc f on f.oid = g.tgfoid where g.tgrelid = ${rel}\n` +
+    `        and not g.tgisinternal and f.proname = ${sqlLiteral(FOLDER_KEY_FUNCTION)}))\n` +
     `    from pg_catalog.pg_class c where c.oid = ${rel}) end`;
 }
 
@@ -707,6 +811,7 @@ function parseRelation(value: unknown, what: string): RelationState | null {
       type: str(column.type, `${what}.columns.${name}.type`),
       notNull: bool(column.not_null, `${what}.columns.${name}.not_null`),
       hasDefault: bool(column.has_default, `${what}.columns.${name}.has_default`),
+      identity: bool(column.identity, `${what}.columns.${name}.identity`),
     };
   }
   const privileges = object(o.privileges, `${what}.privileges`);
@@ -744,6 +849,7 @@ function parseRelation(value: unknown, what: string): RelationState | null {
         applies: bool(p.applies, `${what}.policies[${i}].applies`),
       };
     }),
+    folderKeyTrigger: bool(o.folder_key_trigger, `${what}.folder_key_trigger`),
   };
 }
 
@@ -853,8 +959,13 @@ export function findMissing(inspection: SchemaInspection, table: string): string
   for (const [column] of TABLE_COLUMNS) {
     if (!rel.columns[column]) missing.push(`column ${column} of ${names.table}`);
   }
-  if (rel.columns.id && !rel.columns.id.hasDefault) {
-    missing.push(`default gen_random_uuid() of ${names.table}.id`);
+  const id = rel.columns.id;
+  if (id && !id.hasDefault && !id.identity) {
+    missing.push(
+      id.type === "uuid"
+        ? `default gen_random_uuid() of ${names.table}.id`
+        : `a default of ${names.table}.id (of type ${id.type}: make it an identity column)`,
+    );
   }
   for (const column of ["device_id", "folder_key"]) {
     if (rel.columns[column] && !rel.columns[column].notNull) {
@@ -908,21 +1019,37 @@ export function policiesOf(inspection: SchemaInspection): TablePolicies[] {
   return out;
 }
 
-/** The device row holds this device's name and type (where those columns exist). */
-function deviceRowCurrent(inspection: SchemaInspection, device: DeviceInfo): boolean {
+/** What the device's row in `devices` needs: created, or its configured name or type set. */
+interface DeviceRowPlan {
+  insert: boolean;
+  name: boolean;
+  type: boolean;
+}
+
+/**
+ * What to do to the device's row: insert it when absent; else set the configured name or
+ * type where the row holds another (a value taken from the server never rewrites it).
+ */
+function planDeviceRow(
+  inspection: SchemaInspection,
+  device: DeviceInfo,
+  fromServer: { name?: boolean; type?: boolean },
+): DeviceRowPlan {
   const row = inspection.deviceRow;
-  if (row === null || row === undefined) return false;
+  if (row === null || row === undefined) return { insert: true, name: false, type: false };
   const columns = inspection.devices?.columns ?? {};
-  if (columns.name && row.name !== device.name) return false;
-  if (columns.type && row.type !== device.type) return false;
-  return true;
+  return {
+    insert: false,
+    name: !fromServer.name && columns.name !== undefined && row.name !== device.name,
+    type: !fromServer.type && columns.type !== undefined && row.type !== device.type,
+  };
 }
 
 /** Privileges the role lacks for uploading, in words, e.g. `INSERT on device_test`. */
 function missingPrivileges(
   inspection: SchemaInspection,
   table: string,
-  device: DeviceInfo,
+  plan: DeviceRowPlan,
 ): string[] {
   const names = displayNames(table);
   const out: string[] = [];
@@ -937,10 +1064,10 @@ function missingPrivileges(
   if (devices) {
     const lacking: string[] = [];
     if (!devices.privileges.select) lacking.push("SELECT");
-    if (inspection.deviceRow === null && !devices.privileges.insert) lacking.push("INSERT");
-    if (
-      inspection.deviceRow && !deviceRowCurrent(inspection, device) && !devices.privileges.update
-    ) lacking.push("UPDATE");
+    if (plan.insert && inspection.deviceRow === null && !devices.privileges.insert) {
+      lacking.push("INSERT");
+    }
+    if ((plan.name || plan.type) && !devices.privileges.update) lacking.push("UPDATE");
     if (lacking.length > 0) out.push(`${lacking.join(", ")} on ${names.devices}`);
   }
   return out;
@@ -1041,21 +1168,82 @@ async function run(
   throw stepError(reply, step, options, statementTimeout);
 }
 
+/** A string that says something: non-empty text, else undefined. */
+function textOf(value: unknown): string | undefined {
+  return typeof value === "string" && value.trim() !== "" ? value : undefined;
+}
+
+/**
+ * The statement reading this device's name and type from its latest row of the upload
+ * table (one line of JSON, or no row), or null when the table lacks those columns.
+ */
+function latestDeviceQuery(inspection: SchemaInspection, table: string, id: string): string | null {
+  const columns = inspection.table?.columns ?? {};
+  if (!columns.device_id || !columns.device_name || !columns.device_type) return null;
+  if (!inspection.table?.privileges.select) return null;
+  return `select json_build_object('name', x.device_name, 'type', x.device_type)::text\n` +
+    `from ${tableRef(table).sql} x where x.device_id = ${sqlLiteral(id)}::uuid\n` +
+    `  and (x.device_name is not null or x.device_type is not null)\n` +
+    (columns.updated_at ? `order by x.updated_at desc nulls last ` : "") + `limit 1;`;
+}
+
+/**
+ * The device's name and type where they are not configured: what the server holds (its
+ * `devices` row, else its latest row of the upload table), else the given fallbacks.
+ */
+async function deviceFromServer(
+  exec: (sql: string) => Promise<StatementReply>,
+  inspection: SchemaInspection,
+  options: EnsureSchemaOptions,
+  device: DeviceInfo,
+): Promise<DeviceInfo> {
+  const want = options.fromServer ?? {};
+  if (!want.name && !want.type) return device;
+  const row = inspection.deviceRow ?? null;
+  let name = want.name ? textOf(row?.name) ?? textOf(row?.device_name) : device.name;
+  let type = want.type ? textOf(row?.type) ?? textOf(row?.device_type) : device.type;
+  const sql = name === undefined || type === undefined
+    ? latestDeviceQuery(inspection, options.table, device.id)
+    : null;
+  if (sql !== null) {
+    const rows = await run(exec, sql, "device name", options, inspection.statementTimeout);
+    const latest = rows.length === 1 ? JSON.parse(rows[0]) as Record<string, unknown> : null;
+    name ??= textOf(latest?.name);
+    type ??= textOf(latest?.type);
+  }
+  return { id: device.id, name: name ?? device.name, type: type ?? device.type };
+}
+
+/** Pieces uploads work without, added when the role owns the table (else a warning). */
+function findRefinements(inspection: SchemaInspection, table: string): string[] {
+  const rel = inspection.table;
+  if (rel === null || rel.folderKeyTrigger || !rel.columns.folder_key) return [];
+  return [
+    `the trigger giving inserts without folder_key (the original tools') their folder's ` +
+    `name as key, on ${table}`,
+  ];
+}
+
 /**
  * Makes sure the remote schema is in place and this device registered, doing as little
- * as it can: ONE read-only inspection; when something is missing, ONE `DO` block that
- * creates or upgrades everything in one transaction (then a count of re-keyed rows after
- * an upgrade, and a second inspection to confirm); the device row's upsert only when the
- * row is absent or its name or type changed. A role that does not own the tables needs no
- * CREATE or ALTER once the schema is complete.
+ * as it can: ONE read-only inspection; the device id settled (`identify`) and its name and
+ * type read from the server where they are not configured; when something is missing,
+ * ONE `DO` block that creates or upgrades everything in one transaction (then a count of
+ * re-keyed rows after an upgrade, and a second inspection to confirm); the device row
+ * inserted when absent, and its configured name or type set when they changed (a row the
+ * lab made is otherwise used as it is). A role that does not own the tables needs no
+ * CREATE or ALTER once the schema is complete. Row-level security that would refuse the
+ * uploads is found here, before the first batch.
  *
  * @param exec runs one statement and returns its reply; a lost connection is thrown as
  *   UploadError `transient` and propagates.
  * @throws UploadError `config` (exit 2) when a piece is missing and the role may not add
  *   it (naming each piece and pointing at `deno task upload --print-schema`), when the
- *   role lacks a privilege or USAGE on the schema, or the DDL fails; `transient` with
- *   sqlstate 57014 and subject `schema` when the server cancelled a statement (see
- *   {@linkcode isSchemaTimeout}); `fatal` for a reply that is not the inspection's.
+ *   role lacks a privilege, USAGE on the schema or a row-level security policy, when the
+ *   device's row cannot be made (naming the columns and the INSERT to run), or the DDL
+ *   fails; what `identify` throws; `timeout` with sqlstate 57014 and subject `schema` when
+ *   the server cancelled a statement (see {@linkcode isSchemaTimeout}); `fatal` for a
+ *   reply that is not the inspection's.
  *
  * @example
  * ```ts
@@ -1068,53 +1256,33 @@ export async function ensureSchema(
   exec: (sql: string) => Promise<StatementReply>,
   options: EnsureSchemaOptions,
 ): Promise<SchemaResult> {
-  const names = displayNames(options.table);
-  const inspect = buildInspectStatement(options.table, options.device);
-  const before = parseInspection(await run(exec, inspect, "inspection", options));
-  const timeout = before.statementTimeout;
-  if (!before.schemaUsage) {
-    const schema = before.schema === null ? "(no schema of search_path)" : before.schema;
-    throw new UploadError(
-      "config",
-      `Cannot prepare table ${options.table} on ${options.targetDisplay}: role ` +
-        `${before.role} has no USAGE privilege on schema ${schema}` +
-        (before.schemaExists || before.schema === null ? "" : " (it does not exist)"),
-      { subject: "schema", hint: grantHint(before, options.table) },
+  const inspect = async (device: DeviceInfo, timeout?: string) =>
+    parseInspection(
+      await run(exec, buildInspectStatement(options.table, device), "inspection", options, timeout),
     );
+  let device = options.device;
+  let before = await inspect(device);
+  const timeout = before.statementTimeout;
+  checkSchemaUsage(before, options);
+  if (options.identify) {
+    const id = await options.identify(
+      before,
+      (sql) => run(exec, sql, "device lookup", options, timeout),
+    );
+    if (id !== device.id) {
+      device = { ...device, id };
+      before = await inspect(device, timeout);
+    }
   }
+  device = await deviceFromServer(exec, before, options, device);
   const missingBefore = findMissing(before, options.table);
+  const refinements = findRefinements(before, options.table);
+  const ddl = missingBefore.length > 0 || (refinements.length > 0 && before.table?.owner === true);
   let after = before;
   let rekeyed = 0;
-  if (missingBefore.length > 0) {
-    const [ddl] = buildSchemaStatements({ table: options.table, device: options.device });
-    const reply = await exec(ddl);
-    if (!reply.ok && reply.sqlstate === "42501") {
-      throw new UploadError(
-        "config",
-        `Cannot prepare table ${options.table} on ${options.targetDisplay}: role ` +
-          `${before.role} may not add what is missing (${reply.sqlstate}: ${reply.message}); ` +
-          `missing: ${missingBefore.join("; ")}`,
-        {
-          subject: "schema",
-          sqlstate: reply.sqlstate,
-          hint: `Have an owner of ${names.table} run the SQL printed by ` +
-            `\`${PRINT_SCHEMA_COMMAND}\` once (psql or the Supabase SQL editor); the uploader ` +
-            `then needs no CREATE or ALTER`,
-        },
-      );
-    }
-    if (!reply.ok) throw stepError(reply, "create or upgrade", options, timeout);
-    if (before.table !== null && needsRekey(before.table)) {
-      const rows = await run(
-        exec,
-        buildRekeyCountStatement(options.table),
-        "re-key count",
-        options,
-        timeout,
-      );
-      rekeyed = parseRekeyReply(rows) ?? 0;
-    }
-    after = parseInspection(await run(exec, inspect, "inspection", options, timeout));
+  if (ddl) {
+    rekeyed = await createOrUpgrade(exec, before, missingBefore, { ...options, device });
+    after = await inspect(device, timeout);
     const still = findMissing(after, options.table);
     if (still.length > 0) {
       throw new UploadError(
@@ -1125,7 +1293,8 @@ export async function ensureSchema(
       );
     }
   }
-  const lacking = missingPrivileges(after, options.table, options.device);
+  const plan = planDeviceRow(after, device, options.fromServer ?? {});
+  const lacking = missingPrivileges(after, options.table, plan);
   if (lacking.length > 0) {
     throw new UploadError(
       "config",
@@ -1135,35 +1304,233 @@ export async function ensureSchema(
     );
   }
   const policies = policiesOf(after);
-  if (!deviceRowCurrent(after, options.device)) {
-    const columns = after.devices?.columns ?? {};
-    const sql = deviceUpsert(tableRef(options.table).devicesSql, options.device, {
-      name: columns.name !== undefined,
-      type: columns.type !== undefined,
-      updatedAt: columns.updated_at !== undefined,
-    });
-    const reply = await exec(sql);
-    if (!reply.ok) {
-      if (reply.sqlstate === "42501") {
-        throw describePermissionError(reply, {
-          table: names.devices,
-          targetDisplay: options.targetDisplay,
-          role: after.role,
-          policies,
-          subject: "schema",
-        });
-      }
-      throw stepError(reply, "device row", options, timeout);
-    }
-  }
+  checkPolicies(after, policies, plan, options);
+  await writeDeviceRow(exec, after, device, plan, { ...options, policies, timeout });
   return {
     created: before.table === null,
-    upgraded: before.table !== null && missingBefore.length > 0,
+    upgraded: before.table !== null && ddl,
     rekeyed,
     missingBefore,
     role: after.role,
     policies,
+    device,
+    notes: ddl
+      ? []
+      : refinements.map((r) =>
+        `${options.table} lacks ${r}, and role ${after.role} may not add it: the original ` +
+        `tools' inserts are refused there (have an owner run the SQL printed by ` +
+        `\`${PRINT_SCHEMA_COMMAND}\`)`
+      ),
   };
+}
+
+/** @throws UploadError `config` when the role may not use the schema. */
+function checkSchemaUsage(inspection: SchemaInspection, options: EnsureSchemaOptions): void {
+  if (inspection.schemaUsage) return;
+  const schema = inspection.schema === null ? "(no schema of search_path)" : inspection.schema;
+  throw new UploadError(
+    "config",
+    `Cannot prepare table ${options.table} on ${options.targetDisplay}: role ` +
+      `${inspection.role} has no USAGE privilege on schema ${schema}` +
+      (inspection.schemaExists || inspection.schema === null ? "" : " (it does not exist)"),
+    { subject: "schema", hint: grantHint(inspection, options.table) },
+  );
+}
+
+/**
+ * Runs the DDL that creates or upgrades the schema.
+ *
+ * @returns the rows an upgrade re-keyed.
+ */
+async function createOrUpgrade(
+  exec: (sql: string) => Promise<StatementReply>,
+  before: SchemaInspection,
+  missingBefore: string[],
+  options: EnsureSchemaOptions,
+): Promise<number> {
+  const names = displayNames(options.table);
+  const timeout = before.statementTimeout;
+  const [ddl] = buildSchemaStatements({ table: options.table, device: options.device });
+  const reply = await exec(ddl);
+  if (!reply.ok && reply.sqlstate === "42501") {
+    throw new UploadError(
+      "config",
+      `Cannot prepare table ${options.table} on ${options.targetDisplay}: role ` +
+        `${before.role} may not add what is missing (${reply.sqlstate}: ${reply.message}); ` +
+        `missing: ${missingBefore.join("; ")}`,
+      {
+        subject: "schema",
+        sqlstate: reply.sqlstate,
+        hint: `Have an owner of ${names.table} run the SQL printed by ` +
+          `\`${PRINT_SCHEMA_COMMAND}\` once (psql or the Supabase SQL editor); the uploader ` +
+          `then needs no CREATE or ALTER`,
+      },
+    );
+  }
+  if (!reply.ok) throw stepError(reply, "create or upgrade", options, timeout);
+  if (before.table === null || !needsRekey(before.table)) return 0;
+  const rows = await run(
+    exec,
+    buildRekeyCountStatement(options.table),
+    "re-key count",
+    options,
+    timeout,
+  );
+  return parseRekeyReply(rows) ?? 0;
+}
+
+/** An example policy granting `command` on `table` to `roleSql`, as SQL text. */
+function policyExample(table: string, command: PolicyCommand, roleSql: string): string {
+  const clause = command === "INSERT"
+    ? "with check (true)"
+    : command === "SELECT"
+    ? "using (true)"
+    : "using (true) with check (true)";
+  return `create policy ${quoteIdent(`uploader_${command.toLowerCase()}`)} on ${
+    quoteIdent(baseName(table))
+  } for ${command.toLowerCase()} to ${roleSql} ${clause}`;
+}
+
+/**
+ * Refuses, before the first batch, row-level security that would refuse the uploads: the
+ * upload table needs permissive INSERT, SELECT and UPDATE policies for the role (an
+ * `INSERT ... ON CONFLICT DO UPDATE` checks all three, UPDATE only once a row changes);
+ * `devices` needs SELECT, INSERT when the device's row is to be made, UPDATE when it is
+ * to be changed.
+ *
+ * @throws UploadError `config` (42501) naming each table and command that lacks a policy.
+ */
+function checkPolicies(
+  inspection: SchemaInspection,
+  policies: readonly TablePolicies[],
+  plan: DeviceRowPlan,
+  options: EnsureSchemaOptions,
+): void {
+  const names = displayNames(options.table);
+  const needed = new Map<string, PolicyCommand[]>([
+    [inspection.table?.name ?? "", ["INSERT", "SELECT", "UPDATE"]],
+    [inspection.devices?.name ?? "", [
+      "SELECT",
+      ...(plan.insert ? ["INSERT" as const] : []),
+      ...(plan.name || plan.type ? ["UPDATE" as const] : []),
+    ]],
+  ]);
+  const lacking: [string, PolicyCommand[]][] = [];
+  for (const p of policies) {
+    const missing = p.missing.filter((c) => needed.get(p.table)?.includes(c));
+    if (p.rlsApplies && missing.length > 0) lacking.push([p.table, missing]);
+  }
+  if (lacking.length === 0) return;
+  const roleSql = quoteIdent(inspection.role);
+  const examples = lacking.flatMap(([table, commands]) =>
+    commands.map((c) => policyExample(table, c, roleSql))
+  );
+  throw new UploadError(
+    "config",
+    `Row-level security on ${options.targetDisplay} would refuse the uploads of role ` +
+      `${inspection.role}: no permissive policy for ${
+        lacking.map(([table, commands]) => `${table}: ${commands.join(", ")}`).join("; ")
+      } (an INSERT ... ON CONFLICT DO UPDATE needs INSERT, SELECT and UPDATE on ` +
+      `${names.table}; ${names.devices} needs SELECT, and INSERT for this device's first row)`,
+    {
+      subject: "schema",
+      sqlstate: "42501",
+      hint: `Add the policies, narrowed to your rows as needed, e.g. ${examples.join("; ")}; ` +
+        `the SQL printed by \`${PRINT_SCHEMA_COMMAND} --role ${inspection.role}\` has ` +
+        `commented examples`,
+    },
+  );
+}
+
+/** Columns of `devices` the uploader cannot fill: NOT NULL, no default, not its own. */
+function requiredDeviceColumns(devices: RelationState | null): string[] {
+  if (devices === null) return [];
+  const own = new Set(["id", "name", "type"]);
+  return Object.entries(devices.columns)
+    .filter(([name, c]) => c.notNull && !c.hasDefault && !c.identity && !own.has(name))
+    .map(([name]) => name)
+    .sort();
+}
+
+/** The refusal to make a device row the lab's devices table needs more for. */
+function deviceRowError(
+  inspection: SchemaInspection,
+  device: DeviceInfo,
+  columns: string[],
+  options: EnsureSchemaOptions,
+  server?: StatementError,
+): UploadError {
+  const names = displayNames(options.table);
+  const own = inspection.devices?.columns ?? {};
+  const insert: [string, string][] = [["id", sqlLiteral(device.id)]];
+  if (own.name) insert.push(["name", sqlLiteral(device.name)]);
+  if (own.type) insert.push(["type", sqlLiteral(device.type)]);
+  for (const c of columns) insert.push([quoteIdent(c), `<${c}>`]);
+  const sql = `insert into ${tableRef(options.table).devicesSql} (${
+    insert.map(([c]) => c).join(", ")
+  }) values (${insert.map(([, v]) => v).join(", ")})`;
+  const plural = columns.length > 1;
+  return new UploadError(
+    "config",
+    `Cannot register device ${device.id} in ${names.devices} on ${options.targetDisplay}: ` +
+      `column${plural ? "s" : ""} ${columns.join(", ")} ${plural ? "are" : "is"} NOT NULL ` +
+      `without a default, and the uploader has no value for ${plural ? "them" : "it"}` +
+      (server ? ` (${server.sqlstate}: ${server.message})` : ""),
+    {
+      subject: "schema",
+      sqlstate: server?.sqlstate,
+      hint: `Insert the device's row once, with your values (psql or the Supabase SQL editor): ` +
+        `${sql}; the uploader then uses it as it is`,
+    },
+  );
+}
+
+/**
+ * Makes the device's row when it is absent, or sets its configured name or type; a row
+ * that is there is otherwise left as it is.
+ *
+ * @throws UploadError `config` naming the columns and the INSERT to run when the devices
+ *   table needs values the uploader does not have; as {@linkcode describePermissionError}
+ *   for a refusal.
+ */
+async function writeDeviceRow(
+  exec: (sql: string) => Promise<StatementReply>,
+  inspection: SchemaInspection,
+  device: DeviceInfo,
+  plan: DeviceRowPlan,
+  options: EnsureSchemaOptions & { policies: TablePolicies[]; timeout: string },
+): Promise<void> {
+  if (!plan.insert && !plan.name && !plan.type) return;
+  const devicesSql = tableRef(options.table).devicesSql;
+  const columns = inspection.devices?.columns ?? {};
+  const own = {
+    name: columns.name !== undefined,
+    type: columns.type !== undefined,
+    updatedAt: columns.updated_at !== undefined,
+  };
+  if (plan.insert) {
+    const required = requiredDeviceColumns(inspection.devices);
+    if (required.length > 0) throw deviceRowError(inspection, device, required, options);
+  }
+  const sql = plan.insert
+    ? deviceInsert(devicesSql, device, own)
+    : deviceUpdate(devicesSql, device, plan, own);
+  const reply = await exec(sql);
+  if (reply.ok) return;
+  if (reply.sqlstate === "42501") {
+    throw describePermissionError(reply, {
+      table: displayNames(options.table).devices,
+      targetDisplay: options.targetDisplay,
+      role: inspection.role,
+      policies: options.policies,
+      subject: "schema",
+    });
+  }
+  const column = reply.sqlstate === "23502"
+    ? /null value in column "([^"]+)"/.exec(reply.message)?.[1]
+    : undefined;
+  if (column !== undefined) throw deviceRowError(inspection, device, [column], options, reply);
+  throw stepError(reply, "device row", options, options.timeout);
 }
 
 /** Context for {@linkcode describePermissionError}. */
@@ -1221,16 +1588,7 @@ export function describePermissionError(
     const known = state !== undefined && state.rlsApplies && missing.length > 0;
     const lacking = known ? `; missing for ${role}: ${missing.join(", ")}` : "";
     const examples = (known ? missing : ["INSERT", "SELECT", "UPDATE"] as PolicyCommand[]).map(
-      (command) => {
-        const clause = command === "INSERT"
-          ? "with check (true)"
-          : command === "SELECT"
-          ? "using (true)"
-          : "using (true) with check (true)";
-        return `create policy ${quoteIdent(`uploader_${command.toLowerCase()}`)} on ${
-          quoteIdent(baseName(table))
-        } for ${command.toLowerCase()} to ${roleSql} ${clause}`;
-      },
+      (command) => policyExample(table, command, roleSql),
     );
     return new UploadError(
       "config",
@@ -1351,7 +1709,8 @@ export function printSchemaSql(options: PrintSchemaOptions): string {
     `--    replaces the unique key by folder name with unique (device_id, folder_key), keeps`,
     `--    every row (${adoption};`,
     `--    older duplicates of one folder are kept as "<folder> (duplicate <id>)"), and keeps the`,
-    `--    table's triggers and CHECK constraints.`,
+    `--    table's triggers and CHECK constraints; adds the trigger uploader_folder_key, which`,
+    `--    keys inserts without folder_key (the original tools' own) by the folder's name.`,
     `--    It also creates ${healthRef(ref).sql} (one row per device: each run's health, read`,
     `--    by deno task fleet), or adds the columns an older one lacks.`,
     `-- 2. Grants the uploading role what it needs, and nothing else: USAGE on the schema,`,

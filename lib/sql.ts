@@ -79,7 +79,7 @@ export interface UpsertCounts {
 }
 
 /** Bytes of an upsert statement besides its rows (SQL text, device, batch name), an upper bound. */
-export const UPSERT_OVERHEAD_BYTES = 2048;
+export const UPSERT_OVERHEAD_BYTES = 6144;
 
 const UUID_PATTERN = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 
@@ -293,7 +293,10 @@ function checkStorable(value: unknown, row: UploadRow, path: string): void {
  * device and the batch name travel inside one JSON literal unpacked with
  * `jsonb_to_recordset`. An existing row of the same (device_id, folder_key) is rewritten
  * only when its `metadata->>'content_hash'` differs, and only then does its updated_at
- * move; rows neither inserted nor updated were unchanged.
+ * move; rows neither inserted nor updated were unchanged. A row another tool wrote (no
+ * content_hash) whose stats and image names match the folder is left as it stands. A
+ * rewrite keeps what the tool does not own: other columns, other metadata keys, the
+ * storage URLs in `images` of images still there, and a test_status set by hand.
  *
  * @throws UploadError `fatal` for an empty batch or one naming a folder_key twice (a bug
  *   in the caller: PostgreSQL refuses to update one row twice in a statement);
@@ -456,6 +459,65 @@ function headerJson(options: UpsertOptions): string {
 }
 
 /**
+ * SQL: the file name an entry of `images` stands for, as bytes. The tool writes bare file
+ * names; the original authors' REST uploader wrote public storage URLs ending in the
+ * percent-encoded name (a bare name where an image's upload failed). An entry holding a
+ * `/` is a URL: its last segment, percent-decoded; other entries are names as they are.
+ * Compared as bytes, so a `%` sequence that is not UTF-8 never fails the statement.
+ */
+function imageNameBytes(entry: string): string {
+  // Split at each `%`: every piece after the first starts with the two hex digits of a byte
+  // (else the `%` stood for itself).
+  return `case when strpos(${entry}, '/') > 0 then (select string_agg(case when u.n = 1\n` +
+    `      then convert_to(u.p, 'UTF8') when u.p ~ '^[0-9A-Fa-f]{2}'\n` +
+    `      then decode(left(u.p, 2), 'hex') || convert_to(substr(u.p, 3), 'UTF8')\n` +
+    `      else convert_to('%' || u.p, 'UTF8') end, ''::bytea order by u.n)\n` +
+    `    from unnest(string_to_array(substring(${entry} from '[^/]*$'), '%')) with ordinality u(p, n))\n` +
+    `  else convert_to(${entry}, 'UTF8') end`;
+}
+
+/**
+ * SQL (in the upsert's DO UPDATE): a row this tool did not write (no content_hash) holds
+ * the folder's content when its stats are the same JSON value (no stats: SQL or JSON null)
+ * and its images name the same files (URLs ending in those names included): such a row is
+ * adopted as it stands.
+ */
+const SAME_CONTENT =
+  `coalesce(t.test_results, 'null'::jsonb) = coalesce(excluded.test_results, 'null'::jsonb)\n` +
+  `    and (select array_agg(b order by b) from (select ${
+    imageNameBytes("o")
+  } as b from unnest(t.images) o) s)\n` +
+  `      is not distinct from (select array_agg(convert_to(n, 'UTF8') order by convert_to(n, 'UTF8'))\n` +
+  `        from unnest(excluded.images) n)`;
+
+/**
+ * SQL: the images of a rewritten row. Each of the folder's images keeps the entry the row
+ * already has for it (a storage URL the original uploader wrote); new images are names.
+ */
+const MERGED_IMAGES =
+  `case when not exists (select 1 from unnest(t.images) o where strpos(o, '/') > 0)\n` +
+  `      then excluded.images\n` +
+  `      else array(select coalesce((select o from unnest(t.images) o where strpos(o, '/') > 0\n` +
+  `        and ${imageNameBytes("o")} = convert_to(e.n, 'UTF8') limit 1), e.n)\n` +
+  `        from unnest(excluded.images) with ordinality e(n, k) order by e.k) end`;
+
+/**
+ * SQL: the test_status of a rewritten row. The tool owns the status it computed; one set
+ * by a person is kept: on the tool's rows, a status other than the one it recorded as
+ * computed (`metadata.computed_test_status`); on other rows (and the tool's older ones), a
+ * status its rule never gives (`incomplete`, ...).
+ */
+const KEPT_STATUS = `case when t.test_status is null then excluded.test_status\n` +
+  `      when t.metadata->>'computed_test_status' is null then case when t.test_status in\n` +
+  `        ('pending', 'passed', 'failed') then excluded.test_status else t.test_status end\n` +
+  `      when t.test_status is distinct from t.metadata->>'computed_test_status' then t.test_status\n` +
+  `      else excluded.test_status end`;
+
+/** SQL: the metadata of a rewritten row: the tool's keys replaced, every other key kept. */
+const MERGED_METADATA = `case when jsonb_typeof(t.metadata) = 'object'\n` +
+  `      then t.metadata || excluded.metadata else excluded.metadata end`;
+
+/**
  * The rest of an upsert once `payload` (the header as `p`) and `input` (the rows, typed)
  * are open: the strict-row conflicts, the insert and its one-line JSON reply.
  */
@@ -496,12 +558,14 @@ function upsertTail(ref: TableRef, rows: readonly UploadRow[]): string {
     keep +
     `  on conflict (device_id, folder_key) do update set\n` +
     `    device_name = excluded.device_name, device_type = excluded.device_type,\n` +
-    `    folder_name = excluded.folder_name, images = excluded.images,\n` +
-    `    test_results = excluded.test_results, test_status = excluded.test_status,\n` +
+    `    folder_name = excluded.folder_name, images = ${MERGED_IMAGES},\n` +
+    `    test_results = excluded.test_results, test_status = ${KEPT_STATUS},\n` +
     `    test_date = excluded.test_date, upload_batch = excluded.upload_batch,\n` +
-    `    metadata = excluded.metadata, data_type = excluded.data_type, updated_at = now()` +
+    `    metadata = ${MERGED_METADATA},\n` +
+    `    data_type = coalesce(t.data_type, excluded.data_type), updated_at = now()` +
     `${objectsSet}\n` +
     `  where t.metadata->>'content_hash' is distinct from excluded.metadata->>'content_hash'\n` +
+    `    and (t.metadata->>'content_hash' is not null or not (${SAME_CONTENT}))\n` +
     `  returning (t.xmax = 0) as inserted\n` +
     `)\n` +
     `select json_build_object('inserted', count(*) filter (where inserted),\n` +
@@ -680,4 +744,74 @@ export function buildRemoteHashesQuery(table: string, deviceId: string): string 
   checkDevice({ id: deviceId, name: "", type: "" });
   return `select folder_key, metadata->>'content_hash' from ${tableRef(table).sql} ` +
     `where device_id = ${sqlLiteral(deviceId)}::uuid`;
+}
+
+/** Options of {@linkcode buildDeviceCountQuery}. */
+export interface DeviceCountOptions {
+  /** Target table, as for {@linkcode UpsertOptions.table}. */
+  table: string;
+  /** The folders asked about: their keys and their names (the basename of each key). */
+  keys: readonly string[];
+  /**
+   * The table has `folder_key` (else, a table of the original scripts' shape, rows are
+   * matched by `folder_name` alone, which the upgrade makes their key).
+   */
+  hasFolderKey: boolean;
+}
+
+/**
+ * A statement returning one line of JSON, `{"<device id>": rows, ...}`: how many rows of the
+ * given folders each device holds (read it with {@linkcode parseDeviceCounts}). The keys
+ * travel in one JSON literal and are joined to the table as a set (a hash join over one scan
+ * of the table, or the `folder_name` index the original tools' table has), so a statement
+ * costs about one scan however many keys it asks about.
+ *
+ * @throws UploadError `config` for an invalid table name; `fatal` for no keys.
+ *
+ * @example
+ * ```ts
+ * buildDeviceCountQuery({ table: "device_test", keys: ["L1/Batch1"], hasFolderKey: true });
+ * ```
+ */
+export function buildDeviceCountQuery(options: DeviceCountOptions): string {
+  if (options.keys.length === 0) throw new UploadError("fatal", "No folder keys to look up");
+  const t = tableRef(options.table).sql;
+  const match = options.hasFolderKey
+    ? "x.folder_name = k.name and x.folder_key = k.key"
+    : "x.folder_name = k.key";
+  return `with p as (select ${sqlLiteral(JSON.stringify(options.keys))}::jsonb as p),\n` +
+    `k as (select distinct e.key, substring(e.key from '[^/]*$') as name\n` +
+    `  from p, jsonb_array_elements_text(p.p) as e(key))\n` +
+    `select coalesce(json_object_agg(s.d, s.n), '{}')::text from (\n` +
+    `  select x.device_id::text as d, count(*) as n from ${t} x join k on ${match}\n` +
+    `  where x.device_id is not null\n` +
+    `  group by 1) s;`;
+}
+
+/**
+ * The counts of {@linkcode buildDeviceCountQuery}'s reply, by device id.
+ *
+ * @throws UploadError `fatal` when the rows are not that statement's one line of JSON.
+ *
+ * @example
+ * ```ts
+ * parseDeviceCounts(['{"6f1c2b8e-2f7c-4a55-9a53-0d6f0c1c9e1a" : 3}']); // Map { id => 3 }
+ * ```
+ */
+export function parseDeviceCounts(rows: readonly string[]): Map<string, number> {
+  let value: unknown;
+  try {
+    value = rows.length === 1 ? JSON.parse(rows[0]) : undefined;
+  } catch (_error) {
+    value = undefined; // not the statement's JSON: reported below
+  }
+  if (value === null || typeof value !== "object" || Array.isArray(value)) {
+    throw new UploadError(
+      "fatal",
+      `Unexpected reply to a device count: ${JSON.stringify(rows.slice(0, 3))}`,
+    );
+  }
+  const counts = new Map<string, number>();
+  for (const [id, n] of Object.entries(value)) counts.set(id, Number(n));
+  return counts;
 }

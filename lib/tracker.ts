@@ -597,6 +597,18 @@ export class Tracker {
     return new Map(rows.map((r) => [r.folder_key, r.content_hash ?? ""]));
   }
 
+  /**
+   * Keys of the folders under `base` found on disk, a page at a time in the table's own
+   * order: those after `after` (a position returned before; 0 for the first page).
+   */
+  baseKeys(base: string, after: number, limit: number): { keys: string[]; next: number } {
+    const rows = this.#stmt(
+      "SELECT rowid AS r, folder_key FROM folder_status WHERE rowid > ? AND base_path = ? " +
+        "AND missing_since IS NULL AND folder_key IS NOT NULL ORDER BY rowid LIMIT ?",
+    ).all(after, base, limit) as { r: number; folder_key: string }[];
+    return { keys: rows.map((r) => r.folder_key), next: Number(rows.at(-1)?.r ?? after) };
+  }
+
   /** Forgets the server rows a previous `--verify` read, before reading them again. */
   clearRemote(): void {
     this.#stmt("DELETE FROM remote_rows").run();

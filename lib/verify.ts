@@ -12,7 +12,7 @@
 import { UploadError } from "./errors.ts";
 import { copyOut } from "./psql.ts";
 import type { Run } from "./run.ts";
-import { buildRemoteHashesQuery } from "./sql.ts";
+import { buildDeviceCountQuery, buildRemoteHashesQuery, parseDeviceCounts } from "./sql.ts";
 import type { WriteContext } from "./writer.ts";
 
 /** Rows handed to the tracker per transaction. */
@@ -61,10 +61,61 @@ export async function readRemote(
 }
 
 /**
- * Ends a verify after the walk: records orphans (server rows with no folder on disk) and
- * what was found, and reports it.
+ * Rows of this tree's folders on the server under other device ids than this one (a fork
+ * an older version made, or another device using the same folder names), by id, most
+ * first. Asks about the tracked folders on disk under `base`, a page of keys at a time.
+ *
+ * @throws {UploadError} as a query of the write context does (the server refused, or went away).
  */
-export function finishVerify(run: Run, base: string, remote: RemoteReport): void {
+export async function countOtherDevices(
+  run: Run,
+  context: WriteContext,
+  base: string,
+): Promise<{ device_id: string; folders: number }[]> {
+  const tracker = run.tracker!;
+  const totals = new Map<string, number>();
+  const own = context.device.id.toLowerCase();
+  for (let after = 0;;) {
+    const page = tracker.baseKeys(base, after, CHUNK);
+    if (page.keys.length === 0) break;
+    after = page.next;
+    const sql = buildDeviceCountQuery({
+      table: context.table,
+      keys: page.keys,
+      hasFolderKey: true,
+    });
+    const runner = await context.pool.acquire();
+    try {
+      const reply = await runner.run(sql, { timeoutMs: context.statementTimeoutMs });
+      if (!reply.ok) {
+        throw new UploadError(
+          "config",
+          `Cannot count rows under other device ids: ${reply.sqlstate}: ${reply.message}`,
+          { subject: "verify", sqlstate: reply.sqlstate },
+        );
+      }
+      for (const [id, n] of parseDeviceCounts(reply.rows)) {
+        if (id.toLowerCase() !== own) totals.set(id, (totals.get(id) ?? 0) + n);
+      }
+    } finally {
+      context.pool.release(runner);
+    }
+    if (run.stopping) break;
+  }
+  return [...totals].sort((a, b) => b[1] - a[1] || a[0].localeCompare(b[0]))
+    .map(([device_id, folders]) => ({ device_id, folders }));
+}
+
+/**
+ * Ends a verify after the walk: records orphans (server rows with no folder on disk), the
+ * other device ids holding rows of the tree's folders, and what was found, and reports it.
+ */
+export function finishVerify(
+  run: Run,
+  base: string,
+  remote: RemoteReport,
+  otherDevices: { device_id: string; folders: number }[] = [],
+): void {
   const tracker = run.tracker!;
   const report = {
     at: new Date(run.now()).toISOString(),
@@ -72,6 +123,7 @@ export function finishVerify(run: Run, base: string, remote: RemoteReport): void
     missing_on_server: remote.missingOnServer,
     changed_on_server: remote.changedOnServer,
     adopted: run.counters.adopted,
+    other_devices: otherDevices,
   };
   const orphans = tracker.finishVerify(base, report);
   run.emit({
@@ -82,5 +134,6 @@ export function finishVerify(run: Run, base: string, remote: RemoteReport): void
     adopted: run.counters.adopted,
     orphans: orphans.orphans,
     orphan_sample: orphans.sample,
+    other_devices: otherDevices,
   });
 }

@@ -37,6 +37,14 @@ import {
 } from "./locks.ts";
 import { parseReadOnlyFacts, READ_ONLY_STATEMENT, readOnlyError } from "./readonly.ts";
 import { APPLICATION_NAME } from "./psql.ts";
+import {
+  type DeviceSource,
+  type IdentitySetup,
+  identityTable,
+  type ResolvedIdentity,
+  resolveIdentity,
+} from "./identity.ts";
+import type { DeviceInfo } from "./sql.ts";
 import type { Connector } from "./connect.ts";
 import type { UploaderConfig } from "../config.ts";
 
@@ -427,14 +435,27 @@ function replyError(
   });
 }
 
+/** How the schema step settles the device (see `schema.ts` `EnsureSchemaOptions`). */
+export interface DeviceSettlement {
+  /** Name and type not configured: the server's values win. */
+  fromServer?: { name?: boolean; type?: boolean };
+  /** Settles an id nothing configured (a new tracker): see lib/identity.ts. */
+  identity?: IdentitySetup;
+}
+
 /**
  * Creates or upgrades the remote schema and registers this device (see `schema.ts`
- * `ensureSchema`). Idempotent. A schema step the server cancels (57014) is retried a few
- * times, then reported as a configuration error naming statement_timeout.
+ * `ensureSchema`); `ctx.device` becomes the device as settled there. Idempotent. A schema
+ * step the server cancels (57014) is retried a few times, then reported as a
+ * configuration error naming statement_timeout.
  *
- * @returns how many duplicate rows of an original-shape table were re-keyed.
+ * @returns how many duplicate rows of an original-shape table were re-keyed, what the run
+ *   should warn about, and how an unconfigured id was settled (null when none was).
  */
-export async function ensureSchema(ctx: WriteContext): Promise<{ rekeyed: number }> {
+export async function ensureSchema(
+  ctx: WriteContext,
+  settle: DeviceSettlement = {},
+): Promise<{ rekeyed: number; notes: string[]; identity: ResolvedIdentity | null }> {
   // Transient refusals (deadlock, too many connections, shutdown) are retried here like a
   // lost connection, and lock waits (55P03) as such; a read-only database (25006) stops the
   // run saying so; a statement timeout (57014) goes back to the schema step, which names it.
@@ -457,12 +478,30 @@ export async function ensureSchema(ctx: WriteContext): Promise<{ rekeyed: number
       }
       return reply;
     });
-  const options = { table: ctx.table, device: ctx.device, targetDisplay: ctx.targetDisplay };
+  let identity: ResolvedIdentity | null = null;
+  const setup = settle.identity;
+  const options = {
+    table: ctx.table,
+    device: ctx.device,
+    targetDisplay: ctx.targetDisplay,
+    fromServer: settle.fromServer,
+    identify: setup
+      ? async (inspection: Parameters<typeof identityTable>[0], query: QueryFn) => {
+        identity = await resolveIdentity(query, identityTable(inspection, ctx.table), {
+          ...setup,
+          candidate: ctx.device.id,
+          folders: setup.folders(),
+        });
+        return identity.id;
+      }
+      : undefined,
+  };
   for (let attempt = 1;; attempt++) {
     try {
       const result = await prepareSchema(exec, options);
       ctx.access = { role: result.role, policies: result.policies };
-      return { rekeyed: result.rekeyed };
+      ctx.device = result.device;
+      return { rekeyed: result.rekeyed, notes: result.notes, identity };
     } catch (error) {
       if (!isSchemaTimeout(error)) throw error;
       if (attempt >= SCHEMA_TIMEOUT_ATTEMPTS) {
@@ -589,6 +628,9 @@ function mayNotCreateTempTables(error: UploadError): boolean {
   return error.sqlstate === "42501" && /temporary tables/i.test(error.message);
 }
 
+/** Runs one query and returns its rows (errors thrown). */
+type QueryFn = (sql: string) => Promise<string[]>;
+
 /** What the write side reports, as run events. */
 export type WriterEvent =
   | { event: "retry"; subject: string; attempt: number; delay_ms: number; reason: string }
@@ -600,7 +642,18 @@ export type WriterEvent =
     waited_ms: number;
     holders: LockHolder[];
     message: string;
+  }
+  | {
+    event: "device";
+    device_id: string;
+    source: string;
+    name: string;
+    type: string;
+    held?: number;
   };
+
+/** The device type when neither config nor the server gives one. */
+export const DEFAULT_DEVICE_TYPE = "image_analyzer";
 
 /** Settings of {@linkcode LazyWriter}. */
 export interface LazyWriterOptions {
@@ -611,8 +664,14 @@ export interface LazyWriterOptions {
     UploaderConfig,
     "table" | "deviceName" | "deviceType" | "giveUpAfterSeconds" | "connectTimeoutSeconds"
   >;
-  /** This device's id. */
+  /** This device's id (nothing configured it: only the candidate, see `identity`). */
   deviceId: string;
+  /** Where `deviceId` came from. Default `config`. */
+  deviceSource?: DeviceSource;
+  /** Settles an id nothing configured before anything is written (lib/identity.ts). */
+  identity?: IdentitySetup;
+  /** Told the device the run uses once the schema step settled it. */
+  onDevice?: (device: DeviceInfo) => void;
   /** Client-side statement timeout (ms). Default 10 minutes. */
   statementTimeoutMs?: number;
   /** Counts retries (the run's counters). */
@@ -661,7 +720,7 @@ export class LazyWriter {
         device: {
           id: o.deviceId,
           name: o.config.deviceName || Deno.hostname(),
-          type: o.config.deviceType,
+          type: o.config.deviceType || DEFAULT_DEVICE_TYPE,
         },
         targetDisplay: o.connector.display,
         giveUpAfterMs: o.config.giveUpAfterSeconds * 1000,
@@ -684,8 +743,22 @@ export class LazyWriter {
         onWarning: (message) => o.emit({ event: "warning", message }),
         now: o.now,
       };
-      const schema = await ensureSchema(context);
+      const schema = await ensureSchema(context, {
+        fromServer: { name: !o.config.deviceName, type: !o.config.deviceType },
+        identity: o.identity,
+      });
       o.emit({ event: "schema", table: o.config.table, rekeyed: schema.rekeyed });
+      for (const message of schema.notes) o.emit({ event: "warning", message });
+      const device = context.device;
+      o.onDevice?.(device);
+      o.emit({
+        event: "device",
+        device_id: device.id,
+        source: schema.identity?.source ?? o.deviceSource ?? "config",
+        name: device.name,
+        type: device.type,
+        ...(schema.identity?.held !== undefined ? { held: schema.identity.held } : {}),
+      });
       return context;
     })();
     return this.#opening;

@@ -7,6 +7,7 @@
  */
 
 import { localDeviceId } from "../lib/device.ts";
+import type { DeviceSource } from "../lib/identity.ts";
 import { EXIT, messageOf, UploadError } from "../lib/errors.ts";
 import {
   fromCaller,
@@ -75,9 +76,11 @@ async function main(argv: string[]): Promise<number> {
   let tracker: Tracker | null = null;
   if (exists(config.dbPath)) tracker = Tracker.open(config.dbPath, { command: "quick upload" });
   try {
-    const deviceId = tracker
-      ? tracker.deviceId(config.deviceId || undefined)
-      : config.deviceId || localDeviceId();
+    // DEVICE_ID, else the tracker's; else it is settled against the named folders' markers
+    // and the server's rows before anything is written.
+    const known = config.deviceId || tracker?.getMeta("device_id");
+    const deviceId = known || localDeviceId();
+    const deviceSource: DeviceSource = config.deviceId ? "config" : known ? "tracker" : "machine";
     reporter.info(targetLine(connector));
     let recording = tracker;
     if (tracker) {
@@ -127,6 +130,8 @@ async function main(argv: string[]): Promise<number> {
         config,
         connector,
         deviceId,
+        deviceSource,
+        settleDevice: !known,
         tracker: recording,
         base,
         markers: cmd.markers,

@@ -17,15 +17,17 @@ import {
 } from "../lib/cli.ts";
 import { connectorFor } from "../lib/connect.ts";
 import { newCounters, type RunMode } from "../lib/events.ts";
-import { checkBase, type ManagerMode, runUpload } from "../lib/pipeline.ts";
+import { checkBase, type ManagerMode, runUpload, treeIdentity } from "../lib/pipeline.ts";
 import { checkPsql } from "../lib/psql.ts";
 import { Reporter } from "../lib/progress.ts";
 import { formatStatus } from "../lib/report.ts";
 import { printSchemaSql } from "../lib/schema.ts";
 import { localDeviceId } from "../lib/device.ts";
+import type { DeviceSource } from "../lib/identity.ts";
 import { resolveTarget } from "../lib/target.ts";
 import { Tracker } from "../lib/tracker.ts";
 import { runWatch } from "../lib/watch.ts";
+import { DEFAULT_DEVICE_TYPE } from "../lib/writer.ts";
 
 async function main(argv: string[]): Promise<number> {
   const env = Deno.env.toObject();
@@ -50,7 +52,7 @@ async function main(argv: string[]): Promise<number> {
       device: {
         id: config.deviceId || trackedDeviceId(config.dbPath) || localDeviceId(),
         name: config.deviceName || Deno.hostname(),
-        type: config.deviceType,
+        type: config.deviceType || DEFAULT_DEVICE_TYPE,
       },
     }));
     return EXIT.OK;
@@ -89,9 +91,19 @@ async function main(argv: string[]): Promise<number> {
 
   const tracker = openTracker(config.dbPath, mode);
   try {
+    // The device id: DEVICE_ID, else the tracker's; else (a new tracker) it is settled
+    // against the folders' markers and the server's rows before anything is written.
+    const known = config.deviceId || tracker.getMeta("device_id");
     const deviceId = mode === "dry-run"
-      ? (config.deviceId || tracker.getMeta("device_id") || "00000000-0000-0000-0000-000000000000")
-      : tracker.deviceId(config.deviceId || undefined);
+      ? (known || "00000000-0000-0000-0000-000000000000")
+      : known || localDeviceId();
+    const deviceSource: DeviceSource = config.deviceId ? "config" : known ? "tracker" : "machine";
+    if (cmd.adoptDevice && known) {
+      reporter.warn(
+        `Warning: --adopt-device has no effect: the device id ${known} comes from ` +
+          (config.deviceId ? "DEVICE_ID" : `the tracking database ${config.dbPath}`),
+      );
+    }
     if (cmd.movedFrom) {
       const moved = tracker.moveBase(cmd.movedFrom, basePath);
       reporter.info(
@@ -159,6 +171,8 @@ async function main(argv: string[]): Promise<number> {
         tracker,
         connector,
         deviceId,
+        deviceSource,
+        identity: known || !sends ? undefined : treeIdentity(basePath, config, cmd.adoptDevice),
         markers: cmd.markers,
         objects: store ? { store, deviceId } : null,
         signal: interrupt.signal,

@@ -20,6 +20,7 @@ const MANAGER_EVENTS = new Set([
   "batch_done",
   "retry",
   "schema",
+  "device",
   "settle_wait",
   "missing",
   "lock_wait",
@@ -43,6 +44,7 @@ const QUICK_EVENTS = new Set([
   "retry",
   "schema",
   "lock_wait",
+  "device",
   "stopping",
   "summary",
 ]);

@@ -251,7 +251,7 @@ Deno.test("parseRekeyReply reads the count's one line of JSON", () => {
 });
 
 function column(notNull = false, hasDefault = false) {
-  return { type: "text", notNull, hasDefault };
+  return { type: "text", notNull, hasDefault, identity: false };
 }
 
 /** The upload table as the schema step leaves it. */
@@ -274,7 +274,7 @@ function completeTable(): RelationState {
       "data_type",
     ]
   ) columns[name] = column();
-  columns.id = column(true, true);
+  columns.id = { ...column(true, true), type: "uuid" };
   columns.device_id = column(true);
   columns.folder_key = column(true);
   return {
@@ -307,6 +307,7 @@ function completeTable(): RelationState {
     }],
     privileges: { select: true, insert: true, update: true },
     policies: [],
+    folderKeyTrigger: true,
   };
 }
 
@@ -381,11 +382,17 @@ Deno.test("findMissing: names each missing piece, and nothing for a complete sch
     }, ["removal of unique index by_name (folder_name) on device_test"]],
     ["no foreign key, no id default", (i) => {
       i.table!.foreignKeys = [];
-      i.table!.columns.id = column(true, false);
+      i.table!.columns.id = { ...column(true, false), type: "uuid" };
     }, [
       "default gen_random_uuid() of device_test.id",
       "foreign key device_test (device_id) references devices (id)",
     ]],
+    ["a bigint identity id (Supabase's Table Editor) needs no default", (i) => {
+      i.table!.columns.id = { type: "bigint", notNull: true, hasDefault: false, identity: true };
+    }, []],
+    ["a bigint id without identity or default", (i) => {
+      i.table!.columns.id = { type: "bigint", notNull: true, hasDefault: false, identity: false };
+    }, ["a default of device_test.id (of type bigint: make it an identity column)"]],
     ["devices without a key on id", (i) => {
       i.devices!.unique = [];
     }, ["primary key (id) on devices"]],
@@ -642,22 +649,36 @@ Deno.test({
             missingBefore: [],
             role: TEST_USER,
             policies: undefined,
+            device: DEVICE,
+            notes: [],
           },
         );
         assert.equal(statements.length, 1);
         assert.equal(statements[0], buildInspectStatement("device_test", DEVICE));
       });
 
-      await t.step("a renamed device: the inspection and the device row's upsert", async () => {
+      await t.step("a renamed device: the inspection and the device row's update", async () => {
         statements.length = 0;
         const renamed = { ...DEVICE, name: "pi-8" };
         await ensureSchema(exec, { ...options, device: renamed });
         assert.equal(statements.length, 2);
-        assert.match(statements[1], /^insert into "devices"/);
+        assert.match(statements[1], /^update "devices" set name = 'pi-8'/);
         assert.deepEqual(await ok(session, "select name from devices"), ["pi-8"]);
         statements.length = 0;
         await ensureSchema(exec, { ...options, device: renamed });
         assert.equal(statements.length, 1);
+      });
+
+      await t.step("name and type not configured: the server's kept, nothing written", async () => {
+        statements.length = 0;
+        const result = await ensureSchema(exec, {
+          ...options,
+          device: { ...DEVICE, name: "a-guess", type: "a-guess" },
+          fromServer: { name: true, type: true },
+        });
+        assert.deepEqual(result.device, { ...DEVICE, name: "pi-8" });
+        assert.equal(statements.length, 1, "the inspection alone");
+        assert.deepEqual(await ok(session, "select name from devices"), ["pi-8"]);
       });
 
       await t.step("odd and schema-qualified table names", async () => {
@@ -753,9 +774,9 @@ Deno.test({
       assert.deepEqual(
         await ok(
           session,
-          "select tgname || ' ' || tgenabled::text from pg_trigger where tgrelid = 'device_test'::regclass and not tgisinternal",
+          "select tgname || ' ' || tgenabled::text from pg_trigger where tgrelid = 'device_test'::regclass and not tgisinternal order by 1",
         ),
-        ["update_device_test_updated_at O"],
+        ["update_device_test_updated_at O", "uploader_folder_key O"],
       );
       const bogus = await session.run(
         "update device_test set test_status = 'bogus' where id = " + sqlLiteral(uid(5)),
@@ -785,6 +806,18 @@ Deno.test({
         ),
         [`${OTHER_DEVICE}|bench-2||scanner`, `${DEVICE.id}|${DEVICE.name}|${DEVICE.type}|`],
       );
+
+      // The original scripts' own INSERT (no folder_key) still goes in, keyed by its name.
+      await ok(
+        session,
+        `insert into device_test (folder_name, device_id, images, test_results, test_status)
+         values ('Batch7', ${sqlLiteral(DEVICE.id)}, '{a.jpg}', '{"result":"PASS"}', 'passed')`,
+      );
+      assert.deepEqual(
+        await ok(session, "select folder_key from device_test where folder_name = 'Batch7'"),
+        ["Batch7"],
+      );
+      await ok(session, "delete from device_test where folder_name = 'Batch7'");
 
       // Uploads: nested folders of one name both land; Batch1 takes over the newest old row.
       const reply = parseUpsertReply(
@@ -1245,7 +1278,7 @@ Deno.test({
 
 Deno.test({
   name:
-    "row-level security: INSERT and UPDATE policies only -> the missing SELECT policy is named; all three work",
+    "row-level security: INSERT and UPDATE policies only -> refused before any batch naming SELECT; all three work",
   ignore: NO_SERVER,
   async fn() {
     const pg = await startPostgres();
@@ -1263,19 +1296,34 @@ Deno.test({
       const { session, exec } = await recordingSession(pg, "uploader");
       try {
         const options = { table: "device_test", device: DEVICE, targetDisplay: TARGET };
-        const result = await ensureSchema(exec, options);
-        assert.deepEqual(result.policies, [
+        const refused = await rejects(ensureSchema(exec, options));
+        assert.equal(refused.kind, "config");
+        assert.equal(exitCodeFor(refused), 2);
+        assert.match(
+          refused.message,
+          /Row-level security on test server would refuse the uploads of role uploader: no permissive policy for device_test: SELECT \(/,
+        );
+        assert.match(
+          refused.hint!,
+          /create policy "uploader_select" on "device_test" for select to "uploader" using \(true\)/,
+        );
+        const inspection = parseInspection(
+          await ok(session, buildInspectStatement("device_test", DEVICE)),
+        );
+        const policies = policiesOf(inspection);
+        assert.deepEqual(policies, [
           { table: "device_test", rlsEnabled: true, rlsApplies: true, missing: ["SELECT"] },
           { table: "devices", rlsEnabled: false, rlsApplies: false, missing: [] },
         ]);
+        // The refusal the check foresaw, as the server gives it.
         const reply = await session.run(upsertSql([sampleRow("a")]));
         assert.ok(!reply.ok, "the upsert is refused without a SELECT policy");
         assert.equal(reply.sqlstate, "42501");
         const error = describePermissionError(reply, {
           table: "device_test",
           targetDisplay: TARGET,
-          role: result.role,
-          policies: result.policies,
+          role: inspection.role,
+          policies,
         });
         assert.equal(error.kind, "config");
         assert.equal(error.sqlstate, "42501");

@@ -532,8 +532,9 @@ Deno.test({
         signal: new AbortController().signal,
         health: { failingSince: null, answered: true },
       };
-      assert.deepEqual(await ensureSchema(ctx), { rekeyed: 0 });
-      assert.deepEqual(await ensureSchema(ctx), { rekeyed: 0 }, "ensureSchema is idempotent");
+      const ready = { rekeyed: 0, notes: [], identity: null };
+      assert.deepEqual(await ensureSchema(ctx), ready);
+      assert.deepEqual(await ensureSchema(ctx), ready, "ensureSchema is idempotent");
       await pg.psql(
         "alter table device_test add constraint no_poison check (folder_name !~ '^poison')",
       );
