@@ -59,6 +59,11 @@ export class Committer {
       .finally(() => {
         this.#inflight.delete(task);
         this.#inflightBytes -= batch.bytes;
+        for (const item of batch.items) {
+          if (run.sending.get(item.path) === item.snapshot.fingerprint) {
+            run.sending.delete(item.path);
+          }
+        }
       });
     this.#inflight.add(task);
   }

@@ -199,6 +199,7 @@ async function feed(
     signal: run.stop.signal,
     emit: (e: EngineEvent) => run.emit(e),
     counters: run.counters,
+    activity: run.activity,
   };
   (async () => {
     try {

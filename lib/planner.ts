@@ -152,19 +152,18 @@ export class Planner {
    */
   async take(items: readonly SourceItem[], revisit = false): Promise<void> {
     const run = this.#run;
-    const folders = new Map<string | null, Extract<SourceItem, { kind: "folder" }>[]>();
+    // A folder may come twice in one chunk (named by a file-system event and found again by
+    // the walk of a new tree, or by two overlapping walks): the later sighting stands.
+    const byPath = new Map<string, FolderItem>();
     const problems: { path: string; reason: string; base: string | null }[] = [];
     const rejected: { path: string; key: string | null; error: string }[] = [];
     let passEnd: Extract<SourceItem, { kind: "pass_end" }> | undefined;
     for (const item of items) {
       switch (item.kind) {
-        case "folder": {
-          if (!revisit) run.counters.scanned++;
-          const group = folders.get(item.base);
-          if (group) group.push(item);
-          else folders.set(item.base, [item]);
+        case "folder":
+          if (!byPath.delete(item.snapshot.path) && !revisit) run.counters.scanned++;
+          byPath.set(item.snapshot.path, this.#withActivity(item));
           break;
-        }
         case "problem":
           run.counters.unreadable++;
           run.emit({ event: "problem", path: item.path, reason: item.reason });
@@ -187,6 +186,12 @@ export class Planner {
       }
     }
     await run.failFolders(rejected);
+    const folders = new Map<string | null, FolderItem[]>();
+    for (const item of byPath.values()) {
+      const group = folders.get(item.base);
+      if (group) group.push(item);
+      else folders.set(item.base, [item]);
+    }
     for (const [base, group] of folders) {
       const decisions = this.#decide(base, group.map((g) => g.snapshot));
       if (!revisit && run.runId !== null) run.counters.recorded += group.length;
@@ -194,6 +199,13 @@ export class Planner {
       if (run.stopping) return;
     }
     if (passEnd) await this.#endPass(passEnd.complete);
+  }
+
+  /** The item with the time file-system events last named its folder, when that is later. */
+  #withActivity(item: FolderItem): FolderItem {
+    const at = this.#run.activity.lastAt(item.snapshot.path);
+    if (at === undefined || at <= item.snapshot.newestMtimeMs) return item;
+    return { ...item, snapshot: { ...item.snapshot, changedAtMs: at } };
   }
 
   /** Sends the batch being filled, if any. */
@@ -276,7 +288,8 @@ export class Planner {
       base: source.base,
       force: source.force,
       strict: source.strict,
-      dueAt: snap.newestMtimeMs + run.config.minAgeSeconds * 1000 + 50,
+      dueAt: Math.max(snap.newestMtimeMs, snap.changedAtMs ?? 0) +
+        run.config.minAgeSeconds * 1000 + 50,
     });
     if (!queued) run.counters.settling++;
   }
@@ -292,6 +305,7 @@ export class Planner {
     const needsObjects = run.objects !== null && d.objectsDest !== run.objects.store.display &&
       snap.files.some((f) => isImageName(f.name, run.config.imageExtensions));
     if (!(d.upload || source.force || needsObjects) || run.mode === "scan-only") return false;
+    if (!source.force && run.sending.get(snap.path) === snap.fingerprint) return false;
     if (source.strict) {
       const holder = this.#strictKeys.get(snap.key);
       if (holder !== undefined && holder !== snap.path) {
@@ -381,6 +395,7 @@ export class Planner {
       await this.flush();
     }
     this.#items.push(item);
+    this.#run.sending.set(item.path, item.snapshot.fingerprint);
     this.#bytes += item.bytes;
     this.#keys.add(item.row.folder_key);
     if (this.#items.length >= config.batchSize || this.#bytes >= config.maxBatchBytes) {

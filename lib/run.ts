@@ -12,6 +12,7 @@ import { messageOf, UploadError } from "./errors.ts";
 import type { EngineEvent, RunCounters, RunMode } from "./events.ts";
 import { type FailedMarker, MarkerWriter, type SuccessMarker } from "./markers.ts";
 import type { FolderSnapshot } from "./scan.ts";
+import { ActivityLog } from "./sources.ts";
 import type { ObjectStore } from "./storage.ts";
 import type { Tracker } from "./tracker.ts";
 
@@ -65,6 +66,13 @@ export class Run {
   verifying = false;
   /** Set once a walk of the whole base ended (tracked folders it missed are marked missing). */
   completedPass = false;
+  /** When file-system events last named each folder (`--watch`): they settle from then. */
+  readonly activity: ActivityLog;
+  /**
+   * Folders packed into a batch and not yet recorded, with the fingerprint they go with: a
+   * folder seen again with the same files while its row is on its way is not sent twice.
+   */
+  readonly sending: Map<string, string> = new Map();
   /** Aborted when the run must stop: the user asked, or an error stopped it. */
   readonly stop: AbortController = new AbortController();
   readonly #onEvent: (event: EngineEvent) => void;
@@ -85,6 +93,7 @@ export class Run {
     this.folderEvents = settings.folderEvents ?? false;
     this.objects = settings.objects ?? null;
     this.#onEvent = settings.onEvent ?? (() => {});
+    this.activity = new ActivityLog(this.config.minAgeSeconds * 1000 + 1000);
     const writes = this.mode !== "dry-run" && this.mode !== "scan-only";
     this.markers = writes && (settings.markers ?? true)
       ? new MarkerWriter(this.config, {

@@ -32,6 +32,11 @@ export interface FolderSnapshot {
   fingerprint: string;
   /** The newest mtime among the files that count for the fingerprint (ms since epoch). */
   newestMtimeMs: number;
+  /**
+   * When file-system events last named the folder (ms, this machine's clock), when that is
+   * known (`--watch`): settling counts from the later of this and `newestMtimeMs`.
+   */
+  changedAtMs?: number;
 }
 
 /** A folder or file the scan could not read. */

@@ -490,7 +490,9 @@ export class Tracker {
    * decision per folder, in order. New folders are inserted as pending, changed ones are
    * reset to pending with retry_count 0; an unchanged one is written only when something
    * about it moved (its settling flag, its base, a missing mark), so rescanning an
-   * unchanged tree writes nothing.
+   * unchanged tree writes nothing. A path given more than once (a folder named by a
+   * file-system event and found again by a walk in the same chunk) is decided once, by its
+   * last snapshot: the earlier ones come back as superseded (nothing to upload or hold back).
    */
   applyScan(
     snapshots: readonly FolderSnapshot[],
@@ -513,7 +515,10 @@ export class Tracker {
       const fresh: unknown[][] = [];
       const touchedSettled: string[] = [];
       const touchedSettling: string[] = [];
-      for (const snap of snapshots) {
+      const last = new Map<string, number>();
+      snapshots.forEach((s, i) => last.set(s.path, i));
+      for (let i = 0; i < snapshots.length; i++) {
+        const snap = snapshots[i];
         const row = rows.get(snap.path);
         const tracked: TrackedState | undefined = row && {
           fileHash: row.file_hash ?? "",
@@ -525,7 +530,19 @@ export class Tracker {
           fingerprint: snap.fingerprint,
           key: snap.key,
           newestMtimeMs: snap.newestMtimeMs,
+          changedAtMs: snap.changedAtMs,
         }, options);
+        if (last.get(snap.path) !== i) {
+          out.push({
+            ...decision,
+            settling: false,
+            upload: false,
+            snapshot: snap,
+            uploadedContent: null,
+            objectsDest: null,
+          });
+          continue;
+        }
         out.push({
           ...decision,
           snapshot: snap,

@@ -555,6 +555,36 @@ Deno.test("Tracker.applyScan: rescanning an unchanged tree writes no row", async
   }
 });
 
+Deno.test("Tracker.applyScan: a path twice in one chunk is decided once, by its last sighting", async () => {
+  using dir = tempDir();
+  const base = join(dir.path, "data");
+  writeTree(base, { "A/stats.json": { text: "{}" }, "B/x.jpg": { bytes: 1 } });
+  const tracker = Tracker.open(join(dir.path, "t.db"));
+  try {
+    const run = tracker.startRun(base, "watch");
+    const [a, b] = await scan(base);
+    const later = { ...a, fingerprint: "other" };
+    // New folders named twice (an event and a walk of the tree holding them), and a
+    // tracked one twice: no UNIQUE conflict, one row each, the last snapshot recorded.
+    const first = tracker.applyScan([a, b, later, b], run, base, diffOptions({ minAgeMs: 0 }));
+    assert.deepEqual(first.map((d) => d.upload), [false, false, true, true]);
+    const again = tracker.applyScan([b, b], run, base, diffOptions({ minAgeMs: 0 }));
+    assert.deepEqual(again.map((d) => [d.change, d.upload]), [["unchanged", false], [
+      "unchanged",
+      true,
+    ]]);
+    const rows = tracker.db.prepare(
+      "SELECT folder_path, file_hash FROM folder_status ORDER BY folder_path",
+    ).all() as { folder_path: string; file_hash: string }[];
+    assert.deepEqual(rows.map((r) => [r.folder_path, r.file_hash]), [
+      [a.path, "other"],
+      [b.path, b.fingerprint],
+    ]);
+  } finally {
+    tracker.close();
+  }
+});
+
 Deno.test("Tracker.moveBase: a moved base keeps every folder's status, nothing is new", async () => {
   using dir = tempDir();
   const base = join(dir.path, "data");

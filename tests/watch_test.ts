@@ -9,7 +9,10 @@
  * - SIGTERM finishes the batch in flight and exits 0 with nothing pending; SIGINT exits 130;
  * - a folder created while the server is down lands once it is back, and the process
  *   never exits meanwhile;
- * - the periodic rescan (`--rescan-every`) finds folders whose file events were missed.
+ * - the periodic rescan (`--rescan-every`) finds folders whose file events were missed;
+ * - trees copied in with `cp -a` (500 folders, nested and flat, three times each), `mkdir -p`
+ *   chains, a rename inside the base and a directory replaced by another all land exactly,
+ *   each folder sent once, and the watch keeps running.
  *
  * @module
  */
@@ -17,11 +20,19 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { hasPostgres, type PgServer, startPostgres } from "../support/postgres.ts";
-import { removeTree, type TreeSpec, writeTree } from "../support/tree.ts";
 import {
+  GENERATED_MTIME,
+  generateTree,
+  removeTree,
+  type TreeSpec,
+  writeTree,
+} from "../support/tree.ts";
+import {
+  assertTableMatches,
   delay,
   describeExit,
   dropSlowInserts,
+  expectedRows,
   runUploader,
   slowInserts,
   startUploader,
@@ -311,6 +322,123 @@ Deno.test({
         watcher.signal("SIGTERM");
         const exit = await watcher.done;
         assert.equal(exit.code, 0, describeExit(exit));
+      } finally {
+        await watcher.kill();
+      }
+    });
+  },
+});
+
+/** Runs a command (cp, mkdir, mv) and fails the test when it fails. */
+function sh(cmd: string, ...args: string[]): void {
+  const out = new Deno.Command(cmd, { args, stdout: "null", stderr: "piped" }).outputSync();
+  assert.ok(out.success, `${cmd} ${args.join(" ")}: ${new TextDecoder().decode(out.stderr)}`);
+}
+
+/**
+ * Polls until the table holds a row for every unit folder under `data`, as on disk (extra
+ * rows are those of folders moved away, which are never deleted); fails when the watch exits
+ * first or `timeoutMs` passes.
+ */
+async function waitForTree(
+  pg: PgServer,
+  watcher: UploaderProcess,
+  data: string,
+  timeoutMs = 60_000,
+): Promise<number> {
+  const deadline = performance.now() + timeoutMs;
+  for (;;) {
+    const want = expectedRows(data).rows;
+    const table = await tableRows(pg).catch(() => ({ rows: [] as TableRow[], duplicates: 0 }));
+    const rows = table.rows.filter((r) => want.has(r.key));
+    try {
+      assertTableMatches({ rows, duplicates: table.duplicates }, want);
+      return want.size;
+    } catch (error) {
+      if (watcher.exited) {
+        throw new Error(`The watch exited: ${describeExit(await watcher.done)}`);
+      }
+      if (performance.now() > deadline) throw error;
+    }
+    await delay(250);
+  }
+}
+
+Deno.test({
+  name: "watch: trees copied in (cp -a, 500 folders, nested and flat, 3 times each), mkdir -p " +
+    "chains, a rename and a replaced directory land exactly, each folder sent once",
+  ignore: !hasPostgres(),
+  sanitizeResources: false,
+  sanitizeOps: false,
+  async fn() {
+    await withServer(async (pg, dir) => {
+      const data = join(dir, "data");
+      writeTree(data, { "Init/stats.json": { ...STATS, mtime: OLD } });
+      // Old modification times, as a USB stick's folders have: cp -a keeps them.
+      generateTree(join(dir, "nested"), { folders: 500, nested: true, perLine: 50, seed: 2 });
+      generateTree(join(dir, "flat"), { folders: 500, seed: 3 });
+      // The replacement: other content, written a day later.
+      generateTree(join(dir, "nested-v2"), {
+        folders: 500,
+        nested: true,
+        perLine: 50,
+        seed: 4,
+        mtime: GENERATED_MTIME + 86_400_000,
+      });
+      const db = join(dir, "t.db");
+      // A rescan every 3 s walks the base while events bring the same folders.
+      const watcher = startWatch(pg, data, db, 3);
+      try {
+        await watcher.waitFor((e) => e.event === "watching", 30_000);
+        await waitForRow(pg, watcher, "Init");
+        for (let i = 1; i <= 3; i++) {
+          for (const kind of ["nested", "flat"]) {
+            const started = performance.now();
+            sh("cp", "-a", join(dir, kind), join(data, `${kind}${i}`));
+            const rows = await waitForTree(pg, watcher, data);
+            console.log(
+              `watch: cp -a of a 500-folder ${kind} tree (copy ${i}) landed in ${
+                Math.round(performance.now() - started)
+              } ms (${rows} rows in all)`,
+            );
+          }
+        }
+        // mkdir -p chains, each run folder written as a device does.
+        for (let n = 1; n <= 5; n++) {
+          sh("mkdir", "-p", join(data, "2026-12", `day0${n}`, `run${n}`));
+          writeNow(join(data, "2026-12", `day0${n}`, `run${n}`), { "stats.json": STATS });
+        }
+        sh("mkdir", "-p", join(data, "x", "y", "z"));
+        writeNow(join(data, "x", "y", "z"), { "stats.json": STATS, "a.jpg": { bytes: 8 } });
+        await waitForTree(pg, watcher, data);
+        // A rename inside the base, and a directory replaced by another of other content.
+        sh("mv", join(data, "flat1"), join(data, "flat1-renamed"));
+        sh("mv", join(data, "nested2"), join(dir, "nested2.old"));
+        sh("cp", "-a", join(dir, "nested-v2"), join(data, "nested2"));
+        const total = await waitForTree(pg, watcher, data);
+        assert.ok(!watcher.exited, "the watch goes on");
+        const stops = watcher.events.filter((e) => e.event === "stopping" || e.event === "error");
+        assert.deepEqual(stops, []);
+        assert.deepEqual(watcher.events.filter((e) => e.event === "folder_failed"), []);
+
+        watcher.signal("SIGTERM");
+        const exit = await watcher.done;
+        assert.equal(exit.code, 0, describeExit(exit));
+        const summary = exit.events.find((e) => e.event === "summary")!;
+        const replaced = expectedRows(join(data, "nested2")).rows.size;
+        const renamed = expectedRows(join(data, "flat1-renamed")).rows.size;
+        // Every folder was sent once: the renamed ones under their new keys, the replaced
+        // ones rewritten once with the new content; none was sent half copied and again.
+        // (`total` counts the renamed folders under their new keys; their old keys were
+        // inserted before the rename.)
+        assert.equal(summary.inserted, total + renamed, JSON.stringify(summary));
+        assert.equal(summary.updated, replaced, JSON.stringify(summary));
+        assert.equal(summary.uploaded, total + renamed + replaced, JSON.stringify(summary));
+        const state = trackerState(db);
+        assert.equal(state.integrity, "ok");
+        const onDisk = state.folders.filter((f) => !f.path.includes("/flat1/"));
+        assert.deepEqual(onDisk.filter((f) => f.status !== "success").slice(0, 5), []);
+        assert.ok(renamed > 0);
       } finally {
         await watcher.kill();
       }
