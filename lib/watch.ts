@@ -13,7 +13,7 @@ import { runEngine } from "./engine.ts";
 import { messageOf } from "./errors.ts";
 import type { RunResult } from "./events.ts";
 import { checkBase, type UploadOptions, walkConfig } from "./pipeline.ts";
-import { isUploadUnit, scanFolders, snapshotFolder } from "./scan.ts";
+import { describeFsError, isUploadUnit, scanFolders, snapshotFolder } from "./scan.ts";
 import {
   type ActivityLog,
   type FolderSource,
@@ -94,11 +94,27 @@ export function watchSource(
     try {
       let nextRescan = 0; // the first pass runs at once
       let baseId = identity(base);
+      let gone = false;
       while (!context.signal.aborted) {
         if (Date.now() >= nextRescan) {
           changes.clear(); // a full pass looks at everything
-          // A base replaced at its path (a disk remounted): the old watch sees nothing more.
           const id = identity(base);
+          if (id === "") {
+            // The base went away (a disk unmounted with its mount point): nothing to walk
+            // until it is back; the watch waits for it rather than ending.
+            if (!gone) {
+              context.emit({
+                event: "warning",
+                message: `Base path ${base} is gone; looking for it again every ` +
+                  `${options.rescanEveryMs / 1000} s`,
+              });
+            }
+            gone = true;
+            nextRescan = Date.now() + options.rescanEveryMs;
+            continue;
+          }
+          gone = false;
+          // A base replaced at its path (a disk remounted): the old watch sees nothing more.
           if (events !== null && id !== baseId && changes.rewatch()) {
             context.emit({ event: "warning", message: `${base} was replaced; watching it anew` });
           }
@@ -298,17 +314,22 @@ class Changes {
       return;
     }
     try {
-      if (!Deno.statSync(dir).isDirectory) return;
-    } catch (_error) {
-      return; // removed since the event
-    }
-    for await (const found of scanFolders(dir, this.#walk)) {
-      if (found.kind === "folder") {
-        const snapshot = { ...found.snapshot, key: this.#key(found.snapshot.path) };
-        items.push(fromScan({ kind: "folder", snapshot }, this.#base));
-      } else {
-        items.push(fromScan(found, this.#base));
+      if (!Deno.lstatSync(dir).isDirectory) return;
+      for await (const found of scanFolders(dir, this.#walk)) {
+        if (found.kind === "folder") {
+          const snapshot = { ...found.snapshot, key: this.#key(found.snapshot.path) };
+          items.push(fromScan({ kind: "folder", snapshot }, this.#base));
+        } else {
+          items.push(fromScan(found, this.#base));
+        }
       }
+    } catch (error) {
+      // Removed since the event (a temporary directory renamed away): nothing to take.
+      if (error instanceof Deno.errors.NotFound) return;
+      items.push(fromScan({
+        kind: "problem",
+        problem: { path: dir, reason: describeFsError(error) },
+      }, this.#base));
     }
   }
 

@@ -9,7 +9,8 @@
  * - SIGTERM finishes the batch in flight and exits 0 with nothing pending; SIGINT exits 130;
  * - a folder created while the server is down lands once it is back, and the process
  *   never exits meanwhile;
- * - the periodic rescan (`--rescan-every`) finds folders whose file events were missed;
+ * - the periodic rescan (`--rescan-every`) finds folders whose file events were missed, and
+ *   a base that went away is waited for;
  * - trees copied in with `cp -a` (500 folders, nested and flat, three times each), `mkdir -p`
  *   chains, a rename inside the base and a directory replaced by another all land exactly,
  *   each folder sent once, and the watch keeps running.
@@ -319,6 +320,17 @@ Deno.test({
             Math.round(landed.at - written)
           } ms after its last write`,
         );
+
+        // The base gone for a while (unmounted with its mount point): the watch waits for
+        // it, and what is written once it is back lands.
+        Deno.renameSync(data, join(dir, "data.gone"));
+        await watcher.waitFor(
+          (e) => e.event === "warning" && /is gone/.test(String(e.message)),
+          15_000,
+        );
+        Deno.mkdirSync(data);
+        writeNow(data, { "Back/Run3/stats.json": STATS });
+        await waitForRow(pg, watcher, "Back/Run3", undefined, 15_000);
         watcher.signal("SIGTERM");
         const exit = await watcher.done;
         assert.equal(exit.code, 0, describeExit(exit));
