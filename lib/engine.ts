@@ -67,6 +67,11 @@ export interface EngineOptions {
   counters?: RunCounters;
   /** How long in-flight batches may finish after an interruption. Default 10 s. */
   graceMs?: number;
+  /**
+   * How long the batches in flight may finish after a graceful stop (`finishSignal`).
+   * Default 40 s: within the 60 s a service manager gives (the README's unit).
+   */
+  stopGraceMs?: number;
   /** Client-side statement timeout (ms). Default 10 minutes. */
   statementTimeoutMs?: number;
   /**
@@ -115,6 +120,7 @@ export async function runEngine(source: FolderSource, options: EngineOptions): P
   options.signal?.addEventListener("abort", onInterrupt, { once: true });
   options.finishSignal?.addEventListener("abort", onFinish, { once: true });
   if (options.signal?.aborted) run.interrupt();
+  else if (options.finishSignal?.aborted) run.finish();
 
   const sends = options.mode !== "scan-only" && options.mode !== "dry-run";
   const writer = sends
@@ -148,7 +154,9 @@ export async function runEngine(source: FolderSource, options: EngineOptions): P
   } catch (error) {
     run.fail(error);
   } finally {
-    await committer?.drain(options.graceMs ?? 10_000);
+    await committer?.drain(
+      run.stopped ? options.stopGraceMs ?? 40_000 : options.graceMs ?? 10_000,
+    );
     await run.markers?.drain();
     await writer?.close();
     options.signal?.removeEventListener("abort", onInterrupt);

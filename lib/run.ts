@@ -152,7 +152,8 @@ export class Run {
       ? error
       : new UploadError("fatal", messageOf(error), { cause: error });
     if (e.kind === "interrupted") {
-      this.#interrupted = true;
+      // Statements abandoned after a graceful stop ran out of time: still that stop.
+      if (!this.#stopped) this.#interrupted = true;
     } else if (!this.#error) {
       this.#error = e;
       this.emit({ event: "stopping", reason: e.message });

@@ -7,6 +7,7 @@ import assert from "node:assert/strict";
 import { UploadError } from "../lib/errors.ts";
 import {
   checkPsql,
+  detachmentMethod,
   type PsqlConnection,
   PsqlSession,
   runPsqlInteractive,
@@ -89,6 +90,17 @@ Deno.test({
     const pg = await startPostgres();
     const session = await PsqlSession.start(tcpConnection(pg));
     try {
+      await t.step("psql runs outside this process's group and session", () => {
+        // /proc/PID/stat: "pid (comm) state ppid pgrp session ..."
+        const stat = (pid: number) =>
+          Deno.readTextFileSync(`/proc/${pid}/stat`).replace(/^.*\) /, "").split(" ");
+        const [, , ourGroup, ourSession] = stat(Deno.pid);
+        const [, , group, sessionId] = stat(session.pid);
+        assert.equal(Number(group), session.pid, "psql leads a group of its own");
+        assert.notEqual(group, ourGroup);
+        assert.notEqual(sessionId, ourSession);
+        assert.equal(detachmentMethod(), "detached");
+      });
       await t.step("ok replies carry rows and the row count", async () => {
         let reply = await session.run("select generate_series(1, 3)");
         assertOk(reply);
@@ -326,6 +338,21 @@ Deno.test({
           /role "nobody" does not exist/,
         );
       });
+      await t.step(
+        "no password anywhere: config, without a prompt reading the script",
+        async () => {
+          const error = await assertUploadError(
+            PsqlSession.start({ ...tcpConnection(pg), env: {} }),
+            "config",
+            /no password supplied/,
+          );
+          assert.doesNotMatch(error.message, /Password for user/);
+          assert.equal(
+            error.hint,
+            "Check the password in the database URL (or PGPASSWORD / ~/.pgpass)",
+          );
+        },
+      );
       await t.step("refused: transient", async () => {
         const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
         const port = (listener.addr as Deno.NetAddr).port;

@@ -62,6 +62,13 @@ export interface UploaderOptions {
   env?: Record<string, string>;
   /** Add `--json` (default true). */
   json?: boolean;
+  /** Run it as users do, through `deno task upload` (default: `deno run` of the script). */
+  task?: boolean;
+  /**
+   * The whole command line instead (e.g. a systemd unit's `ExecStart`), run in the
+   * repository as its working directory; `json` and `task` are then ignored.
+   */
+  argv?: string[];
 }
 
 const DECODER = new TextDecoder();
@@ -88,15 +95,13 @@ export class UploaderProcess {
     }
     Object.assign(env, options.env);
     const started = performance.now();
+    const json = options.json ?? true ? ["--json"] : [];
+    const command = options.argv ??
+      (options.task
+        ? [Deno.execPath(), "task", "upload", ...json, ...args]
+        : [Deno.execPath(), "run", ...TASK_PERMISSIONS, UPLOAD_MANAGER, ...json, ...args]);
     const child = new Deno.Command("setsid", {
-      args: [
-        Deno.execPath(),
-        "run",
-        ...TASK_PERMISSIONS,
-        UPLOAD_MANAGER,
-        ...(options.json ?? true ? ["--json"] : []),
-        ...args,
-      ],
+      args: command,
       cwd: REPO_ROOT,
       env,
       clearEnv: true,
