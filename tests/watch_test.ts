@@ -20,6 +20,7 @@
 
 import assert from "node:assert/strict";
 import { join } from "node:path";
+import { DatabaseSync } from "node:sqlite";
 import { hasPostgres, type PgServer, startPostgres } from "../support/postgres.ts";
 import {
   GENERATED_MTIME,
@@ -34,6 +35,7 @@ import {
   describeExit,
   dropSlowInserts,
   expectedRows,
+  REPO_ROOT,
   runUploader,
   slowInserts,
   startUploader,
@@ -454,6 +456,190 @@ Deno.test({
       } finally {
         await watcher.kill();
       }
+    });
+  },
+});
+
+/** The README's systemd unit, as systemd reads it (`#` starts a comment only at a line's start). */
+interface Unit {
+  /** `[Service]` settings, by name. */
+  service: Map<string, string>;
+  /** The unit file's text. */
+  text: string;
+}
+
+/** Reads the systemd unit shown in README.md. */
+function readmeUnit(): Unit {
+  const readme = Deno.readTextFileSync(join(REPO_ROOT, "README.md"));
+  const block = readme.match(/```ini\n# \/etc\/systemd\/system\/[^\n]+\n([\s\S]*?)```/);
+  assert.ok(block, "README.md shows no systemd unit");
+  const service = new Map<string, string>();
+  let section = "";
+  for (const line of block[1].split("\n")) {
+    if (line.startsWith("#") || line.trim() === "") continue;
+    const header = line.match(/^\[(\w+)\]$/);
+    if (header) section = header[1];
+    else if (section === "Service") {
+      const eq = line.indexOf("=");
+      service.set(line.slice(0, eq), line.slice(eq + 1));
+    }
+  }
+  return { service, text: block[1] };
+}
+
+/** Every process descending from `pid` (psql sessions included, whatever their group). */
+function descendants(pid: number): number[] {
+  const children = new Map<number, number[]>();
+  for (const entry of Deno.readDirSync("/proc")) {
+    if (!/^\d+$/.test(entry.name)) continue;
+    let stat: string;
+    try {
+      stat = Deno.readTextFileSync(`/proc/${entry.name}/stat`);
+    } catch (_error) {
+      continue; // exited while listed
+    }
+    const ppid = Number(stat.replace(/^.*\) /, "").split(" ")[1]);
+    const list = children.get(ppid) ?? [];
+    list.push(Number(entry.name));
+    children.set(ppid, list);
+  }
+  const out: number[] = [];
+  const stack = [pid];
+  while (stack.length > 0) {
+    for (const child of children.get(stack.pop()!) ?? []) {
+      out.push(child);
+      stack.push(child);
+    }
+  }
+  return out;
+}
+
+/** Sends `signal` to each pid that still exists. */
+function signalEach(pids: readonly number[], signal: Deno.Signal): void {
+  for (const pid of pids) {
+    try {
+      Deno.kill(pid, signal);
+    } catch (error) {
+      if (!(error instanceof Deno.errors.NotFound)) throw error;
+    }
+  }
+}
+
+/**
+ * Stops `unit`'s process as systemd would with `killMode` (control-group: the signal to
+ * every process of the unit; mixed: to the main process, SIGKILL to the rest once it has
+ * exited), or as `kill -TERM -- -PGID` does (`group`). Past TimeoutStopSec everything gets
+ * SIGKILL, as systemd does. Returns the exit and whether it needed the SIGKILL.
+ */
+async function stopUnit(
+  unit: Unit,
+  p: UploaderProcess,
+  how: "group" | "mixed" | "control-group",
+): Promise<{ exit: Awaited<UploaderProcess["done"]>; killed: boolean }> {
+  const signal = (unit.service.get("KillSignal") ?? "SIGTERM") as Deno.Signal;
+  const timeoutMs = Number(unit.service.get("TimeoutStopSec") ?? "90") * 1000;
+  const all = [p.pid, ...descendants(p.pid)];
+  if (how === "group") p.signalGroup(signal);
+  else if (how === "mixed") p.signal(signal);
+  else signalEach(all, signal);
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const late = new Promise<"late">((resolve) =>
+    timer = setTimeout(() => resolve("late"), timeoutMs)
+  );
+  const first = await Promise.race([p.done, late]);
+  clearTimeout(timer);
+  const killed = first === "late";
+  if (killed) signalEach([p.pid, ...descendants(p.pid)], "SIGKILL");
+  const exit = await p.done;
+  signalEach(all, "SIGKILL"); // what is left of the unit goes once its main process is gone
+  return { exit, killed };
+}
+
+/** The latest run recorded in tracker `db`, or undefined (read while the watch holds it). */
+function latestRun(db: string): { id: number; status: string; mode: string } | undefined {
+  try {
+    const sqlite = new DatabaseSync(db, { readOnly: true });
+    try {
+      const row = sqlite.prepare(
+        "SELECT run_id AS id, status, mode FROM runs ORDER BY run_id DESC LIMIT 1",
+      ).get() as { id: number; status: string; mode: string } | undefined;
+      return row ? { ...row, id: Number(row.id) } : undefined;
+    } finally {
+      sqlite.close();
+    }
+  } catch (_error) {
+    return undefined; // not created yet
+  }
+}
+
+Deno.test({
+  name: "watch under the README's systemd unit: SIGTERM to the group of `deno task upload " +
+    "--watch`, 10 times at different moments, each exit 0, nothing lost",
+  ignore: !hasPostgres(),
+  sanitizeResources: false,
+  sanitizeOps: false,
+  async fn() {
+    const unit = readmeUnit();
+    for (const [name, value] of unit.service) {
+      assert.ok(!value.includes("#"), `${name}=${value}: systemd takes no comment after a value`);
+    }
+    assert.equal(unit.service.get("KillSignal"), "SIGTERM");
+    const killMode = unit.service.get("KillMode") ?? "control-group";
+    assert.ok(["mixed", "control-group"].includes(killMode), killMode);
+    const exec = unit.service.get("ExecStart")!.split(/\s+/);
+    assert.deepEqual(exec.slice(1, 3), ["task", "upload"]);
+    await withServer(async (pg, dir) => {
+      const data = join(dir, "data");
+      const db = join(dir, "upload_tracker.db");
+      writeTree(data, { "Init/stats.json": { ...STATS, mtime: OLD } });
+      // The unit's command line, with this machine's deno, the test's base and tracker.
+      const argv = exec.map((arg, i) =>
+        i === 0 ? Deno.execPath() : arg === "/data" ? data : exec[i - 1] === "--db-path" ? db : arg
+      );
+      // Batches of the initial pass take a while on the server, so stops meet them in flight.
+      await slowInserts(pg, 0.004);
+      const moments = ["started", "in flight", "idle"] as const;
+      const deliveries = ["group", killMode as "mixed" | "control-group", "control-group"] as const;
+      for (let i = 0; i < 10; i++) {
+        const moment = moments[i % moments.length];
+        const how = deliveries[Math.floor(i / 3) % deliveries.length];
+        // Written while the service was down: the next start's initial pass sends them.
+        generateTree(join(data, `day${i}`), { folders: 400, seed: 100 + i });
+        const before = latestRun(db)?.id ?? 0;
+        const p = startUploader([], { argv, env: { SUPABASE_DB_URL: pg.url } });
+        try {
+          const deadline = Date.now() + 60_000;
+          while ((latestRun(db)?.id ?? 0) <= before) {
+            if (p.exited) assert.fail(`The service exited: ${describeExit(await p.done)}`);
+            assert.ok(Date.now() < deadline, "the service did not start its run in 60 s");
+            await delay(20);
+          }
+          if (moment === "in flight") await waitForActiveUpsert(pg);
+          if (moment === "idle") await waitForTree(pg, p, data);
+          const started = performance.now();
+          const { exit, killed } = await stopUnit(unit, p, how);
+          const what = `stop ${i} (${moment}, ${how})`;
+          assert.ok(!killed, `${what}: needed SIGKILL after TimeoutStopSec`);
+          assert.equal(exit.code, 0, `${what}: ${describeExit(exit)}`);
+          assert.doesNotMatch(exit.stderr, /Retrying|Error:|syntax error|Interrupted/, exit.stderr);
+          console.log(
+            `${what}: exit 0 ${Math.round(performance.now() - started)} ms after SIGTERM`,
+          );
+          const state = trackerState(db);
+          assert.equal(state.integrity, "ok");
+          assert.ok(!state.batchStatuses.includes("running"), `${what}: a batch left running`);
+          assert.equal(state.runStatuses.at(-1), "stopped", what);
+          const onServer = new Set((await tableRows(pg)).rows.map((r) => r.key));
+          const lost = state.folders.filter((f) => f.status === "success" && !onServer.has(f.key!));
+          assert.deepEqual(lost, [], `${what}: recorded as uploaded, not on the server`);
+        } finally {
+          await p.kill();
+        }
+      }
+      await dropSlowInserts(pg);
+      const last = await runUploader([data, "--db-path", db], { env: { SUPABASE_DB_URL: pg.url } });
+      assert.equal(last.code, 0, describeExit(last));
+      assertTableMatches(await tableRows(pg), expectedRows(data).rows);
     });
   },
 });
