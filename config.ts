@@ -46,7 +46,7 @@ export interface UploaderConfig {
   successMarker: string;
   /** Marker written after a failed upload. */
   failedMarker: string;
-  /** Marker names written by older versions; ignored by change detection, removed on rewrite. */
+  /** Marker names written by the original tool; ignored by change detection, never removed. */
   legacyMarkers: readonly string[];
   /** Tracking database path (`--db-path`). */
   dbPath: string;

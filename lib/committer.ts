@@ -203,6 +203,7 @@ export class Committer {
         endTime: endedAt,
         status: okCount === 0 && items.length > 0 ? "failed" : "completed",
         bytes: batch.bytes,
+        markers: run.markers !== null,
       },
       result.outcomes.map((o) => ({
         path: o.item.path,

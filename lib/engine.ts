@@ -172,6 +172,7 @@ export async function runEngine(source: FolderSource, options: EngineOptions): P
   });
   const durationMs = run.now() - run.startedAt;
   const exhausted = run.runId !== null ? run.tracker!.countExhausted(options.config.maxRetries) : 0;
+  const markersOwed = run.runId !== null ? run.tracker!.countOwedMarkers() : 0;
   if (run.runId !== null) {
     run.tracker!.finishRun(
       run.runId,
@@ -181,7 +182,16 @@ export async function runEngine(source: FolderSource, options: EngineOptions): P
       new Date(run.now()),
     );
   }
-  return { counters, exitCode, status, durationMs, error: run.error, runId: run.runId, exhausted };
+  return {
+    counters,
+    exitCode,
+    status,
+    durationMs,
+    error: run.error,
+    runId: run.runId,
+    exhausted,
+    markersOwed,
+  };
 }
 
 /** The connector of a run that sends rows; a missing one is a bug in the caller. */

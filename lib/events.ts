@@ -39,8 +39,10 @@ export interface RunCounters {
   updated: number;
   /** Folders that failed (unreadable, bad stats.json, refused by the server). */
   failed: number;
-  /** Marker files that could not be written. */
+  /** Marker files that could not be written (now owed: a later run writes them). */
   markerErrors: number;
+  /** Markers owed by earlier runs that this run wrote. */
+  markersCaughtUp: number;
   /** Bytes of row data sent (or, in a dry run, that would be sent). */
   bytes: number;
   /** Batches finished. */
@@ -76,6 +78,7 @@ export function newCounters(): RunCounters {
     updated: 0,
     failed: 0,
     markerErrors: 0,
+    markersCaughtUp: 0,
     bytes: 0,
     batches: 0,
     retries: 0,
@@ -120,6 +123,8 @@ export type EngineEvent =
   /** Folder step: a marker file was written. */
   | { event: "marker_written"; path: string; marker: string }
   | { event: "marker_error"; path: string; error: string }
+  /** Markers earlier runs could not write, written now (and how many are still owed). */
+  | { event: "markers_caught_up"; written: number; owed: number }
   | {
     event: "batch_done";
     batch: string;
@@ -165,4 +170,6 @@ export interface RunResult {
   runId: number | null;
   /** Folders failed earlier that reached --max-retries and are no longer retried. */
   exhausted: number;
+  /** Folders whose marker is owed (could not be written; a later run writes it). */
+  markersOwed: number;
 }

@@ -1,8 +1,9 @@
 /**
  * Marker files: `success.json` or `failed.json` in a folder after its outcome, written
- * atomically (a hidden temp file, then rename) with the other marker and the older
- * `upload_*.json` names removed. Markers never carry secrets: only the folder, the
- * outcome, the batch and the time.
+ * atomically (a hidden temp file, then rename) with the other marker removed. The original
+ * tool's `upload_success.json` / `upload_failed.json` are kept: for many folders they are
+ * the only local record of what that tool stored. Markers never carry secrets: only the
+ * folder, the outcome, the batch and the time.
  *
  * @module
  */
@@ -35,7 +36,7 @@ export interface FailedMarker {
 /** Marker names the writer needs. */
 export type MarkerConfig = Pick<UploaderConfig, "successMarker" | "failedMarker" | "legacyMarkers">;
 
-/** Where a marker goes, its temp file, and the stale markers to remove. */
+/** Where a marker goes, its temp file, and the stale marker to remove. */
 function planMarker(
   folderPath: string,
   marker: SuccessMarker | FailedMarker,
@@ -44,7 +45,8 @@ function planMarker(
 ): { target: string; temp: string; text: string; stale: string[] } {
   const name = marker.status === "success" ? config.successMarker : config.failedMarker;
   const other = marker.status === "success" ? config.failedMarker : config.successMarker;
-  const stale = [other, ...config.legacyMarkers]
+  // Only the opposite marker goes; the original tool's markers are never removed.
+  const stale = [other]
     .filter((n) => present === undefined || present.has(n))
     .map((n) => join(folderPath, n));
   return {
@@ -56,8 +58,8 @@ function planMarker(
 }
 
 /**
- * Writes the marker for a folder's outcome and removes the opposite and legacy markers
- * (only those in `present`, the folder's file names, when given).
+ * Writes the marker for a folder's outcome and removes the opposite marker (only when it is
+ * in `present`, the folder's file names, when given).
  *
  * @throws the file-system error when the folder is read-only, full or gone; callers report
  * it for that folder and go on (the upload itself already counted).
@@ -98,17 +100,20 @@ export function writeMarker(
 export class MarkerWriter {
   #config: MarkerConfig;
   #concurrency: number;
-  #onError: (path: string, error: unknown) => void;
-  #onWritten: ((path: string, name: string) => void) | undefined;
+  #onError: (path: string, error: unknown, marker: SuccessMarker | FailedMarker) => void;
+  #onWritten:
+    | ((path: string, name: string, marker: SuccessMarker | FailedMarker) => void)
+    | undefined;
   #running = new Set<Promise<void>>();
 
   constructor(
     config: MarkerConfig,
     options: {
       concurrency?: number;
-      onError: (path: string, error: unknown) => void;
-      /** Called with the folder and the marker's file name after each write. */
-      onWritten?: (path: string, name: string) => void;
+      /** Called with the folder, the error and the marker that could not be written. */
+      onError: (path: string, error: unknown, marker: SuccessMarker | FailedMarker) => void;
+      /** Called with the folder, the marker's file name and the marker after each write. */
+      onWritten?: (path: string, name: string, marker: SuccessMarker | FailedMarker) => void;
     },
   ) {
     this.#config = config;
@@ -119,21 +124,25 @@ export class MarkerWriter {
 
   /**
    * Queues the marker for a folder. `present` lists the folder's file names as the scan
-   * saw them: only marker names among them are removed, sparing a failed unlink per name.
-   * Resolves once the write has started (waiting while `concurrency` writes run).
+   * saw them: the opposite marker is removed only when it is among them, sparing a failed
+   * unlink (undefined: not known, it is tried). Resolves once the write has started
+   * (waiting while `concurrency` writes run).
    */
   async write(
     folderPath: string,
     marker: SuccessMarker | FailedMarker,
-    present: ReadonlySet<string> | readonly string[],
+    present?: ReadonlySet<string> | readonly string[],
   ): Promise<void> {
     while (this.#running.size >= this.#concurrency) await Promise.race(this.#running);
-    const names = present instanceof Set ? present : new Set(present);
+    const names = present === undefined || present instanceof Set ? present : new Set(present);
     const name = marker.status === "success"
       ? this.#config.successMarker
       : this.#config.failedMarker;
     const task: Promise<void> = writeMarkerAsync(folderPath, marker, this.#config, names)
-      .then(() => this.#onWritten?.(folderPath, name), (error) => this.#onError(folderPath, error))
+      .then(
+        () => this.#onWritten?.(folderPath, name, marker),
+        (error) => this.#onError(folderPath, error, marker),
+      )
       .finally(() => this.#running.delete(task));
     this.#running.add(task);
   }

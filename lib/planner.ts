@@ -445,6 +445,8 @@ export class Planner {
     await this.flush();
     const missing = run.tracker.endPass(new Date(run.now()));
     run.completedPass = true;
+    // The whole tree was seen: markers earlier runs could not write are written now.
+    await run.catchUpMarkers();
     run.counters.missing = missing.count;
     if (missing.count > 0) {
       run.emit({ event: "missing", count: missing.count, sample: missing.sample });

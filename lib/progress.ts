@@ -185,6 +185,12 @@ export class Reporter {
         this.#clearLive();
         human(e.error);
         break;
+      case "markers_caught_up":
+        this.info(
+          `Wrote ${plural(e.written, "marker")} owed by earlier runs` +
+            (e.owed > 0 ? ` (${e.owed} still owed)` : ""),
+        );
+        break;
       case "retry":
         if (!this.#opts.quiet) {
           this.#clearLive();
@@ -253,6 +259,8 @@ export class Reporter {
       settling: c.settling,
       missing: c.missing,
       marker_errors: c.markerErrors,
+      markers_owed: result.markersOwed,
+      markers_caught_up: c.markersCaughtUp,
       retries: c.retries,
       bytes: c.bytes,
       batches: c.batches,
@@ -306,9 +314,7 @@ export class Reporter {
         `${plural(c.unreadable, "folder")} could not be read (see above; --status lists them)`,
       );
     }
-    if (c.markerErrors > 0) {
-      lines.push(`${plural(c.markerErrors, "marker file")} could not be written`);
-    }
+    lines.push(...markerLines(result));
     if (result.exhausted > 0) {
       lines.push(
         `${plural(result.exhausted, "folder")} failed the maximum number of times and ` +
@@ -341,6 +347,7 @@ export class Reporter {
       objects_skipped: c.objectsSkipped,
       object_bytes: c.objectBytes,
       marker_errors: c.markerErrors,
+      markers_owed: result.markersOwed,
       retries: c.retries,
       bytes: c.bytes,
       batches: c.batches,
@@ -356,9 +363,7 @@ export class Reporter {
           `${c.uploaded - c.inserted - c.updated} already up to date); ${c.failed} failed`,
     ];
     lines.push(...objectLines(c, false));
-    if (c.markerErrors > 0) {
-      lines.push(`${plural(c.markerErrors, "marker file")} could not be written`);
-    }
+    lines.push(...markerLines(result));
     if (result.status === "interrupted") {
       lines.push("Interrupted: folders not yet acknowledged were not uploaded");
     }
@@ -372,6 +377,22 @@ export class Reporter {
       else this.#out(l + "\n");
     }
   }
+}
+
+/** The summary lines about marker files that could not be written, and those still owed. */
+function markerLines(result: RunResult): string[] {
+  const lines: string[] = [];
+  const c = result.counters;
+  if (c.markerErrors > 0) {
+    lines.push(`${plural(c.markerErrors, "marker file")} could not be written`);
+  }
+  if (result.markersOwed > 0) {
+    lines.push(
+      `${plural(result.markersOwed, "folder")} owed a marker (not writable yet; a later run ` +
+        `writes it; --status lists them)`,
+    );
+  }
+  return lines;
 }
 
 /** The summary line about images put into object storage, when there were any. */

@@ -64,6 +64,13 @@ export function formatStatus(report: StatusReport): string {
     lines.push("Failed for good (retries used up; retried once their files change):");
     list(lines, report.exhausted, report.exhaustedTotal, failure);
   }
+  if (report.markersOwedTotal > 0) {
+    lines.push("");
+    lines.push("Markers owed (the folder could not be written; the next runs write them):");
+    list(lines, report.markersOwed, report.markersOwedTotal, (m) => [
+      `  ${m.path} (${m.marker} marker)`,
+    ]);
+  }
   if (report.problemsTotal > 0) {
     lines.push("");
     lines.push("Unreadable (reported by every scan until fixed):");

@@ -11,6 +11,7 @@ import { markerNames, type UploaderConfig } from "../config.ts";
 import { messageOf, UploadError } from "./errors.ts";
 import type { EngineEvent, RunCounters, RunMode } from "./events.ts";
 import { type FailedMarker, MarkerWriter, type SuccessMarker } from "./markers.ts";
+import type { OwedMarker } from "./tracker.ts";
 import type { FolderSnapshot } from "./scan.ts";
 import { ActivityLog } from "./sources.ts";
 import type { ObjectStore } from "./storage.ts";
@@ -97,13 +98,15 @@ export class Run {
     const writes = this.mode !== "dry-run" && this.mode !== "scan-only";
     this.markers = writes && (settings.markers ?? true)
       ? new MarkerWriter(this.config, {
-        onError: (path, error) => {
+        onError: (path, error, marker) => {
           this.counters.markerErrors++;
           this.emit({
             event: "marker_error",
             path,
             error: `Cannot write marker in ${path}: ${messageOf(error)}`,
           });
+          // Owed from now on: a later run writes it once the folder can be written.
+          this.#recording(() => this.tracker?.oweMarkers([{ path, marker }]));
         },
         onWritten: this.folderEvents
           ? (path, name) => this.emit({ event: "marker_written", path, marker: name })
@@ -177,6 +180,50 @@ export class Run {
     this.stop.abort();
   }
 
+  /** Runs a tracker write off the run's main path; a failure stops the run (not a crash). */
+  #recording(write: () => void): void {
+    if (this.runId === null) return;
+    try {
+      write();
+    } catch (error) {
+      this.fail(error);
+    }
+  }
+
+  /**
+   * Writes the markers earlier runs could not write (a card that was read-only, a disk
+   * that was full), without sending their rows again, and removes the opposite marker.
+   * Goes in chunks, in path order; a chunk of which nothing could be written means the
+   * folders are still not writable, and the rest wait for a later run.
+   */
+  async catchUpMarkers(chunk = 256): Promise<void> {
+    const tracker = this.tracker;
+    if (!this.markers || !tracker || this.runId === null) return;
+    let after = "";
+    let written = 0;
+    while (!this.stopping) {
+      const owed: OwedMarker[] = tracker.owedMarkers(chunk, after);
+      if (owed.length === 0) break;
+      after = owed[owed.length - 1].path;
+      const done: string[] = [];
+      const writer = new MarkerWriter(this.config, {
+        onError: () => {/* still owed: the folder is not writable yet */},
+        onWritten: (path) => done.push(path),
+      });
+      for (const o of owed) {
+        await writer.write(o.path, o.marker);
+      }
+      await writer.drain();
+      tracker.markersWritten(done);
+      written += done.length;
+      if (done.length === 0) break;
+    }
+    this.counters.markersCaughtUp += written;
+    if (written > 0) {
+      this.emit({ event: "markers_caught_up", written, owed: tracker.countOwedMarkers() });
+    }
+  }
+
   /** The next batch's name and tracker id. */
   nextBatch(): { name: string; id: string } {
     this.#batchSeq++;
@@ -206,6 +253,7 @@ export class Run {
       this.tracker.recordFolderFailures(
         recorded.map((f) => ({ path: f.path, error: f.error })),
         new Date(this.now()),
+        { markers: this.markers !== null },
       );
     }
     for (const f of failures) {

@@ -58,6 +58,9 @@ export interface StatusReport {
   /** Server rows of this device with no folder on disk, as the last `--verify` found them. */
   orphans: string[];
   orphansTotal: number;
+  /** Folders whose marker could not be written (read-only, full disk): a later run writes it. */
+  markersOwed: { path: string; marker: string }[];
+  markersOwedTotal: number;
   lastRun: {
     runId: number;
     mode: string;
@@ -221,6 +224,16 @@ class StatusReader {
     };
   }
 
+  /** Folders owed a marker that still describes them (see `Tracker.owedMarkers`). */
+  markersOwed(): { items: StatusReport["markersOwed"]; total: number } {
+    const where = "FROM folder_status WHERE marker_owed IS NOT NULL AND missing_since IS NULL " +
+      "AND upload_status = json_extract(marker_owed, '$.status')";
+    const items = this.list<{ folder_path: string; status: string }>(
+      `SELECT folder_path, upload_status AS status ${where} ORDER BY folder_path`,
+    ).map((r) => ({ path: r.folder_path, marker: r.status === "success" ? "success" : "failed" }));
+    return { items, total: this.count(`SELECT count(*) AS n ${where}`) };
+  }
+
   lastRun(): StatusReport["lastRun"] {
     const hasRuns = this.all("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'runs'");
     if (hasRuns.length === 0) return null;
@@ -261,6 +274,7 @@ export function readStatus(
   const exhausted = r.failures(maxRetries, true);
   const problems = version >= 3 ? r.problems() : { items: [], total: 0 };
   const verify = version >= 4 ? r.lastVerify() : { lastVerify: null, orphans: [], total: 0 };
+  const owed = version >= 5 ? r.markersOwed() : { items: [], total: 0 };
   return {
     dbPath: path,
     ...r.byStatus(),
@@ -281,6 +295,8 @@ export function readStatus(
     lastVerify: verify.lastVerify,
     orphans: verify.orphans,
     orphansTotal: verify.total,
+    markersOwed: owed.items,
+    markersOwedTotal: owed.total,
     lastRun: r.lastRun(),
   };
 }

@@ -18,11 +18,12 @@ import { type RunStatus, UploadError } from "./errors.ts";
 import { localDeviceId } from "./device.ts";
 import { readStatus, type StatusOptions, type StatusReport } from "./status.ts";
 import { type HeldLock, tryLock } from "./lock.ts";
+import type { FailedMarker, SuccessMarker } from "./markers.ts";
 
 export type { FailureEntry, StatusOptions, StatusReport } from "./status.ts";
 
 /** The schema version this code writes. */
-export const SCHEMA_VERSION = 4;
+export const SCHEMA_VERSION = 5;
 
 /**
  * Migrations, keyed by the version they bring the database to. Each runs in one
@@ -112,6 +113,11 @@ const MIGRATIONS: Record<number, string> = {
       PRIMARY KEY (folder_path, name)
     );
   `,
+  5: `
+    ALTER TABLE folder_status ADD COLUMN marker_owed TEXT;
+    CREATE INDEX IF NOT EXISTS folder_status_owed ON folder_status (folder_path)
+      WHERE marker_owed IS NOT NULL;
+  `,
 };
 
 /** Settings for {@linkcode Tracker.open}. */
@@ -150,6 +156,19 @@ export interface BatchRecord {
   endTime: Date;
   status: "completed" | "failed" | "interrupted";
   bytes?: number;
+  /**
+   * The folders' markers are written after this record: a marker still owed from an
+   * earlier outcome is settled by the new one (if that write fails, it is owed anew).
+   */
+  markers?: boolean;
+}
+
+/** A marker file a folder is owed: it could not be written when its outcome was recorded. */
+export interface OwedMarker {
+  /** The folder's path. */
+  path: string;
+  /** The marker's content, as it was to be written. */
+  marker: SuccessMarker | FailedMarker;
 }
 
 /** A decision for one scanned folder, with the snapshot it was made for. */
@@ -709,6 +728,12 @@ export class Tracker {
         `error_message = NULL, retry_count = 0, updated_at = ? ${acked} ` +
         "AND folder_status.file_hash = o.h",
     );
+    const settleMarkers = batch.markers
+      ? this.#stmt(
+        "UPDATE folder_status SET marker_owed = NULL WHERE marker_owed IS NOT NULL AND " +
+          "folder_path IN (SELECT value FROM json_each(?))",
+      )
+      : null;
     const okStale = this.#stmt(
       "UPDATE folder_status SET uploaded_hash = o.h, content_hash = o.c, " +
         "objects_dest = COALESCE(o.d, objects_dest), upload_timestamp = ?, " +
@@ -732,6 +757,7 @@ export class Tracker {
         ok.run(endText, endText, pairs);
         okStale.run(endText, endText, pairs);
       }
+      settleMarkers?.run(JSON.stringify(outcomes.map((o) => o.path)));
       this.#stmt(
         "INSERT INTO upload_batches (batch_id, batch_name, total_folders, successful_uploads, " +
           "failed_uploads, start_time, end_time, status, run_id, bytes, created_at) " +
@@ -761,15 +787,21 @@ export class Tracker {
       .run(status, iso(end), batchId);
   }
 
-  /** Records folders that failed before reaching the server (e.g. a broken stats.json). */
+  /**
+   * Records folders that failed before reaching the server (e.g. a broken stats.json);
+   * with `markers`, their failed.json is written next (see {@linkcode BatchRecord.markers}).
+   */
   recordFolderFailures(
     failures: readonly { path: string; error: string }[],
     when = new Date(),
+    options: { markers?: boolean } = {},
   ): void {
     if (failures.length === 0) return;
     const text = iso(when);
     this.transaction(() => {
       for (const f of failures) this.#markFailed(f.path, f.error, text);
+      // Their failed.json is written next: a marker owed from before is settled by it.
+      if (options.markers) this.markersWritten(failures.map((f) => f.path));
     });
   }
 
@@ -778,6 +810,51 @@ export class Tracker {
       "UPDATE folder_status SET upload_status = 'failed', error_message = ?, " +
         "retry_count = COALESCE(retry_count, 0) + 1, updated_at = ? WHERE folder_path = ?",
     ).run(error, when, path);
+  }
+
+  /**
+   * Remembers markers that could not be written (a read-only card, a full disk), so later
+   * runs write them once the folder can be written, without sending the row again. One
+   * transaction.
+   */
+  oweMarkers(owed: readonly OwedMarker[]): void {
+    if (owed.length === 0) return;
+    this.#stmt(
+      "UPDATE folder_status SET marker_owed = o.m FROM (SELECT value ->> 0 AS p, value ->> 1 " +
+        "AS m FROM json_each(?)) AS o WHERE folder_status.folder_path = o.p",
+    ).run(JSON.stringify(owed.map((o) => [o.path, JSON.stringify(o.marker)])));
+  }
+
+  /** Forgets owed markers that have now been written. One transaction. */
+  markersWritten(paths: readonly string[]): void {
+    if (paths.length === 0) return;
+    this.#stmt(
+      "UPDATE folder_status SET marker_owed = NULL " +
+        "WHERE folder_path IN (SELECT value FROM json_each(?))",
+    ).run(JSON.stringify(paths));
+  }
+
+  /** Where an owed marker still describes its folder: same outcome, folder on disk. */
+  static readonly #OWED =
+    "FROM folder_status WHERE marker_owed IS NOT NULL AND missing_since IS NULL AND " +
+    "upload_status = json_extract(marker_owed, '$.status')";
+
+  /**
+   * Markers owed by earlier outcomes that still describe their folder (a folder changed
+   * since, or gone, is left out: its next outcome writes a new one), by path, after
+   * `after`, at most `limit`.
+   */
+  owedMarkers(limit: number, after = ""): OwedMarker[] {
+    const rows = this.#stmt(
+      `SELECT folder_path, marker_owed ${Tracker.#OWED} AND folder_path > ? ` +
+        "ORDER BY folder_path LIMIT ?",
+    ).all(after, limit) as { folder_path: string; marker_owed: string }[];
+    return rows.map((r) => ({ path: r.folder_path, marker: JSON.parse(r.marker_owed) }));
+  }
+
+  /** How many markers are owed (see {@linkcode owedMarkers}). */
+  countOwedMarkers(): number {
+    return Number((this.#stmt(`SELECT count(*) AS n ${Tracker.#OWED}`).get() as { n: number }).n);
   }
 
   /**

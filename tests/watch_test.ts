@@ -20,6 +20,7 @@
 
 import assert from "node:assert/strict";
 import { join } from "node:path";
+import { existsSync } from "node:fs";
 import { DatabaseSync } from "node:sqlite";
 import { hasPostgres, type PgServer, startPostgres } from "../support/postgres.ts";
 import {
@@ -589,6 +590,18 @@ Deno.test({
     const exec = unit.service.get("ExecStart")!.split(/\s+/);
     assert.deepEqual(exec.slice(1, 3), ["task", "upload"]);
     await withServer(async (pg, dir) => {
+      // systemd's own parser, where it is installed, takes every line of the unit.
+      if (existsSync("/usr/bin/systemd-analyze")) {
+        const file = join(dir, "folder-uploader.service");
+        Deno.writeTextFileSync(file, unit.text.replace(exec[0], Deno.execPath()));
+        const out = new Deno.Command("/usr/bin/systemd-analyze", {
+          args: ["verify", file],
+          stdout: "piped",
+          stderr: "piped",
+        }).outputSync();
+        const said = new TextDecoder().decode(out.stderr) + new TextDecoder().decode(out.stdout);
+        assert.equal(said.trim(), "", `systemd-analyze verify: ${said}`);
+      } else console.log("systemd-analyze is not installed: the unit's syntax is not verified");
       const data = join(dir, "data");
       const db = join(dir, "upload_tracker.db");
       writeTree(data, { "Init/stats.json": { ...STATS, mtime: OLD } });
