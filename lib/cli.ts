@@ -35,6 +35,11 @@ export interface UploadCommand {
   imagesParallel: number;
   /** `--verify`: reconcile with the server's rows before uploading. */
   verify: boolean;
+  /**
+   * `--rebuild-tracker`: move the tracking database aside (a damaged one) and rebuild it
+   * from the server's rows, as `--verify` does with a new tracker. Implies `verify`.
+   */
+  rebuildTracker: boolean;
   markers: boolean;
   json: boolean;
   quiet: boolean;
@@ -68,6 +73,7 @@ const UPLOAD_FLAGS = {
   "images-to": { type: "string" },
   "images-parallel": { type: "string" },
   verify: { type: "boolean" },
+  "rebuild-tracker": { type: "boolean" },
   json: { type: "boolean" },
   quiet: { type: "boolean", short: "q" },
   help: { type: "boolean", short: "h" },
@@ -218,7 +224,8 @@ export function parseUploadCommand(
     movedFrom: typeof movedFrom === "string" ? fromCaller(movedFrom, env) : null,
     printSchema: values["print-schema"] === true,
     role: typeof values.role === "string" ? values.role : null,
-    verify: values.verify === true,
+    verify: values.verify === true || values["rebuild-tracker"] === true,
+    rebuildTracker: values["rebuild-tracker"] === true,
     ...imagesSettings(values, env),
     markers: values["no-markers"] !== true,
     json: values.json === true,
@@ -244,7 +251,9 @@ function checkUploadModes(
   command: string,
 ): string | null {
   const on = (flag: string) => values[flag] === true;
-  const modes = ["print-schema", "status", "scan-only", "dry-run", "watch", "verify"]
+  // --rebuild-tracker is --verify on a new tracker: the two go together.
+  const verify = on("rebuild-tracker") ? "rebuild-tracker" : "verify";
+  const modes = ["print-schema", "status", "scan-only", "dry-run", "watch", verify]
     .filter(on).map((m) => `--${m}`);
   const help = on("help");
   if (!help && modes.length > 1) {
@@ -334,6 +343,9 @@ Modes:
                        lost or new tracker is rebuilt (folders whose row already holds
                        their content are recorded, not sent); rows with no folder on
                        disk are reported (--status --json lists them), never deleted
+  --rebuild-tracker    move the tracking database aside (one that is damaged) and
+                       rebuild it from the server's rows, as --verify does for a new
+                       tracker: nothing is sent again for folders the server holds
   --scan-only          scan and record; print new / changed / unchanged / missing /
                        unreadable counts; upload nothing
   --dry-run            scan, diff and build rows; report what would be uploaded;

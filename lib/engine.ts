@@ -164,23 +164,33 @@ export async function runEngine(source: FolderSource, options: EngineOptions): P
   }
   counters.settling += settle.size;
 
-  const { status, exitCode } = decideOutcome({
-    error: run.error,
-    interrupted: run.interrupted,
-    stopped: run.stopped,
-    failed: counters.failed + counters.unreadable,
-  });
+  const outcome = () =>
+    decideOutcome({
+      error: run.error,
+      interrupted: run.interrupted,
+      stopped: run.stopped,
+      failed: counters.failed + counters.unreadable,
+    });
+  let { status, exitCode } = outcome();
   const durationMs = run.now() - run.startedAt;
-  const exhausted = run.runId !== null ? run.tracker!.countExhausted(options.config.maxRetries) : 0;
-  const markersOwed = run.runId !== null ? run.tracker!.countOwedMarkers() : 0;
+  let exhausted = 0;
+  let markersOwed = 0;
   if (run.runId !== null) {
-    run.tracker!.finishRun(
-      run.runId,
-      status,
-      { ...counters, duration_ms: durationMs },
-      run.completedPass,
-      new Date(run.now()),
-    );
+    try {
+      exhausted = run.tracker!.countExhausted(options.config.maxRetries);
+      markersOwed = run.tracker!.countOwedMarkers();
+      run.tracker!.finishRun(
+        run.runId,
+        status,
+        { ...counters, duration_ms: durationMs },
+        run.completedPass,
+        new Date(run.now()),
+      );
+    } catch (error) {
+      // The tracker's file or disk failed at the very end (deleted, full): the run says so.
+      run.fail(error);
+      ({ status, exitCode } = outcome());
+    }
   }
   return {
     counters,

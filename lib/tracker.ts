@@ -14,11 +14,12 @@ import { DatabaseSync, type StatementSync } from "node:sqlite";
 import { hostname } from "node:os";
 import { decideFolder, type DiffDecision, type DiffOptions, type TrackedState } from "./diff.ts";
 import type { FolderSnapshot } from "./scan.ts";
-import { type RunStatus, UploadError } from "./errors.ts";
+import { messageOf, type RunStatus, UploadError } from "./errors.ts";
 import { localDeviceId } from "./device.ts";
 import { readStatus, type StatusOptions, type StatusReport } from "./status.ts";
 import { type HeldLock, tryLock } from "./lock.ts";
 import type { FailedMarker, SuccessMarker } from "./markers.ts";
+import { trackerFault, trackerGone } from "./tracker_faults.ts";
 
 export type { FailureEntry, StatusOptions, StatusReport } from "./status.ts";
 
@@ -128,6 +129,12 @@ export interface TrackerOpenOptions {
   readOnly?: boolean;
   /** What to record as the lock holder's command. */
   command?: string;
+  /**
+   * Move the database file (and its `-wal` and `-shm` files) aside first, to
+   * `<path>.damaged-<time>`, and start a new one (`--rebuild-tracker`): the device id is
+   * kept when the old file still tells it. Default `false`.
+   */
+  moveAside?: boolean;
 }
 
 /** One folder's outcome within a batch, for {@linkcode Tracker.recordBatch}. */
@@ -245,10 +252,15 @@ export class Tracker {
   #lock: HeldLock | null = null;
   #statements = new Map<string, StatementSync>();
   #pass: Pass | null = null;
+  /** The file's device and inode when it was opened (null: in memory, or not a file). */
+  #fileId: string | null = null;
+  /** Where {@linkcode TrackerOpenOptions.moveAside} moved the old file, if it did. */
+  movedAside: string | null = null;
 
   private constructor(path: string, db: DatabaseSync) {
     this.path = path;
     this.db = db;
+    if (path !== ":memory:") this.#fileId = fileIdentity(path);
   }
 
   /**
@@ -261,6 +273,15 @@ export class Tracker {
     const lock = options.lock ?? true;
     let held: HeldLock | null = null;
     if (lock && path !== ":memory:") held = acquireLock(`${path}.lock`, options.command);
+    let aside: { to: string; deviceId?: string } | null = null;
+    if (options.moveAside && path !== ":memory:") {
+      try {
+        aside = moveAside(path);
+      } catch (error) {
+        held?.release();
+        throw trackerFault(path, error) ?? error;
+      }
+    }
     let db: DatabaseSync;
     try {
       db = new DatabaseSync(path, { readOnly: options.readOnly ?? false });
@@ -271,39 +292,45 @@ export class Tracker {
       }
     } catch (error) {
       held?.release();
-      throw new UploadError("config", `Cannot open tracking database ${path}: ${error}`, {
-        subject: path,
-        cause: error,
-      });
+      throw trackerFault(path, error) ??
+        new UploadError("config", `Cannot open tracking database ${path}: ${messageOf(error)}`, {
+          subject: path,
+          cause: error,
+        });
     }
     const tracker = new Tracker(path, db);
     tracker.#lock = held;
     try {
       if (!options.readOnly) tracker.#migrate();
+      tracker.movedAside = aside?.to ?? null;
+      if (aside?.deviceId) tracker.setMeta("device_id", aside.deviceId);
     } catch (error) {
       tracker.close();
-      throw new UploadError("config", `Cannot prepare tracking database ${path}: ${error}`, {
-        subject: path,
-        cause: error,
-      });
+      if (error instanceof UploadError) throw error;
+      throw trackerFault(path, error) ??
+        new UploadError(
+          "config",
+          `Cannot prepare tracking database ${path}: ${messageOf(error)}`,
+          { subject: path, cause: error },
+        );
     }
     return tracker;
   }
 
   /** The schema version recorded in the database (0 for an empty file). */
   schemaVersion(): number {
-    const hasMeta = this.db.prepare(
+    const hasMeta = this.#prepare(
       "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'",
     ).get();
     if (!hasMeta) return 0;
-    const row = this.db.prepare("SELECT value FROM meta WHERE key = 'schema_version'").get() as
+    const row = this.#prepare("SELECT value FROM meta WHERE key = 'schema_version'").get() as
       | { value: string }
       | undefined;
     return row ? Number(row.value) : 0;
   }
 
   #migrate(): void {
-    this.db.exec("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)");
+    this.#exec("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)");
     let version = this.schemaVersion();
     if (version > SCHEMA_VERSION) {
       throw new UploadError(
@@ -315,8 +342,8 @@ export class Tracker {
     while (version < SCHEMA_VERSION) {
       const next = version + 1;
       this.transaction(() => {
-        this.db.exec(MIGRATIONS[next]);
-        this.db.prepare(
+        this.#exec(MIGRATIONS[next]);
+        this.#prepare(
           "INSERT INTO meta (key, value) VALUES ('schema_version', ?) " +
             "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
         ).run(String(next));
@@ -325,23 +352,91 @@ export class Tracker {
     }
   }
 
-  /** Runs `fn` in one transaction; rolls back and rethrows when it throws. */
+  /**
+   * Runs `fn` in one transaction; rolls back and rethrows when it throws. First checks that
+   * the file is still the one opened (see {@linkcode checkFile}).
+   *
+   * @throws {UploadError} kind `config` for a fault of the file or its disk (see
+   * lib/tracker_faults.ts), else what `fn` threw.
+   */
   transaction<T>(fn: () => T): T {
-    this.db.exec("BEGIN IMMEDIATE");
+    this.checkFile();
+    this.#exec("BEGIN IMMEDIATE");
     try {
       const result = fn();
-      this.db.exec("COMMIT");
+      this.#exec("COMMIT");
       return result;
     } catch (error) {
-      if (this.db.isTransaction) this.db.exec("ROLLBACK");
-      throw error;
+      try {
+        if (this.db.isTransaction) this.db.exec("ROLLBACK");
+      } catch (_rollback) {
+        // A disk that refused the commit may refuse the rollback too; the first error says why.
+      }
+      throw this.#fault(error);
     }
+  }
+
+  /**
+   * Checks that the tracking database is still at its path as opened: one deleted or
+   * replaced meanwhile would take what this run records with it, silently.
+   *
+   * @throws {UploadError} kind `config` naming the file, when it was deleted or replaced.
+   */
+  checkFile(): void {
+    if (this.#fileId === null) return;
+    const now = fileIdentity(this.path);
+    if (now === this.#fileId) return;
+    throw trackerGone(this.path, now === null ? "deleted" : "replaced");
+  }
+
+  /** The error to throw for `error`, met while using the database. */
+  #fault(error: unknown): unknown {
+    if (error instanceof UploadError) return error;
+    try {
+      // A file deleted or replaced under the run explains whatever SQLite says next.
+      this.checkFile();
+    } catch (gone) {
+      return gone;
+    }
+    return trackerFault(this.path, error) ?? error;
+  }
+
+  #exec(sql: string): void {
+    try {
+      this.db.exec(sql);
+    } catch (error) {
+      throw this.#fault(error);
+    }
+  }
+
+  /** A prepared statement whose errors name the tracking database (see {@linkcode #fault}). */
+  #prepare(sql: string): StatementSync {
+    let stmt: StatementSync;
+    try {
+      stmt = this.db.prepare(sql);
+    } catch (error) {
+      throw this.#fault(error);
+    }
+    const fault = (error: unknown) => this.#fault(error);
+    return new Proxy(stmt, {
+      get(target, prop) {
+        const value = Reflect.get(target, prop, target);
+        if (typeof value !== "function") return value;
+        return (...args: unknown[]) => {
+          try {
+            return value.apply(target, args);
+          } catch (error) {
+            throw fault(error);
+          }
+        };
+      },
+    });
   }
 
   #stmt(sql: string): StatementSync {
     let stmt = this.#statements.get(sql);
     if (!stmt) {
-      stmt = this.db.prepare(sql);
+      stmt = this.#prepare(sql);
       this.#statements.set(sql, stmt);
     }
     return stmt;
@@ -420,6 +515,7 @@ export class Tracker {
     scanComplete: boolean,
     now = new Date(),
   ): void {
+    this.checkFile();
     this.#stmt(
       "UPDATE runs SET status = ?, ended_at = ?, summary = ?, scan_complete = ? WHERE run_id = ?",
     ).run(status, iso(now), JSON.stringify(summary), scanComplete ? 1 : 0, runId);
@@ -997,7 +1093,11 @@ export class Tracker {
 
   /** The report behind `--status` (see lib/status.ts). */
   status(options: StatusOptions = {}): StatusReport {
-    return readStatus(this.db, this.path, this.schemaVersion(), options);
+    try {
+      return readStatus(this.db, this.path, this.schemaVersion(), options);
+    } catch (error) {
+      throw this.#fault(error);
+    }
   }
 
   /**
@@ -1028,6 +1128,48 @@ export class Tracker {
   }
 }
 
+/**
+ * Moves a tracking database and its `-wal` / `-shm` files aside to `<path>.damaged-<time>`,
+ * reading its device id first when it can still be read. Null when there was no file.
+ */
+function moveAside(path: string): { to: string; deviceId?: string } | null {
+  if (fileIdentity(path) === null) return null;
+  let deviceId: string | undefined;
+  try {
+    const old = new DatabaseSync(path, { readOnly: true });
+    try {
+      const row = old.prepare("SELECT value FROM meta WHERE key = 'device_id'").get() as
+        | { value: string }
+        | undefined;
+      deviceId = row?.value;
+    } finally {
+      old.close();
+    }
+  } catch (_error) {
+    // Too damaged to tell: the new tracker finds the device id as a new one does.
+  }
+  const to = `${path}.damaged-${new Date().toISOString().replace(/[:.]/g, "-")}`;
+  Deno.renameSync(path, to);
+  for (const suffix of ["-wal", "-shm"]) {
+    try {
+      Deno.renameSync(path + suffix, to + suffix);
+    } catch (error) {
+      if (!(error instanceof Deno.errors.NotFound)) throw error;
+    }
+  }
+  return { to, deviceId };
+}
+
+/** A file's device and inode, or null when it does not exist (or cannot be stat'ed). */
+function fileIdentity(path: string): string | null {
+  try {
+    const info = Deno.statSync(path);
+    return `${info.dev}:${info.ino}`;
+  } catch (_error) {
+    return null; // gone (or unreadable: the next statement says why)
+  }
+}
+
 /** Who holds a tracker lock, as written into the lock file. */
 export interface LockHolder {
   pid: number;
@@ -1043,7 +1185,34 @@ export interface LockHolder {
  * @throws {UploadError} kind `locked` naming the holder when another process has it.
  */
 export function acquireLock(lockPath: string, command = "upload"): HeldLock {
-  const lock = tryLock(lockPath, (info) => {
+  const dbPath = lockPath.replace(/\.lock$/, "");
+  let lock: HeldLock;
+  try {
+    lock = takeLock(lockPath);
+  } catch (error) {
+    // The lock file beside it cannot be made (a read-only or full disk): the tracker's fault.
+    const cause = error instanceof UploadError && error.kind === "config" ? error.cause : undefined;
+    throw (cause !== undefined && trackerFault(dbPath, cause)) || error;
+  }
+  const holder: LockHolder = {
+    pid: Deno.pid,
+    host: hostname(),
+    command,
+    since: new Date().toISOString(),
+  };
+  try {
+    lock.record({ ...holder });
+  } catch (error) {
+    // A full disk refuses even the few bytes of the record: the tracker cannot be written.
+    lock.release();
+    throw trackerFault(dbPath, error) ?? error;
+  }
+  return lock;
+}
+
+/** Takes the lock, or throws the refusal naming its holder. */
+function takeLock(lockPath: string): HeldLock {
+  return tryLock(lockPath, (info) => {
     const holder = info
       ? `process ${info.pid} on ${info.host} (${info.command}, since ${info.since})`
       : "another process"; // the holder may not have written its details yet
@@ -1053,12 +1222,4 @@ export function acquireLock(lockPath: string, command = "upload"): HeldLock {
       { subject: lockPath, hint: "Wait for that run to finish, or use another --db-path" },
     );
   });
-  const holder: LockHolder = {
-    pid: Deno.pid,
-    host: hostname(),
-    command,
-    since: new Date().toISOString(),
-  };
-  lock.record({ ...holder });
-  return lock;
 }

@@ -84,8 +84,14 @@ async function main(argv: string[]): Promise<number> {
     : undefined;
   if (connector) await checkPsql();
 
-  const tracker = openTracker(config.dbPath, mode);
+  const tracker = openTracker(config.dbPath, mode, cmd.rebuildTracker);
   try {
+    if (tracker.movedAside) {
+      reporter.info(
+        `Moved the tracking database aside to ${tracker.movedAside}; rebuilding it from the ` +
+          `server's rows`,
+      );
+    }
     const deviceId = mode === "dry-run"
       ? (config.deviceId || tracker.getMeta("device_id") || "00000000-0000-0000-0000-000000000000")
       : tracker.deviceId(config.deviceId || undefined);
@@ -195,8 +201,10 @@ async function main(argv: string[]): Promise<number> {
   }
 }
 
-function openTracker(dbPath: string, mode: RunMode): Tracker {
-  if (mode !== "dry-run") return Tracker.open(dbPath, { command: `upload (${mode})` });
+function openTracker(dbPath: string, mode: RunMode, moveAside: boolean): Tracker {
+  if (mode !== "dry-run") {
+    return Tracker.open(dbPath, { command: `upload (${mode})`, moveAside });
+  }
   // A dry run writes nothing: read an existing tracker, or diff against an empty one.
   try {
     Deno.statSync(dbPath);

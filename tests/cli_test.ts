@@ -74,6 +74,20 @@ Deno.test("parseUploadCommand: defaults", () => {
   assert.equal(cmd.config.connectTimeoutSeconds, DEFAULT_CONFIG.connectTimeoutSeconds);
 });
 
+Deno.test("parseUploadCommand: --rebuild-tracker is --verify on a new tracker", () => {
+  for (const argv of [["data", "--rebuild-tracker"], ["data", "--verify", "--rebuild-tracker"]]) {
+    const cmd = parseUploadCommand(argv, {});
+    assert.equal(cmd.rebuildTracker, true);
+    assert.equal(cmd.verify, true);
+  }
+  assert.equal(parseUploadCommand(["data"], {}).rebuildTracker, false);
+  for (const other of ["--watch", "--dry-run", "--scan-only", "--status"]) {
+    const error = usageError(() => parseUploadCommand(["data", "--rebuild-tracker", other], {}));
+    assert.equal(error.kind, "usage");
+    assert.match(error.message, /--rebuild-tracker/);
+  }
+});
+
 Deno.test("parseUploadCommand: relative paths are the caller's (INIT_CWD under deno task)", () => {
   const env = { INIT_CWD: "/home/lab/site" };
   const cmd = parseUploadCommand(["data", "--db-path", "t.db", "--moved-from", "../old"], env);

@@ -38,6 +38,7 @@ const CASES = [
       "--images-to",
       "--images-parallel",
       "--verify",
+      "--rebuild-tracker",
       "--no-markers",
       "--json",
       "--quiet",
