@@ -121,7 +121,7 @@ export type EngineEvent =
   /** Folder step: a batch is about to be written. */
   | { event: "inserting"; batch: string; table: string; folders: number }
   /** Folder step: a marker file was written. */
-  | { event: "marker_written"; path: string; marker: string }
+  | { event: "marker_written"; path: string; key: string; marker: string }
   | { event: "marker_error"; path: string; error: string }
   /** Markers earlier runs could not write, written now (and how many are still owed). */
   | { event: "markers_caught_up"; written: number; owed: number }

@@ -140,7 +140,9 @@ export class MarkerWriter {
       : this.#config.failedMarker;
     const task: Promise<void> = writeMarkerAsync(folderPath, marker, this.#config, names)
       .then(
-        () => this.#onWritten?.(folderPath, name, marker),
+        (written) => {
+          if (written) this.#onWritten?.(folderPath, name, marker);
+        },
         (error) => this.#onError(folderPath, error, marker),
       )
       .finally(() => this.#running.delete(task));
@@ -153,14 +155,57 @@ export class MarkerWriter {
   }
 }
 
-/** {@linkcode writeMarker}, asynchronous. */
+/** Marker fields that differ between two writes of the same outcome. */
+const VOLATILE = new Set(["upload_time", "upload_batch", "failed_time", "retry_count"]);
+
+/**
+ * Whether two markers tell the same: the same outcome of the same content (the fingerprint,
+ * key, images and status, or the same error), whenever and in whichever batch.
+ *
+ * @example
+ * ```ts
+ * sameMarker(
+ *   { status: "failed", folder_key: "B1", error: "Bad JSON", failed_time: "2025-06-01T00:00:00Z" },
+ *   { status: "failed", folder_key: "B1", error: "Bad JSON", failed_time: "2025-06-02T00:00:00Z" },
+ * ); // true
+ * ```
+ */
+export function sameMarker(a: Record<string, unknown>, b: Record<string, unknown>): boolean {
+  const lasting = (m: Record<string, unknown>) =>
+    JSON.stringify(Object.keys(m).filter((k) => !VOLATILE.has(k)).sort().map((k) => [k, m[k]]));
+  return lasting(a) === lasting(b);
+}
+
+/** The marker already in the folder under `path`, or null (none, unreadable, not JSON). */
+async function readMarker(path: string): Promise<Record<string, unknown> | null> {
+  try {
+    const value = JSON.parse(await Deno.readTextFile(path));
+    return value !== null && typeof value === "object" ? value : null;
+  } catch (_error) {
+    return null; // no usable marker there: it is written anew
+  }
+}
+
+/**
+ * {@linkcode writeMarker}, asynchronous; and a marker that tells the same as the one the
+ * folder already has (`present` names it) is left as it is, so a folder uploaded again
+ * without a change keeps its marker and its modification time (`find -newer` pipelines).
+ *
+ * @returns whether the marker was written.
+ */
 export async function writeMarkerAsync(
   folderPath: string,
   marker: SuccessMarker | FailedMarker,
   config: MarkerConfig,
   present?: ReadonlySet<string>,
-): Promise<void> {
+): Promise<boolean> {
   const plan = planMarker(folderPath, marker, config, present);
+  const name = marker.status === "success" ? config.successMarker : config.failedMarker;
+  const existing = present?.has(name) ? await readMarker(plan.target) : null;
+  if (existing !== null && sameMarker(existing, marker as unknown as Record<string, unknown>)) {
+    await removeStale(plan.stale);
+    return false;
+  }
   try {
     await Deno.writeTextFile(plan.temp, plan.text);
     await Deno.rename(plan.temp, plan.target);
@@ -170,7 +215,13 @@ export async function writeMarkerAsync(
     });
     throw error;
   }
-  for (const stale of plan.stale) {
+  await removeStale(plan.stale);
+  return true;
+}
+
+/** Removes the opposite marker (a missing one is fine). */
+async function removeStale(paths: readonly string[]): Promise<void> {
+  for (const stale of paths) {
     await Deno.remove(stale).catch((error) => {
       if (!(error instanceof Deno.errors.NotFound)) throw error;
     });

@@ -446,18 +446,23 @@ export function quickStepLines(
           } still being written`,
         ),
       ];
+    // Folders of one batch are looked at together: each step line names its folder.
     case "folder_found":
       return [
-        info(`  Found ${plural(e.images, "image")}`),
-        info(e.stats ? `  Found ${config.statsFileName}` : `  No ${config.statsFileName}`),
+        info(`  ${e.key}: Found ${plural(e.images, "image")}`),
+        info(
+          e.stats
+            ? `  ${e.key}: Found ${config.statsFileName}`
+            : `  ${e.key}: No ${config.statsFileName}`,
+        ),
       ];
     case "folder_read":
       return [
-        ...(e.stats ? [info(`  Loaded ${config.statsFileName}`)] : []),
-        info(`  Test status: ${e.test_status}`),
+        ...(e.stats ? [info(`  ${e.key}: Loaded ${config.statsFileName}`)] : []),
+        info(`  ${e.key}: Test status: ${e.test_status}`),
       ];
     case "folder_failed":
-      return [warn(`  Failed: ${e.error}`)];
+      return [warn(`  ${e.key ?? e.path}: Failed: ${e.error}`)];
     case "inserting":
       return [
         info(
@@ -469,7 +474,7 @@ export function quickStepLines(
     case "folder_uploaded":
       return [info(`  Success: uploaded ${e.key}`)];
     case "marker_written":
-      return [info(`  Marker written: ${e.marker}`)];
+      return [info(`  ${e.key}: Marker written: ${e.marker}`)];
     case "marker_error":
       return [warn(`  ${e.error}`)];
     case "retry":

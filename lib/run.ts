@@ -109,7 +109,8 @@ export class Run {
           this.#recording(() => this.tracker?.oweMarkers([{ path, marker }]));
         },
         onWritten: this.folderEvents
-          ? (path, name) => this.emit({ event: "marker_written", path, marker: name })
+          ? (path, name, marker) =>
+            this.emit({ event: "marker_written", path, key: marker.folder_key, marker: name })
           : undefined,
       })
       : null;

@@ -1102,20 +1102,26 @@ export class Tracker {
 
   /**
    * Records which server rows go to. When it differs from the one recorded before, every
-   * folder uploaded elsewhere becomes pending again, so the new target gets all of them.
+   * folder uploaded elsewhere becomes pending again, so the new target gets all of them;
+   * failed folders get their retries back, as the new target may take them.
    *
-   * @returns how many folders were reset to pending (0 when the target is the same or new).
+   * @returns how many folders recorded as uploaded elsewhere are pending again (0 when the
+   * target is the same or new; failed folders are not counted: they were never uploaded).
    */
   useTarget(targetId: string): number {
     return this.transaction(() => {
       const previous = this.getMeta("target");
       this.setMeta("target", targetId);
       if (previous === undefined || previous === targetId) return 0;
-      const changed = this.#stmt(
+      const uploaded = this.#stmt(
         "UPDATE folder_status SET upload_status = 'pending', retry_count = 0 " +
-          "WHERE upload_status IN ('success', 'failed')",
+          "WHERE upload_status = 'success'",
       ).run();
-      return Number(changed.changes);
+      this.#stmt(
+        "UPDATE folder_status SET upload_status = 'pending', retry_count = 0 " +
+          "WHERE upload_status = 'failed'",
+      ).run();
+      return Number(uploaded.changes);
     });
   }
 

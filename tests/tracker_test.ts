@@ -585,6 +585,33 @@ Deno.test("Tracker.applyScan: a path twice in one chunk is decided once, by its 
   }
 });
 
+Deno.test("Tracker.useTarget: a new target re-queues what was uploaded, and counts only that", async () => {
+  using dir = tempDir();
+  const base = join(dir.path, "data");
+  writeTree(base, { "A/stats.json": { text: "{}" }, "B/stats.json": { text: "{bad" } });
+  const tracker = Tracker.open(join(dir.path, "t.db"));
+  try {
+    assert.equal(tracker.useTarget("embedded#device_test"), 0, "the first target");
+    const run = tracker.startRun(base, "upload");
+    const [a, b] = tracker.applyScan(await scan(base), run, base, diffOptions({ minAgeMs: 0 }));
+    // B failed locally (its stats.json): never uploaded anywhere.
+    tracker.recordFolderFailures([{ path: b.snapshot.path, error: "Cannot parse" }]);
+    assert.equal(tracker.useTarget("pg#device_test"), 0, "local failures are not uploads");
+    tracker.recordBatch(batch("b1", run, 1, T1), [
+      { path: a.snapshot.path, fingerprint: a.snapshot.fingerprint, ok: true },
+    ]);
+    assert.equal(tracker.useTarget("pg#device_test"), 0, "the same target");
+    assert.equal(tracker.useTarget("other#device_test"), 1);
+    const rows = folderRows(tracker);
+    assert.deepEqual(rows.map((r) => [r.upload_status, r.retry_count]), [
+      ["pending", 0],
+      ["pending", 0],
+    ]);
+  } finally {
+    tracker.close();
+  }
+});
+
 Deno.test("Tracker.moveBase: a moved base keeps every folder's status, nothing is new", async () => {
   using dir = tempDir();
   const base = join(dir.path, "data");
