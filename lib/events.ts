@@ -25,6 +25,8 @@ export interface RunCounters {
   unchanged: number;
   /** Folders that could not be read. */
   unreadable: number;
+  /** Symbolic links to folders and link loops the walk did not follow. */
+  skipped: number;
   /** Folders still being written when the run ended (left for the next run). */
   settling: number;
   /** Folders queued for upload in this run (new, changed, pending, retried). */
@@ -70,6 +72,7 @@ export function newCounters(): RunCounters {
     changed: 0,
     unchanged: 0,
     unreadable: 0,
+    skipped: 0,
     settling: 0,
     queued: 0,
     uploaded: 0,
@@ -108,6 +111,8 @@ export type EngineEvent =
     tracker: string | null;
   }
   | { event: "problem"; path: string; reason: string }
+  /** A symbolic link the walk did not follow (reported the first time it is met). */
+  | { event: "skipped"; path: string; reason: string }
   /** Folder step: a named folder is being looked at. */
   | { event: "folder_start"; path: string }
   | { event: "folder_skipped"; path: string; reason: string }

@@ -157,6 +157,7 @@ export class Planner {
     const byPath = new Map<string, FolderItem>();
     const problems: { path: string; reason: string; base: string | null }[] = [];
     const rejected: { path: string; key: string | null; error: string }[] = [];
+    const skipped: { path: string; reason: string; base: string | null }[] = [];
     let passEnd: Extract<SourceItem, { kind: "pass_end" }> | undefined;
     for (const item of items) {
       switch (item.kind) {
@@ -172,6 +173,10 @@ export class Planner {
         case "rejected":
           rejected.push(item);
           break;
+        case "skipped":
+          run.counters.skipped++;
+          skipped.push(item);
+          break;
         case "pass_start":
           if (run.tracker && run.runId !== null) run.tracker.beginPass(item.base, run.runId);
           break;
@@ -185,6 +190,7 @@ export class Planner {
         run.tracker.recordProblems(base, run.runId, problems.filter((p) => p.base === base));
       }
     }
+    this.#reportSkipped(skipped);
     await run.failFolders(rejected);
     const folders = new Map<string | null, FolderItem[]>();
     for (const item of byPath.values()) {
@@ -199,6 +205,22 @@ export class Planner {
       if (run.stopping) return;
     }
     if (passEnd) await this.#endPass(passEnd.complete);
+  }
+
+  /** Reports links the walk did not follow: each once (the tracker remembers them). */
+  #reportSkipped(skipped: readonly { path: string; reason: string; base: string | null }[]): void {
+    const run = this.#run;
+    if (skipped.length === 0) return;
+    let fresh: readonly { path: string; reason: string }[] = skipped;
+    if (run.tracker && run.runId !== null) {
+      fresh = [];
+      for (const base of new Set(skipped.map((s) => s.base))) {
+        fresh = fresh.concat(
+          run.tracker.recordSkipped(base, run.runId, skipped.filter((s) => s.base === base)),
+        );
+      }
+    }
+    for (const s of fresh) run.emit({ event: "skipped", path: s.path, reason: s.reason });
   }
 
   /** The item with the time file-system events last named its folder, when that is later. */

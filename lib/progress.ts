@@ -177,6 +177,10 @@ export class Reporter {
         this.#clearLive();
         human(`Cannot read ${e.path}: ${e.reason}`);
         break;
+      case "skipped":
+        this.#clearLive();
+        human(`Skipped ${e.path}: ${e.reason}`);
+        break;
       case "folder_failed":
         this.#clearLive();
         human(`Failed ${e.key}: ${e.error}`);
@@ -256,6 +260,7 @@ export class Reporter {
       updated: c.updated,
       failed: c.failed,
       unreadable: c.unreadable,
+      skipped: c.skipped,
       settling: c.settling,
       missing: c.missing,
       marker_errors: c.markerErrors,

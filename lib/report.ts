@@ -76,6 +76,11 @@ export function formatStatus(report: StatusReport): string {
     lines.push("Unreadable (reported by every scan until fixed):");
     list(lines, report.problems, report.problemsTotal, (p) => [`  ${p.path}`, `    ${p.reason}`]);
   }
+  if (report.skippedTotal > 0) {
+    lines.push("");
+    lines.push("Not followed (symbolic links to folders; links are never followed):");
+    list(lines, report.skipped, report.skippedTotal, (p) => [`  ${p.path}`, `    ${p.reason}`]);
+  }
   return lines.join("\n") + "\n";
 }
 

@@ -37,6 +37,8 @@ export type SourceItem =
   }
   /** A folder or file the walk could not read. */
   | { kind: "problem"; path: string; reason: string; base: string | null }
+  /** A symbolic link to a folder, or a link loop, the walk did not follow. */
+  | { kind: "skipped"; path: string; reason: string; base: string | null }
   /** A named path that cannot be uploaded (missing, not a folder, no upload unit). */
   | { kind: "rejected"; path: string; key: string | null; error: string }
   /** A complete walk of `base` starts: tracked folders it does not find are missing. */
@@ -129,9 +131,14 @@ export function treeSource(
 
 /** A scan item as a source item of the walk of `base`. */
 export function fromScan(item: ScanItem, base: string): SourceItem {
-  return item.kind === "folder"
-    ? { kind: "folder", snapshot: item.snapshot, base, force: false, strict: false }
-    : { kind: "problem", path: item.problem.path, reason: item.problem.reason, base };
+  switch (item.kind) {
+    case "folder":
+      return { kind: "folder", snapshot: item.snapshot, base, force: false, strict: false };
+    case "skipped":
+      return { kind: "skipped", path: item.path, reason: item.reason, base };
+    default:
+      return { kind: "problem", path: item.problem.path, reason: item.problem.reason, base };
+  }
 }
 
 /** Settings of {@linkcode pathSource}. */

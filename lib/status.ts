@@ -53,6 +53,9 @@ export interface StatusReport {
   /** Folders or files the last scans could not read. */
   problems: { path: string; reason: string; since: string }[];
   problemsTotal: number;
+  /** Symbolic links to folders, and link loops, the last scans did not follow. */
+  skipped: { path: string; reason: string; since: string }[];
+  skippedTotal: number;
   /** What the last `--verify` found (when it ran, rows read, re-queued, orphans), if one ran. */
   lastVerify: Record<string, unknown> | null;
   /** Server rows of this device with no folder on disk, as the last `--verify` found them. */
@@ -206,11 +209,15 @@ class StatusReader {
     return { items, total: this.count(`SELECT count(*) AS n ${where}`, maxRetries) };
   }
 
-  problems(): { items: StatusReport["problems"]; total: number } {
+  /** Problems of one kind (`unreadable`, or `skipped`: links not followed); all of them before schema 5. */
+  problems(kind: string | null): { items: StatusReport["problems"]; total: number } {
+    const where = kind === null ? "" : " WHERE kind = ?";
+    const params = kind === null ? [] : [kind];
     const items = this.list<{ path: string; reason: string; first_seen: string }>(
-      "SELECT path, reason, first_seen FROM problems ORDER BY path",
+      `SELECT path, reason, first_seen FROM problems${where} ORDER BY path`,
+      ...params,
     ).map((p) => ({ path: p.path, reason: p.reason, since: p.first_seen }));
-    return { items, total: this.count("SELECT count(*) AS n FROM problems") };
+    return { items, total: this.count(`SELECT count(*) AS n FROM problems${where}`, ...params) };
   }
 
   lastVerify(): { lastVerify: Record<string, unknown> | null; orphans: string[]; total: number } {
@@ -272,7 +279,9 @@ export function readStatus(
   const goneBases = version >= 2 ? r.goneBases() : [];
   const failures = r.failures(maxRetries, false);
   const exhausted = r.failures(maxRetries, true);
-  const problems = version >= 3 ? r.problems() : { items: [], total: 0 };
+  const none = { items: [], total: 0 };
+  const problems = version >= 3 ? r.problems(version >= 5 ? "unreadable" : null) : none;
+  const skipped = version >= 5 ? r.problems("skipped") : none;
   const verify = version >= 4 ? r.lastVerify() : { lastVerify: null, orphans: [], total: 0 };
   const owed = version >= 5 ? r.markersOwed() : { items: [], total: 0 };
   return {
@@ -292,6 +301,8 @@ export function readStatus(
     exhaustedTotal: exhausted.total,
     problems: problems.items,
     problemsTotal: problems.total,
+    skipped: skipped.items,
+    skippedTotal: skipped.total,
     lastVerify: verify.lastVerify,
     orphans: verify.orphans,
     orphansTotal: verify.total,

@@ -115,6 +115,7 @@ const MIGRATIONS: Record<number, string> = {
     );
   `,
   5: `
+    ALTER TABLE problems ADD COLUMN kind TEXT NOT NULL DEFAULT 'unreadable';
     ALTER TABLE folder_status ADD COLUMN marker_owed TEXT;
     CREATE INDEX IF NOT EXISTS folder_status_owed ON folder_status (folder_path)
       WHERE marker_owed IS NOT NULL;
@@ -984,14 +985,47 @@ export class Tracker {
   ): void {
     if (problems.length === 0) return;
     const text = iso(when);
-    const upsert = this.#stmt(
-      "INSERT INTO problems (path, base_path, reason, first_seen, last_seen, last_seen_run) " +
-        "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (path) DO UPDATE SET reason = excluded.reason, " +
-        "base_path = excluded.base_path, last_seen = excluded.last_seen, " +
-        "last_seen_run = excluded.last_seen_run",
-    );
+    const upsert = this.#upsertProblem();
     this.transaction(() => {
-      for (const p of problems) upsert.run(p.path, base, p.reason, text, text, runId);
+      for (const p of problems) upsert.run(p.path, base, p.reason, text, text, runId, "unreadable");
+    });
+  }
+
+  #upsertProblem(): StatementSync {
+    return this.#stmt(
+      "INSERT INTO problems (path, base_path, reason, first_seen, last_seen, last_seen_run, " +
+        "kind) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (path) DO UPDATE SET " +
+        "reason = excluded.reason, base_path = excluded.base_path, " +
+        "last_seen = excluded.last_seen, last_seen_run = excluded.last_seen_run, " +
+        "kind = excluded.kind",
+    );
+  }
+
+  /**
+   * Remembers symbolic links the scan of `base` did not follow (links to folders, loops),
+   * so each is reported once and `--status` lists them until a complete scan no longer
+   * meets them.
+   *
+   * @returns the links met for the first time (those to report).
+   */
+  recordSkipped(
+    base: string | null,
+    runId: number,
+    skipped: readonly { path: string; reason: string }[],
+    when = new Date(),
+  ): { path: string; reason: string }[] {
+    if (skipped.length === 0) return [];
+    const text = iso(when);
+    const upsert = this.#upsertProblem();
+    return this.transaction(() => {
+      const known = new Set(
+        (this.#stmt(
+          "SELECT path FROM problems WHERE kind = 'skipped' AND path IN " +
+            "(SELECT value FROM json_each(?))",
+        ).all(JSON.stringify(skipped.map((s) => s.path))) as { path: string }[]).map((r) => r.path),
+      );
+      for (const s of skipped) upsert.run(s.path, base, s.reason, text, text, runId, "skipped");
+      return skipped.filter((s) => !known.has(s.path));
     });
   }
 

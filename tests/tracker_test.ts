@@ -56,7 +56,7 @@ async function scan(base: string): Promise<FolderSnapshot[]> {
   const out: FolderSnapshot[] = [];
   for await (const item of scanFolders(base, { markerNames: MARKERS })) {
     if (item.kind === "problem") assert.fail(`${item.problem.path}: ${item.problem.reason}`);
-    out.push(item.snapshot);
+    if (item.kind === "folder") out.push(item.snapshot);
   }
   return out;
 }
