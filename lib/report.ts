@@ -45,8 +45,10 @@ export function formatStatus(report: StatusReport): string {
   lines.push("Recent batches:");
   if (report.recentBatches.length === 0) lines.push("  (none)");
   for (const b of report.recentBatches) {
-    const timing = b.durationSeconds === null
+    const timing = b.endTime === null
       ? "unfinished"
+      : b.durationSeconds === null
+      ? "duration unknown"
       : `${b.durationSeconds.toFixed(1)} s${
         b.foldersPerSecond === null ? "" : `, ${b.foldersPerSecond} folders/s`
       }`;

@@ -577,7 +577,9 @@ export function snapshotFolder(
   try {
     for (const entry of Deno.readDirSync(dir)) {
       const name = entry.name;
-      if (name === statsName && !entry.isFile) statsNotFile = describeEntry(`${dir}/${name}`, entry);
+      if (name === statsName && !entry.isFile) {
+        statsNotFile = describeEntry(`${dir}/${name}`, entry);
+      }
       if (name.startsWith(".") || !entry.isFile || name.includes("\uFFFD")) continue;
       try {
         const st = Deno.lstatSync(`${dir === "/" ? "" : dir}/${name}`);

@@ -160,16 +160,16 @@ class StatusReader {
       failed_uploads: number;
       total_folders: number;
       status: string;
-      start_time: string;
-      end_time: string | null;
+      start_time: string | number;
+      end_time: string | number | null;
     }>(
       "SELECT batch_name, successful_uploads, failed_uploads, total_folders, status, start_time, " +
         "end_time FROM upload_batches ORDER BY start_time DESC, batch_id DESC LIMIT ?",
       limit,
     ).map((b) => {
-      const duration = b.end_time
-        ? (Date.parse(b.end_time) - Date.parse(b.start_time)) / 1000
-        : null;
+      const start = timeMs(b.start_time);
+      const end = timeMs(b.end_time);
+      const duration = start !== null && end !== null ? (end - start) / 1000 : null;
       const done = Number(b.successful_uploads ?? 0) + Number(b.failed_uploads ?? 0);
       return {
         batchName: b.batch_name,
@@ -177,8 +177,8 @@ class StatusReader {
         failed: Number(b.failed_uploads ?? 0),
         total: Number(b.total_folders ?? 0),
         status: b.status,
-        startTime: b.start_time,
-        endTime: b.end_time,
+        startTime: String(b.start_time),
+        endTime: b.end_time === null ? null : String(b.end_time),
         durationSeconds: duration,
         foldersPerSecond: duration && duration > 0 ? Math.round(done / duration) : null,
       };
@@ -261,6 +261,25 @@ class StatusReader {
       }
       : null;
   }
+}
+
+/**
+ * A time as the tracker holds it, in ms since the epoch: ISO-8601 or SQLite text, or, in the
+ * original tool's rows, Unix seconds (or ms) as a number; null when it is none of these.
+ *
+ * @example
+ * ```ts
+ * timeMs("2025-06-02T16:50:00.000Z"); // 1748883000000
+ * timeMs(1748883000.5); // 1748883000500
+ * timeMs("soon"); // null
+ * ```
+ */
+export function timeMs(value: string | number | null | undefined): number | null {
+  if (value === null || value === undefined || value === "") return null;
+  const n = typeof value === "number" ? value : /^\d+(\.\d+)?$/.test(value) ? Number(value) : NaN;
+  if (Number.isFinite(n)) return n > 1e11 ? n : n * 1000;
+  const parsed = Date.parse(String(value));
+  return Number.isNaN(parsed) ? null : parsed;
 }
 
 /**

@@ -628,6 +628,10 @@ export class Tracker {
       const rows = new Map<string, FolderRow>();
       const found = select.all(JSON.stringify(snapshots.map((s) => s.path))) as unknown[];
       for (const row of found as FolderRow[]) rows.set(row.folder_path, row);
+      if (!options.dryRun && this.#adoptLegacy(snapshots, rows) > 0) {
+        const adopted = select.all(JSON.stringify(snapshots.map((s) => s.path))) as unknown[];
+        for (const row of adopted as FolderRow[]) rows.set(row.folder_path, row);
+      }
       const fresh: unknown[][] = [];
       const touchedSettled: string[] = [];
       const touchedSettling: string[] = [];
@@ -711,6 +715,49 @@ export class Tracker {
       return out;
     };
     return options.dryRun ? apply() : this.transaction(apply);
+  }
+
+  /**
+   * The original tool's rows whose folder path is relative (to wherever it was run from),
+   * by folder name; loaded once, emptied as they are adopted. Null until looked at.
+   */
+  #legacy: Map<string, { rowid: number; path: string }[]> | null = null;
+
+  /**
+   * Gives the original tool's rows with a relative folder path (`data/Batch54`) the absolute
+   * path of the folder they name, when a scan meets it, so one folder is one row (not one
+   * per tool). A relative path names a folder whose path ends with it.
+   *
+   * @returns how many rows were adopted.
+   */
+  #adoptLegacy(snapshots: readonly FolderSnapshot[], rows: Map<string, FolderRow>): number {
+    if (this.#legacy === null) {
+      this.#legacy = new Map();
+      const found = this.#stmt(
+        "SELECT rowid, folder_path FROM folder_status WHERE base_path IS NULL AND " +
+          "folder_key IS NULL AND substr(folder_path, 1, 1) <> '/'",
+      ).all() as { rowid: number; folder_path: string }[];
+      for (const r of found) {
+        const path = r.folder_path.replace(/^(\.\/)+/, "").replace(/\/+$/, "");
+        const name = path.slice(path.lastIndexOf("/") + 1);
+        const list = this.#legacy.get(name) ?? [];
+        list.push({ rowid: Number(r.rowid), path });
+        this.#legacy.set(name, list);
+      }
+    }
+    if (this.#legacy.size === 0) return 0;
+    const move = this.#stmt("UPDATE folder_status SET folder_path = ? WHERE rowid = ?");
+    let adopted = 0;
+    for (const snap of snapshots) {
+      const candidates = rows.has(snap.path) ? undefined : this.#legacy.get(snap.name);
+      const match = candidates?.findIndex((c) => snap.path.endsWith(`/${c.path}`)) ?? -1;
+      if (match < 0) continue;
+      move.run(snap.path, candidates![match].rowid);
+      candidates!.splice(match, 1);
+      if (candidates!.length === 0) this.#legacy.delete(snap.name);
+      adopted++;
+    }
+    return adopted;
   }
 
   /** Failed folders that reached `maxRetries` and are no longer retried until they change. */

@@ -14,6 +14,7 @@ import { DatabaseSync } from "node:sqlite";
 import { type FolderSnapshot, scanFolders } from "../lib/scan.ts";
 import { type BatchRecord, SCHEMA_VERSION, Tracker } from "../lib/tracker.ts";
 import { UploadError } from "../lib/errors.ts";
+import { formatStatus } from "../lib/report.ts";
 import type { DiffOptions } from "../lib/diff.ts";
 import { DEFAULT_CONFIG, markerNames } from "../config.ts";
 import { generateTree, T1, T2, tempDir, writeTree } from "../support/tree.ts";
@@ -309,6 +310,52 @@ Deno.test("Tracker.open: upgrades an original tool's database in place, rows kep
     again.close();
   }
   assert.deepEqual(await sqlite3(path, "PRAGMA integrity_check"), ["ok"]);
+});
+
+Deno.test("Tracker: the original tool's relative-path rows become the scanned folders' rows", async () => {
+  using dir = tempDir();
+  const base = join(dir.path, "data");
+  writeTree(base, {
+    "Batch54/stats.json": { json: { result: "PASS" }, mtime: T1 },
+    "Batch55/stats.json": { json: { result: "" }, mtime: T1 },
+    "Batch56/a.jpg": { bytes: 10, mtime: T2 },
+  });
+  const path = join(dir.path, "upload_tracker.db");
+  // As the original tool left it when run as `python upload.py data`: paths relative to
+  // where it ran, batch times as Unix seconds.
+  await makeOriginalDatabase(path, "data/Batch54", "./data/Batch55/");
+  await sqlite3(
+    path,
+    "UPDATE upload_batches SET start_time = 1748883000, end_time = 1748883060.5 " +
+      "WHERE batch_id = 'b-1'",
+  );
+  const tracker = Tracker.open(path);
+  try {
+    const run = tracker.startRun(base, "upload");
+    const decisions = tracker.applyScan(await scan(base), run, base, diffOptions());
+    assert.deepEqual(decisions.map((d) => [d.snapshot.key, d.change]), [
+      ["Batch54", "changed"],
+      ["Batch55", "changed"],
+      ["Batch56", "new"],
+    ]);
+    const report = tracker.status();
+    assert.equal(report.total, 3, "one row per folder, not one per tool");
+    assert.deepEqual(
+      folderRows(tracker).map((r) => [r.folder_path, r.created_at]),
+      [
+        [join(base, "Batch54"), "2025-06-02 16:49:00"],
+        [join(base, "Batch55"), "2025-06-02 17:10:00"],
+        [join(base, "Batch56"), folderRows(tracker)[2].created_at as string],
+      ],
+    );
+    const original = report.recentBatches.find((b) => b.batchName === "batch_20250602_165000")!;
+    assert.equal(original.durationSeconds, 60.5);
+    const text = formatStatus(report);
+    assert.doesNotMatch(text, /NaN/);
+    assert.match(text, /batch_20250602_165000: 1\/2 successful, 1 failed \(completed, 60\.5 s/);
+  } finally {
+    tracker.close();
+  }
 });
 
 Deno.test("Tracker.applyScan: the diff rule over real scans of a real tree", async () => {
