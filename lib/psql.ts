@@ -150,11 +150,15 @@ function findOnPath(name: string): boolean {
 }
 
 /**
- * A command for `program` that runs outside the caller's process group (see
- * {@linkcode detachmentMethod}).
+ * A command for `program` that runs outside the caller's process group, by `method`
+ * (default: {@linkcode detachmentMethod}'s choice for this runtime).
  */
-export function outsideGroup(program: string, options: Deno.CommandOptions): Deno.Command {
-  switch (detachmentMethod()) {
+export function outsideGroup(
+  program: string,
+  options: Deno.CommandOptions,
+  method: Detachment = detachmentMethod(),
+): Deno.Command {
+  switch (method) {
     case "detached":
       return new Deno.Command(program, { ...options, detached: true });
     case "setsid":

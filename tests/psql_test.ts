@@ -8,6 +8,7 @@ import { UploadError } from "../lib/errors.ts";
 import {
   checkPsql,
   detachmentMethod,
+  outsideGroup,
   type PsqlConnection,
   PsqlSession,
   runPsqlInteractive,
@@ -70,6 +71,37 @@ async function assertUploadError(
   }
   assert.fail(`expected an UploadError of kind ${kind}`);
 }
+
+Deno.test("outsideGroup: a child in a session of its own, by Deno's detached or by setsid", async () => {
+  const stat = (pid: number) =>
+    Deno.readTextFileSync(`/proc/${pid}/stat`).replace(/^.*\) /, "").split(" ");
+  const [, , ourGroup, ourSession] = stat(Deno.pid);
+  for (const method of ["detached", "setsid", "none"] as const) {
+    const child = outsideGroup("sleep", { args: ["30"], stdin: "null" }, method).spawn();
+    try {
+      // setsid runs sleep in its own place: the pid is sleep's once it has started.
+      let fields = stat(child.pid);
+      for (
+        let i = 0;
+        i < 100 && !/\(sleep\)/.test(Deno.readTextFileSync(`/proc/${child.pid}/stat`));
+        i++
+      ) {
+        await new Promise((r) => setTimeout(r, 10));
+        fields = stat(child.pid);
+      }
+      const [, , group, session] = fields;
+      if (method === "none") {
+        assert.equal(group, ourGroup, method);
+      } else {
+        assert.equal(Number(group), child.pid, `${method}: leads its own group`);
+        assert.notEqual(session, ourSession, `${method}: in a session of its own`);
+      }
+    } finally {
+      child.kill("SIGKILL");
+      await child.status;
+    }
+  }
+});
 
 Deno.test("checkPsql returns the version and explains a missing psql", async () => {
   const version = await checkPsql();
