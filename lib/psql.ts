@@ -467,6 +467,8 @@ export class PsqlSession {
   #timeoutMs = 0;
   #statementTimeout: string | undefined;
   #exitCode: number | undefined;
+  /** The signal that ended psql, if one did (a service manager stopping every process). */
+  #exitSignal: Deno.Signal | null = null;
   #stdinClosed = false;
 
   private constructor(
@@ -485,6 +487,7 @@ export class PsqlSession {
     this.#stderrDone = this.#drainStderr(child.stderr);
     this.#status = child.status.then((status) => {
       this.#exitCode = status.code;
+      this.#exitSignal = status.signal;
       return status;
     });
   }
@@ -532,9 +535,12 @@ export class PsqlSession {
         timeoutMs: (Number(connectTimeout) + 20) * 1000,
       });
     } catch (error) {
+      // A psql ended by a signal it did not get from us (SIGTERM to every process of a
+      // service) says nothing about the server or the settings: transient, as a lost session.
+      const signalled = session.#exitSignal !== null && !session.#closing;
       await session.kill();
       const stderr = session.#connectMessage();
-      const kind = session.#timedOut ? "transient" : classifyConnectFailure(stderr);
+      const kind = session.#timedOut || signalled ? "transient" : classifyConnectFailure(stderr);
       throw new UploadError(
         kind,
         `Cannot connect to ${conn.display}: ${stderr || (error as Error).message}`,

@@ -103,6 +103,44 @@ Deno.test("outsideGroup: a child in a session of its own, by Deno's detached or 
   }
 });
 
+Deno.test("PsqlSession.start: a psql killed by a signal while it connects is transient, not config", async () => {
+  // A server that accepts and never answers: psql waits in its connection, then gets
+  // SIGTERM as a service manager stopping every process of the unit sends it.
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const port = (listener.addr as Deno.NetAddr).port;
+  const held: Deno.Conn[] = [];
+  const accepting = (async () => {
+    for await (const conn of listener) held.push(conn);
+  })();
+  try {
+    const starting = PsqlSession.start({
+      args: ["-h", "127.0.0.1", "-p", String(port), "-U", "nobody", "-d", "nowhere"],
+      env: {},
+      display: `127.0.0.1:${port}`,
+    }, { connectTimeoutSeconds: 30 });
+    let psql: number | undefined;
+    for (let i = 0; i < 500 && psql === undefined; i++) {
+      await new Promise((r) => setTimeout(r, 10));
+      for (const entry of Deno.readDirSync("/proc")) {
+        if (!/^\d+$/.test(entry.name)) continue;
+        try {
+          const cmd = Deno.readTextFileSync(`/proc/${entry.name}/cmdline`);
+          if (cmd.includes("psql") && cmd.includes(String(port))) psql = Number(entry.name);
+        } catch (_error) {
+          // exited while listed
+        }
+      }
+    }
+    assert.ok(psql !== undefined, "psql did not start");
+    Deno.kill(psql, "SIGTERM");
+    await assertUploadError(starting, "transient", /Cannot connect to 127\.0\.0\.1:\d+/);
+  } finally {
+    listener.close();
+    for (const conn of held) conn.close();
+    await accepting.catch(() => {/* closed with the listener */});
+  }
+});
+
 Deno.test("checkPsql returns the version and explains a missing psql", async () => {
   const version = await checkPsql();
   assert.match(version, /^psql \(PostgreSQL\) \d+/);
