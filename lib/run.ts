@@ -11,11 +11,10 @@ import { markerNames, type UploaderConfig } from "../config.ts";
 import { messageOf, UploadError } from "./errors.ts";
 import type { EngineEvent, RunCounters, RunMode } from "./events.ts";
 import { type FailedMarker, MarkerWriter, type SuccessMarker } from "./markers.ts";
-import type { OwedMarker } from "./tracker.ts";
 import type { FolderSnapshot } from "./scan.ts";
 import { ActivityLog } from "./sources.ts";
 import type { ObjectStore } from "./storage.ts";
-import type { Tracker } from "./tracker.ts";
+import type { OwedMarker, Tracker } from "./tracker.ts";
 
 /** Where a run stores images (`--images-to`). */
 export interface ObjectsSetup {
