@@ -15,16 +15,17 @@ import {
 } from "../lib/markers.ts";
 import { setMtime, T1, tempDir, writeTree } from "../support/tree.ts";
 
-const SUCCESS: SuccessMarker = {
+const SUCCESS = {
   status: "success",
   folder_name: "B1",
   folder_key: "L/B1",
+  device_id: "3f0e6a9e-8d4b-4a59-9d7e-2b1c5a7f9e10",
   upload_time: "2025-06-02T16:50:00.000Z",
   upload_batch: "batch_20250602_165000_0001",
   images_uploaded: 2,
   test_status: "passed",
   folder_hash: "0123456789abcdef0123456789abcdef",
-};
+} as SuccessMarker;
 
 Deno.test("sameMarker: the same outcome of the same content, whenever and in which batch", () => {
   const later = { ...SUCCESS, upload_time: "2025-06-03T00:00:00.000Z", upload_batch: "b2" };
