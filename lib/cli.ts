@@ -44,6 +44,11 @@ export interface UploadCommand {
    * one other id the server holds this tree's rows under, instead of stopping.
    */
   adoptDevice: boolean;
+  /**
+   * `--rebuild-tracker`: move the tracking database aside (a damaged one) and rebuild it
+   * from the server's rows, as `--verify` does with a new tracker. Implies `verify`.
+   */
+  rebuildTracker: boolean;
   markers: boolean;
   json: boolean;
   quiet: boolean;
@@ -79,6 +84,7 @@ const UPLOAD_FLAGS = {
   "images-parallel": { type: "string" },
   verify: { type: "boolean" },
   "adopt-device": { type: "boolean" },
+  "rebuild-tracker": { type: "boolean" },
   json: { type: "boolean" },
   quiet: { type: "boolean", short: "q" },
   help: { type: "boolean", short: "h" },
@@ -230,8 +236,9 @@ export function parseUploadCommand(
     printSchema: values["print-schema"] === true,
     role: typeof values.role === "string" ? values.role : null,
     isolateDevices: values["isolate-devices"] === true,
-    verify: values.verify === true,
+    verify: values.verify === true || values["rebuild-tracker"] === true,
     adoptDevice: values["adopt-device"] === true,
+    rebuildTracker: values["rebuild-tracker"] === true,
     ...imagesSettings(values, env),
     markers: values["no-markers"] !== true,
     json: values.json === true,
@@ -257,7 +264,9 @@ function checkUploadModes(
   command: string,
 ): string | null {
   const on = (flag: string) => values[flag] === true;
-  const modes = ["print-schema", "status", "scan-only", "dry-run", "watch", "verify"]
+  // --rebuild-tracker is --verify on a new tracker: the two go together.
+  const verify = on("rebuild-tracker") ? "rebuild-tracker" : "verify";
+  const modes = ["print-schema", "status", "scan-only", "dry-run", "watch", verify]
     .filter(on).map((m) => `--${m}`);
   const help = on("help");
   if (!help && modes.length > 1) {
@@ -353,6 +362,9 @@ Modes:
                        lost or new tracker is rebuilt (folders whose row already holds
                        their content are recorded, not sent); rows with no folder on
                        disk are reported (--status --json lists them), never deleted
+  --rebuild-tracker    move the tracking database aside (one that is damaged) and
+                       rebuild it from the server's rows, as --verify does for a new
+                       tracker: nothing is sent again for folders the server holds
   --scan-only          scan and record; print new / changed / unchanged / missing /
                        unreadable counts; upload nothing
   --dry-run            scan, diff and build rows; report what would be uploaded;
@@ -726,27 +738,78 @@ export interface StopHandlers {
   interrupt: () => void;
   /** The first SIGTERM, when it means a graceful stop (watch mode). */
   finish?: () => void;
-  /** A second signal: called just before the process exits with 130. */
+  /** A later signal (not a copy of the first): called just before the process exits with 130. */
   quit: () => void;
 }
 
 /**
- * Installs the scripts' signal policy: the first Ctrl-C or SIGTERM asks the run to stop
- * (batches in flight finish, none starts); a second one quits at once with exit code 130.
+ * Stop signals that arrive within this many ms of the first are copies of one request: a
+ * terminal's Ctrl-C and a service manager's stop signal every process of the group, and
+ * `deno task` forwards what it got to the uploader once more, within a millisecond or so.
+ */
+export const SIGNAL_COPIES_MS = 500;
+
+/** What a stop signal asks for. */
+export type StopRequest = "interrupt" | "finish" | "same" | "quit";
+
+/**
+ * The signal policy as a pure rule: the first stop signal interrupts (SIGTERM with
+ * `finishOnTerm`: finishes gracefully); one within {@linkcode SIGNAL_COPIES_MS} of it is
+ * a copy of the same request; a later one (a person pressing Ctrl-C again) quits.
+ *
+ * @example
+ * ```ts
+ * const requests = new StopRequests({ finishOnTerm: true });
+ * requests.take("SIGTERM", 1000); // "finish"
+ * requests.take("SIGTERM", 1001); // "same" (deno task's forward)
+ * requests.take("SIGINT", 3000); // "quit"
+ * ```
+ */
+export class StopRequests {
+  readonly #finishOnTerm: boolean;
+  readonly #copiesMs: number;
+  #firstAt: number | null = null;
+
+  constructor(options: { finishOnTerm?: boolean; copiesMs?: number } = {}) {
+    this.#finishOnTerm = options.finishOnTerm ?? false;
+    this.#copiesMs = options.copiesMs ?? SIGNAL_COPIES_MS;
+  }
+
+  /** What `signal`, arriving at `nowMs`, asks for. */
+  take(signal: "SIGINT" | "SIGTERM", nowMs: number): StopRequest {
+    if (this.#firstAt === null) {
+      this.#firstAt = nowMs;
+      return signal === "SIGTERM" && this.#finishOnTerm ? "finish" : "interrupt";
+    }
+    return nowMs - this.#firstAt < this.#copiesMs ? "same" : "quit";
+  }
+}
+
+/**
+ * Installs the scripts' signal policy ({@linkcode StopRequests}): the first Ctrl-C or
+ * SIGTERM asks the run to stop (batches in flight finish, none starts), copies of it that
+ * arrive with it are ignored, and a later one quits at once with exit code 130.
  *
  * @returns a function removing the listeners.
  */
 export function handleStopSignals(handlers: StopHandlers): () => void {
   if (Deno.build.os === "windows") return () => {};
-  let received = 0;
-  const listener = (signal: Deno.Signal) => () => {
-    received++;
-    if (received > 1) {
-      handlers.quit();
-      Deno.exit(EXIT.INTERRUPTED);
+  const requests = new StopRequests({ finishOnTerm: handlers.finish !== undefined });
+  const listener = (signal: "SIGINT" | "SIGTERM") => () => {
+    switch (requests.take(signal, performance.now())) {
+      case "quit":
+        handlers.quit();
+        Deno.exit(EXIT.INTERRUPTED);
+        break;
+      case "finish":
+        handlers.finish?.();
+        break;
+      case "interrupt":
+        handlers.interrupt();
+        break;
+      default:
+        break; // a copy of the request already taken
     }
-    if (signal === "SIGTERM" && handlers.finish) handlers.finish();
-    else handlers.interrupt();
   };
   const onInt = listener("SIGINT");
   const onTerm = listener("SIGTERM");

@@ -59,6 +59,11 @@ export class Committer {
       .finally(() => {
         this.#inflight.delete(task);
         this.#inflightBytes -= batch.bytes;
+        for (const item of batch.items) {
+          if (run.sending.get(item.path) === item.snapshot.fingerprint) {
+            run.sending.delete(item.path);
+          }
+        }
       });
     this.#inflight.add(task);
   }
@@ -198,6 +203,7 @@ export class Committer {
         endTime: endedAt,
         status: okCount === 0 && items.length > 0 ? "failed" : "completed",
         bytes: batch.bytes,
+        markers: run.markers !== null,
       },
       result.outcomes.map((o) => ({
         path: o.item.path,

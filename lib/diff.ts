@@ -25,6 +25,11 @@ export interface SeenState {
   fingerprint: string;
   key: string;
   newestMtimeMs: number;
+  /**
+   * When file-system events last named the folder (this machine's clock), if they did: a
+   * copy that keeps old modification times (`cp -a`, rsync) is still being written then.
+   */
+  changedAtMs?: number;
 }
 
 /** How a folder compares with its tracked row. */
@@ -78,7 +83,7 @@ export function decideFolder(
   // device's clock was wrong (a Raspberry Pi without a real-time clock). Waiting for the
   // clock to catch up could take years, so such folders count as settled. With no settle
   // time (--min-age 0) nothing is held back, a folder dated slightly ahead included.
-  const age = options.nowMs - seen.newestMtimeMs;
+  const age = options.nowMs - Math.max(seen.newestMtimeMs, seen.changedAtMs ?? 0);
   const settling = options.minAgeMs > 0 && age < options.minAgeMs &&
     age > -FUTURE_TOLERANCE_MS;
   if (tracked === undefined) {

@@ -76,6 +76,11 @@ export interface EngineOptions {
   counters?: RunCounters;
   /** How long in-flight batches may finish after an interruption. Default 10 s. */
   graceMs?: number;
+  /**
+   * How long the batches in flight may finish after a graceful stop (`finishSignal`).
+   * Default 40 s: within the 60 s a service manager gives (the README's unit).
+   */
+  stopGraceMs?: number;
   /** Client-side statement timeout (ms). Default 10 minutes. */
   statementTimeoutMs?: number;
   /**
@@ -127,6 +132,7 @@ export async function runEngine(source: FolderSource, options: EngineOptions): P
   options.signal?.addEventListener("abort", onInterrupt, { once: true });
   options.finishSignal?.addEventListener("abort", onFinish, { once: true });
   if (options.signal?.aborted) run.interrupt();
+  else if (options.finishSignal?.aborted) run.finish();
 
   const sends = options.mode !== "scan-only" && options.mode !== "dry-run";
   const writer = sends
@@ -152,9 +158,7 @@ export async function runEngine(source: FolderSource, options: EngineOptions): P
     roomFor: committer ? (bytes) => committer.roomFor(bytes) : undefined,
   });
   // Each run that sends rows records its device's health at its end; a watch also as it goes.
-  const health = writer
-    ? reporterForRun(run, { connector: options.connector!, writer })
-    : null;
+  const health = writer ? reporterForRun(run, { connector: options.connector!, writer }) : null;
   const stopBeats = options.mode === "watch"
     ? health?.heartbeat(options.healthEveryMs ?? HEALTH_EVERY_MS, run.stop.signal, () => ({
       outcome: "running",
@@ -181,7 +185,9 @@ export async function runEngine(source: FolderSource, options: EngineOptions): P
     run.fail(error);
   } finally {
     await stopBeats?.();
-    await committer?.drain(options.graceMs ?? 10_000);
+    await committer?.drain(
+      run.stopped ? options.stopGraceMs ?? 40_000 : options.graceMs ?? 10_000,
+    );
     await run.markers?.drain();
     await writer?.close();
     options.signal?.removeEventListener("abort", onInterrupt);
@@ -189,26 +195,46 @@ export async function runEngine(source: FolderSource, options: EngineOptions): P
   }
   counters.settling += settle.size;
 
-  const { status, exitCode } = decideOutcome({
-    error: run.error,
-    interrupted: run.interrupted,
-    stopped: run.stopped,
-    failed: counters.failed + counters.unreadable,
-  });
+  const outcome = () =>
+    decideOutcome({
+      error: run.error,
+      interrupted: run.interrupted,
+      stopped: run.stopped,
+      failed: counters.failed + counters.unreadable,
+    });
+  let { status, exitCode } = outcome();
   const durationMs = run.now() - run.startedAt;
-  const exhausted = run.runId !== null ? run.tracker!.countExhausted(options.config.maxRetries) : 0;
+  let exhausted = 0;
+  let markersOwed = 0;
   if (run.runId !== null) {
-    run.tracker!.finishRun(
-      run.runId,
-      status,
-      { ...counters, duration_ms: durationMs },
-      run.completedPass,
-      new Date(run.now()),
-    );
+    try {
+      exhausted = run.tracker!.countExhausted(options.config.maxRetries);
+      markersOwed = run.tracker!.countOwedMarkers();
+      run.tracker!.finishRun(
+        run.runId,
+        status,
+        { ...counters, duration_ms: durationMs },
+        run.completedPass,
+        new Date(run.now()),
+      );
+    } catch (error) {
+      // The tracker's file or disk failed at the very end (deleted, full): the run says so.
+      run.fail(error);
+      ({ status, exitCode } = outcome());
+    }
   }
   // A server that stayed away would only make the run wait once more.
   if (status !== "unreachable") await health?.report({ outcome: status, exitCode, ended: true });
-  return { counters, exitCode, status, durationMs, error: run.error, runId: run.runId, exhausted };
+  return {
+    counters,
+    exitCode,
+    status,
+    durationMs,
+    error: run.error,
+    runId: run.runId,
+    exhausted,
+    markersOwed,
+  };
 }
 
 /** The connector of a run that sends rows; a missing one is a bug in the caller. */
@@ -234,6 +260,7 @@ async function feed(
     signal: run.stop.signal,
     emit: (e: EngineEvent) => run.emit(e),
     counters: run.counters,
+    activity: run.activity,
   };
   (async () => {
     try {

@@ -26,6 +26,8 @@ export interface RunCounters {
   unchanged: number;
   /** Folders that could not be read. */
   unreadable: number;
+  /** Symbolic links to folders and link loops the walk did not follow. */
+  skipped: number;
   /** Folders still being written when the run ended (left for the next run). */
   settling: number;
   /** Folders queued for upload in this run (new, changed, pending, retried). */
@@ -40,8 +42,10 @@ export interface RunCounters {
   updated: number;
   /** Folders that failed (unreadable, bad stats.json, refused by the server). */
   failed: number;
-  /** Marker files that could not be written. */
+  /** Marker files that could not be written (now owed: a later run writes them). */
   markerErrors: number;
+  /** Markers owed by earlier runs that this run wrote. */
+  markersCaughtUp: number;
   /** Bytes of row data sent (or, in a dry run, that would be sent). */
   bytes: number;
   /** Batches finished. */
@@ -69,6 +73,7 @@ export function newCounters(): RunCounters {
     changed: 0,
     unchanged: 0,
     unreadable: 0,
+    skipped: 0,
     settling: 0,
     queued: 0,
     uploaded: 0,
@@ -77,6 +82,7 @@ export function newCounters(): RunCounters {
     updated: 0,
     failed: 0,
     markerErrors: 0,
+    markersCaughtUp: 0,
     bytes: 0,
     batches: 0,
     retries: 0,
@@ -106,6 +112,8 @@ export type EngineEvent =
     tracker: string | null;
   }
   | { event: "problem"; path: string; reason: string }
+  /** A symbolic link the walk did not follow (reported the first time it is met). */
+  | { event: "skipped"; path: string; reason: string }
   /** Folder step: a named folder is being looked at. */
   | { event: "folder_start"; path: string }
   | { event: "folder_skipped"; path: string; reason: string }
@@ -119,8 +127,10 @@ export type EngineEvent =
   /** Folder step: a batch is about to be written. */
   | { event: "inserting"; batch: string; table: string; folders: number }
   /** Folder step: a marker file was written. */
-  | { event: "marker_written"; path: string; marker: string }
+  | { event: "marker_written"; path: string; key: string; marker: string }
   | { event: "marker_error"; path: string; error: string }
+  /** Markers earlier runs could not write, written now (and how many are still owed). */
+  | { event: "markers_caught_up"; written: number; owed: number }
   | {
     event: "batch_done";
     batch: string;
@@ -198,4 +208,6 @@ export interface RunResult {
   runId: number | null;
   /** Folders failed earlier that reached --max-retries and are no longer retried. */
   exhausted: number;
+  /** Folders whose marker is owed (could not be written; a later run writes it). */
+  markersOwed: number;
 }

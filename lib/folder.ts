@@ -168,7 +168,8 @@ export interface BuildRowOptions {
  *   rewrite keeps a status someone set by hand, see `buildUpsertStatement`).
  * - The JSON text carries the stats file's own text (not a re-serialization).
  *
- * @throws {UploadError} kind `folder` when stats.json cannot be used (see {@linkcode readStats}).
+ * @throws {UploadError} kind `folder` when stats.json cannot be used (see {@linkcode readStats}),
+ *   or is no regular file (a FIFO, a directory, a link).
  */
 export function buildRow(
   snapshot: FolderSnapshot,
@@ -176,6 +177,14 @@ export function buildRow(
   now = new Date(),
   options: BuildRowOptions = {},
 ): BuiltRow {
+  if (snapshot.statsNotFile) {
+    throw new UploadError(
+      "folder",
+      `Cannot read ${join(snapshot.path, config.statsFileName)}: it is ${snapshot.statsNotFile}, ` +
+        `not a regular file`,
+      { subject: snapshot.path },
+    );
+  }
   const markers = markerNames(config);
   const files = snapshot.files.filter((f) => !markers.has(f.name));
   const images = files.filter((f) => isImageName(f.name, config.imageExtensions));

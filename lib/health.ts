@@ -247,8 +247,6 @@ export function buildHealthUpsert(table: string, record: HealthRecord): string {
 /**
  * The counts of a report: the tracker's state (failing, exhausted, pending, settling
  * folders), else, without a tracker (a quick upload), this run's.
- *
- * Markers owed are reported as 0: the tracker keeps no count of them yet.
  */
 export function healthCounts(
   tracker: Tracker | null,
@@ -272,7 +270,7 @@ export function healthCounts(
     exhausted: status.exhaustedTotal,
     pending: status.byStatus.pending ?? 0,
     settling: status.settling,
-    markersOwed: 0,
+    markersOwed: status.markersOwedTotal,
   };
 }
 

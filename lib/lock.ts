@@ -70,7 +70,12 @@ export function tryLock(
     release() {
       if (!open) return;
       open = false;
-      file.truncateSync(0);
+      try {
+        file.truncateSync(0);
+      } catch (_error) {
+        // A disk gone read-only keeps the stale record; the lock itself goes with the file
+        // handle, and the next holder overwrites the record.
+      }
       file.close();
     },
   };

@@ -39,7 +39,7 @@ export interface FailedMarker {
 /** Marker names the writer needs. */
 export type MarkerConfig = Pick<UploaderConfig, "successMarker" | "failedMarker" | "legacyMarkers">;
 
-/** Where a marker goes, its temp file, and the stale markers to remove. */
+/** Where a marker goes, its temp file, and the stale marker to remove. */
 function planMarker(
   folderPath: string,
   marker: SuccessMarker | FailedMarker,
@@ -48,6 +48,7 @@ function planMarker(
 ): { target: string; temp: string; text: string; stale: string[] } {
   const name = marker.status === "success" ? config.successMarker : config.failedMarker;
   const other = marker.status === "success" ? config.failedMarker : config.successMarker;
+  // Only the opposite marker goes; the original tool's markers are never removed.
   const stale = [other]
     .filter((n) => present === undefined || present.has(n))
     .map((n) => join(folderPath, n));
@@ -102,17 +103,20 @@ export function writeMarker(
 export class MarkerWriter {
   #config: MarkerConfig;
   #concurrency: number;
-  #onError: (path: string, error: unknown) => void;
-  #onWritten: ((path: string, name: string) => void) | undefined;
+  #onError: (path: string, error: unknown, marker: SuccessMarker | FailedMarker) => void;
+  #onWritten:
+    | ((path: string, name: string, marker: SuccessMarker | FailedMarker) => void)
+    | undefined;
   #running = new Set<Promise<void>>();
 
   constructor(
     config: MarkerConfig,
     options: {
       concurrency?: number;
-      onError: (path: string, error: unknown) => void;
-      /** Called with the folder and the marker's file name after each write. */
-      onWritten?: (path: string, name: string) => void;
+      /** Called with the folder, the error and the marker that could not be written. */
+      onError: (path: string, error: unknown, marker: SuccessMarker | FailedMarker) => void;
+      /** Called with the folder, the marker's file name and the marker after each write. */
+      onWritten?: (path: string, name: string, marker: SuccessMarker | FailedMarker) => void;
     },
   ) {
     this.#config = config;
@@ -123,21 +127,27 @@ export class MarkerWriter {
 
   /**
    * Queues the marker for a folder. `present` lists the folder's file names as the scan
-   * saw them: only marker names among them are removed, sparing a failed unlink per name.
-   * Resolves once the write has started (waiting while `concurrency` writes run).
+   * saw them: the opposite marker is removed only when it is among them, sparing a failed
+   * unlink (undefined: not known, it is tried). Resolves once the write has started
+   * (waiting while `concurrency` writes run).
    */
   async write(
     folderPath: string,
     marker: SuccessMarker | FailedMarker,
-    present: ReadonlySet<string> | readonly string[],
+    present?: ReadonlySet<string> | readonly string[],
   ): Promise<void> {
     while (this.#running.size >= this.#concurrency) await Promise.race(this.#running);
-    const names = present instanceof Set ? present : new Set(present);
+    const names = present === undefined || present instanceof Set ? present : new Set(present);
     const name = marker.status === "success"
       ? this.#config.successMarker
       : this.#config.failedMarker;
     const task: Promise<void> = writeMarkerAsync(folderPath, marker, this.#config, names)
-      .then(() => this.#onWritten?.(folderPath, name), (error) => this.#onError(folderPath, error))
+      .then(
+        (written) => {
+          if (written) this.#onWritten?.(folderPath, name, marker);
+        },
+        (error) => this.#onError(folderPath, error, marker),
+      )
       .finally(() => this.#running.delete(task));
     this.#running.add(task);
   }
@@ -148,14 +158,57 @@ export class MarkerWriter {
   }
 }
 
-/** {@linkcode writeMarker}, asynchronous. */
+/** Marker fields that differ between two writes of the same outcome. */
+const VOLATILE = new Set(["upload_time", "upload_batch", "failed_time", "retry_count"]);
+
+/**
+ * Whether two markers tell the same: the same outcome of the same content (the fingerprint,
+ * key, images and status, or the same error), whenever and in whichever batch.
+ *
+ * @example
+ * ```ts
+ * sameMarker(
+ *   { status: "failed", folder_key: "B1", error: "Bad JSON", failed_time: "2025-06-01T00:00:00Z" },
+ *   { status: "failed", folder_key: "B1", error: "Bad JSON", failed_time: "2025-06-02T00:00:00Z" },
+ * ); // true
+ * ```
+ */
+export function sameMarker(a: Record<string, unknown>, b: Record<string, unknown>): boolean {
+  const lasting = (m: Record<string, unknown>) =>
+    JSON.stringify(Object.keys(m).filter((k) => !VOLATILE.has(k)).sort().map((k) => [k, m[k]]));
+  return lasting(a) === lasting(b);
+}
+
+/** The marker already in the folder under `path`, or null (none, unreadable, not JSON). */
+async function readMarker(path: string): Promise<Record<string, unknown> | null> {
+  try {
+    const value = JSON.parse(await Deno.readTextFile(path));
+    return value !== null && typeof value === "object" ? value : null;
+  } catch (_error) {
+    return null; // no usable marker there: it is written anew
+  }
+}
+
+/**
+ * {@linkcode writeMarker}, asynchronous; and a marker that tells the same as the one the
+ * folder already has (`present` names it) is left as it is, so a folder uploaded again
+ * without a change keeps its marker and its modification time (`find -newer` pipelines).
+ *
+ * @returns whether the marker was written.
+ */
 export async function writeMarkerAsync(
   folderPath: string,
   marker: SuccessMarker | FailedMarker,
   config: MarkerConfig,
   present?: ReadonlySet<string>,
-): Promise<void> {
+): Promise<boolean> {
   const plan = planMarker(folderPath, marker, config, present);
+  const name = marker.status === "success" ? config.successMarker : config.failedMarker;
+  const existing = present?.has(name) ? await readMarker(plan.target) : null;
+  if (existing !== null && sameMarker(existing, marker as unknown as Record<string, unknown>)) {
+    await removeStale(plan.stale);
+    return false;
+  }
   try {
     await Deno.writeTextFile(plan.temp, plan.text);
     await Deno.rename(plan.temp, plan.target);
@@ -165,7 +218,13 @@ export async function writeMarkerAsync(
     });
     throw error;
   }
-  for (const stale of plan.stale) {
+  await removeStale(plan.stale);
+  return true;
+}
+
+/** Removes the opposite marker (a missing one is fine). */
+async function removeStale(paths: readonly string[]): Promise<void> {
+  for (const stale of paths) {
     await Deno.remove(stale).catch((error) => {
       if (!(error instanceof Deno.errors.NotFound)) throw error;
     });

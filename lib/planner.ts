@@ -152,19 +152,19 @@ export class Planner {
    */
   async take(items: readonly SourceItem[], revisit = false): Promise<void> {
     const run = this.#run;
-    const folders = new Map<string | null, Extract<SourceItem, { kind: "folder" }>[]>();
+    // A folder may come twice in one chunk (named by a file-system event and found again by
+    // the walk of a new tree, or by two overlapping walks): the later sighting stands.
+    const byPath = new Map<string, FolderItem>();
     const problems: { path: string; reason: string; base: string | null }[] = [];
     const rejected: { path: string; key: string | null; error: string }[] = [];
+    const skipped: { path: string; reason: string; base: string | null }[] = [];
     let passEnd: Extract<SourceItem, { kind: "pass_end" }> | undefined;
     for (const item of items) {
       switch (item.kind) {
-        case "folder": {
-          if (!revisit) run.counters.scanned++;
-          const group = folders.get(item.base);
-          if (group) group.push(item);
-          else folders.set(item.base, [item]);
+        case "folder":
+          if (!byPath.delete(item.snapshot.path) && !revisit) run.counters.scanned++;
+          byPath.set(item.snapshot.path, this.#withActivity(item));
           break;
-        }
         case "problem":
           run.counters.unreadable++;
           run.emit({ event: "problem", path: item.path, reason: item.reason });
@@ -172,6 +172,10 @@ export class Planner {
           break;
         case "rejected":
           rejected.push(item);
+          break;
+        case "skipped":
+          run.counters.skipped++;
+          skipped.push(item);
           break;
         case "pass_start":
           if (run.tracker && run.runId !== null) run.tracker.beginPass(item.base, run.runId);
@@ -186,7 +190,14 @@ export class Planner {
         run.tracker.recordProblems(base, run.runId, problems.filter((p) => p.base === base));
       }
     }
+    this.#reportSkipped(skipped);
     await run.failFolders(rejected);
+    const folders = new Map<string | null, FolderItem[]>();
+    for (const item of byPath.values()) {
+      const group = folders.get(item.base);
+      if (group) group.push(item);
+      else folders.set(item.base, [item]);
+    }
     for (const [base, group] of folders) {
       const decisions = this.#decide(base, group.map((g) => g.snapshot));
       if (!revisit && run.runId !== null) run.counters.recorded += group.length;
@@ -194,6 +205,29 @@ export class Planner {
       if (run.stopping) return;
     }
     if (passEnd) await this.#endPass(passEnd.complete);
+  }
+
+  /** Reports links the walk did not follow: each once (the tracker remembers them). */
+  #reportSkipped(skipped: readonly { path: string; reason: string; base: string | null }[]): void {
+    const run = this.#run;
+    if (skipped.length === 0) return;
+    let fresh: readonly { path: string; reason: string }[] = skipped;
+    if (run.tracker && run.runId !== null) {
+      fresh = [];
+      for (const base of new Set(skipped.map((s) => s.base))) {
+        fresh = fresh.concat(
+          run.tracker.recordSkipped(base, run.runId, skipped.filter((s) => s.base === base)),
+        );
+      }
+    }
+    for (const s of fresh) run.emit({ event: "skipped", path: s.path, reason: s.reason });
+  }
+
+  /** The item with the time file-system events last named its folder, when that is later. */
+  #withActivity(item: FolderItem): FolderItem {
+    const at = this.#run.activity.lastAt(item.snapshot.path);
+    if (at === undefined || at <= item.snapshot.newestMtimeMs) return item;
+    return { ...item, snapshot: { ...item.snapshot, changedAtMs: at } };
   }
 
   /** Sends the batch being filled, if any. */
@@ -276,7 +310,8 @@ export class Planner {
       base: source.base,
       force: source.force,
       strict: source.strict,
-      dueAt: snap.newestMtimeMs + run.config.minAgeSeconds * 1000 + 50,
+      dueAt: Math.max(snap.newestMtimeMs, snap.changedAtMs ?? 0) +
+        run.config.minAgeSeconds * 1000 + 50,
     });
     if (!queued) run.counters.settling++;
   }
@@ -292,6 +327,7 @@ export class Planner {
     const needsObjects = run.objects !== null && d.objectsDest !== run.objects.store.display &&
       snap.files.some((f) => isImageName(f.name, run.config.imageExtensions));
     if (!(d.upload || source.force || needsObjects) || run.mode === "scan-only") return false;
+    if (!source.force && run.sending.get(snap.path) === snap.fingerprint) return false;
     if (source.strict) {
       const holder = this.#strictKeys.get(snap.key);
       if (holder !== undefined && holder !== snap.path) {
@@ -381,6 +417,7 @@ export class Planner {
       await this.flush();
     }
     this.#items.push(item);
+    this.#run.sending.set(item.path, item.snapshot.fingerprint);
     this.#bytes += item.bytes;
     this.#keys.add(item.row.folder_key);
     if (this.#items.length >= config.batchSize || this.#bytes >= config.maxBatchBytes) {
@@ -430,6 +467,8 @@ export class Planner {
     await this.flush();
     const missing = run.tracker.endPass(new Date(run.now()));
     run.completedPass = true;
+    // The whole tree was seen: markers earlier runs could not write are written now.
+    await run.catchUpMarkers();
     run.counters.missing = missing.count;
     if (missing.count > 0) {
       run.emit({ event: "missing", count: missing.count, sample: missing.sample });

@@ -205,6 +205,10 @@ export class Reporter {
         this.#clearLive();
         human(`Cannot read ${e.path}: ${e.reason}`);
         break;
+      case "skipped":
+        this.#clearLive();
+        human(`Skipped ${e.path}: ${e.reason}`);
+        break;
       case "folder_failed":
         this.#clearLive();
         human(`Failed ${e.key}: ${e.error}`);
@@ -212,6 +216,12 @@ export class Reporter {
       case "marker_error":
         this.#clearLive();
         human(e.error);
+        break;
+      case "markers_caught_up":
+        this.info(
+          `Wrote ${plural(e.written, "marker")} owed by earlier runs` +
+            (e.owed > 0 ? ` (${e.owed} still owed)` : ""),
+        );
         break;
       case "retry":
         if (!this.#opts.quiet) {
@@ -298,9 +308,12 @@ export class Reporter {
       updated: c.updated,
       failed: c.failed,
       unreadable: c.unreadable,
+      skipped: c.skipped,
       settling: c.settling,
       missing: c.missing,
       marker_errors: c.markerErrors,
+      markers_owed: result.markersOwed,
+      markers_caught_up: c.markersCaughtUp,
       retries: c.retries,
       bytes: c.bytes,
       batches: c.batches,
@@ -354,9 +367,7 @@ export class Reporter {
         `${plural(c.unreadable, "folder")} could not be read (see above; --status lists them)`,
       );
     }
-    if (c.markerErrors > 0) {
-      lines.push(`${plural(c.markerErrors, "marker file")} could not be written`);
-    }
+    lines.push(...markerLines(result));
     if (result.exhausted > 0) {
       lines.push(
         `${plural(result.exhausted, "folder")} failed the maximum number of times and ` +
@@ -389,6 +400,7 @@ export class Reporter {
       objects_skipped: c.objectsSkipped,
       object_bytes: c.objectBytes,
       marker_errors: c.markerErrors,
+      markers_owed: result.markersOwed,
       retries: c.retries,
       bytes: c.bytes,
       batches: c.batches,
@@ -404,9 +416,7 @@ export class Reporter {
           `${c.uploaded - c.inserted - c.updated} already up to date); ${c.failed} failed`,
     ];
     lines.push(...objectLines(c, false));
-    if (c.markerErrors > 0) {
-      lines.push(`${plural(c.markerErrors, "marker file")} could not be written`);
-    }
+    lines.push(...markerLines(result));
     if (result.status === "interrupted") {
       lines.push("Interrupted: folders not yet acknowledged were not uploaded");
     }
@@ -420,6 +430,22 @@ export class Reporter {
       else this.#out(l + "\n");
     }
   }
+}
+
+/** The summary lines about marker files that could not be written, and those still owed. */
+function markerLines(result: RunResult): string[] {
+  const lines: string[] = [];
+  const c = result.counters;
+  if (c.markerErrors > 0) {
+    lines.push(`${plural(c.markerErrors, "marker file")} could not be written`);
+  }
+  if (result.markersOwed > 0) {
+    lines.push(
+      `${plural(result.markersOwed, "folder")} owed a marker (not writable yet; a later run ` +
+        `writes it; --status lists them)`,
+    );
+  }
+  return lines;
 }
 
 /** The summary line about images put into object storage, when there were any. */
@@ -473,18 +499,23 @@ export function quickStepLines(
           } still being written`,
         ),
       ];
+    // Folders of one batch are looked at together: each step line names its folder.
     case "folder_found":
       return [
-        info(`  Found ${plural(e.images, "image")}`),
-        info(e.stats ? `  Found ${config.statsFileName}` : `  No ${config.statsFileName}`),
+        info(`  ${e.key}: Found ${plural(e.images, "image")}`),
+        info(
+          e.stats
+            ? `  ${e.key}: Found ${config.statsFileName}`
+            : `  ${e.key}: No ${config.statsFileName}`,
+        ),
       ];
     case "folder_read":
       return [
-        ...(e.stats ? [info(`  Loaded ${config.statsFileName}`)] : []),
-        info(`  Test status: ${e.test_status}`),
+        ...(e.stats ? [info(`  ${e.key}: Loaded ${config.statsFileName}`)] : []),
+        info(`  ${e.key}: Test status: ${e.test_status}`),
       ];
     case "folder_failed":
-      return [warn(`  Failed: ${e.error}`)];
+      return [warn(`  ${e.key ?? e.path}: Failed: ${e.error}`)];
     case "inserting":
       return [
         info(
@@ -496,7 +527,7 @@ export function quickStepLines(
     case "folder_uploaded":
       return [info(`  Success: uploaded ${e.key}`)];
     case "marker_written":
-      return [info(`  Marker written: ${e.marker}`)];
+      return [info(`  ${e.key}: Marker written: ${e.marker}`)];
     case "marker_error":
       return [warn(`  ${e.error}`)];
     case "retry":

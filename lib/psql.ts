@@ -116,6 +116,68 @@ const MIN_PSQL_MAJOR = 12;
 
 const ENCODER = new TextEncoder();
 
+/** How {@linkcode outsideGroup} keeps a child out of the caller's process group. */
+export type Detachment = "detached" | "setsid" | "none";
+
+let detachment: Detachment | undefined;
+
+/**
+ * How children are started outside the caller's process group, so that a terminal's
+ * Ctrl-C or a service manager's stop (which signal every process of the group) reaches
+ * the uploader alone, and the uploader decides what its psql sessions do: a psql given
+ * SIGINT cancels its statement and goes on reading the rest of its script as SQL, and one
+ * given SIGTERM dies under the batch it was sending.
+ *
+ * - `detached`: Deno 2.4 and later start the child in a new session (setsid(2)).
+ * - `setsid`: older Deno, with util-linux's `setsid` program on PATH in front of the child
+ *   (it calls setsid(2) and runs the child in its place, so the pid is the child's).
+ * - `none`: neither; the child shares the caller's process group.
+ */
+export function detachmentMethod(): Detachment {
+  if (detachment !== undefined) return detachment;
+  const [major, minor] = Deno.version.deno.split(".").map(Number);
+  if (Deno.build.os === "windows") detachment = "none";
+  else if (major > 2 || (major === 2 && minor >= 4)) detachment = "detached";
+  else detachment = findOnPath("setsid") ? "setsid" : "none";
+  return detachment;
+}
+
+/** Whether an executable `name` is in one of PATH's directories. */
+function findOnPath(name: string): boolean {
+  for (const dir of (Deno.env.get("PATH") ?? "").split(":")) {
+    if (dir === "") continue;
+    try {
+      const info = Deno.statSync(`${dir}/${name}`);
+      if (info.isFile && ((info.mode ?? 0) & 0o111) !== 0) return true;
+    } catch (_error) {
+      // Not in this directory (or not readable): look in the next one.
+    }
+  }
+  return false;
+}
+
+/**
+ * A command for `program` that runs outside the caller's process group, by `method`
+ * (default: {@linkcode detachmentMethod}'s choice for this runtime).
+ */
+export function outsideGroup(
+  program: string,
+  options: Deno.CommandOptions,
+  method: Detachment = detachmentMethod(),
+): Deno.Command {
+  switch (method) {
+    case "detached":
+      return new Deno.Command(program, { ...options, detached: true });
+    case "setsid":
+      return new Deno.Command("setsid", {
+        ...options,
+        args: [program, ...(options.args ?? [])],
+      });
+    default:
+      return new Deno.Command(program, options);
+  }
+}
+
 /**
  * Checks that psql can be run and is recent enough (12+); returns its version line.
  *
@@ -130,7 +192,7 @@ const ENCODER = new TextEncoder();
 export async function checkPsql(psqlPath = "psql"): Promise<string> {
   let output: Deno.CommandOutput;
   try {
-    output = await new Deno.Command(psqlPath, {
+    output = await outsideGroup(psqlPath, {
       args: ["--version"],
       stdin: "null",
       stdout: "piped",
@@ -212,8 +274,10 @@ export async function copyOut(
   const psqlPath = options.psqlPath ?? "psql";
   let child: Deno.ChildProcess;
   try {
-    child = new Deno.Command(psqlPath, {
-      args: ["-X", "-q", "-v", "ON_ERROR_STOP=1", ...conn.args],
+    child = outsideGroup(psqlPath, {
+      // -w: never prompt for a password (outside the terminal's session psql would read
+      // the prompt's answer from its stdin, the script).
+      args: ["-X", "-q", "-w", "-v", "ON_ERROR_STOP=1", ...conn.args],
       env: {
         PGAPPNAME: APPLICATION_NAME,
         ...conn.env,
@@ -410,6 +474,8 @@ export class PsqlSession {
   #timeoutMs = 0;
   #statementTimeout: string | undefined;
   #exitCode: number | undefined;
+  /** The signal that ended psql, if one did (a service manager stopping every process). */
+  #exitSignal: Deno.Signal | null = null;
   #stdinClosed = false;
 
   private constructor(
@@ -428,6 +494,7 @@ export class PsqlSession {
     this.#stderrDone = this.#drainStderr(child.stderr);
     this.#status = child.status.then((status) => {
       this.#exitCode = status.code;
+      this.#exitSignal = status.signal;
       return status;
     });
   }
@@ -449,8 +516,10 @@ export class PsqlSession {
     const connectTimeout = options.connectTimeoutSeconds ?? conn.env.PGCONNECT_TIMEOUT ?? 10;
     let child: Deno.ChildProcess;
     try {
-      child = new Deno.Command(psqlPath, {
-        args: ["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=0", ...conn.args],
+      child = outsideGroup(psqlPath, {
+        // -w: never prompt for a password (outside the terminal's session psql would read
+        // the prompt's answer from its stdin, the first statement).
+        args: ["-X", "-q", "-w", "-A", "-t", "-v", "ON_ERROR_STOP=0", ...conn.args],
         env: {
           PGAPPNAME: APPLICATION_NAME,
           ...conn.env,
@@ -473,9 +542,12 @@ export class PsqlSession {
         timeoutMs: (Number(connectTimeout) + 20) * 1000,
       });
     } catch (error) {
+      // A psql ended by a signal it did not get from us (SIGTERM to every process of a
+      // service) says nothing about the server or the settings: transient, as a lost session.
+      const signalled = session.#exitSignal !== null && !session.#closing;
       await session.kill();
       const stderr = session.#connectMessage();
-      const kind = session.#timedOut ? "transient" : classifyConnectFailure(stderr);
+      const kind = session.#timedOut || signalled ? "transient" : classifyConnectFailure(stderr);
       throw new UploadError(
         kind,
         `Cannot connect to ${conn.display}: ${stderr || (error as Error).message}`,

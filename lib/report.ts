@@ -55,8 +55,10 @@ export function formatStatus(report: StatusReport): string {
   lines.push("Recent batches:");
   if (report.recentBatches.length === 0) lines.push("  (none)");
   for (const b of report.recentBatches) {
-    const timing = b.durationSeconds === null
+    const timing = b.endTime === null
       ? "unfinished"
+      : b.durationSeconds === null
+      ? "duration unknown"
       : `${b.durationSeconds.toFixed(1)} s${
         b.foldersPerSecond === null ? "" : `, ${b.foldersPerSecond} folders/s`
       }`;
@@ -74,10 +76,22 @@ export function formatStatus(report: StatusReport): string {
     lines.push("Failed for good (retries used up; retried once their files change):");
     list(lines, report.exhausted, report.exhaustedTotal, failure);
   }
+  if (report.markersOwedTotal > 0) {
+    lines.push("");
+    lines.push("Markers owed (the folder could not be written; the next runs write them):");
+    list(lines, report.markersOwed, report.markersOwedTotal, (m) => [
+      `  ${m.path} (${m.marker} marker)`,
+    ]);
+  }
   if (report.problemsTotal > 0) {
     lines.push("");
     lines.push("Unreadable (reported by every scan until fixed):");
     list(lines, report.problems, report.problemsTotal, (p) => [`  ${p.path}`, `    ${p.reason}`]);
+  }
+  if (report.skippedTotal > 0) {
+    lines.push("");
+    lines.push("Not followed (symbolic links to folders; links are never followed):");
+    list(lines, report.skipped, report.skippedTotal, (p) => [`  ${p.path}`, `    ${p.reason}`]);
   }
   return lines.join("\n") + "\n";
 }

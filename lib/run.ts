@@ -12,8 +12,9 @@ import { messageOf, UploadError } from "./errors.ts";
 import type { EngineEvent, RunCounters, RunMode } from "./events.ts";
 import { type FailedMarker, MarkerWriter, type SuccessMarker } from "./markers.ts";
 import type { FolderSnapshot } from "./scan.ts";
+import { ActivityLog } from "./sources.ts";
 import type { ObjectStore } from "./storage.ts";
-import type { Tracker } from "./tracker.ts";
+import type { OwedMarker, Tracker } from "./tracker.ts";
 
 /** Where a run stores images (`--images-to`). */
 export interface ObjectsSetup {
@@ -69,6 +70,13 @@ export class Run {
   verifying = false;
   /** Set once a walk of the whole base ended (tracked folders it missed are marked missing). */
   completedPass = false;
+  /** When file-system events last named each folder (`--watch`): they settle from then. */
+  readonly activity: ActivityLog;
+  /**
+   * Folders packed into a batch and not yet recorded, with the fingerprint they go with: a
+   * folder seen again with the same files while its row is on its way is not sent twice.
+   */
+  readonly sending: Map<string, string> = new Map();
   /** Aborted when the run must stop: the user asked, or an error stopped it. */
   readonly stop: AbortController = new AbortController();
   readonly #onEvent: (event: EngineEvent) => void;
@@ -90,19 +98,23 @@ export class Run {
     this.deviceId = settings.deviceId;
     this.objects = settings.objects ?? null;
     this.#onEvent = settings.onEvent ?? (() => {});
+    this.activity = new ActivityLog(this.config.minAgeSeconds * 1000 + 1000);
     const writes = this.mode !== "dry-run" && this.mode !== "scan-only";
     this.markers = writes && (settings.markers ?? true)
       ? new MarkerWriter(this.config, {
-        onError: (path, error) => {
+        onError: (path, error, marker) => {
           this.counters.markerErrors++;
           this.emit({
             event: "marker_error",
             path,
             error: `Cannot write marker in ${path}: ${messageOf(error)}`,
           });
+          // Owed from now on: a later run writes it once the folder can be written.
+          this.#recording(() => this.tracker?.oweMarkers([{ path, marker }]));
         },
         onWritten: this.folderEvents
-          ? (path, name) => this.emit({ event: "marker_written", path, marker: name })
+          ? (path, name, marker) =>
+            this.emit({ event: "marker_written", path, key: marker.folder_key, marker: name })
           : undefined,
       })
       : null;
@@ -158,7 +170,8 @@ export class Run {
       ? error
       : new UploadError("fatal", messageOf(error), { cause: error });
     if (e.kind === "interrupted") {
-      this.#interrupted = true;
+      // Statements abandoned after a graceful stop ran out of time: still that stop.
+      if (!this.#stopped) this.#interrupted = true;
     } else if (!this.#error) {
       this.#error = e;
       this.emit({
@@ -185,6 +198,50 @@ export class Run {
     this.#stopped = true;
     this.emit({ event: "stopping", reason: "asked to stop" });
     this.stop.abort();
+  }
+
+  /** Runs a tracker write off the run's main path; a failure stops the run (not a crash). */
+  #recording(write: () => void): void {
+    if (this.runId === null) return;
+    try {
+      write();
+    } catch (error) {
+      this.fail(error);
+    }
+  }
+
+  /**
+   * Writes the markers earlier runs could not write (a card that was read-only, a disk
+   * that was full), without sending their rows again, and removes the opposite marker.
+   * Goes in chunks, in path order; a chunk of which nothing could be written means the
+   * folders are still not writable, and the rest wait for a later run.
+   */
+  async catchUpMarkers(chunk = 256): Promise<void> {
+    const tracker = this.tracker;
+    if (!this.markers || !tracker || this.runId === null) return;
+    let after = "";
+    let written = 0;
+    while (!this.stopping) {
+      const owed: OwedMarker[] = tracker.owedMarkers(chunk, after);
+      if (owed.length === 0) break;
+      after = owed[owed.length - 1].path;
+      const done: string[] = [];
+      const writer = new MarkerWriter(this.config, {
+        onError: () => {/* still owed: the folder is not writable yet */},
+        onWritten: (path) => done.push(path),
+      });
+      for (const o of owed) {
+        await writer.write(o.path, o.marker);
+      }
+      await writer.drain();
+      tracker.markersWritten(done);
+      written += done.length;
+      if (done.length === 0) break;
+    }
+    this.counters.markersCaughtUp += written;
+    if (written > 0) {
+      this.emit({ event: "markers_caught_up", written, owed: tracker.countOwedMarkers() });
+    }
   }
 
   /** The next batch's name and tracker id. */
@@ -216,6 +273,7 @@ export class Run {
       this.tracker.recordFolderFailures(
         recorded.map((f) => ({ path: f.path, error: f.error })),
         new Date(this.now()),
+        { markers: this.markers !== null },
       );
     }
     for (const f of failures) {

@@ -12,7 +12,7 @@
  * @module
  */
 
-import { basename, resolve } from "node:path";
+import { basename, dirname, resolve } from "node:path";
 import { compareNames, type FileEntry, fingerprintFiles } from "./fingerprint.ts";
 
 /** What the scan knows of one upload unit. */
@@ -32,6 +32,16 @@ export interface FolderSnapshot {
   fingerprint: string;
   /** The newest mtime among the files that count for the fingerprint (ms since epoch). */
   newestMtimeMs: number;
+  /**
+   * When file-system events last named the folder (ms, this machine's clock), when that is
+   * known (`--watch`): settling counts from the later of this and `newestMtimeMs`.
+   */
+  changedAtMs?: number;
+  /**
+   * What the entry named like the stats file is when it is no regular file ("a FIFO", "a
+   * directory", ...): the folder cannot be uploaded as it is, and fails saying so.
+   */
+  statsNotFile?: string;
 }
 
 /** A folder or file the scan could not read. */
@@ -45,7 +55,9 @@ export interface ScanProblem {
 /** One item of the scan's output. */
 export type ScanItem =
   | { kind: "folder"; snapshot: FolderSnapshot }
-  | { kind: "problem"; problem: ScanProblem };
+  | { kind: "problem"; problem: ScanProblem }
+  /** A symbolic link to a folder, or a link loop: not followed, and said so. */
+  | { kind: "skipped"; path: string; reason: string };
 
 /** Options for {@linkcode scanFolders}. */
 export interface ScanOptions {
@@ -171,6 +183,13 @@ class Walk {
     this.out.push({ kind: "problem", problem: { path, reason } });
   }
 
+  /** Reports a link to a folder or a link loop below the base (links are never followed). */
+  link(dir: string, name: string): void {
+    const path = this.child(dir, name);
+    const reason = describeLink(path);
+    if (reason !== null) this.out.push({ kind: "skipped", path, reason });
+  }
+
   /** Whether a file name makes its folder a unit. */
   isUnitFile(name: string): boolean {
     return name === this.statsName || isImageName(name, this.extensions);
@@ -229,11 +248,18 @@ class Walk {
     const fileNames: string[] = [];
     let isUnit = false;
     let badNames: string[] | undefined;
+    let links: string[] | undefined;
+    let statsEntry: Deno.DirEntry | undefined;
     try {
       for (const entry of Deno.readDirSync(dir)) {
         const name = entry.name;
-        if (name.charCodeAt(0) === 46 /* . */ || entry.isSymlink) continue;
-        if (name.includes("\uFFFD")) {
+        if (name.charCodeAt(0) === 46 /* . */) continue;
+        if (name === this.statsName && !entry.isFile) statsEntry = entry;
+        if (entry.isSymlink) {
+          if (name !== this.statsName && (!isRoot || this.ownsChild(name))) {
+            (links ??= []).push(name);
+          }
+        } else if (name.includes("\uFFFD")) {
           (badNames ??= []).push(name);
         } else if (entry.isDirectory) {
           if (!isRoot || this.ownsChild(name)) subdirs.push(name);
@@ -247,7 +273,9 @@ class Walk {
       return;
     }
     for (const name of (owns && badNames) || []) this.badName(dir, name);
-    if (isUnit && owns) this.snapshot(dir, key, fileNames);
+    for (const name of links ?? []) this.link(dir, name);
+    const statsNotFile = statsEntry && describeEntry(this.child(dir, this.statsName), statsEntry);
+    if ((isUnit || statsNotFile) && owns) this.snapshot(dir, key, fileNames, statsNotFile);
     if (subdirs.length > 0) {
       subdirs.sort();
       this.stack.push({
@@ -291,7 +319,15 @@ class Walk {
   /** Walks into a wide directory's entry, or notes what it is. */
   takeEntry(frame: StreamFrame, entry: Deno.DirEntry): void {
     const name = entry.name;
-    if (name.charCodeAt(0) === 46 /* . */ || entry.isSymlink) return;
+    if (name.charCodeAt(0) === 46 /* . */) return;
+    // A stats file that is no regular file makes the folder a unit that fails, saying why.
+    if (name === this.statsName && !entry.isFile) frame.isUnit = true;
+    if (entry.isSymlink) {
+      if (name !== this.statsName && (!frame.isRoot || this.ownsChild(name))) {
+        this.link(frame.dir, name);
+      }
+      return;
+    }
     if (name.includes("\uFFFD")) {
       if (frame.owns) this.badName(frame.dir, name);
     } else if (entry.isDirectory) {
@@ -330,9 +366,13 @@ class Walk {
   async snapshotWide(dir: string, key: string): Promise<void> {
     const fileNames: string[] = [];
     let isUnit = false;
+    let statsNotFile: string | undefined;
     try {
       for await (const entry of Deno.readDir(dir)) {
         const name = entry.name;
+        if (name === this.statsName && !entry.isFile) {
+          statsNotFile = describeEntry(this.child(dir, name), entry);
+        }
         if (name.charCodeAt(0) === 46 || !entry.isFile || name.includes("\uFFFD")) continue;
         fileNames.push(name);
         if (!isUnit && this.isUnitFile(name)) isUnit = true;
@@ -341,11 +381,11 @@ class Walk {
       this.problem(dir, describeFsError(error));
       return;
     }
-    if (isUnit) this.snapshot(dir, key, fileNames);
+    if (isUnit || statsNotFile) this.snapshot(dir, key, fileNames, statsNotFile);
   }
 
   /** Stats a unit's files and adds its snapshot (or the problem that stopped it). */
-  snapshot(dir: string, key: string, fileNames: readonly string[]): void {
+  snapshot(dir: string, key: string, fileNames: readonly string[], statsNotFile?: string): void {
     const files: FileEntry[] = [];
     for (const name of fileNames) {
       const path = this.child(dir, name);
@@ -374,8 +414,47 @@ class Walk {
         files,
         fingerprint: fingerprintFiles(files, this.markers),
         newestMtimeMs: newest,
+        ...(statsNotFile ? { statsNotFile } : {}),
       },
     });
+  }
+}
+
+/**
+ * What a directory entry that should be a regular file is instead ("a FIFO", "a directory",
+ * "a symbolic link"), in words.
+ */
+function describeEntry(path: string, entry: Deno.DirEntry): string {
+  if (entry.isSymlink) return "a symbolic link (links are not followed)";
+  if (entry.isDirectory) return "a directory";
+  try {
+    const info = Deno.lstatSync(path);
+    if (info.isFifo) return "a FIFO";
+    if (info.isSocket) return "a socket";
+    if (info.isCharDevice || info.isBlockDevice) return "a device";
+  } catch (_error) {
+    // Gone since the listing: still no regular file.
+  }
+  return "not a regular file";
+}
+
+/**
+ * Why a symbolic link below the base is worth a word: it leads to a folder (links are not
+ * followed, so what is there is not uploaded through it), or round in a loop. Null for a
+ * link to a file or to nothing.
+ */
+function describeLink(path: string): string | null {
+  try {
+    if (!Deno.statSync(path).isDirectory) return null;
+    const target = Deno.realPathSync(path);
+    const here = Deno.realPathSync(dirname(path));
+    return here === target || here.startsWith(`${target}/`)
+      ? "Symbolic link loop (to a folder above it): not followed"
+      : "Symbolic link to a folder: not followed, nothing is uploaded through it";
+  } catch (error) {
+    return /loop|too many levels|os error 40\b/i.test(String(error))
+      ? "Symbolic link loop: not followed"
+      : null; // a link to nothing, or gone since the listing
   }
 }
 
@@ -480,7 +559,7 @@ export async function* scanFolders(
 export function snapshotFolder(
   path: string,
   options: ScanOptions & { key?: string } = {},
-): ScanItem {
+): Exclude<ScanItem, { kind: "skipped" }> {
   const dir = resolve(path);
   let info: Deno.FileInfo;
   try {
@@ -492,10 +571,15 @@ export function snapshotFolder(
     return { kind: "problem", problem: { path: dir, reason: "Not a directory" } };
   }
   const markers = options.markerNames ?? new Set<string>();
+  const statsName = options.statsFileName ?? "stats.json";
   const files: FileEntry[] = [];
+  let statsNotFile: string | undefined;
   try {
     for (const entry of Deno.readDirSync(dir)) {
       const name = entry.name;
+      if (name === statsName && !entry.isFile) {
+        statsNotFile = describeEntry(`${dir}/${name}`, entry);
+      }
       if (name.startsWith(".") || !entry.isFile || name.includes("\uFFFD")) continue;
       try {
         const st = Deno.lstatSync(`${dir === "/" ? "" : dir}/${name}`);
@@ -521,15 +605,20 @@ export function snapshotFolder(
       files,
       fingerprint: fingerprintFiles(files, markers),
       newestMtimeMs: newest,
+      ...(statsNotFile ? { statsNotFile } : {}),
     },
   };
 }
 
-/** Whether a snapshot is an upload unit: it holds an image or the stats file. */
+/**
+ * Whether a snapshot is an upload unit: it holds an image or the stats file (one that is no
+ * regular file too: the folder then fails, saying so).
+ */
 export function isUploadUnit(
-  snapshot: Pick<FolderSnapshot, "files">,
+  snapshot: Pick<FolderSnapshot, "files" | "statsNotFile">,
   options: Pick<ScanOptions, "imageExtensions" | "statsFileName"> = {},
 ): boolean {
+  if (snapshot.statsNotFile) return true;
   const extensions = options.imageExtensions ?? DEFAULT_IMAGE_EXTENSIONS;
   const statsName = options.statsFileName ?? "stats.json";
   return snapshot.files.some((f) => f.name === statsName || isImageName(f.name, extensions));

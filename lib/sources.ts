@@ -37,6 +37,8 @@ export type SourceItem =
   }
   /** A folder or file the walk could not read. */
   | { kind: "problem"; path: string; reason: string; base: string | null }
+  /** A symbolic link to a folder, or a link loop, the walk did not follow. */
+  | { kind: "skipped"; path: string; reason: string; base: string | null }
   /** A named path that cannot be uploaded (missing, not a folder, no upload unit). */
   | { kind: "rejected"; path: string; key: string | null; error: string }
   /** A complete walk of `base` starts: tracked folders it does not find are missing. */
@@ -49,6 +51,38 @@ export interface SourceContext {
   signal: AbortSignal;
   emit: (event: EngineEvent) => void;
   counters: RunCounters;
+  /** Where a source that sees changes as they happen (`--watch`) notes them. */
+  activity?: ActivityLog;
+}
+
+/**
+ * When file-system events last named each folder (`--watch`), so a folder copied with its
+ * old modification times (`cp -a`, rsync, a file manager) settles from its last event, not
+ * from its files' dates, and is never sent half copied. Entries older than `horizonMs` can
+ * no longer hold a folder back and are dropped as new ones come, so the log stays small.
+ */
+export class ActivityLog {
+  readonly #at = new Map<string, number>();
+  readonly #horizonMs: number;
+
+  constructor(horizonMs: number) {
+    this.#horizonMs = horizonMs;
+  }
+
+  /** Notes a change in folder `path` at `ms`. */
+  note(path: string, ms: number): void {
+    this.#at.delete(path); // re-inserted last: the map stays in time order
+    this.#at.set(path, ms);
+    for (const [old, at] of this.#at) {
+      if (at >= ms - this.#horizonMs) break;
+      this.#at.delete(old);
+    }
+  }
+
+  /** When a change in folder `path` was last noted, if within the horizon. */
+  lastAt(path: string): number | undefined {
+    return this.#at.get(path);
+  }
 }
 
 /** A source: a stream of item chunks. It ends when it has nothing more, or when `signal` aborts. */
@@ -97,9 +131,14 @@ export function treeSource(
 
 /** A scan item as a source item of the walk of `base`. */
 export function fromScan(item: ScanItem, base: string): SourceItem {
-  return item.kind === "folder"
-    ? { kind: "folder", snapshot: item.snapshot, base, force: false, strict: false }
-    : { kind: "problem", path: item.problem.path, reason: item.problem.reason, base };
+  switch (item.kind) {
+    case "folder":
+      return { kind: "folder", snapshot: item.snapshot, base, force: false, strict: false };
+    case "skipped":
+      return { kind: "skipped", path: item.path, reason: item.reason, base };
+    default:
+      return { kind: "problem", path: item.problem.path, reason: item.problem.reason, base };
+  }
 }
 
 /** Settings of {@linkcode pathSource}. */

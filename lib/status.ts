@@ -53,11 +53,17 @@ export interface StatusReport {
   /** Folders or files the last scans could not read. */
   problems: { path: string; reason: string; since: string }[];
   problemsTotal: number;
+  /** Symbolic links to folders, and link loops, the last scans did not follow. */
+  skipped: { path: string; reason: string; since: string }[];
+  skippedTotal: number;
   /** What the last `--verify` found (when it ran, rows read, re-queued, orphans), if one ran. */
   lastVerify: Record<string, unknown> | null;
   /** Server rows of this device with no folder on disk, as the last `--verify` found them. */
   orphans: string[];
   orphansTotal: number;
+  /** Folders whose marker could not be written (read-only, full disk): a later run writes it. */
+  markersOwed: { path: string; marker: string }[];
+  markersOwedTotal: number;
   lastRun: {
     runId: number;
     mode: string;
@@ -154,16 +160,16 @@ class StatusReader {
       failed_uploads: number;
       total_folders: number;
       status: string;
-      start_time: string;
-      end_time: string | null;
+      start_time: string | number;
+      end_time: string | number | null;
     }>(
       "SELECT batch_name, successful_uploads, failed_uploads, total_folders, status, start_time, " +
         "end_time FROM upload_batches ORDER BY start_time DESC, batch_id DESC LIMIT ?",
       limit,
     ).map((b) => {
-      const duration = b.end_time
-        ? (Date.parse(b.end_time) - Date.parse(b.start_time)) / 1000
-        : null;
+      const start = timeMs(b.start_time);
+      const end = timeMs(b.end_time);
+      const duration = start !== null && end !== null ? (end - start) / 1000 : null;
       const done = Number(b.successful_uploads ?? 0) + Number(b.failed_uploads ?? 0);
       return {
         batchName: b.batch_name,
@@ -171,8 +177,8 @@ class StatusReader {
         failed: Number(b.failed_uploads ?? 0),
         total: Number(b.total_folders ?? 0),
         status: b.status,
-        startTime: b.start_time,
-        endTime: b.end_time,
+        startTime: String(b.start_time),
+        endTime: b.end_time === null ? null : String(b.end_time),
         durationSeconds: duration,
         foldersPerSecond: duration && duration > 0 ? Math.round(done / duration) : null,
       };
@@ -203,11 +209,15 @@ class StatusReader {
     return { items, total: this.count(`SELECT count(*) AS n ${where}`, maxRetries) };
   }
 
-  problems(): { items: StatusReport["problems"]; total: number } {
+  /** Problems of one kind (`unreadable`, or `skipped`: links not followed); all of them before schema 5. */
+  problems(kind: string | null): { items: StatusReport["problems"]; total: number } {
+    const where = kind === null ? "" : " WHERE kind = ?";
+    const params = kind === null ? [] : [kind];
     const items = this.list<{ path: string; reason: string; first_seen: string }>(
-      "SELECT path, reason, first_seen FROM problems ORDER BY path",
+      `SELECT path, reason, first_seen FROM problems${where} ORDER BY path`,
+      ...params,
     ).map((p) => ({ path: p.path, reason: p.reason, since: p.first_seen }));
-    return { items, total: this.count("SELECT count(*) AS n FROM problems") };
+    return { items, total: this.count(`SELECT count(*) AS n FROM problems${where}`, ...params) };
   }
 
   lastVerify(): { lastVerify: Record<string, unknown> | null; orphans: string[]; total: number } {
@@ -219,6 +229,16 @@ class StatusReader {
       ).map((r) => r.folder_key),
       total: this.count("SELECT count(*) AS n FROM verify_orphans"),
     };
+  }
+
+  /** Folders owed a marker that still describes them (see `Tracker.owedMarkers`). */
+  markersOwed(): { items: StatusReport["markersOwed"]; total: number } {
+    const where = "FROM folder_status WHERE marker_owed IS NOT NULL AND missing_since IS NULL " +
+      "AND upload_status = json_extract(marker_owed, '$.status')";
+    const items = this.list<{ folder_path: string; status: string }>(
+      `SELECT folder_path, upload_status AS status ${where} ORDER BY folder_path`,
+    ).map((r) => ({ path: r.folder_path, marker: r.status === "success" ? "success" : "failed" }));
+    return { items, total: this.count(`SELECT count(*) AS n ${where}`) };
   }
 
   lastRun(): StatusReport["lastRun"] {
@@ -244,6 +264,25 @@ class StatusReader {
 }
 
 /**
+ * A time as the tracker holds it, in ms since the epoch: ISO-8601 or SQLite text, or, in the
+ * original tool's rows, Unix seconds (or ms) as a number; null when it is none of these.
+ *
+ * @example
+ * ```ts
+ * timeMs("2025-06-02T16:50:00.000Z"); // 1748883000000
+ * timeMs(1748883000.5); // 1748883000500
+ * timeMs("soon"); // null
+ * ```
+ */
+export function timeMs(value: string | number | null | undefined): number | null {
+  if (value === null || value === undefined || value === "") return null;
+  const n = typeof value === "number" ? value : /^\d+(\.\d+)?$/.test(value) ? Number(value) : NaN;
+  if (Number.isFinite(n)) return n > 1e11 ? n : n * 1000;
+  const parsed = Date.parse(String(value));
+  return Number.isNaN(parsed) ? null : parsed;
+}
+
+/**
  * The report behind `--status` for a tracking database at schema `version` (older ones
  * lack tables: their parts of the report are empty).
  */
@@ -259,8 +298,11 @@ export function readStatus(
   const goneBases = version >= 2 ? r.goneBases() : [];
   const failures = r.failures(maxRetries, false);
   const exhausted = r.failures(maxRetries, true);
-  const problems = version >= 3 ? r.problems() : { items: [], total: 0 };
+  const none = { items: [], total: 0 };
+  const problems = version >= 3 ? r.problems(version >= 5 ? "unreadable" : null) : none;
+  const skipped = version >= 5 ? r.problems("skipped") : none;
   const verify = version >= 4 ? r.lastVerify() : { lastVerify: null, orphans: [], total: 0 };
+  const owed = version >= 5 ? r.markersOwed() : { items: [], total: 0 };
   return {
     dbPath: path,
     ...r.byStatus(),
@@ -278,9 +320,13 @@ export function readStatus(
     exhaustedTotal: exhausted.total,
     problems: problems.items,
     problemsTotal: problems.total,
+    skipped: skipped.items,
+    skippedTotal: skipped.total,
     lastVerify: verify.lastVerify,
     orphans: verify.orphans,
     orphansTotal: verify.total,
+    markersOwed: owed.items,
+    markersOwedTotal: owed.total,
     lastRun: r.lastRun(),
   };
 }

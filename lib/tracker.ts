@@ -14,15 +14,17 @@ import { DatabaseSync, type StatementSync } from "node:sqlite";
 import { hostname } from "node:os";
 import { decideFolder, type DiffDecision, type DiffOptions, type TrackedState } from "./diff.ts";
 import type { FolderSnapshot } from "./scan.ts";
-import { type RunStatus, UploadError } from "./errors.ts";
+import { messageOf, type RunStatus, UploadError } from "./errors.ts";
 import { localDeviceId } from "./device.ts";
 import { readStatus, type StatusOptions, type StatusReport } from "./status.ts";
 import { type HeldLock, tryLock } from "./lock.ts";
+import type { FailedMarker, SuccessMarker } from "./markers.ts";
+import { trackerFault, trackerGone } from "./tracker_faults.ts";
 
 export type { FailureEntry, StatusOptions, StatusReport } from "./status.ts";
 
 /** The schema version this code writes. */
-export const SCHEMA_VERSION = 4;
+export const SCHEMA_VERSION = 5;
 
 /**
  * Migrations, keyed by the version they bring the database to. Each runs in one
@@ -112,6 +114,12 @@ const MIGRATIONS: Record<number, string> = {
       PRIMARY KEY (folder_path, name)
     );
   `,
+  5: `
+    ALTER TABLE problems ADD COLUMN kind TEXT NOT NULL DEFAULT 'unreadable';
+    ALTER TABLE folder_status ADD COLUMN marker_owed TEXT;
+    CREATE INDEX IF NOT EXISTS folder_status_owed ON folder_status (folder_path)
+      WHERE marker_owed IS NOT NULL;
+  `,
 };
 
 /** Settings for {@linkcode Tracker.open}. */
@@ -122,6 +130,12 @@ export interface TrackerOpenOptions {
   readOnly?: boolean;
   /** What to record as the lock holder's command. */
   command?: string;
+  /**
+   * Move the database file (and its `-wal` and `-shm` files) aside first, to
+   * `<path>.damaged-<time>`, and start a new one (`--rebuild-tracker`): the device id is
+   * kept when the old file still tells it. Default `false`.
+   */
+  moveAside?: boolean;
 }
 
 /** One folder's outcome within a batch, for {@linkcode Tracker.recordBatch}. */
@@ -150,6 +164,19 @@ export interface BatchRecord {
   endTime: Date;
   status: "completed" | "failed" | "interrupted";
   bytes?: number;
+  /**
+   * The folders' markers are written after this record: a marker still owed from an
+   * earlier outcome is settled by the new one (if that write fails, it is owed anew).
+   */
+  markers?: boolean;
+}
+
+/** A marker file a folder is owed: it could not be written when its outcome was recorded. */
+export interface OwedMarker {
+  /** The folder's path. */
+  path: string;
+  /** The marker's content, as it was to be written. */
+  marker: SuccessMarker | FailedMarker;
 }
 
 /** A decision for one scanned folder, with the snapshot it was made for. */
@@ -226,10 +253,15 @@ export class Tracker {
   #lock: HeldLock | null = null;
   #statements = new Map<string, StatementSync>();
   #pass: Pass | null = null;
+  /** The file's device and inode when it was opened (null: in memory, or not a file). */
+  #fileId: string | null = null;
+  /** Where {@linkcode TrackerOpenOptions.moveAside} moved the old file, if it did. */
+  movedAside: string | null = null;
 
   private constructor(path: string, db: DatabaseSync) {
     this.path = path;
     this.db = db;
+    if (path !== ":memory:") this.#fileId = fileIdentity(path);
   }
 
   /**
@@ -242,6 +274,15 @@ export class Tracker {
     const lock = options.lock ?? true;
     let held: HeldLock | null = null;
     if (lock && path !== ":memory:") held = acquireLock(`${path}.lock`, options.command);
+    let aside: { to: string; deviceId?: string } | null = null;
+    if (options.moveAside && path !== ":memory:") {
+      try {
+        aside = moveAside(path);
+      } catch (error) {
+        held?.release();
+        throw trackerFault(path, error) ?? error;
+      }
+    }
     let db: DatabaseSync;
     try {
       db = new DatabaseSync(path, { readOnly: options.readOnly ?? false });
@@ -252,39 +293,45 @@ export class Tracker {
       }
     } catch (error) {
       held?.release();
-      throw new UploadError("config", `Cannot open tracking database ${path}: ${error}`, {
-        subject: path,
-        cause: error,
-      });
+      throw trackerFault(path, error) ??
+        new UploadError("config", `Cannot open tracking database ${path}: ${messageOf(error)}`, {
+          subject: path,
+          cause: error,
+        });
     }
     const tracker = new Tracker(path, db);
     tracker.#lock = held;
     try {
       if (!options.readOnly) tracker.#migrate();
+      tracker.movedAside = aside?.to ?? null;
+      if (aside?.deviceId) tracker.setMeta("device_id", aside.deviceId);
     } catch (error) {
       tracker.close();
-      throw new UploadError("config", `Cannot prepare tracking database ${path}: ${error}`, {
-        subject: path,
-        cause: error,
-      });
+      if (error instanceof UploadError) throw error;
+      throw trackerFault(path, error) ??
+        new UploadError(
+          "config",
+          `Cannot prepare tracking database ${path}: ${messageOf(error)}`,
+          { subject: path, cause: error },
+        );
     }
     return tracker;
   }
 
   /** The schema version recorded in the database (0 for an empty file). */
   schemaVersion(): number {
-    const hasMeta = this.db.prepare(
+    const hasMeta = this.#prepare(
       "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'",
     ).get();
     if (!hasMeta) return 0;
-    const row = this.db.prepare("SELECT value FROM meta WHERE key = 'schema_version'").get() as
+    const row = this.#prepare("SELECT value FROM meta WHERE key = 'schema_version'").get() as
       | { value: string }
       | undefined;
     return row ? Number(row.value) : 0;
   }
 
   #migrate(): void {
-    this.db.exec("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)");
+    this.#exec("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)");
     let version = this.schemaVersion();
     if (version > SCHEMA_VERSION) {
       throw new UploadError(
@@ -296,8 +343,8 @@ export class Tracker {
     while (version < SCHEMA_VERSION) {
       const next = version + 1;
       this.transaction(() => {
-        this.db.exec(MIGRATIONS[next]);
-        this.db.prepare(
+        this.#exec(MIGRATIONS[next]);
+        this.#prepare(
           "INSERT INTO meta (key, value) VALUES ('schema_version', ?) " +
             "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
         ).run(String(next));
@@ -306,23 +353,91 @@ export class Tracker {
     }
   }
 
-  /** Runs `fn` in one transaction; rolls back and rethrows when it throws. */
+  /**
+   * Runs `fn` in one transaction; rolls back and rethrows when it throws. First checks that
+   * the file is still the one opened (see {@linkcode checkFile}).
+   *
+   * @throws {UploadError} kind `config` for a fault of the file or its disk (see
+   * lib/tracker_faults.ts), else what `fn` threw.
+   */
   transaction<T>(fn: () => T): T {
-    this.db.exec("BEGIN IMMEDIATE");
+    this.checkFile();
+    this.#exec("BEGIN IMMEDIATE");
     try {
       const result = fn();
-      this.db.exec("COMMIT");
+      this.#exec("COMMIT");
       return result;
     } catch (error) {
-      if (this.db.isTransaction) this.db.exec("ROLLBACK");
-      throw error;
+      try {
+        if (this.db.isTransaction) this.db.exec("ROLLBACK");
+      } catch (_rollback) {
+        // A disk that refused the commit may refuse the rollback too; the first error says why.
+      }
+      throw this.#fault(error);
     }
+  }
+
+  /**
+   * Checks that the tracking database is still at its path as opened: one deleted or
+   * replaced meanwhile would take what this run records with it, silently.
+   *
+   * @throws {UploadError} kind `config` naming the file, when it was deleted or replaced.
+   */
+  checkFile(): void {
+    if (this.#fileId === null) return;
+    const now = fileIdentity(this.path);
+    if (now === this.#fileId) return;
+    throw trackerGone(this.path, now === null ? "deleted" : "replaced");
+  }
+
+  /** The error to throw for `error`, met while using the database. */
+  #fault(error: unknown): unknown {
+    if (error instanceof UploadError) return error;
+    try {
+      // A file deleted or replaced under the run explains whatever SQLite says next.
+      this.checkFile();
+    } catch (gone) {
+      return gone;
+    }
+    return trackerFault(this.path, error) ?? error;
+  }
+
+  #exec(sql: string): void {
+    try {
+      this.db.exec(sql);
+    } catch (error) {
+      throw this.#fault(error);
+    }
+  }
+
+  /** A prepared statement whose errors name the tracking database (see {@linkcode #fault}). */
+  #prepare(sql: string): StatementSync {
+    let stmt: StatementSync;
+    try {
+      stmt = this.db.prepare(sql);
+    } catch (error) {
+      throw this.#fault(error);
+    }
+    const fault = (error: unknown) => this.#fault(error);
+    return new Proxy(stmt, {
+      get(target, prop) {
+        const value = Reflect.get(target, prop, target);
+        if (typeof value !== "function") return value;
+        return (...args: unknown[]) => {
+          try {
+            return value.apply(target, args);
+          } catch (error) {
+            throw fault(error);
+          }
+        };
+      },
+    });
   }
 
   #stmt(sql: string): StatementSync {
     let stmt = this.#statements.get(sql);
     if (!stmt) {
-      stmt = this.db.prepare(sql);
+      stmt = this.#prepare(sql);
       this.#statements.set(sql, stmt);
     }
     return stmt;
@@ -401,6 +516,7 @@ export class Tracker {
     scanComplete: boolean,
     now = new Date(),
   ): void {
+    this.checkFile();
     this.#stmt(
       "UPDATE runs SET status = ?, ended_at = ?, summary = ?, scan_complete = ? WHERE run_id = ?",
     ).run(status, iso(now), JSON.stringify(summary), scanComplete ? 1 : 0, runId);
@@ -490,7 +606,9 @@ export class Tracker {
    * decision per folder, in order. New folders are inserted as pending, changed ones are
    * reset to pending with retry_count 0; an unchanged one is written only when something
    * about it moved (its settling flag, its base, a missing mark), so rescanning an
-   * unchanged tree writes nothing.
+   * unchanged tree writes nothing. A path given more than once (a folder named by a
+   * file-system event and found again by a walk in the same chunk) is decided once, by its
+   * last snapshot: the earlier ones come back as superseded (nothing to upload or hold back).
    */
   applyScan(
     snapshots: readonly FolderSnapshot[],
@@ -510,10 +628,17 @@ export class Tracker {
       const rows = new Map<string, FolderRow>();
       const found = select.all(JSON.stringify(snapshots.map((s) => s.path))) as unknown[];
       for (const row of found as FolderRow[]) rows.set(row.folder_path, row);
+      if (!options.dryRun && this.#adoptLegacy(snapshots, rows) > 0) {
+        const adopted = select.all(JSON.stringify(snapshots.map((s) => s.path))) as unknown[];
+        for (const row of adopted as FolderRow[]) rows.set(row.folder_path, row);
+      }
       const fresh: unknown[][] = [];
       const touchedSettled: string[] = [];
       const touchedSettling: string[] = [];
-      for (const snap of snapshots) {
+      const last = new Map<string, number>();
+      snapshots.forEach((s, i) => last.set(s.path, i));
+      for (let i = 0; i < snapshots.length; i++) {
+        const snap = snapshots[i];
         const row = rows.get(snap.path);
         const tracked: TrackedState | undefined = row && {
           fileHash: row.file_hash ?? "",
@@ -525,7 +650,19 @@ export class Tracker {
           fingerprint: snap.fingerprint,
           key: snap.key,
           newestMtimeMs: snap.newestMtimeMs,
+          changedAtMs: snap.changedAtMs,
         }, options);
+        if (last.get(snap.path) !== i) {
+          out.push({
+            ...decision,
+            settling: false,
+            upload: false,
+            snapshot: snap,
+            uploadedContent: null,
+            objectsDest: null,
+          });
+          continue;
+        }
         out.push({
           ...decision,
           snapshot: snap,
@@ -578,6 +715,49 @@ export class Tracker {
       return out;
     };
     return options.dryRun ? apply() : this.transaction(apply);
+  }
+
+  /**
+   * The original tool's rows whose folder path is relative (to wherever it was run from),
+   * by folder name; loaded once, emptied as they are adopted. Null until looked at.
+   */
+  #legacy: Map<string, { rowid: number; path: string }[]> | null = null;
+
+  /**
+   * Gives the original tool's rows with a relative folder path (`data/Batch54`) the absolute
+   * path of the folder they name, when a scan meets it, so one folder is one row (not one
+   * per tool). A relative path names a folder whose path ends with it.
+   *
+   * @returns how many rows were adopted.
+   */
+  #adoptLegacy(snapshots: readonly FolderSnapshot[], rows: Map<string, FolderRow>): number {
+    if (this.#legacy === null) {
+      this.#legacy = new Map();
+      const found = this.#stmt(
+        "SELECT rowid, folder_path FROM folder_status WHERE base_path IS NULL AND " +
+          "folder_key IS NULL AND substr(folder_path, 1, 1) <> '/'",
+      ).all() as { rowid: number; folder_path: string }[];
+      for (const r of found) {
+        const path = r.folder_path.replace(/^(\.\/)+/, "").replace(/\/+$/, "");
+        const name = path.slice(path.lastIndexOf("/") + 1);
+        const list = this.#legacy.get(name) ?? [];
+        list.push({ rowid: Number(r.rowid), path });
+        this.#legacy.set(name, list);
+      }
+    }
+    if (this.#legacy.size === 0) return 0;
+    const move = this.#stmt("UPDATE folder_status SET folder_path = ? WHERE rowid = ?");
+    let adopted = 0;
+    for (const snap of snapshots) {
+      const candidates = rows.has(snap.path) ? undefined : this.#legacy.get(snap.name);
+      const match = candidates?.findIndex((c) => snap.path.endsWith(`/${c.path}`)) ?? -1;
+      if (match < 0) continue;
+      move.run(snap.path, candidates![match].rowid);
+      candidates!.splice(match, 1);
+      if (candidates!.length === 0) this.#legacy.delete(snap.name);
+      adopted++;
+    }
+    return adopted;
   }
 
   /** Failed folders that reached `maxRetries` and are no longer retried until they change. */
@@ -704,6 +884,12 @@ export class Tracker {
         `error_message = NULL, retry_count = 0, updated_at = ? ${acked} ` +
         "AND folder_status.file_hash = o.h",
     );
+    const settleMarkers = batch.markers
+      ? this.#stmt(
+        "UPDATE folder_status SET marker_owed = NULL WHERE marker_owed IS NOT NULL AND " +
+          "folder_path IN (SELECT value FROM json_each(?))",
+      )
+      : null;
     const okStale = this.#stmt(
       "UPDATE folder_status SET uploaded_hash = o.h, content_hash = o.c, " +
         "objects_dest = COALESCE(o.d, objects_dest), upload_timestamp = ?, " +
@@ -727,6 +913,7 @@ export class Tracker {
         ok.run(endText, endText, pairs);
         okStale.run(endText, endText, pairs);
       }
+      settleMarkers?.run(JSON.stringify(outcomes.map((o) => o.path)));
       this.#stmt(
         "INSERT INTO upload_batches (batch_id, batch_name, total_folders, successful_uploads, " +
           "failed_uploads, start_time, end_time, status, run_id, bytes, created_at) " +
@@ -756,15 +943,21 @@ export class Tracker {
       .run(status, iso(end), batchId);
   }
 
-  /** Records folders that failed before reaching the server (e.g. a broken stats.json). */
+  /**
+   * Records folders that failed before reaching the server (e.g. a broken stats.json);
+   * with `markers`, their failed.json is written next (see {@linkcode BatchRecord.markers}).
+   */
   recordFolderFailures(
     failures: readonly { path: string; error: string }[],
     when = new Date(),
+    options: { markers?: boolean } = {},
   ): void {
     if (failures.length === 0) return;
     const text = iso(when);
     this.transaction(() => {
       for (const f of failures) this.#markFailed(f.path, f.error, text);
+      // Their failed.json is written next: a marker owed from before is settled by it.
+      if (options.markers) this.markersWritten(failures.map((f) => f.path));
     });
   }
 
@@ -773,6 +966,51 @@ export class Tracker {
       "UPDATE folder_status SET upload_status = 'failed', error_message = ?, " +
         "retry_count = COALESCE(retry_count, 0) + 1, updated_at = ? WHERE folder_path = ?",
     ).run(error, when, path);
+  }
+
+  /**
+   * Remembers markers that could not be written (a read-only card, a full disk), so later
+   * runs write them once the folder can be written, without sending the row again. One
+   * transaction.
+   */
+  oweMarkers(owed: readonly OwedMarker[]): void {
+    if (owed.length === 0) return;
+    this.#stmt(
+      "UPDATE folder_status SET marker_owed = o.m FROM (SELECT value ->> 0 AS p, value ->> 1 " +
+        "AS m FROM json_each(?)) AS o WHERE folder_status.folder_path = o.p",
+    ).run(JSON.stringify(owed.map((o) => [o.path, JSON.stringify(o.marker)])));
+  }
+
+  /** Forgets owed markers that have now been written. One transaction. */
+  markersWritten(paths: readonly string[]): void {
+    if (paths.length === 0) return;
+    this.#stmt(
+      "UPDATE folder_status SET marker_owed = NULL " +
+        "WHERE folder_path IN (SELECT value FROM json_each(?))",
+    ).run(JSON.stringify(paths));
+  }
+
+  /** Where an owed marker still describes its folder: same outcome, folder on disk. */
+  static readonly #OWED =
+    "FROM folder_status WHERE marker_owed IS NOT NULL AND missing_since IS NULL AND " +
+    "upload_status = json_extract(marker_owed, '$.status')";
+
+  /**
+   * Markers owed by earlier outcomes that still describe their folder (a folder changed
+   * since, or gone, is left out: its next outcome writes a new one), by path, after
+   * `after`, at most `limit`.
+   */
+  owedMarkers(limit: number, after = ""): OwedMarker[] {
+    const rows = this.#stmt(
+      `SELECT folder_path, marker_owed ${Tracker.#OWED} AND folder_path > ? ` +
+        "ORDER BY folder_path LIMIT ?",
+    ).all(after, limit) as { folder_path: string; marker_owed: string }[];
+    return rows.map((r) => ({ path: r.folder_path, marker: JSON.parse(r.marker_owed) }));
+  }
+
+  /** How many markers are owed (see {@linkcode owedMarkers}). */
+  countOwedMarkers(): number {
+    return Number((this.#stmt(`SELECT count(*) AS n ${Tracker.#OWED}`).get() as { n: number }).n);
   }
 
   /**
@@ -806,14 +1044,47 @@ export class Tracker {
   ): void {
     if (problems.length === 0) return;
     const text = iso(when);
-    const upsert = this.#stmt(
-      "INSERT INTO problems (path, base_path, reason, first_seen, last_seen, last_seen_run) " +
-        "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (path) DO UPDATE SET reason = excluded.reason, " +
-        "base_path = excluded.base_path, last_seen = excluded.last_seen, " +
-        "last_seen_run = excluded.last_seen_run",
-    );
+    const upsert = this.#upsertProblem();
     this.transaction(() => {
-      for (const p of problems) upsert.run(p.path, base, p.reason, text, text, runId);
+      for (const p of problems) upsert.run(p.path, base, p.reason, text, text, runId, "unreadable");
+    });
+  }
+
+  #upsertProblem(): StatementSync {
+    return this.#stmt(
+      "INSERT INTO problems (path, base_path, reason, first_seen, last_seen, last_seen_run, " +
+        "kind) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (path) DO UPDATE SET " +
+        "reason = excluded.reason, base_path = excluded.base_path, " +
+        "last_seen = excluded.last_seen, last_seen_run = excluded.last_seen_run, " +
+        "kind = excluded.kind",
+    );
+  }
+
+  /**
+   * Remembers symbolic links the scan of `base` did not follow (links to folders, loops),
+   * so each is reported once and `--status` lists them until a complete scan no longer
+   * meets them.
+   *
+   * @returns the links met for the first time (those to report).
+   */
+  recordSkipped(
+    base: string | null,
+    runId: number,
+    skipped: readonly { path: string; reason: string }[],
+    when = new Date(),
+  ): { path: string; reason: string }[] {
+    if (skipped.length === 0) return [];
+    const text = iso(when);
+    const upsert = this.#upsertProblem();
+    return this.transaction(() => {
+      const known = new Set(
+        (this.#stmt(
+          "SELECT path FROM problems WHERE kind = 'skipped' AND path IN " +
+            "(SELECT value FROM json_each(?))",
+        ).all(JSON.stringify(skipped.map((s) => s.path))) as { path: string }[]).map((r) => r.path),
+      );
+      for (const s of skipped) upsert.run(s.path, base, s.reason, text, text, runId, "skipped");
+      return skipped.filter((s) => !known.has(s.path));
     });
   }
 
@@ -915,25 +1186,35 @@ export class Tracker {
 
   /** The report behind `--status` (see lib/status.ts). */
   status(options: StatusOptions = {}): StatusReport {
-    return readStatus(this.db, this.path, this.schemaVersion(), options);
+    try {
+      return readStatus(this.db, this.path, this.schemaVersion(), options);
+    } catch (error) {
+      throw this.#fault(error);
+    }
   }
 
   /**
    * Records which server rows go to. When it differs from the one recorded before, every
-   * folder uploaded elsewhere becomes pending again, so the new target gets all of them.
+   * folder uploaded elsewhere becomes pending again, so the new target gets all of them;
+   * failed folders get their retries back, as the new target may take them.
    *
-   * @returns how many folders were reset to pending (0 when the target is the same or new).
+   * @returns how many folders recorded as uploaded elsewhere are pending again (0 when the
+   * target is the same or new; failed folders are not counted: they were never uploaded).
    */
   useTarget(targetId: string): number {
     return this.transaction(() => {
       const previous = this.getMeta("target");
       this.setMeta("target", targetId);
       if (previous === undefined || previous === targetId) return 0;
-      const changed = this.#stmt(
+      const uploaded = this.#stmt(
         "UPDATE folder_status SET upload_status = 'pending', retry_count = 0 " +
-          "WHERE upload_status IN ('success', 'failed')",
+          "WHERE upload_status = 'success'",
       ).run();
-      return Number(changed.changes);
+      this.#stmt(
+        "UPDATE folder_status SET upload_status = 'pending', retry_count = 0 " +
+          "WHERE upload_status = 'failed'",
+      ).run();
+      return Number(uploaded.changes);
     });
   }
 
@@ -943,6 +1224,48 @@ export class Tracker {
     if (this.db.isOpen) this.db.close();
     this.#lock?.release();
     this.#lock = null;
+  }
+}
+
+/**
+ * Moves a tracking database and its `-wal` / `-shm` files aside to `<path>.damaged-<time>`,
+ * reading its device id first when it can still be read. Null when there was no file.
+ */
+function moveAside(path: string): { to: string; deviceId?: string } | null {
+  if (fileIdentity(path) === null) return null;
+  let deviceId: string | undefined;
+  try {
+    const old = new DatabaseSync(path, { readOnly: true });
+    try {
+      const row = old.prepare("SELECT value FROM meta WHERE key = 'device_id'").get() as
+        | { value: string }
+        | undefined;
+      deviceId = row?.value;
+    } finally {
+      old.close();
+    }
+  } catch (_error) {
+    // Too damaged to tell: the new tracker finds the device id as a new one does.
+  }
+  const to = `${path}.damaged-${new Date().toISOString().replace(/[:.]/g, "-")}`;
+  Deno.renameSync(path, to);
+  for (const suffix of ["-wal", "-shm"]) {
+    try {
+      Deno.renameSync(path + suffix, to + suffix);
+    } catch (error) {
+      if (!(error instanceof Deno.errors.NotFound)) throw error;
+    }
+  }
+  return { to, deviceId };
+}
+
+/** A file's device and inode, or null when it does not exist (or cannot be stat'ed). */
+function fileIdentity(path: string): string | null {
+  try {
+    const info = Deno.statSync(path);
+    return `${info.dev}:${info.ino}`;
+  } catch (_error) {
+    return null; // gone (or unreadable: the next statement says why)
   }
 }
 
@@ -961,7 +1284,34 @@ export interface LockHolder {
  * @throws {UploadError} kind `locked` naming the holder when another process has it.
  */
 export function acquireLock(lockPath: string, command = "upload"): HeldLock {
-  const lock = tryLock(lockPath, (info) => {
+  const dbPath = lockPath.replace(/\.lock$/, "");
+  let lock: HeldLock;
+  try {
+    lock = takeLock(lockPath);
+  } catch (error) {
+    // The lock file beside it cannot be made (a read-only or full disk): the tracker's fault.
+    const cause = error instanceof UploadError && error.kind === "config" ? error.cause : undefined;
+    throw (cause !== undefined && trackerFault(dbPath, cause)) || error;
+  }
+  const holder: LockHolder = {
+    pid: Deno.pid,
+    host: hostname(),
+    command,
+    since: new Date().toISOString(),
+  };
+  try {
+    lock.record({ ...holder });
+  } catch (error) {
+    // A full disk refuses even the few bytes of the record: the tracker cannot be written.
+    lock.release();
+    throw trackerFault(dbPath, error) ?? error;
+  }
+  return lock;
+}
+
+/** Takes the lock, or throws the refusal naming its holder. */
+function takeLock(lockPath: string): HeldLock {
+  return tryLock(lockPath, (info) => {
     const holder = info
       ? `process ${info.pid} on ${info.host} (${info.command}, since ${info.since})`
       : "another process"; // the holder may not have written its details yet
@@ -971,12 +1321,4 @@ export function acquireLock(lockPath: string, command = "upload"): HeldLock {
       { subject: lockPath, hint: "Wait for that run to finish, or use another --db-path" },
     );
   });
-  const holder: LockHolder = {
-    pid: Deno.pid,
-    host: hostname(),
-    command,
-    since: new Date().toISOString(),
-  };
-  lock.record({ ...holder });
-  return lock;
 }

@@ -13,8 +13,9 @@ import { runEngine } from "./engine.ts";
 import { messageOf } from "./errors.ts";
 import type { RunResult } from "./events.ts";
 import { checkBase, type UploadOptions, walkConfig } from "./pipeline.ts";
-import { isUploadUnit, scanFolders, snapshotFolder } from "./scan.ts";
+import { describeFsError, isUploadUnit, scanFolders, snapshotFolder } from "./scan.ts";
 import {
+  type ActivityLog,
   type FolderSource,
   fromScan,
   type SourceItem,
@@ -73,7 +74,7 @@ export function watchSource(
   options: WatchSourceOptions,
 ): FolderSource {
   return async function* (context) {
-    const changes = new Changes(base, walk);
+    const changes = new Changes(base, walk, context.activity);
     const events = options.fileEvents ? changes.watch() : null;
     if (options.fileEvents && events === null) {
       context.emit({
@@ -95,11 +96,27 @@ export function watchSource(
     try {
       let nextRescan = 0; // the first pass runs at once
       let baseId = identity(base);
+      let gone = false;
       while (!context.signal.aborted) {
         if (Date.now() >= nextRescan) {
           changes.clear(); // a full pass looks at everything
-          // A base replaced at its path (a disk remounted): the old watch sees nothing more.
           const id = identity(base);
+          if (id === "") {
+            // The base went away (a disk unmounted with its mount point): nothing to walk
+            // until it is back; the watch waits for it rather than ending.
+            if (!gone) {
+              context.emit({
+                event: "warning",
+                message: `Base path ${base} is gone; looking for it again every ` +
+                  `${options.rescanEveryMs / 1000} s`,
+              });
+            }
+            gone = true;
+            nextRescan = Date.now() + options.rescanEveryMs;
+            continue;
+          }
+          gone = false;
+          // A base replaced at its path (a disk remounted): the old watch sees nothing more.
           if (events !== null && id !== baseId && changes.rewatch()) {
             context.emit({ event: "warning", message: `${base} was replaced; watching it anew` });
           }
@@ -142,6 +159,7 @@ export function watchSource(
 class Changes {
   readonly #base: string;
   readonly #walk: WalkConfig;
+  readonly #activity: ActivityLog | undefined;
   #watcher: Deno.FsWatcher | null = null;
   /** Folders whose files changed: looked at alone. */
   #folders = new Set<string>();
@@ -158,9 +176,10 @@ class Changes {
   /** The base is itself an upload unit: keys below it start with its name (as the walk keys them). */
   baseIsUnit = false;
 
-  constructor(base: string, walk: WalkConfig) {
+  constructor(base: string, walk: WalkConfig, activity?: ActivityLog) {
     this.#base = base;
     this.#walk = walk;
+    this.#activity = activity;
   }
 
   /** Starts watching; null when the platform refuses (a watch limit, a file system without events). */
@@ -217,14 +236,17 @@ class Changes {
     } catch (_error) {
       // Gone again (a temp file renamed, a folder removed): its parent changed.
     }
+    const now = Date.now();
     if (info?.isDirectory) {
       // A directory created or moved in (a tree written elsewhere and published with mv
       // arrives as one "rename") is walked with everything below it.
       if (kind === "create" || kind === "rename" || kind === "other" || kind === "any") {
         this.#trees.add(path);
       } else this.#folders.add(path);
+      this.#activity?.note(path, now);
     } else if (parts.length > 0) {
       this.#folders.add(dirname(path));
+      this.#activity?.note(dirname(path), now);
     }
   }
 
@@ -266,10 +288,15 @@ class Changes {
 
   #closed = false;
 
-  /** What the events named, as source items (folders snapshotted, new trees walked). */
+  /**
+   * What the events named, as source items (folders snapshotted, new trees walked), each
+   * folder once: a tree inside another new tree (`mkdir -p a/b/c`, `cp -a` of a nested
+   * tree: every level is created) is walked with the outermost one, and a folder inside a
+   * new tree comes with the tree's walk.
+   */
   async take(): Promise<SourceItem[]> {
     const items: SourceItem[] = [];
-    const trees = [...this.#trees];
+    const trees = outermost(this.#trees);
     const folders = [...this.#folders].filter((f) => !trees.some((t) => isWithin(f, t)));
     this.#trees.clear();
     this.#folders.clear();
@@ -289,17 +316,22 @@ class Changes {
       return;
     }
     try {
-      if (!Deno.statSync(dir).isDirectory) return;
-    } catch (_error) {
-      return; // removed since the event
-    }
-    for await (const found of scanFolders(dir, this.#walk)) {
-      if (found.kind === "folder") {
-        const snapshot = { ...found.snapshot, key: this.#key(found.snapshot.path) };
-        items.push(fromScan({ kind: "folder", snapshot }, this.#base));
-      } else {
-        items.push(fromScan(found, this.#base));
+      if (!Deno.lstatSync(dir).isDirectory) return;
+      for await (const found of scanFolders(dir, this.#walk)) {
+        if (found.kind === "folder") {
+          const snapshot = { ...found.snapshot, key: this.#key(found.snapshot.path) };
+          items.push(fromScan({ kind: "folder", snapshot }, this.#base));
+        } else {
+          items.push(fromScan(found, this.#base));
+        }
       }
+    } catch (error) {
+      // Removed since the event (a temporary directory renamed away): nothing to take.
+      if (error instanceof Deno.errors.NotFound) return;
+      items.push(fromScan({
+        kind: "problem",
+        problem: { path: dir, reason: describeFsError(error) },
+      }, this.#base));
     }
   }
 
@@ -340,6 +372,25 @@ function identity(path: string): string {
   } catch (_error) {
     return ""; // gone for now: the walk reports it
   }
+}
+
+/** The directories of `dirs` that lie inside none of the others, in name order. */
+function outermost(dirs: Iterable<string>): string[] {
+  const out: string[] = [];
+  // Sorted, a directory comes right before what lies below it ("a" < "a/b" < "a/b/c" <
+  // "a0"), so comparing with the last one kept is enough.
+  for (const dir of [...dirs].sort(compareSeparatorFirst)) {
+    const kept = out.at(-1);
+    if (kept === undefined || !isWithin(dir, kept)) out.push(dir);
+  }
+  return out;
+}
+
+/** Orders paths so that the separator sorts before every other character. */
+function compareSeparatorFirst(a: string, b: string): number {
+  const x = a.replaceAll(SEPARATOR, "\u0000");
+  const y = b.replaceAll(SEPARATOR, "\u0000");
+  return x < y ? -1 : x > y ? 1 : 0;
 }
 
 /** Whether `path` is `dir` or lies below it. */

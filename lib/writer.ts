@@ -161,7 +161,10 @@ export interface WriteContext {
   /** Told once when `copyRows` is turned off because the role may not use it. */
   onWarning?: (message: string) => void;
   backoff?: BackoffOptions;
+  /** Aborted when the run abandons its statements: nothing is retried any more. */
   signal: AbortSignal;
+  /** Aborted when the run is stopping: statements in flight finish, failures are not retried. */
+  stopping?: AbortSignal;
   onRetry?: (notice: RetryNotice) => void;
   /**
    * When the current streak of transient failures began, and whether the server ever
@@ -236,6 +239,14 @@ async function withSession<T>(
         ctx.pool.release(runner); // a dead session is dropped by the pool
       }
       if (!retry) throw error;
+      if (ctx.signal.aborted || ctx.stopping?.aborted) {
+        // The run abandoned its statements (killing their sessions), or it is stopping (a
+        // service manager's stop may have signalled psql too): no outage to retry or
+        // report; the folders stay pending for the next run.
+        throw new UploadError("interrupted", `Interrupted while ${subject} was written`, {
+          subject,
+        });
+      }
       const t = now();
       if (blocked) {
         // The server answered: a lock wait is no outage, and has a deadline of its own.
@@ -729,6 +740,7 @@ export class LazyWriter {
         // PGlite's socket loses its protocol state on COPY FROM STDIN.
         copyRows: !o.connector.embedded,
         signal: this.#abort.signal,
+        stopping: o.signal,
         health: { failingSince: null, answered: false },
         onRetry: (n) => {
           o.counters.retries++;

@@ -89,8 +89,14 @@ async function main(argv: string[]): Promise<number> {
   }
   if (connector) await checkPsql();
 
-  const tracker = openTracker(config.dbPath, mode);
+  const tracker = openTracker(config.dbPath, mode, cmd.rebuildTracker);
   try {
+    if (tracker.movedAside) {
+      reporter.info(
+        `Moved the tracking database aside to ${tracker.movedAside}; rebuilding it from the ` +
+          `server's rows`,
+      );
+    }
     // The device id: DEVICE_ID, else the tracker's; else (a new tracker) it is settled
     // against the folders' markers and the server's rows before anything is written.
     const known = config.deviceId || tracker.getMeta("device_id");
@@ -201,8 +207,10 @@ async function main(argv: string[]): Promise<number> {
   }
 }
 
-function openTracker(dbPath: string, mode: RunMode): Tracker {
-  if (mode !== "dry-run") return Tracker.open(dbPath, { command: `upload (${mode})` });
+function openTracker(dbPath: string, mode: RunMode, moveAside: boolean): Tracker {
+  if (mode !== "dry-run") {
+    return Tracker.open(dbPath, { command: `upload (${mode})`, moveAside });
+  }
   // A dry run writes nothing: read an existing tracker, or diff against an empty one.
   try {
     Deno.statSync(dbPath);

@@ -10,13 +10,30 @@ import assert from "node:assert/strict";
 import { DatabaseSync } from "node:sqlite";
 import { join } from "node:path";
 import { DEFAULT_CONFIG } from "../config.ts";
-import { parseUploadCommand, uploadHelp } from "../lib/cli.ts";
+import { parseUploadCommand, SIGNAL_COPIES_MS, StopRequests, uploadHelp } from "../lib/cli.ts";
 import { UploadError } from "../lib/errors.ts";
 import { type CliResult, describeRun, runUploadCli, summaryOf } from "./support/cli.ts";
 import { hasPostgres, startPostgres, TEST_PASSWORD } from "../support/postgres.ts";
 import { generateTree, removeTree, tempDir, writeTree } from "../support/tree.ts";
 
 const NO_SERVER = !hasPostgres();
+
+Deno.test("StopRequests: copies of one signal are one request; a later one quits", () => {
+  // Ctrl-C in a terminal under `deno task`: the group's SIGINT and the task's forward.
+  const ctrlC = new StopRequests();
+  assert.equal(ctrlC.take("SIGINT", 10_000), "interrupt");
+  assert.equal(ctrlC.take("SIGINT", 10_001), "same");
+  assert.equal(ctrlC.take("SIGINT", 10_000 + SIGNAL_COPIES_MS - 1), "same");
+  // A second press, later: quit at once.
+  assert.equal(ctrlC.take("SIGINT", 10_000 + SIGNAL_COPIES_MS), "quit");
+  // systemd stopping `deno task upload --watch`: SIGTERM to the whole group, twice over.
+  const stop = new StopRequests({ finishOnTerm: true });
+  assert.equal(stop.take("SIGTERM", 0), "finish");
+  assert.equal(stop.take("SIGTERM", 2), "same");
+  assert.equal(stop.take("SIGINT", 5_000), "quit");
+  // Without --watch SIGTERM interrupts like Ctrl-C.
+  assert.equal(new StopRequests().take("SIGTERM", 0), "interrupt");
+});
 
 function usageError(fn: () => unknown): UploadError {
   try {
@@ -55,6 +72,20 @@ Deno.test("parseUploadCommand: defaults", () => {
   assert.equal(cmd.watch, false);
   assert.equal(cmd.movedFrom, null);
   assert.equal(cmd.config.connectTimeoutSeconds, DEFAULT_CONFIG.connectTimeoutSeconds);
+});
+
+Deno.test("parseUploadCommand: --rebuild-tracker is --verify on a new tracker", () => {
+  for (const argv of [["data", "--rebuild-tracker"], ["data", "--verify", "--rebuild-tracker"]]) {
+    const cmd = parseUploadCommand(argv, {});
+    assert.equal(cmd.rebuildTracker, true);
+    assert.equal(cmd.verify, true);
+  }
+  assert.equal(parseUploadCommand(["data"], {}).rebuildTracker, false);
+  for (const other of ["--watch", "--dry-run", "--scan-only", "--status"]) {
+    const error = usageError(() => parseUploadCommand(["data", "--rebuild-tracker", other], {}));
+    assert.equal(error.kind, "usage");
+    assert.match(error.message, /--rebuild-tracker/);
+  }
 });
 
 Deno.test("parseUploadCommand: relative paths are the caller's (INIT_CWD under deno task)", () => {

@@ -133,6 +133,18 @@ const CASES: Case[] = [
     want: { change: "unchanged", status: "pending", retryCount: 0, settling: false, upload: true },
   },
   {
+    name: "old mtimes (a cp -a copy) but file events just now: settling",
+    tracked: undefined,
+    seen: { newestMtimeMs: NOW - 86_400_000, changedAtMs: NOW - 500 },
+    want: { change: "new", status: "pending", retryCount: 0, settling: true, upload: false },
+  },
+  {
+    name: "old mtimes, the last file event a settle time ago: uploaded",
+    tracked: undefined,
+    seen: { newestMtimeMs: NOW - 86_400_000, changedAtMs: NOW - 3_000 },
+    want: { change: "new", status: "pending", retryCount: 0, settling: false, upload: true },
+  },
+  {
     name: "unchanged success, settling (touched in the same second): still not uploaded",
     tracked: tracked(),
     seen: { newestMtimeMs: NOW },

@@ -4,7 +4,8 @@
  * meta-commands; a folder with thousands of images; a stats.json of several MB; JSON
  * nested 5,000 levels; arrays, scalars, `null`, a BOM, numbers beyond double precision;
  * invalid JSON, empty files, invalid UTF-8 (in content and in names), `\u0000`, a lone
- * surrogate, JSON too deep for the server; symlink loops; hidden entries; nested units
+ * surrogate, JSON too deep for the server, a stats.json that is a link; symlink loops (said
+ * once, not followed); hidden entries; nested units
  * and same-named folders; folders that vanish or change between the scan and the read.
  * Every good folder lands exactly (names, images, test_results compared with the disk,
  * and test_results compared by the server itself with the file's text); every bad one
@@ -143,10 +144,16 @@ function badTree(): TreeSpec {
     ["zz-vanish/stats.json"]: text('{"here": "now"}'),
     ["zz-vanish-stats/stats.json"]: text('{"here": "now"}'),
     ["zz-vanish-stats/keep.jpg"]: { bytes: 8, mtime: OLD },
+    ["bad-stats-dir/a.jpg"]: { bytes: 8, mtime: OLD },
+    ["bad-stats-dir/stats.json/inside.txt"]: text("a directory where the file goes"),
+    ["bad-stats-fifo/a.jpg"]: { bytes: 8, mtime: OLD }, // its stats.json: a FIFO (mkfifo)
   };
 }
 
 const BAD_KEYS = [
+  "linked", // its stats.json is a link, which is not followed
+  "bad-stats-dir",
+  "bad-stats-fifo",
   "bad-invalid-json",
   "bad-empty",
   "bad-utf8",
@@ -221,6 +228,10 @@ Deno.test({
         const dbPath = join(dir, "tracker.db");
         writeTree(base, { ...goodTree(), ...badTree() });
         await writeInvalidNames(base);
+        const fifo = await new Deno.Command("mkfifo", {
+          args: [join(base, "bad-stats-fifo", "stats.json")],
+        }).output();
+        assert.ok(fifo.success);
         const env = { SUPABASE_DB_URL: pg.url };
 
         // Run 1, slowed down so the last folders are read seconds after the scan.
@@ -258,6 +269,10 @@ Deno.test({
           assert.equal(f?.status, "failed", key);
           assert.ok(f?.error?.includes(key), `the message for ${key} names it: ${f?.error}`);
         }
+        const why = (key: string) => state.folders.find((r) => r.key === key)?.error;
+        assert.match(why("bad-stats-fifo")!, /stats\.json: it is a FIFO, not a regular file$/);
+        assert.match(why("bad-stats-dir")!, /stats\.json: it is a directory, not a regular file$/);
+        assert.match(why("linked")!, /stats\.json: it is a symbolic link/);
         // Names that are not UTF-8 are reported, not uploaded, and stop nothing else.
         const problems = first.events.filter((e) => e.event === "problem");
         assert.equal(problems.length, 2, JSON.stringify(problems));
@@ -271,12 +286,21 @@ Deno.test({
           "bad-empty",
           "bad-invalid-json",
           "bad-nul",
+          "bad-stats-dir",
+          "bad-stats-fifo",
           "bad-utf8",
+          "linked",
         ]);
         const good = new Map(
           [...expected.rows].filter(([k]) => !BAD_KEYS.includes(k) && k !== "zz-newimg"),
         );
-        assert.equal(good.size, 32);
+        assert.equal(good.size, 31);
+        // The links of loopy/ (loops to the folders above) are said once each, not followed.
+        const skipped = first.events.filter((e) => e.event === "skipped").map((e) => e.path);
+        assert.deepEqual(
+          skipped.sort(),
+          ["loopy/self", "loopy/sub/back", "loopy/up"].map((p) => join(base, p)),
+        );
         const table = await tableRows(pg);
         assertTableMatches(
           { ...table, rows: table.rows.filter((r) => r.key !== "zz-newimg") },
@@ -297,8 +321,16 @@ Deno.test({
         // Run 2: changed folders are read again, the bad ones fail again, nothing else moves.
         const second = await runUploader([base, "--db-path", dbPath, "--min-age", "0"], { env });
         assert.equal(second.code, 1, describeExit(second));
+        // The links were said once; --status keeps listing them.
+        assert.deepEqual(second.events.filter((e) => e.event === "skipped"), []);
+        const status = JSON.parse((await runUploader(["--status", "--db-path", dbPath])).stdout);
+        assert.equal(status.skippedTotal, 3);
+        assert.equal(status.problemsTotal, 2, "the links are not counted as unreadable");
         expected = expectedRows(base);
         const stillBad = [
+          "linked",
+          "bad-stats-dir",
+          "bad-stats-fifo",
           "bad-empty",
           "bad-invalid-json",
           "bad-nul",

@@ -3,11 +3,14 @@
  * tmpfs filled to the last byte), on a read-only mount, or a folder has a directory where
  * its success.json would go. Each folder's marker failure is reported for that folder;
  * the upload itself still counts (row present, tracker success), the run exits 0 and
- * nothing crashes. Mounting needs root (CAP_SYS_ADMIN); without it those cases are
+ * nothing crashes. Once the folders can be written again (space freed, the mount writable
+ * again) the next run writes every owed marker without sending a row, and the original
+ * tool's upload_success.json files are kept throughout. Mounting needs root (CAP_SYS_ADMIN); without it those cases are
  * skipped and the directory case still runs.
  */
 
 import assert from "node:assert/strict";
+import { existsSync } from "node:fs";
 import { join } from "node:path";
 import { hasPostgres, type PgServer, startPostgres } from "../support/postgres.ts";
 import { generateTree } from "../support/tree.ts";
@@ -56,6 +59,16 @@ async function canMount(): Promise<boolean> {
 
 const MOUNTS = hasPostgres() && (await canMount());
 
+/** Gives every unit under `data` the original tool's upload_success.json, as its uploads left. */
+function withOriginalMarkers(data: string): void {
+  for (const key of expectedRows(data).rows.keys()) {
+    Deno.writeTextFileSync(
+      join(data, key, "upload_success.json"),
+      JSON.stringify({ folder_name: key, summary: "kept from the original tool" }),
+    );
+  }
+}
+
 /** Fills the file system holding `dir` until a write fails with "no space". */
 function fill(dir: string): void {
   const file = Deno.openSync(join(dir, "filler.bin"), { write: true, create: true });
@@ -76,6 +89,48 @@ function fill(dir: string): void {
   } finally {
     small.close();
   }
+}
+
+/**
+ * After the folders became writable again: a run sends nothing, writes every owed marker
+ * (the one the first upload should have written, naming its batch), keeps the original
+ * tool's markers, and nothing is owed any more.
+ */
+async function assertMarkersCaughtUp(
+  pg: PgServer,
+  data: string,
+  dbPath: string,
+  first: UploaderExit,
+): Promise<void> {
+  const expected = expectedRows(data);
+  const status = await runUploader(["--status", "--db-path", dbPath]); // --json added
+  const report = JSON.parse(status.stdout);
+  assert.equal(report.markersOwedTotal, expected.rows.size, status.stdout.slice(0, 2000));
+  assert.equal(report.markersOwed.length, expected.rows.size);
+  const text = await runUploader(["--status", "--db-path", dbPath], { json: false });
+  assert.match(text.stdout, /Markers owed \(the folder could not be written/);
+  const again = await runUploader([data, "--db-path", dbPath, "--min-age", "0"], {
+    env: { SUPABASE_DB_URL: pg.url },
+  });
+  assert.equal(again.code, 0, describeExit(again));
+  const summary = again.events.find((e) => e.event === "summary")!;
+  assert.equal(summary.queued, 0, "a row was sent again");
+  assert.equal(summary.uploaded, 0, "a row was sent again");
+  assert.equal(summary.markers_caught_up, expected.rows.size, JSON.stringify(summary));
+  assert.equal(summary.markers_owed, 0, JSON.stringify(summary));
+  const batches = new Set(
+    first.events.filter((e) => e.event === "batch_done").map((e) => String(e.batch)),
+  );
+  for (const key of expected.rows.keys()) {
+    const marker = JSON.parse(Deno.readTextFileSync(join(data, key, "success.json")));
+    assert.equal(marker.folder_key, key);
+    assert.ok(batches.has(marker.upload_batch), `${key}: ${marker.upload_batch}`);
+  }
+  for (const key of [...expected.rows.keys()].slice(0, 5)) {
+    assert.ok(existsSync(join(data, key, "upload_success.json")), `${key}: the original's marker`);
+  }
+  const later = await runUploader(["--status", "--db-path", dbPath]);
+  assert.equal(JSON.parse(later.stdout).markersOwedTotal, 0);
 }
 
 /** Uploads `data` and checks: exit 0, every row and tracker entry, marker errors as listed. */
@@ -102,6 +157,7 @@ async function uploadExpectingMarkerErrors(
   }
   const summary = exit.events.find((e) => e.event === "summary")!;
   assert.equal(summary.marker_errors, wantFailing.length);
+  assert.equal(summary.markers_owed, wantFailing.length);
   assert.equal(summary.uploaded, expected.rows.size);
   for (const key of expected.rows.keys()) {
     const has = (() => {
@@ -127,11 +183,17 @@ Deno.test({
       await withTempDir("fault_full_", async (dir) => {
         const data = join(dir, "full");
         Deno.mkdirSync(data);
-        await mount(["-t", "tmpfs", "-o", "size=512k", "tmpfs", data]);
+        await mount(["-t", "tmpfs", "-o", "size=2m", "tmpfs", data]);
         try {
           generateTree(data, { folders: 40, seed: 81 });
+          withOriginalMarkers(data);
           fill(data);
-          await uploadExpectingMarkerErrors(pg, data, join(dir, "tracker.db"), () => true);
+          const db = join(dir, "tracker.db");
+          const first = await uploadExpectingMarkerErrors(pg, data, db, () => true);
+          // Space again: the markers owed are written, no row is sent.
+          Deno.removeSync(join(data, "filler.bin"));
+          Deno.removeSync(join(data, "filler2.bin"));
+          await assertMarkersCaughtUp(pg, data, db, first);
         } finally {
           await umount(data);
         }
@@ -154,11 +216,16 @@ Deno.test({
         const source = join(dir, "source");
         const data = join(dir, "readonly");
         generateTree(source, { folders: 40, seed: 82 });
+        withOriginalMarkers(source);
         Deno.mkdirSync(data);
         await mount(["--bind", source, data]);
         try {
           await mount(["-o", "remount,bind,ro", data]);
-          await uploadExpectingMarkerErrors(pg, data, join(dir, "tracker.db"), () => true);
+          const db = join(dir, "tracker.db");
+          const first = await uploadExpectingMarkerErrors(pg, data, db, () => true);
+          // The card writable again: the markers owed are written, no row is sent.
+          await mount(["-o", "remount,bind,rw", data]);
+          await assertMarkersCaughtUp(pg, data, db, first);
         } finally {
           await umount(data);
         }

@@ -10,6 +10,7 @@ import assert from "node:assert/strict";
 import { join } from "node:path";
 import { hasPostgres, type PgServer, startPostgres } from "../support/postgres.ts";
 import { generateTree } from "../support/tree.ts";
+import { SIGNAL_COPIES_MS } from "../lib/cli.ts";
 import {
   assertTableMatches,
   assertTrackerComplete,
@@ -18,6 +19,7 @@ import {
   dropSlowInserts,
   expectedRows,
   runUploader,
+  seededRandom,
   slowInserts,
   startUploader,
   tableRows,
@@ -118,7 +120,7 @@ Deno.test({
 });
 
 for (
-  const { label, interrupt } of [
+  const { label, interrupt, rowSeconds = 0.01, quits = false } of [
     {
       label: "SIGINT to the process group (Ctrl-C)",
       interrupt: (p: UploaderProcess) => p.signalGroup("SIGINT"),
@@ -129,9 +131,13 @@ for (
     },
     {
       label: "Ctrl-C twice (quit now)",
+      // Batches of 10 rows that take 3 s: still in flight at the second press.
+      rowSeconds: 0.3,
+      quits: true,
       interrupt: async (p: UploaderProcess) => {
         p.signalGroup("SIGINT");
-        await delay(20);
+        // A person's second press comes later than the copies of one signal.
+        await delay(SIGNAL_COPIES_MS + 300);
         p.signalGroup("SIGINT");
       },
     },
@@ -150,13 +156,15 @@ for (
           const dbPath = join(dir, "tracker.db");
           generateTree(data, { folders: 600, seed: 72 });
           // Each batch of 10 takes 100 ms on the server: the signal comes mid-statement.
-          await slowInserts(pg, 0.01);
+          await slowInserts(pg, rowSeconds);
           const p = startUploader(slowArgs(data, dbPath), { env: { SUPABASE_DB_URL: pg.url } });
-          await batchesDone(p, 3);
+          await batchesDone(p, quits ? 1 : 3);
           await waitForActiveUpsert(pg);
           await interrupt(p);
           const exit = await p.done;
           assert.equal(exit.code, 130, describeExit(exit));
+          assert.equal(/Interrupted again: quitting now/.test(exit.stderr), quits, exit.stderr);
+          assert.doesNotMatch(exit.stderr, /Retrying|syntax error|Error:/);
           await assertConsistent(pg, dbPath);
           const state = trackerState(dbPath);
           assert.ok(state.folders.some((f) => f.status === "pending"), "nothing was left to do");
@@ -171,3 +179,76 @@ for (
     },
   });
 }
+
+Deno.test({
+  name: "Ctrl-C to the process group of `deno task upload` at 10 moments: each 130, no SQL " +
+    "error, no retry, an exact resume",
+  ignore: !hasPostgres(),
+  sanitizeResources: false,
+  sanitizeOps: false,
+  async fn() {
+    const pg = await startPostgres();
+    try {
+      await withTempDir("fault_task_int_", async (dir) => {
+        const data = join(dir, "data");
+        generateTree(data, { folders: 2_000, seed: 73 });
+        const expected = expectedRows(data);
+        const random = seededRandom(73);
+        // The moment of the signal: when the run starts (the scan begins), or after some
+        // batches, a few milliseconds into the next ones.
+        const moments = [0, 1, 2, 3, 5, 7, 9, 12, 15, 19];
+        // The table exists from the start (a signal before the schema step leaves none).
+        await slowInserts(pg, 0);
+        await dropSlowInserts(pg);
+        for (const [i, batches] of moments.entries()) {
+          const db = join(dir, `tracker${i}.db`);
+          await pg.psql("truncate device_test");
+          const p = startUploader([
+            data,
+            "--db-path",
+            db,
+            "--min-age",
+            "0",
+            "--batch-size",
+            "50",
+            "--parallel",
+            "2",
+            "--batch-delay",
+            "0.02",
+          ], { env: { SUPABASE_DB_URL: pg.url }, task: true });
+          if (batches === 0) await p.waitFor((e) => e.event === "run_start");
+          else await batchesDone(p, batches);
+          await delay(Math.floor(random() * 30));
+          // kill -INT -- -PGID: deno task, the uploader and (were they in it) psql.
+          p.signalGroup("SIGINT");
+          const exit = await p.done;
+          const what = `moment ${i} (after ${batches} batches)`;
+          assert.equal(exit.code, 130, `${what}: ${describeExit(exit)}`);
+          assert.doesNotMatch(
+            exit.stderr,
+            /syntax error|Retrying|Error:|Interrupted again/,
+            `${what}: ${exit.stderr}`,
+          );
+          await assertConsistent(pg, db);
+          // Every row the server holds is recorded as uploaded (the batches in flight
+          // finished and were recorded), so the resume sends exactly the rest.
+          const before = trackerState(db).folders.filter((f) => f.status === "success").length;
+          const onServer = (await tableRows(pg)).rows.length;
+          assert.equal(onServer, before, `${what}: rows on the server vs. recorded`);
+          const resume = await runUploader([data, "--db-path", db, "--min-age", "0"], {
+            env: { SUPABASE_DB_URL: pg.url },
+          });
+          assert.equal(resume.code, 0, `${what}: ${describeExit(resume)}`);
+          const summary = resume.events.find((e) => e.event === "summary")!;
+          assert.equal(summary.uploaded, expected.rows.size - before, JSON.stringify(summary));
+          assert.equal(summary.inserted, expected.rows.size - before, JSON.stringify(summary));
+          assertTableMatches(await tableRows(pg), expected.rows);
+          assertTrackerComplete(trackerState(db), expected.rows.keys());
+          console.log(`${what}: 130, ${before} recorded before, ${summary.uploaded} resumed`);
+        }
+      });
+    } finally {
+      await pg.close();
+    }
+  },
+});

@@ -39,6 +39,7 @@ const CASES = [
       "--images-to",
       "--images-parallel",
       "--verify",
+      "--rebuild-tracker",
       "--no-markers",
       "--json",
       "--quiet",

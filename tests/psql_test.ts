@@ -7,6 +7,8 @@ import assert from "node:assert/strict";
 import { UploadError } from "../lib/errors.ts";
 import {
   checkPsql,
+  detachmentMethod,
+  outsideGroup,
   type PsqlConnection,
   PsqlSession,
   runPsqlInteractive,
@@ -70,6 +72,75 @@ async function assertUploadError(
   assert.fail(`expected an UploadError of kind ${kind}`);
 }
 
+Deno.test("outsideGroup: a child in a session of its own, by Deno's detached or by setsid", async () => {
+  const stat = (pid: number) =>
+    Deno.readTextFileSync(`/proc/${pid}/stat`).replace(/^.*\) /, "").split(" ");
+  const [, , ourGroup, ourSession] = stat(Deno.pid);
+  for (const method of ["detached", "setsid", "none"] as const) {
+    const child = outsideGroup("sleep", { args: ["30"], stdin: "null" }, method).spawn();
+    try {
+      // setsid runs sleep in its own place: the pid is sleep's once it has started.
+      let fields = stat(child.pid);
+      for (
+        let i = 0;
+        i < 100 && !/\(sleep\)/.test(Deno.readTextFileSync(`/proc/${child.pid}/stat`));
+        i++
+      ) {
+        await new Promise((r) => setTimeout(r, 10));
+        fields = stat(child.pid);
+      }
+      const [, , group, session] = fields;
+      if (method === "none") {
+        assert.equal(group, ourGroup, method);
+      } else {
+        assert.equal(Number(group), child.pid, `${method}: leads its own group`);
+        assert.notEqual(session, ourSession, `${method}: in a session of its own`);
+      }
+    } finally {
+      child.kill("SIGKILL");
+      await child.status;
+    }
+  }
+});
+
+Deno.test("PsqlSession.start: a psql killed by a signal while it connects is transient, not config", async () => {
+  // A server that accepts and never answers: psql waits in its connection, then gets
+  // SIGTERM as a service manager stopping every process of the unit sends it.
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const port = (listener.addr as Deno.NetAddr).port;
+  const held: Deno.Conn[] = [];
+  const accepting = (async () => {
+    for await (const conn of listener) held.push(conn);
+  })();
+  try {
+    const starting = PsqlSession.start({
+      args: ["-h", "127.0.0.1", "-p", String(port), "-U", "nobody", "-d", "nowhere"],
+      env: {},
+      display: `127.0.0.1:${port}`,
+    }, { connectTimeoutSeconds: 30 });
+    let psql: number | undefined;
+    for (let i = 0; i < 500 && psql === undefined; i++) {
+      await new Promise((r) => setTimeout(r, 10));
+      for (const entry of Deno.readDirSync("/proc")) {
+        if (!/^\d+$/.test(entry.name)) continue;
+        try {
+          const cmd = Deno.readTextFileSync(`/proc/${entry.name}/cmdline`);
+          if (cmd.includes("psql") && cmd.includes(String(port))) psql = Number(entry.name);
+        } catch (_error) {
+          // exited while listed
+        }
+      }
+    }
+    assert.ok(psql !== undefined, "psql did not start");
+    Deno.kill(psql, "SIGTERM");
+    await assertUploadError(starting, "transient", /Cannot connect to 127\.0\.0\.1:\d+/);
+  } finally {
+    listener.close();
+    for (const conn of held) conn.close();
+    await accepting.catch(() => {/* closed with the listener */});
+  }
+});
+
 Deno.test("checkPsql returns the version and explains a missing psql", async () => {
   const version = await checkPsql();
   assert.match(version, /^psql \(PostgreSQL\) \d+/);
@@ -89,6 +160,17 @@ Deno.test({
     const pg = await startPostgres();
     const session = await PsqlSession.start(tcpConnection(pg));
     try {
+      await t.step("psql runs outside this process's group and session", () => {
+        // /proc/PID/stat: "pid (comm) state ppid pgrp session ..."
+        const stat = (pid: number) =>
+          Deno.readTextFileSync(`/proc/${pid}/stat`).replace(/^.*\) /, "").split(" ");
+        const [, , ourGroup, ourSession] = stat(Deno.pid);
+        const [, , group, sessionId] = stat(session.pid);
+        assert.equal(Number(group), session.pid, "psql leads a group of its own");
+        assert.notEqual(group, ourGroup);
+        assert.notEqual(sessionId, ourSession);
+        assert.equal(detachmentMethod(), "detached");
+      });
       await t.step("ok replies carry rows and the row count", async () => {
         let reply = await session.run("select generate_series(1, 3)");
         assertOk(reply);
@@ -326,6 +408,21 @@ Deno.test({
           /role "nobody" does not exist/,
         );
       });
+      await t.step(
+        "no password anywhere: config, without a prompt reading the script",
+        async () => {
+          const error = await assertUploadError(
+            PsqlSession.start({ ...tcpConnection(pg), env: {} }),
+            "config",
+            /no password supplied/,
+          );
+          assert.doesNotMatch(error.message, /Password for user/);
+          assert.equal(
+            error.hint,
+            "Check the password in the database URL (or PGPASSWORD / ~/.pgpass)",
+          );
+        },
+      );
       await t.step("refused: transient", async () => {
         const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
         const port = (listener.addr as Deno.NetAddr).port;

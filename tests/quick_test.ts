@@ -114,6 +114,22 @@ Deno.test("quick: folders as arguments and on stdin, --base, failures alone, no 
     assert.ok(!exists(join(data, "Batch57", "failed.json")), "a non-unit folder is not touched");
     assert.ok(!exists(join(dir, "upload_tracker.db")), "no tracking database created");
 
+    // The same folders again, unchanged: already up to date on the server, and their
+    // markers are left as they are, modification time included (a `find -newer` pipeline
+    // does not list them again); each step line names the folder it is about.
+    const marker = join(data, "Batch54", "success.json");
+    setMtime(marker, T1);
+    const unchanged = await quick(dir, ["data/Batch54", "data/Batch56"]);
+    assert.equal(unchanged.code, 0, describeRun(unchanged));
+    assert.match(unchanged.stdout, /0 inserted, 0 updated, 2 already up to date/);
+    assert.doesNotMatch(unchanged.stdout + unchanged.stderr, /Marker written/);
+    assert.equal(Deno.statSync(marker).mtime!.getTime(), T1, "success.json was rewritten");
+    const steps = unchanged.stdout.split("\n").filter((l) =>
+      /Found|No stats|Loaded|Test status/.test(l)
+    );
+    assert.equal(steps.length, 7, unchanged.stdout);
+    for (const line of steps) assert.match(line, /^ {2}Batch5[46]: /, unchanged.stdout);
+
     // stdin: CRLF, blank lines, an absolute path, a name with a quote.
     const second = await quick(
       dir,

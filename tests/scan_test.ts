@@ -150,8 +150,11 @@ Deno.test("scanFolders: a folder is a unit when it directly holds stats.json or 
     "Line2",
     "Line2/Batch12",
     "Line2/Sub/Deeper",
+    // A stats.json that is a directory: a unit that fails, saying so (never a silent row).
+    "StatsIsADir",
     "StatsOnly",
   ]);
+  assert.equal(scanned.folders.find((f) => f.key === "StatsIsADir")!.statsNotFile, "a directory");
   const batch12 = scanned.folders.find((f) => f.key === "Line2/Batch12")!;
   assert.equal(batch12.name, "Batch12");
   assert.equal(batch12.path, join(dir.path, "Line2", "Batch12"));
@@ -276,9 +279,49 @@ Deno.test("scanFolders: symlinks are not followed (loops, links to units, linked
   });
   const scanned = await scanBothWays(dir.path, {}, 50);
   assert.deepEqual(scanned.problems, []);
-  assert.deepEqual(scanned.keys, ["Real"]);
+  // A stats.json that is a link is no stats file: its folder is a unit that fails, saying so.
+  assert.deepEqual(scanned.keys, ["OnlyLinkedStats", "Real"]);
+  assert.equal(scanned.folders[0].statsNotFile, "a symbolic link (links are not followed)");
+  assert.deepEqual(scanned.folders[0].files, []);
   // A linked file is not one of the folder's files either.
-  assert.deepEqual(scanned.folders[0].files.map((f) => f.name), ["a.jpg", "stats.json"]);
+  assert.deepEqual(scanned.folders[1].files.map((f) => f.name), ["a.jpg", "stats.json"]);
+  assert.equal(scanned.folders[1].statsNotFile, undefined);
+  // Links to folders and loops are said once each; links to files or to nothing are not.
+  const skipped = scanned.items.flatMap((i) => i.kind === "skipped" ? [i] : []);
+  const loop = "Symbolic link loop (to a folder above it): not followed";
+  const toFolder = "Symbolic link to a folder: not followed, nothing is uploaded through it";
+  assert.deepEqual(skipped.map((i) => [i.path.slice(dir.path.length + 1), i.reason]).sort(), [
+    ["Deep/self", loop],
+    ["Deep/up", loop],
+    ["LinkOutside", toFolder],
+    ["LinkToReal", toFolder],
+    ["loop", loop],
+  ]);
+});
+
+Deno.test("scanFolders: a stats.json that is a FIFO or a directory makes a unit that says so", async () => {
+  using dir = tempDir();
+  writeTree(dir.path, {
+    "Fifo/a.jpg": { bytes: 3 },
+    "Dir/a.jpg": { bytes: 3 },
+    "Dir/stats.json/inside.txt": { text: "x" },
+    "OnlyFifo/notes.txt": { text: "x" },
+  });
+  for (const folder of ["Fifo", "OnlyFifo"]) {
+    const made = new Deno.Command("mkfifo", { args: [join(dir.path, folder, "stats.json")] })
+      .outputSync();
+    assert.ok(made.success);
+  }
+  const scanned = await scanBothWays(dir.path);
+  assert.deepEqual(scanned.problems, []);
+  assert.deepEqual(scanned.folders.map((f) => [f.key, f.statsNotFile]), [
+    ["Dir", "a directory"],
+    ["Fifo", "a FIFO"],
+    ["OnlyFifo", "a FIFO"],
+  ]);
+  const one = snapshotFolder(join(dir.path, "Fifo"));
+  assert.equal(one.kind === "folder" && one.snapshot.statsNotFile, "a FIFO");
+  assert.equal(one.kind === "folder" && isUploadUnit(one.snapshot), true);
 });
 
 Deno.test("scanFolders: a base given as a symlink to a directory is followed, nothing below", async () => {
@@ -374,7 +417,9 @@ Deno.test("scanFolders: an unreadable directory is reported and the scan goes on
       items.map((i) =>
         i.kind === "folder"
           ? `folder ${i.snapshot.key}`
-          : `problem ${i.problem.path}: ${i.problem.reason}`
+          : i.kind === "problem"
+          ? `problem ${i.problem.path}: ${i.problem.reason}`
+          : `skipped ${i.path}`
       ),
     );
   }
@@ -448,7 +493,7 @@ Deno.test("scanFolders: a folder removed mid-scan is reported as vanished, the s
         summary.push(`folder ${item.snapshot.key}`);
         // B is already known to the walk: it was listed with the base.
         if (summary.length === 1) Deno.removeSync(join(dir.path, "B"), { recursive: true });
-      } else {
+      } else if (item.kind === "problem") {
         summary.push(`problem ${item.problem.path}: ${item.problem.reason}`);
       }
     }
@@ -705,7 +750,10 @@ Deno.test("scanFoldersInWorker: a directory of 20,000 subfolders is walked compl
   writeTree(dir.path, { ".hidden/stats.json": {}, "link": { symlink: "Batch0" } });
   assert.ok(Deno.statSync(dir.path).size >= STREAM_DIR_BYTES, "the base is read as a stream");
   for (const workers of [2, 3]) {
-    const items = await workerItems(dir.path, { workers, chunk: 100, window: 2 });
+    const all = await workerItems(dir.path, { workers, chunk: 100, window: 2 });
+    // The link to Batch0 is said once, by the walker whose part it is in.
+    assert.equal(all.filter((i) => i.kind === "skipped").length, 1, `${workers} workers`);
+    const items = all.filter((i) => i.kind !== "skipped");
     const seen = countKeys(items);
     assert.equal(items.length, expected.length, `${workers} workers: only units, no problems`);
     assert.ok([...seen.values()].every((n) => n === 1), `${workers} workers: a unit twice`);

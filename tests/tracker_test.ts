@@ -14,6 +14,7 @@ import { DatabaseSync } from "node:sqlite";
 import { type FolderSnapshot, scanFolders } from "../lib/scan.ts";
 import { type BatchRecord, SCHEMA_VERSION, Tracker } from "../lib/tracker.ts";
 import { UploadError } from "../lib/errors.ts";
+import { formatStatus } from "../lib/report.ts";
 import type { DiffOptions } from "../lib/diff.ts";
 import { DEFAULT_CONFIG, markerNames } from "../config.ts";
 import { generateTree, T1, T2, tempDir, writeTree } from "../support/tree.ts";
@@ -56,7 +57,7 @@ async function scan(base: string): Promise<FolderSnapshot[]> {
   const out: FolderSnapshot[] = [];
   for await (const item of scanFolders(base, { markerNames: MARKERS })) {
     if (item.kind === "problem") assert.fail(`${item.problem.path}: ${item.problem.reason}`);
-    out.push(item.snapshot);
+    if (item.kind === "folder") out.push(item.snapshot);
   }
   return out;
 }
@@ -311,6 +312,52 @@ Deno.test("Tracker.open: upgrades an original tool's database in place, rows kep
   assert.deepEqual(await sqlite3(path, "PRAGMA integrity_check"), ["ok"]);
 });
 
+Deno.test("Tracker: the original tool's relative-path rows become the scanned folders' rows", async () => {
+  using dir = tempDir();
+  const base = join(dir.path, "data");
+  writeTree(base, {
+    "Batch54/stats.json": { json: { result: "PASS" }, mtime: T1 },
+    "Batch55/stats.json": { json: { result: "" }, mtime: T1 },
+    "Batch56/a.jpg": { bytes: 10, mtime: T2 },
+  });
+  const path = join(dir.path, "upload_tracker.db");
+  // As the original tool left it when run as `python upload.py data`: paths relative to
+  // where it ran, batch times as Unix seconds.
+  await makeOriginalDatabase(path, "data/Batch54", "./data/Batch55/");
+  await sqlite3(
+    path,
+    "UPDATE upload_batches SET start_time = 1748883000, end_time = 1748883060.5 " +
+      "WHERE batch_id = 'b-1'",
+  );
+  const tracker = Tracker.open(path);
+  try {
+    const run = tracker.startRun(base, "upload");
+    const decisions = tracker.applyScan(await scan(base), run, base, diffOptions());
+    assert.deepEqual(decisions.map((d) => [d.snapshot.key, d.change]), [
+      ["Batch54", "changed"],
+      ["Batch55", "changed"],
+      ["Batch56", "new"],
+    ]);
+    const report = tracker.status();
+    assert.equal(report.total, 3, "one row per folder, not one per tool");
+    assert.deepEqual(
+      folderRows(tracker).map((r) => [r.folder_path, r.created_at]),
+      [
+        [join(base, "Batch54"), "2025-06-02 16:49:00"],
+        [join(base, "Batch55"), "2025-06-02 17:10:00"],
+        [join(base, "Batch56"), folderRows(tracker)[2].created_at as string],
+      ],
+    );
+    const original = report.recentBatches.find((b) => b.batchName === "batch_20250602_165000")!;
+    assert.equal(original.durationSeconds, 60.5);
+    const text = formatStatus(report);
+    assert.doesNotMatch(text, /NaN/);
+    assert.match(text, /batch_20250602_165000: 1\/2 successful, 1 failed \(completed, 60\.5 s/);
+  } finally {
+    tracker.close();
+  }
+});
+
 Deno.test("Tracker.applyScan: the diff rule over real scans of a real tree", async () => {
   using dir = tempDir();
   const base = join(dir.path, "data");
@@ -550,6 +597,63 @@ Deno.test("Tracker.applyScan: rescanning an unchanged tree writes no row", async
     assert.deepEqual(tracker.endPass(), { count: 0, sample: [] });
     assert.ok(afterStart > before, "the run itself is recorded");
     assert.equal(changes(), afterStart, "no folder row was written by the rescan");
+  } finally {
+    tracker.close();
+  }
+});
+
+Deno.test("Tracker.applyScan: a path twice in one chunk is decided once, by its last sighting", async () => {
+  using dir = tempDir();
+  const base = join(dir.path, "data");
+  writeTree(base, { "A/stats.json": { text: "{}" }, "B/x.jpg": { bytes: 1 } });
+  const tracker = Tracker.open(join(dir.path, "t.db"));
+  try {
+    const run = tracker.startRun(base, "watch");
+    const [a, b] = await scan(base);
+    const later = { ...a, fingerprint: "other" };
+    // New folders named twice (an event and a walk of the tree holding them), and a
+    // tracked one twice: no UNIQUE conflict, one row each, the last snapshot recorded.
+    const first = tracker.applyScan([a, b, later, b], run, base, diffOptions({ minAgeMs: 0 }));
+    assert.deepEqual(first.map((d) => d.upload), [false, false, true, true]);
+    const again = tracker.applyScan([b, b], run, base, diffOptions({ minAgeMs: 0 }));
+    assert.deepEqual(again.map((d) => [d.change, d.upload]), [["unchanged", false], [
+      "unchanged",
+      true,
+    ]]);
+    const rows = tracker.db.prepare(
+      "SELECT folder_path, file_hash FROM folder_status ORDER BY folder_path",
+    ).all() as { folder_path: string; file_hash: string }[];
+    assert.deepEqual(rows.map((r) => [r.folder_path, r.file_hash]), [
+      [a.path, "other"],
+      [b.path, b.fingerprint],
+    ]);
+  } finally {
+    tracker.close();
+  }
+});
+
+Deno.test("Tracker.useTarget: a new target re-queues what was uploaded, and counts only that", async () => {
+  using dir = tempDir();
+  const base = join(dir.path, "data");
+  writeTree(base, { "A/stats.json": { text: "{}" }, "B/stats.json": { text: "{bad" } });
+  const tracker = Tracker.open(join(dir.path, "t.db"));
+  try {
+    assert.equal(tracker.useTarget("embedded#device_test"), 0, "the first target");
+    const run = tracker.startRun(base, "upload");
+    const [a, b] = tracker.applyScan(await scan(base), run, base, diffOptions({ minAgeMs: 0 }));
+    // B failed locally (its stats.json): never uploaded anywhere.
+    tracker.recordFolderFailures([{ path: b.snapshot.path, error: "Cannot parse" }]);
+    assert.equal(tracker.useTarget("pg#device_test"), 0, "local failures are not uploads");
+    tracker.recordBatch(batch("b1", run, 1, T1), [
+      { path: a.snapshot.path, fingerprint: a.snapshot.fingerprint, ok: true },
+    ]);
+    assert.equal(tracker.useTarget("pg#device_test"), 0, "the same target");
+    assert.equal(tracker.useTarget("other#device_test"), 1);
+    const rows = folderRows(tracker);
+    assert.deepEqual(rows.map((r) => [r.upload_status, r.retry_count]), [
+      ["pending", 0],
+      ["pending", 0],
+    ]);
   } finally {
     tracker.close();
   }

@@ -62,6 +62,13 @@ export interface UploaderOptions {
   env?: Record<string, string>;
   /** Add `--json` (default true). */
   json?: boolean;
+  /** Run it as users do, through `deno task upload` (default: `deno run` of the script). */
+  task?: boolean;
+  /**
+   * The whole command line instead (e.g. a systemd unit's `ExecStart`), run in the
+   * repository as its working directory; `json` and `task` are then ignored.
+   */
+  argv?: string[];
 }
 
 const DECODER = new TextDecoder();
@@ -88,15 +95,13 @@ export class UploaderProcess {
     }
     Object.assign(env, options.env);
     const started = performance.now();
+    const json = options.json ?? true ? ["--json"] : [];
+    const command = options.argv ??
+      (options.task
+        ? [Deno.execPath(), "task", "upload", ...json, ...args]
+        : [Deno.execPath(), "run", ...TASK_PERMISSIONS, UPLOAD_MANAGER, ...json, ...args]);
     const child = new Deno.Command("setsid", {
-      args: [
-        Deno.execPath(),
-        "run",
-        ...TASK_PERMISSIONS,
-        UPLOAD_MANAGER,
-        ...(options.json ?? true ? ["--json"] : []),
-        ...args,
-      ],
+      args: command,
       cwd: REPO_ROOT,
       env,
       clearEnv: true,
@@ -285,8 +290,8 @@ function isImage(name: string): boolean {
  * The rows the table must hold for the tree at `base`: one per folder that directly holds
  * an image or a stats.json (hidden entries, symlinks and names that are not UTF-8
  * ignored), keyed by its
- * `/`-separated path below `base`. Folders whose stats.json cannot be parsed are left out
- * and listed in `bad`.
+ * `/`-separated path below `base`. Folders whose stats.json cannot be parsed, or is no
+ * regular file, are left out and listed in `bad`.
  */
 export function expectedRows(base: string): { rows: Map<string, ExpectedRow>; bad: string[] } {
   const rows = new Map<string, ExpectedRow>();
@@ -294,12 +299,19 @@ export function expectedRows(base: string): { rows: Map<string, ExpectedRow>; ba
   const utf8 = new TextDecoder("utf-8", { fatal: true });
   const walk = (dir: string, key: string) => {
     const files: string[] = [];
+    let statsNotFile = false;
     for (const entry of Deno.readDirSync(dir)) {
+      // A stats.json that is no regular file (a link, a FIFO, a directory) fails its folder.
+      if (entry.name === "stats.json" && !entry.isFile) statsNotFile = true;
       // Hidden, symlinks, and names that are not UTF-8 (read back with U+FFFD) are skipped.
       if (entry.name.startsWith(".") || entry.isSymlink || entry.name.includes("\uFFFD")) continue;
       const rel = key === "" ? entry.name : `${key}/${entry.name}`;
       if (entry.isDirectory) walk(join(dir, entry.name), rel);
       else if (entry.isFile) files.push(entry.name);
+    }
+    if (statsNotFile) {
+      bad.push(key);
+      return;
     }
     const hasStats = files.includes("stats.json");
     const images = files.filter(isImage).sort((a, b) => a < b ? -1 : a > b ? 1 : 0);
