@@ -281,12 +281,16 @@ class Server implements PgServer {
     const deadline = Date.now() + 60_000;
     let last = "";
     while (Date.now() < deadline) {
+      // The password goes in the environment: tests look for it in every process's argv.
+      const url = new URL(this.url.replace(/\/[^/]*$/, "/postgres"));
+      const password = decodeURIComponent(url.password);
+      url.password = "";
       const out = await new Deno.Command(psqlBinary(this.#bin), {
-        args: ["-X", "-A", "-t", "-d", this.url.replace(/\/[^/]*$/, "/postgres"), "-c", "select 1"],
+        args: ["-X", "-A", "-t", "-d", url.href, "-c", "select 1"],
         stdin: "null",
         stdout: "piped",
         stderr: "piped",
-        env: { PGCONNECT_TIMEOUT: "5", LC_ALL: "C" },
+        env: { PGCONNECT_TIMEOUT: "5", LC_ALL: "C", PGPASSWORD: password },
       }).output();
       if (out.success) return;
       last = new TextDecoder().decode(out.stderr).trim();

@@ -592,7 +592,7 @@ Deno.test({
           // The schema inspection (tens of ms of catalog reads) did not fit: the run stops
           // before any batch, as a configuration error that names the setting and its fix.
           assert.equal(summary.error_kind, "config", describeRun(result));
-          assert.equal(summary.sqlstate, "57014");
+          assert.equal(summary.sqlstate, "57014", describeRun(result));
           assert.match(String(summary.error), /statement_timeout/);
           assert.match(String(summary.hint), /alter role .* set statement_timeout/);
           assert.equal(rows.size, 0);
