@@ -32,8 +32,8 @@ export {
   exitCodeFor,
   type RunStatus,
   UploadError,
-} from "./lib/errors.ts";
-export { actionFor, classifySqlstate, type ErrorAction } from "./lib/policy.ts";
+} from "./lib/core/errors.ts";
+export { actionFor, classifySqlstate, type ErrorAction } from "./lib/core/policy.ts";
 export {
   type FolderSnapshot,
   isImageName,
@@ -42,18 +42,18 @@ export {
   type ScanOptions,
   type ScanProblem,
   snapshotFolder,
-} from "./lib/scan.ts";
-export { type FileEntry, fingerprintFiles } from "./lib/fingerprint.ts";
-export { decideFolder, type DiffDecision } from "./lib/diff.ts";
-export { type StatusReport, Tracker } from "./lib/tracker.ts";
-export { buildRow, readStats } from "./lib/folder.ts";
+} from "./lib/source/scan.ts";
+export { type FileEntry, fingerprintFiles } from "./lib/source/fingerprint.ts";
+export { decideFolder, type DiffDecision } from "./lib/plan/diff.ts";
+export { type StatusReport, Tracker } from "./lib/tracker/tracker.ts";
+export { buildRow, readStats } from "./lib/plan/row.ts";
 export {
   buildUpsertScript,
   buildUpsertStatement,
   type DeviceInfo,
   sqlLiteral,
   type UploadRow,
-} from "./lib/sql.ts";
+} from "./lib/sink/postgres/sql.ts";
 export {
   buildSchemaStatements,
   describePermissionError,
@@ -66,35 +66,40 @@ export {
   type SchemaResult,
   schemaTimeoutError,
   type TablePolicies,
-} from "./lib/schema.ts";
-export { checkPsql, type PsqlConnection, PsqlSession } from "./lib/psql.ts";
-export { connectionFromUrl, resolveTarget, type TargetSpec } from "./lib/target.ts";
-export { type Connector, connectorFor } from "./lib/connect.ts";
-export { startEmbedded } from "./lib/embedded.ts";
-export { backoffDelay } from "./lib/retry.ts";
-export { writeMarker } from "./lib/markers.ts";
+} from "./lib/sink/postgres/schema.ts";
+export { checkPsql, type PsqlConnection, PsqlSession } from "./lib/sink/postgres/psql.ts";
+export { connectionFromUrl, resolveTarget, type TargetSpec } from "./lib/target/target.ts";
+export { type Connector, connectorFor } from "./lib/target/connect.ts";
+export { startEmbedded } from "./lib/target/embedded.ts";
+export { backoffDelay } from "./lib/core/retry.ts";
+export { writeMarker } from "./lib/commit/markers.ts";
 export {
   type EngineEvent,
   newCounters,
   type RunCounters,
   type RunMode,
   type RunResult,
-} from "./lib/events.ts";
-export { type EngineOptions, runEngine } from "./lib/engine.ts";
-export { type FolderSource, pathSource, type SourceItem, treeSource } from "./lib/sources.ts";
-export { runUpload, type UploadOptions } from "./lib/pipeline.ts";
-export { runWatch, type WatchOptions } from "./lib/watch.ts";
-export { Reporter } from "./lib/progress.ts";
-export { formatStatus } from "./lib/report.ts";
-export { folderKeyFor, type QuickOptions, runQuickUpload } from "./lib/quick.ts";
-export { localDeviceId, nameBasedUuid } from "./lib/device.ts";
+} from "./lib/core/events.ts";
+export { type EngineOptions, runEngine } from "./lib/engine/engine.ts";
+export {
+  type FolderSource,
+  pathSource,
+  type SourceItem,
+  treeSource,
+} from "./lib/source/sources.ts";
+export { runUpload, type UploadOptions } from "./lib/engine/upload.ts";
+export { runWatch, type WatchOptions } from "./lib/source/watch.ts";
+export { Reporter } from "./lib/cli/progress.ts";
+export { formatStatus } from "./lib/cli/status_text.ts";
+export { folderKeyFor, type QuickOptions, runQuickUpload } from "./lib/engine/quick.ts";
+export { localDeviceId, nameBasedUuid } from "./lib/target/device.ts";
 export {
   buildHealthUpsert,
   type HealthCounts,
   type HealthRecord,
   healthRef,
   HealthReporter,
-} from "./lib/health.ts";
+} from "./lib/fleet/health.ts";
 export {
   buildFleetQuery,
   type FleetDevice,
@@ -102,6 +107,6 @@ export {
   type FleetReport,
   readFleet,
   renderFleet,
-} from "./lib/fleet.ts";
-export { buildIsolationSql, describeDeviceRefusal } from "./lib/device_policies.ts";
-export { TOOL_VERSION } from "./lib/version.ts";
+} from "./lib/fleet/report.ts";
+export { buildIsolationSql, describeDeviceRefusal } from "./lib/fleet/isolation.ts";
+export { TOOL_VERSION } from "./lib/core/version.ts";

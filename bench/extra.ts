@@ -18,7 +18,7 @@
 
 import { join } from "node:path";
 import { startS3Server } from "../support/s3.ts";
-import { connectionFromUrl } from "../lib/target.ts";
+import { connectionFromUrl } from "../lib/target/target.ts";
 import { psqlExec } from "./floor.ts";
 import { cpuSeconds, type Measured, peakRssKb, runMeasured, timeCommand } from "./proc.ts";
 import type { TargetResult } from "./report.ts";

@@ -22,9 +22,9 @@
 
 import { parseArgs } from "node:util";
 import { join } from "node:path";
-import { readFleet } from "../lib/fleet.ts";
-import { printSchemaSql } from "../lib/schema.ts";
-import { connectionFromUrl } from "../lib/target.ts";
+import { readFleet } from "../lib/fleet/report.ts";
+import { printSchemaSql } from "../lib/sink/postgres/schema.ts";
+import { connectionFromUrl } from "../lib/target/target.ts";
 import { startPgbouncer } from "../support/pgbouncer.ts";
 import { startPostgres, TEST_PASSWORD } from "../support/postgres.ts";
 import { generateTree } from "../support/tree.ts";

@@ -10,9 +10,9 @@
  */
 
 import { DEFAULT_CONFIG, markerNames } from "../config.ts";
-import { buildRow } from "../lib/folder.ts";
-import { connectionFromUrl } from "../lib/target.ts";
-import { scanFolders } from "../lib/scan.ts";
+import { buildRow } from "../lib/plan/row.ts";
+import { connectionFromUrl } from "../lib/target/target.ts";
+import { scanFolders } from "../lib/source/scan.ts";
 import { type Measured, runMeasured, timeCommand } from "./proc.ts";
 
 /** The columns the upsert statement writes, in COPY order. */
@@ -61,7 +61,7 @@ export interface CopyFile {
 }
 
 /**
- * Scans `tree` as the uploader does, builds each unit's row with lib/folder.ts buildRow and
+ * Scans `tree` as the uploader does, builds each unit's row with lib/plan/row.ts buildRow and
  * writes the rows in COPY text format to `file`, in {@linkcode COPY_COLUMNS} order.
  */
 export async function writeCopyFile(

@@ -15,9 +15,13 @@
 
 import { parseArgs } from "node:util";
 import { startPostgres, TEST_USER } from "../support/postgres.ts";
-import { buildSchemaStatements } from "../lib/schema.ts";
-import { buildUpsertStatement, parseUpsertReply, type UploadRow } from "../lib/sql.ts";
-import { PsqlSession } from "../lib/psql.ts";
+import { buildSchemaStatements } from "../lib/sink/postgres/schema.ts";
+import {
+  buildUpsertStatement,
+  parseUpsertReply,
+  type UploadRow,
+} from "../lib/sink/postgres/sql.ts";
+import { PsqlSession } from "../lib/sink/postgres/psql.ts";
 
 const { values } = parseArgs({ args: Deno.args, options: { rows: { type: "string" } } });
 const ROWS = Number(values.rows ?? 50_000);

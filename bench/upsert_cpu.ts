@@ -6,7 +6,7 @@
  *   floor: no conflict handling, no reply);
  * - `jsonb`: the uploader's upsert, {@linkcode buildUpsertStatement} (one statement per
  *   batch, the rows in one jsonb literal unpacked by `jsonb_to_recordset`);
- * - `script`: the uploader's COPY upsert, {@linkcode buildUpsertScript} (lib/sql.ts): per
+ * - `script`: the uploader's COPY upsert, {@linkcode buildUpsertScript} (lib/sink/postgres/sql.ts): per
  *   batch one transaction, a temp table of text columns dropped at commit, `COPY` into it,
  *   the insert casting the columns (the default methods are copy, jsonb and script);
  * - `staging`: per batch, one transaction: a temp table dropped at commit, `COPY` of the
@@ -19,7 +19,7 @@
  *   `json_to_recordset` (what of the saving needs no staging table).
  *
  * Each is a script psql reads on stdin, as the uploader's session does. The rows are built
- * by lib/folder.ts buildRow from a generated tree. The first load goes into an empty table;
+ * by lib/plan/row.ts buildRow from a generated tree. The first load goes into an empty table;
  * the re-send sends the same rows again (all unchanged: the content_hash guard skips them).
  * Server CPU is the postmaster's process tree (backends included) before and after.
  *
@@ -33,17 +33,17 @@
 import { parseArgs } from "node:util";
 import { join } from "node:path";
 import { DEFAULT_CONFIG, markerNames } from "../config.ts";
-import { buildRow } from "../lib/folder.ts";
-import { scanFolders } from "../lib/scan.ts";
-import { buildSchemaStatements } from "../lib/schema.ts";
+import { buildRow } from "../lib/plan/row.ts";
+import { scanFolders } from "../lib/source/scan.ts";
+import { buildSchemaStatements } from "../lib/sink/postgres/schema.ts";
 import {
   buildUpsertScript,
   buildUpsertStatement,
   rowToJsonWithStats,
   sqlLiteral,
   type UploadRow,
-} from "../lib/sql.ts";
-import { connectionFromUrl } from "../lib/target.ts";
+} from "../lib/sink/postgres/sql.ts";
+import { connectionFromUrl } from "../lib/target/target.ts";
 import { startPostgres } from "../support/postgres.ts";
 import { generateTree, removeTree } from "../support/tree.ts";
 import { arrayLiteral, COPY_COLUMNS, copyText, psqlExec } from "./floor.ts";

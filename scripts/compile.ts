@@ -40,7 +40,7 @@ const PERMISSIONS = [
   "--allow-net",
 ];
 
-/** PGlite's files loaded at runtime beside its module (see lib/embedded.ts). */
+/** PGlite's files loaded at runtime beside its module (see lib/target/embedded.ts). */
 const PGLITE_ASSETS = ["pglite.wasm", "initdb.wasm", "pglite.data"];
 
 const ROOT = resolve(fileURLToPath(new URL("../", import.meta.url)));
@@ -71,12 +71,12 @@ async function main(argv: string[]): Promise<number> {
       // The folder walk and the embedded database run in workers, loaded by URL at run
       // time: bundle their modules too.
       "--include",
-      join(ROOT, "lib", "scan_worker.ts"),
+      join(ROOT, "lib", "source", "scan_worker.ts"),
       "--include",
-      join(ROOT, "lib", "embedded_worker.ts"),
-      // The empty database a new embedded one is unpacked from (lib/embedded_template.ts).
+      join(ROOT, "lib", "target", "embedded_worker.ts"),
+      // The empty database a new embedded one is unpacked from (lib/target/embedded_template.ts).
       "--include",
-      join(ROOT, "lib", "embedded_template.tar.br"),
+      join(ROOT, "lib", "target", "embedded_template.tar.br"),
       ...(target ? ["--target", target] : []),
       "--output",
       output,

@@ -1,6 +1,6 @@
 /**
- * `deno task embedded-template`: remakes lib/embedded_template.tar.br, the empty database
- * every new embedded database is unpacked from (see lib/embedded_template.ts). Run it after
+ * `deno task embedded-template`: remakes lib/target/embedded_template.tar.br, the empty database
+ * every new embedded database is unpacked from (see lib/target/embedded_template.ts). Run it after
  * moving the `@electric-sql/pglite` pin in deno.json and commit the result.
  *
  * It runs PGlite's own initdb once in a temporary folder, starts PostgreSQL on it with the
@@ -15,8 +15,12 @@
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { PGlite } from "@electric-sql/pglite";
-import { embeddedStartParams } from "../lib/embedded.ts";
-import { packTemplate, TEMPLATE_URL, type TemplateManifest } from "../lib/embedded_template.ts";
+import { embeddedStartParams } from "../lib/target/embedded.ts";
+import {
+  packTemplate,
+  TEMPLATE_URL,
+  type TemplateManifest,
+} from "../lib/target/embedded_template.ts";
 
 /** The version of the PGlite package this script loads, from its package.json. */
 function installedPgliteVersion(): string {

@@ -6,9 +6,9 @@
  * @module
  */
 
-import { EXIT, UploadError } from "../lib/errors.ts";
-import { runMain } from "../lib/cli.ts";
-import { connectorFor } from "../lib/connect.ts";
+import { EXIT, UploadError } from "../lib/core/errors.ts";
+import { runMain } from "../lib/cli/cli.ts";
+import { connectorFor } from "../lib/target/connect.ts";
 import {
   fleetExitCode,
   fleetHelp,
@@ -16,9 +16,9 @@ import {
   parseFleetCommand,
   readFleet,
   renderFleet,
-} from "../lib/fleet.ts";
-import { checkPsql } from "../lib/psql.ts";
-import { resolveTarget } from "../lib/target.ts";
+} from "../lib/fleet/report.ts";
+import { checkPsql } from "../lib/sink/postgres/psql.ts";
+import { resolveTarget } from "../lib/target/target.ts";
 
 async function main(argv: string[]): Promise<number> {
   const env = Deno.env.toObject();

@@ -6,9 +6,9 @@
  * @module
  */
 
-import { localDeviceId } from "../lib/device.ts";
-import type { DeviceSource } from "../lib/identity.ts";
-import { EXIT, messageOf, UploadError } from "../lib/errors.ts";
+import { localDeviceId } from "../lib/target/device.ts";
+import type { DeviceSource } from "../lib/target/identity.ts";
+import { EXIT, messageOf, UploadError } from "../lib/core/errors.ts";
 import {
   fromCaller,
   handleStopSignals,
@@ -17,14 +17,14 @@ import {
   quickHelp,
   runMain,
   targetLine,
-} from "../lib/cli.ts";
-import { connectorFor } from "../lib/connect.ts";
-import { type EngineEvent, newCounters } from "../lib/events.ts";
-import { checkPsql } from "../lib/psql.ts";
-import { quickStepLines, Reporter } from "../lib/progress.ts";
-import { readLines, runQuickUpload, trackerForTarget } from "../lib/quick.ts";
-import { redactUrl, resolveTarget } from "../lib/target.ts";
-import { Tracker } from "../lib/tracker.ts";
+} from "../lib/cli/cli.ts";
+import { connectorFor } from "../lib/target/connect.ts";
+import { type EngineEvent, newCounters } from "../lib/core/events.ts";
+import { checkPsql } from "../lib/sink/postgres/psql.ts";
+import { quickStepLines, Reporter } from "../lib/cli/progress.ts";
+import { readLines, runQuickUpload, trackerForTarget } from "../lib/engine/quick.ts";
+import { redactUrl, resolveTarget } from "../lib/target/target.ts";
+import { Tracker } from "../lib/tracker/tracker.ts";
 
 async function main(argv: string[]): Promise<number> {
   const env = Deno.env.toObject();

@@ -6,11 +6,11 @@
  * @module
  */
 
-import { EXIT, UploadError } from "../lib/errors.ts";
-import { parseSqlCommand, runMain, sqlHelp } from "../lib/cli.ts";
-import { connectorFor } from "../lib/connect.ts";
-import { runPsqlInteractive } from "../lib/psql.ts";
-import { resolveTarget } from "../lib/target.ts";
+import { EXIT, UploadError } from "../lib/core/errors.ts";
+import { parseSqlCommand, runMain, sqlHelp } from "../lib/cli/cli.ts";
+import { connectorFor } from "../lib/target/connect.ts";
+import { runPsqlInteractive } from "../lib/sink/postgres/psql.ts";
+import { resolveTarget } from "../lib/target/target.ts";
 
 async function main(argv: string[]): Promise<number> {
   const env = Deno.env.toObject();

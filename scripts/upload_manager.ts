@@ -6,7 +6,7 @@
  * @module
  */
 
-import { EXIT, UploadError } from "../lib/errors.ts";
+import { EXIT, UploadError } from "../lib/core/errors.ts";
 import {
   handleStopSignals,
   objectStoreFor,
@@ -14,20 +14,20 @@ import {
   runMain,
   targetLine,
   uploadHelp,
-} from "../lib/cli.ts";
-import { connectorFor } from "../lib/connect.ts";
-import { newCounters, type RunMode } from "../lib/events.ts";
-import { checkBase, type ManagerMode, runUpload, treeIdentity } from "../lib/pipeline.ts";
-import { checkPsql } from "../lib/psql.ts";
-import { Reporter } from "../lib/progress.ts";
-import { formatStatus } from "../lib/report.ts";
-import { printSchemaSql } from "../lib/schema.ts";
-import { localDeviceId } from "../lib/device.ts";
-import type { DeviceSource } from "../lib/identity.ts";
-import { resolveTarget } from "../lib/target.ts";
-import { Tracker } from "../lib/tracker.ts";
-import { runWatch } from "../lib/watch.ts";
-import { DEFAULT_DEVICE_TYPE } from "../lib/writer.ts";
+} from "../lib/cli/cli.ts";
+import { connectorFor } from "../lib/target/connect.ts";
+import { newCounters, type RunMode } from "../lib/core/events.ts";
+import { checkBase, type ManagerMode, runUpload, treeIdentity } from "../lib/engine/upload.ts";
+import { checkPsql } from "../lib/sink/postgres/psql.ts";
+import { Reporter } from "../lib/cli/progress.ts";
+import { formatStatus } from "../lib/cli/status_text.ts";
+import { printSchemaSql } from "../lib/sink/postgres/schema.ts";
+import { localDeviceId } from "../lib/target/device.ts";
+import type { DeviceSource } from "../lib/target/identity.ts";
+import { resolveTarget } from "../lib/target/target.ts";
+import { Tracker } from "../lib/tracker/tracker.ts";
+import { runWatch } from "../lib/source/watch.ts";
+import { DEFAULT_DEVICE_TYPE } from "../lib/sink/postgres/writer.ts";
 
 async function main(argv: string[]): Promise<number> {
   const env = Deno.env.toObject();

@@ -1,0 +1,232 @@
+/**
+ * Marker files: `success.json` or `failed.json` in a folder after its outcome, written
+ * atomically (a hidden temp file, then rename) with the other marker removed. The original
+ * tools' `upload_success.json` / `upload_failed.json` are never touched (for many folders
+ * they are the only local record of the storage URLs their upload made). Markers never
+ * carry secrets: only the folder, the device, the outcome, the batch and the time; the
+ * success marker's `device_id` lets a new tracker take this device's id back.
+ *
+ * @module
+ */
+
+import { join } from "node:path";
+import type { UploaderConfig } from "../../config.ts";
+
+/** The content of a success marker. */
+export interface SuccessMarker {
+  status: "success";
+  folder_name: string;
+  folder_key: string;
+  /** The device the row belongs to: a new tracker takes its id back from here. */
+  device_id: string;
+  upload_time: string;
+  upload_batch: string;
+  images_uploaded: number;
+  test_status: string;
+  folder_hash: string;
+}
+
+/** The content of a failure marker. */
+export interface FailedMarker {
+  status: "failed";
+  folder_name: string;
+  folder_key: string;
+  failed_time: string;
+  error: string;
+  retry_count?: number;
+}
+
+/** Marker names the writer needs. */
+export type MarkerConfig = Pick<UploaderConfig, "successMarker" | "failedMarker" | "legacyMarkers">;
+
+/** Where a marker goes, its temp file, and the stale marker to remove. */
+function planMarker(
+  folderPath: string,
+  marker: SuccessMarker | FailedMarker,
+  config: MarkerConfig,
+  present?: ReadonlySet<string>,
+): { target: string; temp: string; text: string; stale: string[] } {
+  const name = marker.status === "success" ? config.successMarker : config.failedMarker;
+  const other = marker.status === "success" ? config.failedMarker : config.successMarker;
+  // Only the opposite marker goes; the original tool's markers are never removed.
+  const stale = [other]
+    .filter((n) => present === undefined || present.has(n))
+    .map((n) => join(folderPath, n));
+  return {
+    target: join(folderPath, name),
+    temp: join(folderPath, `.${name}.${Deno.pid}.tmp`),
+    text: JSON.stringify(marker, null, 2) + "\n",
+    stale,
+  };
+}
+
+/**
+ * Writes the marker for a folder's outcome and removes the opposite marker (only when in
+ * `present`, the folder's file names, when given). The original tools' markers are kept.
+ *
+ * @throws the file-system error when the folder is read-only, full or gone; callers report
+ * it for that folder and go on (the upload itself already counted).
+ */
+export function writeMarker(
+  folderPath: string,
+  marker: SuccessMarker | FailedMarker,
+  config: MarkerConfig,
+  present?: ReadonlySet<string>,
+): void {
+  const plan = planMarker(folderPath, marker, config, present);
+  try {
+    Deno.writeTextFileSync(plan.temp, plan.text);
+    Deno.renameSync(plan.temp, plan.target);
+  } catch (error) {
+    try {
+      Deno.removeSync(plan.temp);
+    } catch {
+      // The temp file was never created or is already gone; the original error matters.
+    }
+    throw error;
+  }
+  for (const stale of plan.stale) {
+    try {
+      Deno.removeSync(stale);
+    } catch (error) {
+      if (!(error instanceof Deno.errors.NotFound)) throw error;
+    }
+  }
+}
+
+/**
+ * Writes markers off the upload's hot path: each write runs on the runtime's I/O threads,
+ * up to `concurrency` at once, while the next batch is built. {@linkcode drain} waits for
+ * all of them; a failed write is reported through `onError` for its folder and never
+ * throws into the run.
+ */
+export class MarkerWriter {
+  #config: MarkerConfig;
+  #concurrency: number;
+  #onError: (path: string, error: unknown, marker: SuccessMarker | FailedMarker) => void;
+  #onWritten:
+    | ((path: string, name: string, marker: SuccessMarker | FailedMarker) => void)
+    | undefined;
+  #running = new Set<Promise<void>>();
+
+  constructor(
+    config: MarkerConfig,
+    options: {
+      concurrency?: number;
+      /** Called with the folder, the error and the marker that could not be written. */
+      onError: (path: string, error: unknown, marker: SuccessMarker | FailedMarker) => void;
+      /** Called with the folder, the marker's file name and the marker after each write. */
+      onWritten?: (path: string, name: string, marker: SuccessMarker | FailedMarker) => void;
+    },
+  ) {
+    this.#config = config;
+    this.#concurrency = options.concurrency ?? 16;
+    this.#onError = options.onError;
+    this.#onWritten = options.onWritten;
+  }
+
+  /**
+   * Queues the marker for a folder. `present` lists the folder's file names as the scan
+   * saw them: the opposite marker is removed only when it is among them, sparing a failed
+   * unlink (undefined: not known, it is tried). Resolves once the write has started
+   * (waiting while `concurrency` writes run).
+   */
+  async write(
+    folderPath: string,
+    marker: SuccessMarker | FailedMarker,
+    present?: ReadonlySet<string> | readonly string[],
+  ): Promise<void> {
+    while (this.#running.size >= this.#concurrency) await Promise.race(this.#running);
+    const names = present === undefined || present instanceof Set ? present : new Set(present);
+    const name = marker.status === "success"
+      ? this.#config.successMarker
+      : this.#config.failedMarker;
+    const task: Promise<void> = writeMarkerAsync(folderPath, marker, this.#config, names)
+      .then(
+        (written) => {
+          if (written) this.#onWritten?.(folderPath, name, marker);
+        },
+        (error) => this.#onError(folderPath, error, marker),
+      )
+      .finally(() => this.#running.delete(task));
+    this.#running.add(task);
+  }
+
+  /** Waits for every queued write. */
+  async drain(): Promise<void> {
+    while (this.#running.size > 0) await Promise.allSettled([...this.#running]);
+  }
+}
+
+/** Marker fields that differ between two writes of the same outcome. */
+const VOLATILE = new Set(["upload_time", "upload_batch", "failed_time", "retry_count"]);
+
+/**
+ * Whether two markers tell the same: the same outcome of the same content (the fingerprint,
+ * key, images and status, or the same error), whenever and in whichever batch.
+ *
+ * @example
+ * ```ts
+ * sameMarker(
+ *   { status: "failed", folder_key: "B1", error: "Bad JSON", failed_time: "2025-06-01T00:00:00Z" },
+ *   { status: "failed", folder_key: "B1", error: "Bad JSON", failed_time: "2025-06-02T00:00:00Z" },
+ * ); // true
+ * ```
+ */
+export function sameMarker(a: Record<string, unknown>, b: Record<string, unknown>): boolean {
+  const lasting = (m: Record<string, unknown>) =>
+    JSON.stringify(Object.keys(m).filter((k) => !VOLATILE.has(k)).sort().map((k) => [k, m[k]]));
+  return lasting(a) === lasting(b);
+}
+
+/** The marker already in the folder under `path`, or null (none, unreadable, not JSON). */
+async function readMarker(path: string): Promise<Record<string, unknown> | null> {
+  try {
+    const value = JSON.parse(await Deno.readTextFile(path));
+    return value !== null && typeof value === "object" ? value : null;
+  } catch (_error) {
+    return null; // no usable marker there: it is written anew
+  }
+}
+
+/**
+ * {@linkcode writeMarker}, asynchronous; and a marker that tells the same as the one the
+ * folder already has (`present` names it) is left as it is, so a folder uploaded again
+ * without a change keeps its marker and its modification time (`find -newer` pipelines).
+ *
+ * @returns whether the marker was written.
+ */
+export async function writeMarkerAsync(
+  folderPath: string,
+  marker: SuccessMarker | FailedMarker,
+  config: MarkerConfig,
+  present?: ReadonlySet<string>,
+): Promise<boolean> {
+  const plan = planMarker(folderPath, marker, config, present);
+  const name = marker.status === "success" ? config.successMarker : config.failedMarker;
+  const existing = present?.has(name) ? await readMarker(plan.target) : null;
+  if (existing !== null && sameMarker(existing, marker as unknown as Record<string, unknown>)) {
+    await removeStale(plan.stale);
+    return false;
+  }
+  try {
+    await Deno.writeTextFile(plan.temp, plan.text);
+    await Deno.rename(plan.temp, plan.target);
+  } catch (error) {
+    await Deno.remove(plan.temp).catch(() => {
+      // The temp file was never created or is already gone; the original error matters.
+    });
+    throw error;
+  }
+  await removeStale(plan.stale);
+  return true;
+}
+
+/** Removes the opposite marker (a missing one is fine). */
+async function removeStale(paths: readonly string[]): Promise<void> {
+  for (const stale of paths) {
+    await Deno.remove(stale).catch((error) => {
+      if (!(error instanceof Deno.errors.NotFound)) throw error;
+    });
+  }
+}

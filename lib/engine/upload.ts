@@ -1,0 +1,141 @@
+/**
+ * The upload manager's run (`deno task upload BASE`): the walk of a base folder through
+ * the engine, as an upload, a scan that only records (`--scan-only`) or a dry run.
+ *
+ * @module
+ */
+
+import { markerNames, type UploaderConfig } from "../../config.ts";
+import type { Connector } from "../target/connect.ts";
+import { runEngine } from "./engine.ts";
+import { messageOf, UploadError } from "../core/errors.ts";
+import type { EngineEvent, RunCounters, RunResult } from "../core/events.ts";
+import type { DeviceSource, IdentitySetup } from "../target/identity.ts";
+import { scanFolderChunks } from "../source/scan.ts";
+import type { FolderSnapshot } from "../source/scan.ts";
+import { treeSource, type WalkConfig } from "../source/sources.ts";
+import type { ObjectsSetup } from "./run.ts";
+import type { Tracker } from "../tracker/tracker.ts";
+
+export { newCounters, type RunCounters, type RunResult } from "../core/events.ts";
+
+/** What a manager run does. */
+export type ManagerMode = "upload" | "scan-only" | "dry-run";
+
+/** Settings of {@linkcode runUpload}. */
+export interface UploadOptions {
+  /** The base folder, absolute (its real path, so a symlinked base is the same base). */
+  basePath: string;
+  config: UploaderConfig;
+  tracker: Tracker;
+  mode: ManagerMode;
+  /** Where rows go; required in `upload` mode. */
+  connector?: Connector;
+  /** This device's id (from the tracker or config; with `identity`, only the candidate). */
+  deviceId: string;
+  /** Where `deviceId` came from. Default `config`. */
+  deviceSource?: DeviceSource;
+  /** Nothing configured the id: settle it first (see {@linkcode treeIdentity}). */
+  identity?: IdentitySetup;
+  /** Write success.json / failed.json. Default true. */
+  markers?: boolean;
+  /** Store images before their rows (`--images-to`). */
+  objects?: ObjectsSetup | null;
+  /** Reconcile with the server's rows first (`--verify`). */
+  verify?: boolean;
+  /** Aborting interrupts the run: no new batch starts, in-flight ones get `graceMs`. */
+  signal?: AbortSignal;
+  onEvent?: (event: EngineEvent) => void;
+  /** Counters to update (so a progress display can read them). */
+  counters?: RunCounters;
+  /** How long in-flight batches may finish after an interruption. Default 10 s. */
+  graceMs?: number;
+  /** Client-side statement timeout (ms). Default 10 minutes. */
+  statementTimeoutMs?: number;
+  /** How long to wait at the end for folders still being written. Default: 2 x min-age. */
+  settleDeadlineMs?: number;
+  /** Walk the tree on worker threads, in parallel with the rest. Default true. */
+  scanInWorker?: boolean;
+  /** The clock. */
+  now?: () => number;
+}
+
+/**
+ * Scans `basePath`, and in `upload` mode uploads every new or changed folder.
+ *
+ * Never throws for a folder's problem; those are counted, recorded and reported.
+ *
+ * @throws {UploadError} `usage` when the base path is not a readable folder (before
+ *   anything is recorded).
+ */
+export function runUpload(options: UploadOptions): Promise<RunResult> {
+  checkBase(options.basePath);
+  return runEngine(
+    treeSource(options.basePath, walkConfig(options.config), { inWorker: options.scanInWorker }),
+    {
+      ...options,
+      base: options.basePath,
+      connector: options.mode === "upload" ? options.connector : undefined,
+    },
+  );
+}
+
+/**
+ * How a run on `basePath` settles a device id nothing configured (a new tracker): a walk
+ * of the tree for the id its markers record and the folders to ask the server about.
+ */
+export function treeIdentity(
+  basePath: string,
+  config: UploaderConfig,
+  adopt: boolean,
+): IdentitySetup {
+  const walk = walkConfig(config);
+  return {
+    folders: () => treeFolders(basePath, walk),
+    adopt,
+    base: basePath,
+    successMarker: config.successMarker,
+    legacyMarkers: config.legacyMarkers,
+  };
+}
+
+/** The upload units under `base`, in chunks, as the run's own walk keys them. */
+async function* treeFolders(base: string, walk: WalkConfig): AsyncGenerator<FolderSnapshot[]> {
+  for await (const items of scanFolderChunks(base, { ...walk, chunk: 1000 })) {
+    const folders: FolderSnapshot[] = [];
+    for (const item of items) if (item.kind === "folder") folders.push(item.snapshot);
+    yield folders;
+  }
+}
+
+/** What the walk needs from the configuration. */
+export function walkConfig(config: UploaderConfig): WalkConfig {
+  return {
+    imageExtensions: config.imageExtensions,
+    statsFileName: config.statsFileName,
+    markerNames: markerNames(config),
+  };
+}
+
+/**
+ * Checks that the base path is a readable folder.
+ *
+ * @throws {UploadError} `usage` naming the path and the reason.
+ */
+export function checkBase(basePath: string): void {
+  let info: Deno.FileInfo;
+  try {
+    info = Deno.statSync(basePath);
+  } catch (error) {
+    throw new UploadError("usage", `Cannot read base path ${basePath}: ${messageOf(error)}`, {
+      subject: basePath,
+      hint: "Give the folder that holds the test folders (deno task upload <base_path>)",
+    });
+  }
+  if (!info.isDirectory) {
+    throw new UploadError("usage", `Not a directory: ${basePath}`, {
+      subject: basePath,
+      hint: "Give the folder that holds the test folders, not a file in it",
+    });
+  }
+}

@@ -1,0 +1,830 @@
+/**
+ * psql sessions: long-lived `psql` processes fed statements on stdin, each statement
+ * followed by a reply trailer so the caller learns its outcome.
+ *
+ * After every statement the session sends psql's own conditional:
+ *
+ * ```
+ * <statement>;
+ * \if :ERROR
+ * \warn <token>
+ * \echo <token> err :LAST_ERROR_SQLSTATE :'LAST_ERROR_MESSAGE'
+ * \else
+ * \warn <token>
+ * \echo <token> ok :ROW_COUNT
+ * \endif
+ * ```
+ *
+ * with a random token per statement. stdout lines before the trailer are the result rows;
+ * stdout ending without a trailer means the connection is lost (psql exits with code 2 when
+ * it notices a lost connection in a script). The `\warn` marker (psql 13+) closes the
+ * statement's stderr (ERROR, DETAIL, HINT, CONTEXT lines) so an error reply can carry it.
+ *
+ * Only this file starts psql processes.
+ *
+ * @module
+ */
+
+import { UploadError } from "../../core/errors.ts";
+import {
+  classifyConnectFailure,
+  classifySqlstate,
+  connectHint,
+  type TlsSetting,
+} from "../../core/policy.ts";
+import { parseQuotedLiteral, terminateStatement } from "./psql_text.ts";
+
+/** How to reach a server with psql. Never holds a password in `args`. */
+export interface PsqlConnection {
+  /** Connection arguments for psql, e.g. `["-d", "postgresql://user@host:5432/db?sslmode=require"]`. */
+  args: string[];
+  /** Extra environment for the psql child (PGPASSWORD and friends live here, never in args). */
+  env: Record<string, string>;
+  /** What to show the user: host, port and database, never a user name or password. */
+  display: string;
+  /** How the TLS setting came about, for the hints of a failed connection. */
+  tls?: TlsSetting;
+}
+
+/** The outcome of one statement: {@linkcode StatementOk} or {@linkcode StatementError}. */
+export type StatementReply = StatementOk | StatementError;
+
+/** A statement that succeeded. */
+export interface StatementOk {
+  ok: true;
+  /** Result lines (`-A -t` format: columns joined by `|`, nulls empty). */
+  rows: string[];
+  /** psql's `:ROW_COUNT`: rows returned or affected. */
+  rowCount: number;
+}
+
+/** A statement the server refused. */
+export interface StatementError {
+  ok: false;
+  /** Result lines printed before the error (usually none). */
+  rows: string[];
+  /** The server's SQLSTATE (`:LAST_ERROR_SQLSTATE`), e.g. `23505`. */
+  sqlstate: string;
+  /** The primary message (`:LAST_ERROR_MESSAGE`), possibly several lines. */
+  message: string;
+  /** psql's stderr for the statement (ERROR, DETAIL, HINT, CONTEXT); psql 13+ only. */
+  stderr?: string;
+}
+
+/** Options for {@linkcode PsqlSession.start}. */
+export interface PsqlSessionOptions {
+  /** The psql binary. Default: `psql` on PATH. */
+  psqlPath?: string;
+  /**
+   * Seconds libpq waits for a connection (`PGCONNECT_TIMEOUT`). Default: the connection's
+   * own `PGCONNECT_TIMEOUT`, else 10.
+   */
+  connectTimeoutSeconds?: number;
+}
+
+/** Options for {@linkcode PsqlSession.run}. */
+export interface RunOptions {
+  /**
+   * Milliseconds to wait for the reply; when it passes psql is killed and the call throws
+   * `transient`. The server may go on running the statement until it notices the client
+   * is gone. Default: no limit.
+   */
+  timeoutMs?: number;
+  /**
+   * The text is a psql script of several statements, sent as it is (not checked to be one
+   * statement): the reply is that of the last statement it ran, and when that failed the
+   * session sends `rollback` after the reply, ending a transaction the script opened.
+   * `buildUpsertScript` (lib/sink/postgres/sql.ts) makes such scripts. Default false.
+   */
+  script?: boolean;
+}
+
+/** Bytes of stderr a session keeps for error messages. */
+export const STDERR_TAIL_BYTES = 4096;
+
+/** Most stderr characters kept for one statement's error reply. */
+const STATEMENT_STDERR_CHARS = 16_384;
+
+/** The application name sessions report to the server (`pg_stat_activity`). */
+export const APPLICATION_NAME = "folder-uploader";
+
+const INSTALL_HINT =
+  "Install the PostgreSQL client: `apt-get install postgresql-client` (Debian/Ubuntu), " +
+  "`brew install libpq` (macOS), or pass the path of psql";
+
+const MIN_PSQL_MAJOR = 12;
+
+const ENCODER = new TextEncoder();
+
+/** How {@linkcode outsideGroup} keeps a child out of the caller's process group. */
+export type Detachment = "detached" | "setsid" | "none";
+
+let detachment: Detachment | undefined;
+
+/**
+ * How children are started outside the caller's process group, so that a terminal's
+ * Ctrl-C or a service manager's stop (which signal every process of the group) reaches
+ * the uploader alone, and the uploader decides what its psql sessions do: a psql given
+ * SIGINT cancels its statement and goes on reading the rest of its script as SQL, and one
+ * given SIGTERM dies under the batch it was sending.
+ *
+ * - `detached`: Deno 2.4 and later start the child in a new session (setsid(2)).
+ * - `setsid`: older Deno, with util-linux's `setsid` program on PATH in front of the child
+ *   (it calls setsid(2) and runs the child in its place, so the pid is the child's).
+ * - `none`: neither; the child shares the caller's process group.
+ */
+export function detachmentMethod(): Detachment {
+  if (detachment !== undefined) return detachment;
+  const [major, minor] = Deno.version.deno.split(".").map(Number);
+  if (Deno.build.os === "windows") detachment = "none";
+  else if (major > 2 || (major === 2 && minor >= 4)) detachment = "detached";
+  else detachment = findOnPath("setsid") ? "setsid" : "none";
+  return detachment;
+}
+
+/** Whether an executable `name` is in one of PATH's directories. */
+function findOnPath(name: string): boolean {
+  for (const dir of (Deno.env.get("PATH") ?? "").split(":")) {
+    if (dir === "") continue;
+    try {
+      const info = Deno.statSync(`${dir}/${name}`);
+      if (info.isFile && ((info.mode ?? 0) & 0o111) !== 0) return true;
+    } catch (_error) {
+      // Not in this directory (or not readable): look in the next one.
+    }
+  }
+  return false;
+}
+
+/**
+ * A command for `program` that runs outside the caller's process group, by `method`
+ * (default: {@linkcode detachmentMethod}'s choice for this runtime).
+ */
+export function outsideGroup(
+  program: string,
+  options: Deno.CommandOptions,
+  method: Detachment = detachmentMethod(),
+): Deno.Command {
+  switch (method) {
+    case "detached":
+      return new Deno.Command(program, { ...options, detached: true });
+    case "setsid":
+      return new Deno.Command("setsid", {
+        ...options,
+        args: [program, ...(options.args ?? [])],
+      });
+    default:
+      return new Deno.Command(program, options);
+  }
+}
+
+/**
+ * Checks that psql can be run and is recent enough (12+); returns its version line.
+ *
+ * @throws UploadError `config` with an install hint when psql is missing, cannot be
+ *   run, or is older than 12.
+ *
+ * @example
+ * ```ts
+ * await checkPsql(); // "psql (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)"
+ * ```
+ */
+export async function checkPsql(psqlPath = "psql"): Promise<string> {
+  let output: Deno.CommandOutput;
+  try {
+    output = await outsideGroup(psqlPath, {
+      args: ["--version"],
+      stdin: "null",
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+  } catch (error) {
+    throw spawnError(psqlPath, error);
+  }
+  const text = new TextDecoder().decode(output.stdout).trim();
+  if (!output.success) {
+    throw new UploadError("config", `Cannot run ${psqlPath} --version: exit code ${output.code}`, {
+      hint: INSTALL_HINT,
+    });
+  }
+  const major = psqlMajor(text);
+  if (major === undefined || major < MIN_PSQL_MAJOR) {
+    throw new UploadError(
+      "config",
+      `psql ${MIN_PSQL_MAJOR} or newer is required: ${psqlPath} says ${JSON.stringify(text)}`,
+      { hint: INSTALL_HINT },
+    );
+  }
+  return text;
+}
+
+function psqlMajor(versionLine: string): number | undefined {
+  const match = versionLine.match(/\(PostgreSQL\)\s+(\d+)/);
+  return match ? Number(match[1]) : undefined;
+}
+
+function spawnError(psqlPath: string, error: unknown): UploadError {
+  if (error instanceof Deno.errors.NotFound) {
+    return new UploadError("config", `psql was not found: ${psqlPath}`, {
+      hint: INSTALL_HINT,
+      cause: error,
+    });
+  }
+  if (error instanceof Deno.errors.PermissionDenied) {
+    return new UploadError("config", `Cannot run psql (${psqlPath}): permission denied`, {
+      hint: "Allow running psql (deno run --allow-run) and check the file's permissions",
+      cause: error,
+    });
+  }
+  return new UploadError("fatal", `Cannot start psql (${psqlPath}): ${String(error)}`, {
+    cause: error,
+  });
+}
+
+const psqlVersionCache = new Map<string, Promise<number | undefined>>();
+
+/** psql's major version, asked once per binary; a failure is not cached. */
+function cachedPsqlMajor(psqlPath: string): Promise<number | undefined> {
+  let version = psqlVersionCache.get(psqlPath);
+  if (version === undefined) {
+    version = checkPsql(psqlPath).then(psqlMajor, (error) => {
+      psqlVersionCache.delete(psqlPath);
+      throw error;
+    });
+    psqlVersionCache.set(psqlPath, version);
+  }
+  return version;
+}
+
+/**
+ * Streams the result of `COPY (<query>) TO STDOUT` through a psql process, one decoded row
+ * (its text columns) at a time, without holding the result in memory. The query is sent on
+ * psql's stdin; rows are read as psql writes them.
+ *
+ * @throws UploadError `transient` or `config` (as for {@linkcode PsqlSession.start}) when
+ *   psql cannot connect; `config` naming the SQLSTATE-less message when the server refuses
+ *   the query; `interrupted` when `signal` aborts.
+ */
+export async function copyOut(
+  conn: PsqlConnection,
+  query: string,
+  onRow: (columns: (string | null)[]) => void,
+  options: { psqlPath?: string; signal?: AbortSignal } = {},
+): Promise<number> {
+  const psqlPath = options.psqlPath ?? "psql";
+  let child: Deno.ChildProcess;
+  try {
+    child = outsideGroup(psqlPath, {
+      // -w: never prompt for a password (outside the terminal's session psql would read
+      // the prompt's answer from its stdin, the script).
+      args: ["-X", "-q", "-w", "-v", "ON_ERROR_STOP=1", ...conn.args],
+      env: {
+        PGAPPNAME: APPLICATION_NAME,
+        ...conn.env,
+        PGCONNECT_TIMEOUT: conn.env.PGCONNECT_TIMEOUT ?? "10",
+        PGCLIENTENCODING: "UTF8",
+        LC_ALL: "C",
+      },
+      stdin: "piped",
+      stdout: "piped",
+      stderr: "piped",
+    }).spawn();
+  } catch (error) {
+    throw spawnError(psqlPath, error);
+  }
+  const onAbort = () => {
+    try {
+      child.kill("SIGKILL");
+    } catch (_error) {
+      // Already exited: nothing to stop.
+    }
+  };
+  options.signal?.addEventListener("abort", onAbort, { once: true });
+  const stderr = new Response(child.stderr).text();
+  const writer = child.stdin.getWriter();
+  await writer.write(ENCODER.encode(`COPY (${query}) TO STDOUT;\n`)).catch(() => {
+    // psql exited before reading its input: its exit status and stderr say why.
+  });
+  await writer.close().catch(() => {
+    // As above.
+  });
+  let rows = 0;
+  const lines = new LineReader(child.stdout);
+  try {
+    for (;;) {
+      const line = await lines.next();
+      if (line === null) break;
+      onRow(line.split("\t").map(decodeCopyText));
+      rows++;
+    }
+  } finally {
+    options.signal?.removeEventListener("abort", onAbort);
+  }
+  const status = await child.status;
+  const text = (await stderr).trim().replace(/^psql: error: /, "");
+  if (options.signal?.aborted) {
+    throw new UploadError("interrupted", `Interrupted while reading rows from ${conn.display}`);
+  }
+  if (!status.success) {
+    const kind = status.code === 2 ? classifyConnectFailure(text) : "config";
+    throw new UploadError(
+      kind,
+      `Cannot read rows from ${conn.display}: ${text || `psql exited with code ${status.code}`}`,
+      {
+        hint: connectHint(kind, text, conn),
+      },
+    );
+  }
+  return rows;
+}
+
+/** One column of COPY's text format: `\N` is null; backslash escapes are undone. */
+export function decodeCopyText(field: string): string | null {
+  if (field === "\\N") return null;
+  if (!field.includes("\\")) return field;
+  return field.replace(/\\(.)/g, (_, c: string) => COPY_ESCAPES[c] ?? c);
+}
+
+const COPY_ESCAPES: Record<string, string> = {
+  b: "\b",
+  f: "\f",
+  n: "\n",
+  r: "\r",
+  t: "\t",
+  v: "\v",
+};
+
+/**
+ * Runs psql on a connection with the terminal's stdin, stdout and stderr (for
+ * `deno task sql`); returns psql's exit code. Ctrl-C goes to psql (cancelling its query)
+ * and does not end this process while psql runs.
+ *
+ * @throws UploadError `config` when psql cannot be found or run.
+ */
+export async function runPsqlInteractive(
+  conn: PsqlConnection,
+  extraArgs: string[],
+  options: { psqlPath?: string } = {},
+): Promise<number> {
+  const psqlPath = options.psqlPath ?? "psql";
+  let child: Deno.ChildProcess;
+  try {
+    child = new Deno.Command(psqlPath, {
+      args: [...conn.args, ...extraArgs],
+      env: { PGAPPNAME: APPLICATION_NAME, ...conn.env },
+      stdin: "inherit",
+      stdout: "inherit",
+      stderr: "inherit",
+    }).spawn();
+  } catch (error) {
+    throw spawnError(psqlPath, error);
+  }
+  const ignoreInterrupt = () => {/* psql handles Ctrl-C itself (cancels the query) */};
+  const listening = Deno.build.os !== "windows";
+  if (listening) Deno.addSignalListener("SIGINT", ignoreInterrupt);
+  try {
+    return (await child.status).code;
+  } finally {
+    if (listening) Deno.removeSignalListener("SIGINT", ignoreInterrupt);
+  }
+}
+
+/** Splits a byte stream into text lines. */
+class LineReader {
+  readonly #reader: ReadableStreamDefaultReader<Uint8Array>;
+  readonly #decoder = new TextDecoder();
+  #pending = "";
+  #lines: string[] = [];
+  #next = 0;
+  #done = false;
+
+  constructor(stream: ReadableStream<Uint8Array>) {
+    this.#reader = stream.getReader();
+  }
+
+  /** The next complete line without its `\n`; null at the end (a partial last line is dropped). */
+  async next(): Promise<string | null> {
+    while (this.#next >= this.#lines.length) {
+      if (this.#done) return null;
+      const { value, done } = await this.#reader.read();
+      if (done) {
+        this.#done = true;
+        this.#pending = "";
+        continue;
+      }
+      const text = this.#pending + this.#decoder.decode(value, { stream: true });
+      const lines = text.split("\n");
+      this.#pending = lines.pop() ?? "";
+      this.#lines = lines;
+      this.#next = 0;
+    }
+    return this.#lines[this.#next++];
+  }
+
+  /** Reads and discards everything up to the end of the stream. */
+  async drain(): Promise<void> {
+    while (!this.#done) {
+      const { done } = await this.#reader.read();
+      if (done) this.#done = true;
+    }
+    this.#lines = [];
+  }
+}
+
+/** One statement's stderr, collected until its `\warn` marker. */
+interface StderrCollector {
+  marker: string;
+  text: string;
+  finished: boolean;
+  done: Promise<string>;
+  resolve: (text: string) => void;
+}
+
+/**
+ * One long-lived psql process. Statements are sent one at a time: calls to
+ * {@linkcode run} made while another is in flight wait in an internal queue, in call
+ * order. Once the connection is lost or a statement timed out the session is dead
+ * ({@linkcode alive} false) and every later call throws `transient`; start a new one.
+ *
+ * ```ts
+ * const session = await PsqlSession.start(conn);
+ * try {
+ *   const reply = await session.run("select 1");
+ * } finally {
+ *   await session.close();
+ * }
+ * ```
+ */
+export class PsqlSession {
+  readonly #child: Deno.ChildProcess;
+  readonly #stdin: WritableStreamDefaultWriter<Uint8Array>;
+  readonly #stdout: LineReader;
+  readonly #display: string;
+  readonly #secrets: string[];
+  readonly #markers: boolean;
+  readonly #stderrDone: Promise<void>;
+  readonly #status: Promise<Deno.CommandStatus>;
+  #stderrTail: string[] = [];
+  #stderrTailChars = 0;
+  #collectors: StderrCollector[] = [];
+  #queue: Promise<unknown> = Promise.resolve();
+  #alive = true;
+  #closing = false;
+  #timedOut = false;
+  #timeoutMs = 0;
+  #statementTimeout: string | undefined;
+  #exitCode: number | undefined;
+  /** The signal that ended psql, if one did (a service manager stopping every process). */
+  #exitSignal: Deno.Signal | null = null;
+  #stdinClosed = false;
+
+  private constructor(
+    child: Deno.ChildProcess,
+    conn: PsqlConnection,
+    markers: boolean,
+  ) {
+    this.#child = child;
+    this.#stdin = child.stdin.getWriter();
+    this.#stdout = new LineReader(child.stdout);
+    this.#display = conn.display;
+    this.#secrets = Object.entries(conn.env)
+      .filter(([name, value]) => /PASSWORD|SECRET|TOKEN/i.test(name) && value.length >= 3)
+      .map(([, value]) => value);
+    this.#markers = markers;
+    this.#stderrDone = this.#drainStderr(child.stderr);
+    this.#status = child.status.then((status) => {
+      this.#exitCode = status.code;
+      this.#exitSignal = status.signal;
+      return status;
+    });
+  }
+
+  /**
+   * Starts psql on a connection and proves it with a probe that also reads the server's
+   * `statement_timeout` (for error messages). A probe the server answers with an error
+   * still proves the connection unless the error is about the connection itself: a probe
+   * cancelled by a very short `statement_timeout` is a working session, not an outage.
+   *
+   * @throws UploadError `transient` when the server refused, could not be reached, timed
+   *   out, has too many connections or is starting up or shutting down; `config` for a
+   *   failed authentication, a missing role or database, a malformed URL or a missing
+   *   psql. The message holds psql's own (never a password).
+   */
+  static async start(conn: PsqlConnection, options: PsqlSessionOptions = {}): Promise<PsqlSession> {
+    const psqlPath = options.psqlPath ?? "psql";
+    const major = await cachedPsqlMajor(psqlPath);
+    const connectTimeout = options.connectTimeoutSeconds ?? conn.env.PGCONNECT_TIMEOUT ?? 10;
+    let child: Deno.ChildProcess;
+    try {
+      child = outsideGroup(psqlPath, {
+        // -w: never prompt for a password (outside the terminal's session psql would read
+        // the prompt's answer from its stdin, the first statement).
+        args: ["-X", "-q", "-w", "-A", "-t", "-v", "ON_ERROR_STOP=0", ...conn.args],
+        env: {
+          PGAPPNAME: APPLICATION_NAME,
+          ...conn.env,
+          PGCONNECT_TIMEOUT: String(connectTimeout),
+          // The reply protocol is read as UTF-8, and psql's own messages are matched in English.
+          PGCLIENTENCODING: "UTF8",
+          LC_ALL: "C",
+        },
+        stdin: "piped",
+        stdout: "piped",
+        stderr: "piped",
+      }).spawn();
+    } catch (error) {
+      throw spawnError(psqlPath, error);
+    }
+    const session = new PsqlSession(child, conn, major !== undefined && major >= 13);
+    let reply: StatementReply;
+    try {
+      reply = await session.run("select 1, current_setting('statement_timeout')", {
+        timeoutMs: (Number(connectTimeout) + 20) * 1000,
+      });
+    } catch (error) {
+      // A psql ended by a signal it did not get from us (SIGTERM to every process of a
+      // service) says nothing about the server or the settings: transient, as a lost session.
+      const signalled = session.#exitSignal !== null && !session.#closing;
+      await session.kill();
+      const stderr = session.#connectMessage();
+      const kind = session.#timedOut || signalled ? "transient" : classifyConnectFailure(stderr);
+      throw new UploadError(
+        kind,
+        `Cannot connect to ${conn.display}: ${stderr || (error as Error).message}`,
+        { cause: error, hint: connectHint(kind, stderr, conn) },
+      );
+    }
+    if (reply.ok && reply.rows.length === 1 && reply.rows[0].startsWith("1|")) {
+      session.#statementTimeout = reply.rows[0].slice(2);
+      return session;
+    }
+    if (!reply.ok && classifySqlstate(reply.sqlstate) === "timeout") return session;
+    await session.kill();
+    if (!reply.ok) {
+      const kind = classifySqlstate(reply.sqlstate);
+      throw new UploadError(
+        kind === "transient" ? "transient" : "config",
+        `Cannot use the connection to ${conn.display}: ${reply.sqlstate}: ${reply.message}`,
+        { sqlstate: reply.sqlstate },
+      );
+    }
+    throw new UploadError(
+      "fatal",
+      `Unexpected reply to the connection probe on ${conn.display}: ${JSON.stringify(reply)}`,
+    );
+  }
+
+  /** The server's `statement_timeout` as the probe read it (`0` is none), when known. */
+  get statementTimeout(): string | undefined {
+    return this.#statementTimeout;
+  }
+
+  /** Whether psql is running and the connection was not lost. */
+  get alive(): boolean {
+    return this.#alive;
+  }
+
+  /** psql's exit code once it has exited, else undefined. */
+  get exitCode(): number | undefined {
+    return this.#exitCode;
+  }
+
+  /** psql's process id. */
+  get pid(): number {
+    return this.#child.pid;
+  }
+
+  /** The last few KiB of psql's stderr (errors, DETAIL, HINT, NOTICE), secrets redacted. */
+  stderrTail(): string {
+    return this.#redact(this.#stderrTail.join("\n"));
+  }
+
+  /**
+   * Sends one statement (terminated with `;` when it is not) and waits for its reply. SQL
+   * errors are replies (`ok: false`), not exceptions; read their kind with
+   * `classifySqlstate` (lib/core/policy.ts).
+   *
+   * @throws UploadError `transient` when the connection is lost, `timeout` when the
+   *   timeout passes (the session is dead after either); `fatal` for SQL that is not exactly one complete
+   *   statement (see `terminateStatement` in lib/sink/postgres/psql_text.ts).
+   */
+  run(sql: string, options: RunOptions = {}): Promise<StatementReply> {
+    const reply = this.#queue.then(() => this.#runNow(sql, options));
+    // The queue only orders calls; each caller gets its own outcome from `reply`.
+    this.#queue = reply.catch(() => undefined);
+    return reply;
+  }
+
+  async #runNow(sql: string, options: RunOptions): Promise<StatementReply> {
+    const statement = options.script ? scriptText(sql) : terminateStatement(sql);
+    if (!this.#alive) {
+      throw new UploadError("transient", `The psql session to ${this.#display} is closed`);
+    }
+    const token = `@@reply-${crypto.randomUUID().replaceAll("-", "")}`;
+    const collector = this.#markers ? this.#collect(`${token} stderr`) : undefined;
+    const marker = collector ? `\\warn ${collector.marker}\n` : "";
+    const text = `${statement}\\if :ERROR\n${marker}` +
+      `\\echo ${token} err :LAST_ERROR_SQLSTATE :'LAST_ERROR_MESSAGE'\n` +
+      `\\else\n${marker}\\echo ${token} ok :ROW_COUNT\n\\endif\n` +
+      (options.script ? `\\if :ERROR\nrollback;\n\\endif\n` : "");
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    if (options.timeoutMs !== undefined) {
+      timer = setTimeout(() => {
+        this.#timedOut = true;
+        this.#timeoutMs = options.timeoutMs ?? 0;
+        this.#killProcess();
+      }, options.timeoutMs);
+    }
+    try {
+      // Read while writing: a large result must not block psql while we still write.
+      const written = this.#stdin.write(ENCODER.encode(text)).then(
+        () => undefined,
+        (error: unknown) => error, // psql died; the read below sees the end of output
+      );
+      const reply = await this.#readReply(token, collector);
+      await written;
+      return options.script ? causeOfAbort(reply) : reply;
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  async #readReply(token: string, collector?: StderrCollector): Promise<StatementReply> {
+    const rows: string[] = [];
+    const okPrefix = `${token} ok `;
+    const errPrefix = `${token} err `;
+    for (;;) {
+      const line = await this.#stdout.next();
+      if (line === null) throw await this.#lost();
+      if (line.startsWith(okPrefix)) {
+        // Wait for the statement's stderr too, so stderrTail() holds its notices.
+        if (collector) await collector.done;
+        return { ok: true, rows, rowCount: Number(line.slice(okPrefix.length)) };
+      }
+      if (line.startsWith(errPrefix)) {
+        const rest = line.slice(errPrefix.length);
+        const space = rest.indexOf(" ");
+        const sqlstate = space < 0 ? rest : rest.slice(0, space);
+        let literal = space < 0 ? "''" : rest.slice(space + 1);
+        let message = parseQuotedLiteral(literal);
+        while (message === undefined) {
+          const more = await this.#stdout.next();
+          if (more === null) throw await this.#lost();
+          literal += `\n${more}`;
+          message = parseQuotedLiteral(literal);
+        }
+        const reply: StatementError = { ok: false, rows, sqlstate, message };
+        if (collector) reply.stderr = this.#redact((await collector.done).trimEnd());
+        return reply;
+      }
+      rows.push(line);
+    }
+  }
+
+  /** Marks the session dead and builds the error for a lost connection or a timeout. */
+  async #lost(): Promise<UploadError> {
+    this.#alive = false;
+    await this.#status;
+    await this.#stderrDone;
+    const tail = this.stderrTail().trim();
+    if (this.#timedOut) {
+      return new UploadError(
+        "timeout",
+        `No reply within ${formatSeconds(this.#timeoutMs)} s from ${this.#display}; psql was ` +
+          `stopped (the client's own statement timeout)`,
+      );
+    }
+    if (this.#closing) {
+      return new UploadError("transient", `The psql session to ${this.#display} was closed`);
+    }
+    const detail = tail === "" ? `psql exited with code ${this.#exitCode}` : tail;
+    return new UploadError(
+      "transient",
+      `Connection to ${this.#display} lost: ${detail}`,
+    );
+  }
+
+  /** psql's connection error, without its `psql: error: ` prefix. */
+  #connectMessage(): string {
+    return this.stderrTail().trim().replace(/^psql: error: /, "");
+  }
+
+  #collect(marker: string): StderrCollector {
+    let resolve!: (text: string) => void;
+    const done = new Promise<string>((r) => resolve = r);
+    const collector = { marker, text: "", finished: false, done, resolve };
+    this.#collectors.push(collector);
+    return collector;
+  }
+
+  async #drainStderr(stream: ReadableStream<Uint8Array>): Promise<void> {
+    const lines = new LineReader(stream);
+    for (;;) {
+      const line = await lines.next();
+      if (line === null) break;
+      const current = this.#collectors[0];
+      if (current && line === current.marker) {
+        this.#collectors.shift();
+        current.finished = true;
+        current.resolve(current.text);
+        continue;
+      }
+      if (current && current.text.length < STATEMENT_STDERR_CHARS) {
+        current.text += `${line}\n`;
+      }
+      this.#stderrTail.push(line);
+      this.#stderrTailChars += line.length + 1;
+      while (this.#stderrTailChars > STDERR_TAIL_BYTES && this.#stderrTail.length > 1) {
+        this.#stderrTailChars -= (this.#stderrTail.shift() as string).length + 1;
+      }
+    }
+    for (const collector of this.#collectors) collector.resolve(collector.text);
+    this.#collectors = [];
+  }
+
+  #redact(text: string): string {
+    let result = text;
+    for (const secret of this.#secrets) result = result.replaceAll(secret, "********");
+    return result;
+  }
+
+  #killProcess(): void {
+    this.#alive = false;
+    if (this.#exitCode !== undefined) return;
+    try {
+      this.#child.kill("SIGKILL");
+    } catch (error) {
+      // The process exited between the check and the kill: nothing left to stop.
+      if (!(error instanceof TypeError)) throw error;
+    }
+  }
+
+  async #closeStdin(): Promise<void> {
+    if (this.#stdinClosed) return;
+    this.#stdinClosed = true;
+    try {
+      await this.#stdin.close();
+    } catch (error) {
+      // psql exited first (broken pipe, or the stream errored on a failed write): the
+      // documented expected case; anything else is a bug.
+      if (!(error instanceof Deno.errors.BrokenPipe || error instanceof TypeError)) throw error;
+    }
+  }
+
+  async #finish(): Promise<void> {
+    await this.#closeStdin();
+    await this.#status;
+    await this.#stderrDone;
+    await this.#stdout.drain();
+  }
+
+  /**
+   * Waits for queued statements, ends psql's input and waits for it to exit. Harmless
+   * on a dead or already closed session.
+   */
+  async close(): Promise<void> {
+    this.#closing = true;
+    await this.#queue;
+    this.#alive = false;
+    await this.#finish();
+  }
+
+  /**
+   * Kills psql at once (SIGKILL) and waits for it to exit; a statement in flight throws
+   * `transient`, queued ones too.
+   */
+  async kill(): Promise<void> {
+    this.#closing = true;
+    this.#killProcess();
+    await this.#queue;
+    await this.#finish();
+  }
+
+  /** `await using session = await PsqlSession.start(conn)` closes it at the end of the scope. */
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.close();
+  }
+}
+
+/** A script's text ending with a newline, so the reply trailer starts on a line of its own. */
+/**
+ * A script's reply blamed on the statement after a failed COPY (25P02, "current transaction
+ * is aborted"): psql leaves `:ERROR` false after a COPY the server refused, so the reply
+ * names the next statement. The COPY's own SQLSTATE and message are in its stderr when the
+ * script set `VERBOSITY verbose` for it (`ERROR:  57014: canceling statement ...`).
+ */
+function causeOfAbort(reply: StatementReply): StatementReply {
+  if (reply.ok || reply.sqlstate !== "25P02" || reply.stderr === undefined) return reply;
+  const cause = reply.stderr.match(/^ERROR:\s+([0-9A-Z]{5}):\s+(.*)$/m);
+  if (cause === null || cause[1] === "25P02") return reply;
+  return { ...reply, sqlstate: cause[1], message: cause[2] };
+}
+
+function scriptText(script: string): string {
+  return script.endsWith("\n") ? script : `${script}\n`;
+}
+
+/** Milliseconds as seconds for a message: one decimal below 10 s. */
+function formatSeconds(ms: number): string {
+  return ms < 10_000 ? (ms / 1000).toFixed(1) : String(Math.round(ms / 1000));
+}
