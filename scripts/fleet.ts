@@ -7,7 +7,7 @@
  */
 
 import { EXIT, UploadError } from "../lib/core/errors.ts";
-import { runMain } from "../lib/cli/cli.ts";
+import { runMain } from "../lib/cli/main.ts";
 import { connectorFor } from "../lib/target/connect.ts";
 import {
   fleetExitCode,

@@ -9,15 +9,11 @@
 import { localDeviceId } from "../lib/target/device.ts";
 import type { DeviceSource } from "../lib/target/identity.ts";
 import { EXIT, messageOf, UploadError } from "../lib/core/errors.ts";
-import {
-  fromCaller,
-  handleStopSignals,
-  objectStoreFor,
-  parseQuickCommand,
-  quickHelp,
-  runMain,
-  targetLine,
-} from "../lib/cli/cli.ts";
+import { fromCaller } from "../lib/cli/parse.ts";
+import { handleStopSignals } from "../lib/cli/signals.ts";
+import { objectStoreFor, runMain, targetLine } from "../lib/cli/main.ts";
+import { parseQuickCommand } from "../lib/cli/commands.ts";
+import { quickHelp } from "../lib/cli/help.ts";
 import { connectorFor } from "../lib/target/connect.ts";
 import { type EngineEvent, newCounters } from "../lib/core/events.ts";
 import { checkPsql } from "../lib/sink/postgres/psql.ts";

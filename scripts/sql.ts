@@ -7,7 +7,9 @@
  */
 
 import { EXIT, UploadError } from "../lib/core/errors.ts";
-import { parseSqlCommand, runMain, sqlHelp } from "../lib/cli/cli.ts";
+import { parseSqlCommand } from "../lib/cli/commands.ts";
+import { runMain } from "../lib/cli/main.ts";
+import { sqlHelp } from "../lib/cli/help.ts";
 import { connectorFor } from "../lib/target/connect.ts";
 import { runPsqlInteractive } from "../lib/sink/postgres/psql.ts";
 import { resolveTarget } from "../lib/target/target.ts";

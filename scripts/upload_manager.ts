@@ -7,14 +7,10 @@
  */
 
 import { EXIT, UploadError } from "../lib/core/errors.ts";
-import {
-  handleStopSignals,
-  objectStoreFor,
-  parseUploadCommand,
-  runMain,
-  targetLine,
-  uploadHelp,
-} from "../lib/cli/cli.ts";
+import { handleStopSignals } from "../lib/cli/signals.ts";
+import { objectStoreFor, runMain, targetLine } from "../lib/cli/main.ts";
+import { parseUploadCommand } from "../lib/cli/commands.ts";
+import { uploadHelp } from "../lib/cli/help.ts";
 import { connectorFor } from "../lib/target/connect.ts";
 import { newCounters, type RunMode } from "../lib/core/events.ts";
 import { checkBase, type ManagerMode, runUpload, treeIdentity } from "../lib/engine/upload.ts";

@@ -18,7 +18,7 @@ import { healthRef } from "./health.ts";
 import { type PsqlConnection, PsqlSession } from "../sink/postgres/psql.ts";
 import { sqlLiteral, tableRef } from "../sink/postgres/sql.ts";
 import { UNKNOWN_DEVICE } from "../sink/postgres/schema.ts";
-import { fromCaller, parseFlags } from "../cli/cli.ts";
+import { fromCaller, parseFlags } from "../cli/parse.ts";
 
 /** One device as the fleet report shows it. */
 export interface FleetDevice {

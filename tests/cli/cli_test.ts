@@ -10,12 +10,10 @@ import assert from "node:assert/strict";
 import { DatabaseSync } from "node:sqlite";
 import { join } from "node:path";
 import { DEFAULT_CONFIG } from "../../config.ts";
-import {
-  parseUploadCommand,
-  SIGNAL_COPIES_MS,
-  StopRequests,
-  uploadHelp,
-} from "../../lib/cli/cli.ts";
+import { parseUploadCommand } from "../../lib/cli/commands.ts";
+import { flagsOf } from "../../lib/cli/flags.ts";
+import { SIGNAL_COPIES_MS, StopRequests } from "../../lib/cli/signals.ts";
+import { uploadHelp } from "../../lib/cli/help.ts";
 import { UploadError } from "../../lib/core/errors.ts";
 import { type CliResult, describeRun, runUploadCli, summaryOf } from "../../support/cli.ts";
 import { hasPostgres, startPostgres, TEST_PASSWORD } from "../../support/postgres.ts";
@@ -211,30 +209,7 @@ Deno.test("parseUploadCommand: a bad environment variable is a configuration err
 
 Deno.test("uploadHelp documents every flag and the exit codes", () => {
   const help = uploadHelp();
-  for (
-    const flag of [
-      "--scan-only",
-      "--status",
-      "--dry-run",
-      "--batch-size",
-      "--max-retries",
-      "--db-path",
-      "--db-url",
-      "--parallel",
-      "--min-age",
-      "--give-up-after",
-      "--batch-delay",
-      "--connect-timeout",
-      "--watch",
-      "--rescan-every",
-      "--moved-from",
-      "--no-markers",
-      "--json",
-      "--quiet",
-      "--help",
-      "SUPABASE_DB_URL",
-    ]
-  ) {
+  for (const flag of [...flagsOf("upload").map((f) => `--${f.name}`), "SUPABASE_DB_URL"]) {
     assert.ok(help.includes(flag), flag);
   }
   assert.match(help, /0 all done/);

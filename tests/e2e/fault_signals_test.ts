@@ -10,7 +10,7 @@ import assert from "node:assert/strict";
 import { join } from "node:path";
 import { hasPostgres, type PgServer, startPostgres } from "../../support/postgres.ts";
 import { generateTree } from "../../support/tree.ts";
-import { SIGNAL_COPIES_MS } from "../../lib/cli/cli.ts";
+import { SIGNAL_COPIES_MS } from "../../lib/cli/signals.ts";
 import {
   assertTableMatches,
   assertTrackerComplete,

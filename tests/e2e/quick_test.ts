@@ -13,7 +13,7 @@ import { join } from "node:path";
 import { acquireLock } from "../../lib/tracker/tracker.ts";
 import { folderKeyFor, readLines } from "../../lib/engine/quick.ts";
 import { localDeviceId, nameBasedUuid } from "../../lib/target/device.ts";
-import { parseQuickCommand } from "../../lib/cli/cli.ts";
+import { parseQuickCommand } from "../../lib/cli/commands.ts";
 import { UploadError } from "../../lib/core/errors.ts";
 import {
   type CliResult,

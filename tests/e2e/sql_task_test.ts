@@ -8,7 +8,7 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { startEmbedded } from "../../lib/target/embedded.ts";
-import { parseSqlCommand } from "../../lib/cli/cli.ts";
+import { parseSqlCommand } from "../../lib/cli/commands.ts";
 import { type CliResult, describeRun, REPO_ROOT, runUploadCli } from "../../support/cli.ts";
 import { hasPostgres, startPostgres, TEST_PASSWORD } from "../../support/postgres.ts";
 import { removeTree } from "../../support/tree.ts";

@@ -19,7 +19,7 @@ import {
   unreachableHint,
 } from "../../lib/target/target.ts";
 import { connectorFor } from "../../lib/target/connect.ts";
-import { errorEvent, targetLine } from "../../lib/cli/cli.ts";
+import { errorEvent, targetLine } from "../../lib/cli/main.ts";
 import { exitCodeFor } from "../../lib/core/errors.ts";
 import { oneLine } from "../../lib/cli/progress.ts";
 import { seededRandom } from "../../support/run.ts";
