@@ -37,12 +37,12 @@ export { actionFor, classifySqlstate, type ErrorAction } from "./lib/core/policy
 export {
   type FolderSnapshot,
   isImageName,
-  scanFolders,
   type ScanItem,
   type ScanOptions,
   type ScanProblem,
   snapshotFolder,
-} from "./lib/source/scan.ts";
+} from "./lib/source/snapshot.ts";
+export { scanFolders } from "./lib/source/walk.ts";
 export { type FileEntry, fingerprintFiles } from "./lib/source/fingerprint.ts";
 export { decideFolder, type DiffDecision } from "./lib/plan/diff.ts";
 export { type StatusReport, Tracker } from "./lib/tracker/tracker.ts";
@@ -81,12 +81,8 @@ export {
   type RunResult,
 } from "./lib/core/events.ts";
 export { type EngineOptions, runEngine } from "./lib/engine/engine.ts";
-export {
-  type FolderSource,
-  pathSource,
-  type SourceItem,
-  treeSource,
-} from "./lib/source/sources.ts";
+export { type FolderSource, type SourceItem, treeSource } from "./lib/source/sources.ts";
+export { pathSource } from "./lib/source/paths.ts";
 export { runUpload, type UploadOptions } from "./lib/engine/upload.ts";
 export { runWatch, type WatchOptions } from "./lib/source/watch.ts";
 export { Reporter } from "./lib/cli/progress.ts";

@@ -12,7 +12,7 @@
 import { DEFAULT_CONFIG, markerNames } from "../config.ts";
 import { buildRow } from "../lib/plan/row.ts";
 import { connectionFromUrl } from "../lib/target/target.ts";
-import { scanFolders } from "../lib/source/scan.ts";
+import { scanFolders } from "../lib/source/walk.ts";
 import { type Measured, runMeasured, timeCommand } from "./proc.ts";
 
 /** The columns the upsert statement writes, in COPY order. */

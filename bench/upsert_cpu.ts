@@ -34,7 +34,7 @@ import { parseArgs } from "node:util";
 import { join } from "node:path";
 import { DEFAULT_CONFIG, markerNames } from "../config.ts";
 import { buildRow } from "../lib/plan/row.ts";
-import { scanFolders } from "../lib/source/scan.ts";
+import { scanFolders } from "../lib/source/walk.ts";
 import { buildSchemaStatements } from "../lib/sink/postgres/schema.ts";
 import {
   buildUpsertScript,

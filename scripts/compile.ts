@@ -71,7 +71,7 @@ async function main(argv: string[]): Promise<number> {
       // The folder walk and the embedded database run in workers, loaded by URL at run
       // time: bundle their modules too.
       "--include",
-      join(ROOT, "lib", "source", "scan_worker.ts"),
+      join(ROOT, "lib", "source", "walk_worker.ts"),
       "--include",
       join(ROOT, "lib", "target", "embedded_worker.ts"),
       // The empty database a new embedded one is unpacked from (lib/target/embedded_template.ts).

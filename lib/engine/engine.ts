@@ -32,7 +32,7 @@ import {
 import { Planner, SettleQueue, type SettlingFolder } from "../plan/planner.ts";
 import { type ObjectsSetup, Run } from "./run.ts";
 import { sleep } from "../core/retry.ts";
-import { snapshotFolder } from "../source/scan.ts";
+import { snapshotFolder } from "../source/snapshot.ts";
 import type { FolderSource, SourceItem } from "../source/sources.ts";
 import type { Tracker } from "../tracker/tracker.ts";
 import { countOtherDevices, finishVerify, readRemote, type RemoteReport } from "./verify.ts";

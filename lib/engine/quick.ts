@@ -15,12 +15,14 @@ import type { EngineEvent, RunCounters, RunResult } from "../core/events.ts";
 import type { DeviceSource, IdentitySetup } from "../target/identity.ts";
 import { newCounters } from "../core/events.ts";
 import { walkConfig } from "./upload.ts";
-import type { FolderSnapshot } from "../source/scan.ts";
-import { type FolderSource, pathSource } from "../source/sources.ts";
+import type { FolderSnapshot } from "../source/snapshot.ts";
+import type { FolderSource } from "../source/sources.ts";
+import { pathSource } from "../source/paths.ts";
 import type { ObjectsSetup } from "./run.ts";
 import type { Tracker } from "../tracker/tracker.ts";
 
-export { folderKeyFor, readLines } from "../source/sources.ts";
+export { folderKeyFor } from "../source/paths.ts";
+export { readLines } from "../core/lines.ts";
 
 /** Settings of {@linkcode runQuickUpload}. */
 export interface QuickOptions {

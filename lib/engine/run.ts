@@ -11,7 +11,7 @@ import { markerNames, type UploaderConfig } from "../../config.ts";
 import { messageOf, UploadError } from "../core/errors.ts";
 import type { EngineEvent, RunCounters, RunMode } from "../core/events.ts";
 import { type FailedMarker, MarkerWriter, type SuccessMarker } from "../commit/markers.ts";
-import type { FolderSnapshot } from "../source/scan.ts";
+import type { FolderSnapshot } from "../source/snapshot.ts";
 import { ActivityLog } from "../source/sources.ts";
 import type { ObjectStore } from "../objects/storage.ts";
 import type { OwedMarker, Tracker } from "../tracker/tracker.ts";

@@ -30,7 +30,7 @@ import { AwsV4Signer } from "aws4fetch";
 import { DEFAULT_CONFIG } from "../../config.ts";
 import { type ErrorKind, messageOf, UploadError } from "../core/errors.ts";
 import { backoffDelay, type BackoffOptions, sleep } from "../core/retry.ts";
-import { isImageName } from "../source/scan.ts";
+import { isImageName } from "../source/snapshot.ts";
 
 /** Where objects go: the bucket and the key prefix of `s3://BUCKET/PREFIX`. */
 export interface StorageLocation {

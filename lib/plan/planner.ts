@@ -9,9 +9,9 @@
 
 import { messageOf } from "../core/errors.ts";
 import { buildRow } from "./row.ts";
-import { isImageName } from "../source/scan.ts";
+import { isImageName } from "../source/snapshot.ts";
 import { type FolderObjectPlan, planFolderObjects } from "../objects/storage.ts";
-import type { FolderSnapshot } from "../source/scan.ts";
+import type { FolderSnapshot } from "../source/snapshot.ts";
 import type { Run } from "../engine/run.ts";
 import { decideFolder } from "./diff.ts";
 import type { ScanDecision } from "../tracker/tracker.ts";

@@ -9,8 +9,8 @@ import { createHash } from "node:crypto";
 import { dirname, join } from "node:path";
 import { markerNames, type UploaderConfig } from "../../config.ts";
 import { UploadError } from "../core/errors.ts";
-import type { FolderSnapshot } from "../source/scan.ts";
-import { isImageName } from "../source/scan.ts";
+import type { FolderSnapshot } from "../source/snapshot.ts";
+import { isImageName } from "../source/snapshot.ts";
 import { rowStatementBytes, rowToJsonWithStats, type UploadRow } from "../sink/postgres/sql.ts";
 
 /** What {@linkcode buildRow} needs from the configuration. */

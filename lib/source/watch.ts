@@ -13,7 +13,8 @@ import { runEngine } from "../engine/engine.ts";
 import { messageOf } from "../core/errors.ts";
 import type { RunResult } from "../core/events.ts";
 import { checkBase, type UploadOptions, walkConfig } from "../engine/upload.ts";
-import { describeFsError, isUploadUnit, scanFolders, snapshotFolder } from "./scan.ts";
+import { describeFsError, isUploadUnit, snapshotFolder } from "./snapshot.ts";
+import { scanFolders } from "./walk.ts";
 import {
   type ActivityLog,
   type FolderSource,

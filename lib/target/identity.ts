@@ -15,7 +15,7 @@
 
 import { join } from "node:path";
 import { UploadError } from "../core/errors.ts";
-import type { FolderSnapshot } from "../source/scan.ts";
+import type { FolderSnapshot } from "../source/snapshot.ts";
 import type { SchemaInspection } from "../sink/postgres/schema.ts";
 import { buildDeviceCountQuery, parseDeviceCounts } from "../sink/postgres/sql.ts";
 

@@ -18,7 +18,7 @@ import {
   type DiffOptions,
   type TrackedState,
 } from "../plan/diff.ts";
-import type { FolderSnapshot } from "../source/scan.ts";
+import type { FolderSnapshot } from "../source/snapshot.ts";
 import { messageOf, type RunStatus, UploadError } from "../core/errors.ts";
 import { localDeviceId } from "../target/device.ts";
 import { readStatus, type StatusOptions, type StatusReport } from "./status.ts";

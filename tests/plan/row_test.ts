@@ -16,7 +16,7 @@ import {
 import { UploadError } from "../../lib/core/errors.ts";
 import { buildRow, MAX_STATS_BYTES, readStats } from "../../lib/plan/row.ts";
 import { rowStatementBytes } from "../../lib/sink/postgres/sql.ts";
-import { type FolderSnapshot, snapshotFolder } from "../../lib/source/scan.ts";
+import { type FolderSnapshot, snapshotFolder } from "../../lib/source/snapshot.ts";
 import { setMtime, T1, T2, T3, tempDir, type TreeSpec, writeTree } from "../../support/tree.ts";
 
 const NOW = new Date(Date.UTC(2025, 5, 2, 16, 42, 55, 0));

@@ -9,7 +9,7 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { compareNames, type FileEntry, fingerprintFiles } from "../../lib/source/fingerprint.ts";
-import { snapshotFolder } from "../../lib/source/scan.ts";
+import { snapshotFolder } from "../../lib/source/snapshot.ts";
 import { DEFAULT_CONFIG, markerNames } from "../../config.ts";
 import { setMtime, T1, T2, T3, tempDir, type TreeSpec, writeTree } from "../../support/tree.ts";
 

@@ -17,16 +17,18 @@ import {
   type FolderSnapshot,
   isImageName,
   isUploadUnit,
-  partitionOf,
-  scanFolderChunks,
-  scanFolders,
-  scanFoldersInWorker,
   type ScanItem,
   type ScanOptions,
   type ScanProblem,
   snapshotFolder,
+} from "../../lib/source/snapshot.ts";
+import {
+  partitionOf,
+  scanFolderChunks,
+  scanFolders,
   STREAM_DIR_BYTES,
-} from "../../lib/source/scan.ts";
+} from "../../lib/source/walk.ts";
+import { scanFoldersInWorker } from "../../lib/source/walkers.ts";
 import { fingerprintFiles } from "../../lib/source/fingerprint.ts";
 import { DEFAULT_CONFIG, markerNames } from "../../config.ts";
 import { generateTree, T1, T2, T3, type TempDir, tempDir, writeTree } from "../../support/tree.ts";
@@ -357,7 +359,7 @@ async function scanAsNobody(
     Number(new TextDecoder().decode(gid.stdout)),
   );
   const code = `import { scanFolders } from ${
-    JSON.stringify(import.meta.resolve("../../lib/source/scan.ts"))
+    JSON.stringify(import.meta.resolve("../../lib/source/walk.ts"))
   };
 for await (const item of scanFolders(${JSON.stringify(base)}, ${JSON.stringify(options)})) {
   console.log(JSON.stringify(item));
@@ -822,7 +824,7 @@ Deno.test("scanFolders: memory does not grow with the width of one directory", a
   }).output();
   assert.ok(made.success, new TextDecoder().decode(made.stderr));
   const code = `import { scanFolders } from ${
-    JSON.stringify(import.meta.resolve("../../lib/source/scan.ts"))
+    JSON.stringify(import.meta.resolve("../../lib/source/walk.ts"))
   };
 const keys = [];
 for await (const item of scanFolders(${JSON.stringify(dir.path)})) {

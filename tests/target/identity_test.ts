@@ -10,7 +10,7 @@ import { join } from "node:path";
 import { decideIdentity, markerDevice, resolveIdentity } from "../../lib/target/identity.ts";
 import { buildDeviceCountQuery, parseDeviceCounts } from "../../lib/sink/postgres/sql.ts";
 import { UploadError } from "../../lib/core/errors.ts";
-import type { FolderSnapshot } from "../../lib/source/scan.ts";
+import type { FolderSnapshot } from "../../lib/source/snapshot.ts";
 import { tempDir, writeTree } from "../../support/tree.ts";
 
 const A = "5b0a7e2c-3d41-4f8a-9e6b-1c2d3e4f5a6b";

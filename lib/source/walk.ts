@@ -13,75 +13,16 @@
  */
 
 import { basename, dirname, resolve } from "node:path";
-import { compareNames, type FileEntry, fingerprintFiles } from "./fingerprint.ts";
-
-/** What the scan knows of one upload unit. */
-export interface FolderSnapshot {
-  /** The folder's absolute path. */
-  path: string;
-  /**
-   * The path relative to the base, `/`-separated. When the base is itself a unit, keys are
-   * relative to its parent (its own key is its name; its subfolders' start with it).
-   */
-  key: string;
-  /** The folder's own name. */
-  name: string;
-  /** Direct regular files (hidden ones left out), sorted by name. Marker files included. */
-  files: FileEntry[];
-  /** md5 of the files' names, sizes and mtimes, marker files left out. */
-  fingerprint: string;
-  /** The newest mtime among the files that count for the fingerprint (ms since epoch). */
-  newestMtimeMs: number;
-  /**
-   * When file-system events last named the folder (ms, this machine's clock), when that is
-   * known (`--watch`): settling counts from the later of this and `newestMtimeMs`.
-   */
-  changedAtMs?: number;
-  /**
-   * What the entry named like the stats file is when it is no regular file ("a FIFO", "a
-   * directory", ...): the folder cannot be uploaded as it is, and fails saying so.
-   */
-  statsNotFile?: string;
-}
-
-/** A folder or file the scan could not read. */
-export interface ScanProblem {
-  /** The path that could not be read. */
-  path: string;
-  /** Why, in words. */
-  reason: string;
-}
-
-/** One item of the scan's output. */
-export type ScanItem =
-  | { kind: "folder"; snapshot: FolderSnapshot }
-  | { kind: "problem"; problem: ScanProblem }
-  /** A symbolic link to a folder, or a link loop: not followed, and said so. */
-  | { kind: "skipped"; path: string; reason: string };
-
-/** Options for {@linkcode scanFolders}. */
-export interface ScanOptions {
-  /** Image extensions, lower case with the dot. Default: `.jpg .jpeg .png .gif .bmp`. */
-  imageExtensions?: readonly string[];
-  /** The statistics file name. Default `stats.json`. */
-  statsFileName?: string;
-  /** File names left out of the fingerprint (marker files). Default: none. */
-  markerNames?: ReadonlySet<string>;
-  /** Checked between folders; when aborted the scan stops early. */
-  signal?: AbortSignal;
-  /**
-   * Walk only part of the tree, for parallel walkers: the base's subfolders whose name
-   * hashes to `index` ({@linkcode partitionOf}); the base folder itself belongs to part 0.
-   * Default: the whole tree.
-   */
-  partition?: { index: number; count: number };
-  /**
-   * A directory whose size (`st_size`) is at least this many bytes, or 0 (the file system
-   * does not say), is read as a stream instead of in one call. 32 KiB is about 1,500
-   * entries on ext4, tmpfs and btrfs. Default {@linkcode STREAM_DIR_BYTES}.
-   */
-  streamDirBytes?: number;
-}
+import {
+  childPath,
+  DEFAULT_IMAGE_EXTENSIONS,
+  describeEntry,
+  describeFsError,
+  isImageName,
+  type ScanItem,
+  type ScanOptions,
+  snapshotOf,
+} from "./snapshot.ts";
 
 /** Options for {@linkcode scanFolderChunks}. */
 export interface ChunkScanOptions extends ScanOptions {
@@ -91,15 +32,6 @@ export interface ChunkScanOptions extends ScanOptions {
 
 /** The default of {@linkcode ScanOptions.streamDirBytes}: 32 KiB. */
 export const STREAM_DIR_BYTES = 32 * 1024;
-
-const DEFAULT_IMAGE_EXTENSIONS = [".jpg", ".jpeg", ".png", ".gif", ".bmp"];
-
-/** Whether a file name has one of the image extensions (any case). */
-export function isImageName(name: string, extensions: readonly string[]): boolean {
-  const dot = name.lastIndexOf(".");
-  if (dot <= 0) return false;
-  return extensions.includes(name.slice(dot).toLowerCase());
-}
 
 /**
  * The part (0 .. `count` - 1) a subfolder of the base belongs to when `count` walkers
@@ -201,8 +133,7 @@ class Walk {
   }
 
   child(dir: string, name: string): string {
-    // The root is resolved (absolute, normalised), so a plain join is enough.
-    return dir === "/" ? `/${name}` : `${dir}/${name}`;
+    return childPath(dir, name);
   }
 
   /** Whether a directory of this size is read as a stream. */
@@ -386,56 +317,12 @@ class Walk {
 
   /** Stats a unit's files and adds its snapshot (or the problem that stopped it). */
   snapshot(dir: string, key: string, fileNames: readonly string[], statsNotFile?: string): void {
-    const files: FileEntry[] = [];
-    for (const name of fileNames) {
-      const path = this.child(dir, name);
-      try {
-        const info = Deno.lstatSync(path);
-        if (!info.isFile) continue;
-        files.push({ name, size: info.size, mtimeMs: Math.trunc(info.mtime?.getTime() ?? 0) });
-      } catch (error) {
-        if (error instanceof Deno.errors.NotFound) continue; // vanished since the listing
-        // A file that exists but cannot be stat'ed: the folder cannot be fingerprinted.
-        this.problem(path, describeFsError(error));
-        return;
-      }
-    }
-    files.sort(compareNames);
-    let newest = 0;
-    for (const f of files) {
-      if (!this.markers.has(f.name) && f.mtimeMs > newest) newest = f.mtimeMs;
-    }
-    this.out.push({
-      kind: "folder",
-      snapshot: {
-        path: dir,
-        key: key === "" ? this.rootName : key,
-        name: basename(dir),
-        files,
-        fingerprint: fingerprintFiles(files, this.markers),
-        newestMtimeMs: newest,
-        ...(statsNotFile ? { statsNotFile } : {}),
-      },
-    });
+    this.out.push(snapshotOf(dir, fileNames, {
+      key: key === "" ? this.rootName : key,
+      markers: this.markers,
+      statsNotFile,
+    }));
   }
-}
-
-/**
- * What a directory entry that should be a regular file is instead ("a FIFO", "a directory",
- * "a symbolic link"), in words.
- */
-function describeEntry(path: string, entry: Deno.DirEntry): string {
-  if (entry.isSymlink) return "a symbolic link (links are not followed)";
-  if (entry.isDirectory) return "a directory";
-  try {
-    const info = Deno.lstatSync(path);
-    if (info.isFifo) return "a FIFO";
-    if (info.isSocket) return "a socket";
-    if (info.isCharDevice || info.isBlockDevice) return "a device";
-  } catch (_error) {
-    // Gone since the listing: still no regular file.
-  }
-  return "not a regular file";
 }
 
 /**
@@ -548,176 +435,5 @@ export async function* scanFolders(
       if (options.signal?.aborted) return;
       yield item;
     }
-  }
-}
-
-/**
- * Takes a snapshot of one folder without walking below it, or returns a problem when it
- * cannot be read. `key` defaults to the folder's name. Names that are not valid UTF-8
- * cannot be addressed and are left out.
- */
-export function snapshotFolder(
-  path: string,
-  options: ScanOptions & { key?: string } = {},
-): Exclude<ScanItem, { kind: "skipped" }> {
-  const dir = resolve(path);
-  let info: Deno.FileInfo;
-  try {
-    info = Deno.statSync(dir); // the named folder may be a symlink; what is inside is not followed
-  } catch (error) {
-    return { kind: "problem", problem: { path: dir, reason: describeFsError(error) } };
-  }
-  if (!info.isDirectory) {
-    return { kind: "problem", problem: { path: dir, reason: "Not a directory" } };
-  }
-  const markers = options.markerNames ?? new Set<string>();
-  const statsName = options.statsFileName ?? "stats.json";
-  const files: FileEntry[] = [];
-  let statsNotFile: string | undefined;
-  try {
-    for (const entry of Deno.readDirSync(dir)) {
-      const name = entry.name;
-      if (name === statsName && !entry.isFile) {
-        statsNotFile = describeEntry(`${dir}/${name}`, entry);
-      }
-      if (name.startsWith(".") || !entry.isFile || name.includes("\uFFFD")) continue;
-      try {
-        const st = Deno.lstatSync(`${dir === "/" ? "" : dir}/${name}`);
-        if (!st.isFile) continue;
-        files.push({ name, size: st.size, mtimeMs: Math.trunc(st.mtime?.getTime() ?? 0) });
-      } catch (error) {
-        if (error instanceof Deno.errors.NotFound) continue;
-        throw error;
-      }
-    }
-  } catch (error) {
-    return { kind: "problem", problem: { path: dir, reason: describeFsError(error) } };
-  }
-  files.sort(compareNames);
-  let newest = 0;
-  for (const f of files) if (!markers.has(f.name) && f.mtimeMs > newest) newest = f.mtimeMs;
-  return {
-    kind: "folder",
-    snapshot: {
-      path: dir,
-      key: options.key ?? basename(dir),
-      name: basename(dir),
-      files,
-      fingerprint: fingerprintFiles(files, markers),
-      newestMtimeMs: newest,
-      ...(statsNotFile ? { statsNotFile } : {}),
-    },
-  };
-}
-
-/**
- * Whether a snapshot is an upload unit: it holds an image or the stats file (one that is no
- * regular file too: the folder then fails, saying so).
- */
-export function isUploadUnit(
-  snapshot: Pick<FolderSnapshot, "files" | "statsNotFile">,
-  options: Pick<ScanOptions, "imageExtensions" | "statsFileName"> = {},
-): boolean {
-  if (snapshot.statsNotFile) return true;
-  const extensions = options.imageExtensions ?? DEFAULT_IMAGE_EXTENSIONS;
-  const statsName = options.statsFileName ?? "stats.json";
-  return snapshot.files.some((f) => f.name === statsName || isImageName(f.name, extensions));
-}
-
-/** Turns a file-system error into a short reason ("Permission denied", "Vanished"). */
-export function describeFsError(error: unknown): string {
-  if (error instanceof Deno.errors.NotFound) return "Vanished during the scan";
-  if (error instanceof Deno.errors.PermissionDenied) return "Permission denied";
-  if (error instanceof Deno.errors.NotADirectory) return "Not a directory";
-  if (error instanceof Error) return error.message;
-  return String(error);
-}
-
-/** Options for {@linkcode scanFoldersInWorker}. */
-export interface WorkerScanOptions extends ScanOptions {
-  /** Items per chunk. Default 256. */
-  chunk?: number;
-  /** Chunks each worker may walk ahead. Default 8. */
-  window?: number;
-  /** Walkers in parallel, each taking a share of the base's subfolders. Default 2. */
-  workers?: number;
-}
-
-/**
- * {@linkcode scanFolders} on worker threads, yielding their items in chunks. The walk runs
- * in parallel with whatever the caller does with the chunks, a bounded number of chunks
- * ahead; each worker walks the base's subfolders of its part ({@linkcode partitionOf}).
- * Stops (and ends the workers) when `signal` aborts or the caller stops iterating.
- *
- * @throws {Deno.errors.NotFound} when `base` does not exist; Error for a failed walk.
- */
-export async function* scanFoldersInWorker(
-  base: string,
-  options: WorkerScanOptions = {},
-): AsyncGenerator<ScanItem[]> {
-  type Message =
-    | { type: "items"; items: ScanItem[] }
-    | { type: "done" }
-    | { type: "error"; message: string; notFound: boolean };
-  const count = Math.max(1, options.workers ?? 2);
-  const inbox: { from: Worker; message: Message }[] = [];
-  let notify: (() => void) | null = null;
-  const arrive = (from: Worker, message: Message) => {
-    inbox.push({ from, message });
-    const n = notify;
-    notify = null;
-    n?.();
-  };
-  const workers: Worker[] = [];
-  const onAbort = () => {
-    const n = notify;
-    notify = null;
-    n?.();
-  };
-  options.signal?.addEventListener("abort", onAbort, { once: true });
-  try {
-    for (let index = 0; index < count; index++) {
-      const worker = new Worker(new URL("./scan_worker.ts", import.meta.url).href, {
-        type: "module",
-      });
-      worker.onmessage = (event: MessageEvent<Message>) => arrive(worker, event.data);
-      worker.onerror = (event: ErrorEvent) => {
-        event.preventDefault();
-        arrive(worker, { type: "error", message: event.message, notFound: false });
-      };
-      workers.push(worker);
-      worker.postMessage({
-        type: "start",
-        base,
-        imageExtensions: options.imageExtensions,
-        statsFileName: options.statsFileName,
-        markerNames: [...(options.markerNames ?? [])],
-        streamDirBytes: options.streamDirBytes,
-        chunk: options.chunk ?? 256,
-        window: options.window ?? 8,
-        partition: { index, count },
-      });
-    }
-    let running = count;
-    while (running > 0 && !options.signal?.aborted) {
-      if (inbox.length === 0) {
-        await new Promise<void>((resolve) => (notify = resolve));
-        continue;
-      }
-      const { from, message } = inbox.shift()!;
-      if (message.type === "done") {
-        running--;
-        continue;
-      }
-      if (message.type === "error") {
-        if (message.notFound) throw new Deno.errors.NotFound(message.message);
-        throw new Error(`Cannot walk ${base}: ${message.message}`);
-      }
-      from.postMessage({ type: "ack" });
-      yield message.items;
-    }
-  } finally {
-    options.signal?.removeEventListener("abort", onAbort);
-    for (const worker of workers) worker.terminate();
   }
 }

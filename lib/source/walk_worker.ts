@@ -14,7 +14,8 @@
 /// <reference no-default-lib="true" />
 /// <reference lib="deno.worker" />
 
-import { scanFolderChunks, type ScanItem } from "./scan.ts";
+import type { ScanItem } from "./snapshot.ts";
+import { scanFolderChunks } from "./walk.ts";
 
 /** What the main thread asks the worker to walk. */
 export interface WalkRequest {
