@@ -11,6 +11,7 @@
 
 import { join } from "node:path";
 import type { UploaderConfig } from "../../config.ts";
+import { Budget } from "../core/budget.ts";
 
 /** The content of a success marker. */
 export interface SuccessMarker {
@@ -94,35 +95,46 @@ export function writeMarker(
   }
 }
 
+/** Writes one marker: {@linkcode writeMarkerAsync}'s signature (tests give their own). */
+export type MarkerWrite = (
+  folderPath: string,
+  marker: SuccessMarker | FailedMarker,
+  config: MarkerConfig,
+  present?: ReadonlySet<string>,
+) => Promise<boolean>;
+
+/** Settings of a {@linkcode MarkerWriter}. */
+export interface MarkerWriterOptions {
+  /** Writes at once. Default 16. */
+  concurrency?: number;
+  /** Called with the folder, the error and the marker that could not be written. */
+  onError: (path: string, error: unknown, marker: SuccessMarker | FailedMarker) => void;
+  /** Called with the folder, the marker's file name and the marker after each write. */
+  onWritten?: (path: string, name: string, marker: SuccessMarker | FailedMarker) => void;
+  /** How one marker is written. Default {@linkcode writeMarkerAsync}. */
+  write?: MarkerWrite;
+}
+
 /**
  * Writes markers off the upload's hot path: each write runs on the runtime's I/O threads,
- * up to `concurrency` at once, while the next batch is built. {@linkcode drain} waits for
- * all of them; a failed write is reported through `onError` for its folder and never
- * throws into the run.
+ * up to `concurrency` at once (one {@linkcode Budget} of slots), while the next batch is
+ * built. {@linkcode drain} waits for all of them; a failed write is reported through
+ * `onError` for its folder and never throws into the run.
  */
 export class MarkerWriter {
   #config: MarkerConfig;
-  #concurrency: number;
-  #onError: (path: string, error: unknown, marker: SuccessMarker | FailedMarker) => void;
-  #onWritten:
-    | ((path: string, name: string, marker: SuccessMarker | FailedMarker) => void)
-    | undefined;
+  #slots: Budget;
+  #onError: MarkerWriterOptions["onError"];
+  #onWritten: MarkerWriterOptions["onWritten"];
+  #write: MarkerWrite;
   #running = new Set<Promise<void>>();
 
-  constructor(
-    config: MarkerConfig,
-    options: {
-      concurrency?: number;
-      /** Called with the folder, the error and the marker that could not be written. */
-      onError: (path: string, error: unknown, marker: SuccessMarker | FailedMarker) => void;
-      /** Called with the folder, the marker's file name and the marker after each write. */
-      onWritten?: (path: string, name: string, marker: SuccessMarker | FailedMarker) => void;
-    },
-  ) {
+  constructor(config: MarkerConfig, options: MarkerWriterOptions) {
     this.#config = config;
-    this.#concurrency = options.concurrency ?? 16;
+    this.#slots = new Budget(Math.max(1, options.concurrency ?? 16));
     this.#onError = options.onError;
     this.#onWritten = options.onWritten;
+    this.#write = options.write ?? writeMarkerAsync;
   }
 
   /**
@@ -136,19 +148,23 @@ export class MarkerWriter {
     marker: SuccessMarker | FailedMarker,
     present?: ReadonlySet<string> | readonly string[],
   ): Promise<void> {
-    while (this.#running.size >= this.#concurrency) await Promise.race(this.#running);
+    const release = await this.#slots.acquire();
     const names = present === undefined || present instanceof Set ? present : new Set(present);
     const name = marker.status === "success"
       ? this.#config.successMarker
       : this.#config.failedMarker;
-    const task: Promise<void> = writeMarkerAsync(folderPath, marker, this.#config, names)
+    const task: Promise<void> = Promise.resolve()
+      .then(() => this.#write(folderPath, marker, this.#config, names))
       .then(
         (written) => {
           if (written) this.#onWritten?.(folderPath, name, marker);
         },
         (error) => this.#onError(folderPath, error, marker),
       )
-      .finally(() => this.#running.delete(task));
+      .finally(() => {
+        release();
+        this.#running.delete(task);
+      });
     this.#running.add(task);
   }
 
