@@ -2,7 +2,7 @@
  * The S3 client's retries (lib/objects/store.ts through lib/core/retry.ts) with a fake
  * `fetch` and a fake clock, no server: every wait is pinned, so a change to the schedule,
  * to Retry-After, to the store-wide pause on throttling or to the deadline rule fails here.
- * The same client against a real S3 server is tests/objects/storage_test.ts.
+ * And its limits: requests and bytes in flight. The same client against a real S3 server is tests/objects/storage_test.ts.
  */
 
 import assert from "node:assert/strict";
@@ -190,4 +190,50 @@ Deno.test("ObjectStore retries: an abort during a wait ends the request as inter
   assert.equal(error.kind, "interrupted");
   assert.equal(error.message, "Interrupted while storing s3://b/k");
   assert.equal(fake.requests.length, 2);
+});
+
+Deno.test("ObjectStore.reserve: requests and bytes in flight are bounded; a large file goes alone", async () => {
+  const store = new ObjectStore({
+    bucket: "b",
+    prefix: "",
+    endpoint: "http://127.0.0.1:9",
+    region: "r",
+    accessKeyId: "a",
+    secretAccessKey: "s",
+  }, { concurrency: 3, maxBytesInFlight: 100 });
+  const order: string[] = [];
+  const r1 = await store.reserve(60);
+  let r2done = false;
+  const r2 = store.reserve(60).then((release) => {
+    r2done = true;
+    order.push("second");
+    return release;
+  });
+  await new Promise((r) => setTimeout(r, 20));
+  assert.equal(r2done, false, "60 + 60 bytes exceed a budget of 100");
+  r1();
+  const release2 = await r2;
+  const big = store.reserve(500).then((release) => {
+    order.push("big");
+    return release;
+  });
+  const small = store.reserve(1).then((release) => {
+    order.push("small");
+    return release;
+  });
+  await new Promise((r) => setTimeout(r, 20));
+  assert.deepEqual(order, ["second"], "the large file waits for everything in flight");
+  release2();
+  const releaseBig = await big;
+  assert.deepEqual(order, ["second", "big"]);
+  releaseBig();
+  (await small)();
+  assert.deepEqual(order, ["second", "big", "small"]);
+
+  const slots = [await store.reserve(0), await store.reserve(0), await store.reserve(0)];
+  const aborter = new AbortController();
+  const fourth = store.reserve(0, aborter.signal);
+  aborter.abort();
+  await assert.rejects(fourth);
+  for (const release of slots) release();
 });
