@@ -15,25 +15,39 @@ import { Budget } from "../core/budget.ts";
 
 /** The content of a success marker. */
 export interface SuccessMarker {
+  /** The outcome. */
   status: "success";
+  /** The folder's name. */
   folder_name: string;
+  /** The folder's key: the row's `folder_key`. */
   folder_key: string;
   /** The device the row belongs to: a new tracker takes its id back from here. */
   device_id: string;
+  /** When the row was acknowledged (ISO-8601). */
   upload_time: string;
+  /** The batch that sent it. */
   upload_batch: string;
+  /** Images the row lists. */
   images_uploaded: number;
+  /** The test's status as the row has it. */
   test_status: string;
+  /** The fingerprint of the folder's files, taken before it was read. */
   folder_hash: string;
 }
 
 /** The content of a failure marker. */
 export interface FailedMarker {
+  /** The outcome. */
   status: "failed";
+  /** The folder's name. */
   folder_name: string;
+  /** The folder's key. */
   folder_key: string;
+  /** When it failed (ISO-8601). */
   failed_time: string;
+  /** Why, naming the file or the server's SQLSTATE. */
   error: string;
+  /** Runs that failed it since its files last changed. */
   retry_count?: number;
 }
 
@@ -129,6 +143,7 @@ export class MarkerWriter {
   #write: MarkerWrite;
   #running = new Set<Promise<void>>();
 
+  /** A writer of markers named by `config`, tuned by `options`. */
   constructor(config: MarkerConfig, options: MarkerWriterOptions) {
     this.#config = config;
     this.#slots = new Budget(Math.max(1, options.concurrency ?? 16));

@@ -17,7 +17,7 @@ import { createHash } from "node:crypto";
 import { AwsV4Signer } from "aws4fetch";
 import { DEFAULT_CONFIG } from "../../config.ts";
 import type { UploadError } from "../core/errors.ts";
-import { Budget, type Release } from "../core/budget.ts";
+import { Budget } from "../core/budget.ts";
 import {
   type BackoffOptions,
   type GiveUp,
@@ -172,6 +172,7 @@ export class ObjectStore {
   /** Until when every request waits (ms since the epoch): the store asked to slow down. */
   #pausedUntil = 0;
 
+  /** A store for `settings` (the secrets are kept private), tuned by `options`. */
   constructor(settings: StoreSettings, options: ObjectStoreOptions = {}) {
     this.bucket = settings.bucket;
     this.prefix = settings.prefix;
@@ -293,7 +294,7 @@ export class ObjectStore {
    * Waits for a request slot and `bytes` of the memory budget, shared by every folder.
    * Used by `putFolderObjects`; call the returned function to give them back.
    */
-  reserve(bytes: number, signal?: AbortSignal): Promise<Release> {
+  reserve(bytes: number, signal?: AbortSignal): Promise<() => void> {
     return this.#budget.acquire({ slots: 1, bytes }, signal);
   }
 

@@ -29,13 +29,21 @@ export interface FolderOutcome {
 
 /** A batch as recorded in `upload_batches`. */
 export interface BatchRecord {
+  /** The batch's id in the tracker (`<run>-<n>`). */
   batchId: string;
+  /** Its name, as progress shows it (`batch_<time>_<n>`). */
   batchName: string;
+  /** The run that sent it. */
   runId: number;
+  /** Folders in the batch. */
   totalFolders: number;
+  /** When its statement was sent. */
   startTime: Date;
+  /** When its answer came. */
   endTime: Date;
+  /** `failed` when no folder of it was acknowledged. */
   status: "completed" | "failed" | "interrupted";
+  /** The statement's size in bytes. */
   bytes?: number;
   /**
    * The folders' markers are written after this record: a marker still owed from an

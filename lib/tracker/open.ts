@@ -76,9 +76,13 @@ export function moveAside(path: string): { to: string; deviceId?: string } | nul
 
 /** Who holds a tracker lock, as written into the lock file. */
 export interface LockHolder {
+  /** The holder's process id. */
   pid: number;
+  /** The machine it runs on. */
   host: string;
+  /** What it runs (`upload`, `quick`, ...). */
   command: string;
+  /** Since when it holds the lock (ISO-8601). */
   since: string;
 }
 

@@ -36,7 +36,9 @@ export interface RunRecorder {
   readonly path: string | null;
 
   // The run (lib/engine/run.ts, lib/engine/engine.ts).
+  /** Records the start of a run; returns its id. */
   startRun(basePath: string | null, mode: string, now?: Date): number;
+  /** Records how a run ended. */
   finishRun(
     runId: number,
     status: RunStatus,
@@ -44,44 +46,61 @@ export interface RunRecorder {
     scanComplete: boolean,
     now?: Date,
   ): void;
+  /** Reads a setting (`device_id`, `target`). */
   getMeta(key: string): string | undefined;
+  /** Writes a setting. */
   setMeta(key: string, value: string): void;
+  /** Records the target rows go to; returns how many folders are pending again. */
   useTarget(targetId: string): number;
+  /** The base folders tracked folders were found under, deepest first. */
   knownBases(): string[];
+  /** Failed folders that used up their retries. */
   countExhausted(maxRetries: number): number;
 
   // Markers owed (lib/engine/run.ts).
+  /** Remembers markers that could not be written. */
   oweMarkers(owed: readonly OwedMarker[]): void;
+  /** Markers owed that still describe their folder, by path. */
   owedMarkers(limit: number, after?: string): OwedMarker[];
+  /** Forgets owed markers now written. */
   markersWritten(paths: readonly string[]): void;
+  /** How many markers are owed. */
   countOwedMarkers(): number;
 
   // The scan (lib/plan/planner.ts).
+  /** Starts a complete walk of `base`. */
   beginPass(base: string, runId: number): void;
+  /** Forgets the walk begun (it did not see the whole tree). */
   abandonPass(): void;
+  /** Ends the walk: folders it did not see are missing. */
   endPass(now?: Date, limit?: number): { count: number; sample: string[] };
+  /** Decides a chunk of scanned folders (and records them unless `dryRun`). */
   applyScan(
     snapshots: readonly FolderSnapshot[],
     runId: number,
     basePath: string | null,
     options: DiffOptions & { dryRun?: boolean; remote?: boolean },
   ): ScanDecision[];
+  /** Remembers what a walk could not read. */
   recordProblems(
     base: string | null,
     runId: number,
     problems: readonly { path: string; reason: string }[],
     when?: Date,
   ): void;
+  /** Remembers links a walk did not follow; returns those met for the first time. */
   recordSkipped(
     base: string | null,
     runId: number,
     skipped: readonly { path: string; reason: string }[],
     when?: Date,
   ): { path: string; reason: string }[];
+  /** Records folders whose content the server already holds as uploaded. */
   recordAdopted(
     entries: readonly { path: string; fingerprint: string; contentHash: string }[],
     when?: Date,
   ): void;
+  /** Records folders that failed before reaching the server. */
   recordFolderFailures(
     failures: readonly { path: string; error: string }[],
     when?: Date,
@@ -89,8 +108,11 @@ export interface RunRecorder {
   ): void;
 
   // Objects (lib/plan/planner.ts, lib/commit/committer.ts).
+  /** Whether an image is recorded as stored under `key` with this size. */
   objectKnown(folderPath: string, name: string, key: string, size: number): boolean;
+  /** Whether an image is recorded as stored under `key` with this size and MD5. */
   objectStored(folderPath: string, name: string, key: string, size: number, md5: string): boolean;
+  /** Records a folder's images as stored. */
   recordObjects(
     folderPath: string,
     objects: readonly { name: string; key: string; size: number; md5: string }[],
@@ -98,15 +120,23 @@ export interface RunRecorder {
   ): void;
 
   // Batches (lib/commit/committer.ts).
+  /** Records a batch about to be sent. */
   startBatch(batchId: string, batchName: string, runId: number, total: number, start: Date): void;
+  /** Records a batch's outcome and its folders'. */
   recordBatch(batch: BatchRecord, outcomes: readonly FolderOutcome[]): void;
+  /** Records a batch that got no answer. */
   abandonBatch(batchId: string, status: "interrupted" | "failed", end?: Date): void;
 
   // --verify (lib/engine/verify.ts).
+  /** Forgets the server rows a previous `--verify` read. */
   clearRemote(): void;
+  /** Adds server rows read by `--verify`. */
   addRemote(rows: readonly [string, string | null][]): void;
+  /** Makes folders whose server row is gone or different pending again. */
   requeueFromRemote(base: string, when?: Date): { missing: number; changed: number };
+  /** Keys of the folders under `base` on disk, a page at a time. */
   baseKeys(base: string, after: number, limit: number): { keys: string[]; next: number };
+  /** Ends a `--verify`: orphans recorded, rows read forgotten. */
   finishVerify(
     base: string,
     report: Record<string, unknown>,

@@ -21,6 +21,7 @@ import { remoteHashes } from "./remote.ts";
 
 /** A decision for one scanned folder, with the snapshot it was made for. */
 export interface ScanDecision extends DiffDecision {
+  /** The folder as the scan saw it. */
   snapshot: FolderSnapshot;
   /** The content hash of the row the server last acknowledged for this folder, if any. */
   uploadedContent: string | null;
