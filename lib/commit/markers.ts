@@ -11,28 +11,43 @@
 
 import { join } from "node:path";
 import type { UploaderConfig } from "../../config.ts";
+import { Budget } from "../core/budget.ts";
 
 /** The content of a success marker. */
 export interface SuccessMarker {
+  /** The outcome. */
   status: "success";
+  /** The folder's name. */
   folder_name: string;
+  /** The folder's key: the row's `folder_key`. */
   folder_key: string;
   /** The device the row belongs to: a new tracker takes its id back from here. */
   device_id: string;
+  /** When the row was acknowledged (ISO-8601). */
   upload_time: string;
+  /** The batch that sent it. */
   upload_batch: string;
+  /** Images the row lists. */
   images_uploaded: number;
+  /** The test's status as the row has it. */
   test_status: string;
+  /** The fingerprint of the folder's files, taken before it was read. */
   folder_hash: string;
 }
 
 /** The content of a failure marker. */
 export interface FailedMarker {
+  /** The outcome. */
   status: "failed";
+  /** The folder's name. */
   folder_name: string;
+  /** The folder's key. */
   folder_key: string;
+  /** When it failed (ISO-8601). */
   failed_time: string;
+  /** Why, naming the file or the server's SQLSTATE. */
   error: string;
+  /** Runs that failed it since its files last changed. */
   retry_count?: number;
 }
 
@@ -94,35 +109,47 @@ export function writeMarker(
   }
 }
 
+/** Writes one marker: {@linkcode writeMarkerAsync}'s signature (tests give their own). */
+export type MarkerWrite = (
+  folderPath: string,
+  marker: SuccessMarker | FailedMarker,
+  config: MarkerConfig,
+  present?: ReadonlySet<string>,
+) => Promise<boolean>;
+
+/** Settings of a {@linkcode MarkerWriter}. */
+export interface MarkerWriterOptions {
+  /** Writes at once. Default 16. */
+  concurrency?: number;
+  /** Called with the folder, the error and the marker that could not be written. */
+  onError: (path: string, error: unknown, marker: SuccessMarker | FailedMarker) => void;
+  /** Called with the folder, the marker's file name and the marker after each write. */
+  onWritten?: (path: string, name: string, marker: SuccessMarker | FailedMarker) => void;
+  /** How one marker is written. Default {@linkcode writeMarkerAsync}. */
+  write?: MarkerWrite;
+}
+
 /**
  * Writes markers off the upload's hot path: each write runs on the runtime's I/O threads,
- * up to `concurrency` at once, while the next batch is built. {@linkcode drain} waits for
- * all of them; a failed write is reported through `onError` for its folder and never
- * throws into the run.
+ * up to `concurrency` at once (one {@linkcode Budget} of slots), while the next batch is
+ * built. {@linkcode drain} waits for all of them; a failed write is reported through
+ * `onError` for its folder and never throws into the run.
  */
 export class MarkerWriter {
   #config: MarkerConfig;
-  #concurrency: number;
-  #onError: (path: string, error: unknown, marker: SuccessMarker | FailedMarker) => void;
-  #onWritten:
-    | ((path: string, name: string, marker: SuccessMarker | FailedMarker) => void)
-    | undefined;
+  #slots: Budget;
+  #onError: MarkerWriterOptions["onError"];
+  #onWritten: MarkerWriterOptions["onWritten"];
+  #write: MarkerWrite;
   #running = new Set<Promise<void>>();
 
-  constructor(
-    config: MarkerConfig,
-    options: {
-      concurrency?: number;
-      /** Called with the folder, the error and the marker that could not be written. */
-      onError: (path: string, error: unknown, marker: SuccessMarker | FailedMarker) => void;
-      /** Called with the folder, the marker's file name and the marker after each write. */
-      onWritten?: (path: string, name: string, marker: SuccessMarker | FailedMarker) => void;
-    },
-  ) {
+  /** A writer of markers named by `config`, tuned by `options`. */
+  constructor(config: MarkerConfig, options: MarkerWriterOptions) {
     this.#config = config;
-    this.#concurrency = options.concurrency ?? 16;
+    this.#slots = new Budget(Math.max(1, options.concurrency ?? 16));
     this.#onError = options.onError;
     this.#onWritten = options.onWritten;
+    this.#write = options.write ?? writeMarkerAsync;
   }
 
   /**
@@ -136,19 +163,23 @@ export class MarkerWriter {
     marker: SuccessMarker | FailedMarker,
     present?: ReadonlySet<string> | readonly string[],
   ): Promise<void> {
-    while (this.#running.size >= this.#concurrency) await Promise.race(this.#running);
+    const release = await this.#slots.acquire();
     const names = present === undefined || present instanceof Set ? present : new Set(present);
     const name = marker.status === "success"
       ? this.#config.successMarker
       : this.#config.failedMarker;
-    const task: Promise<void> = writeMarkerAsync(folderPath, marker, this.#config, names)
+    const task: Promise<void> = Promise.resolve()
+      .then(() => this.#write(folderPath, marker, this.#config, names))
       .then(
         (written) => {
           if (written) this.#onWritten?.(folderPath, name, marker);
         },
         (error) => this.#onError(folderPath, error, marker),
       )
-      .finally(() => this.#running.delete(task));
+      .finally(() => {
+        release();
+        this.#running.delete(task);
+      });
     this.#running.add(task);
   }
 

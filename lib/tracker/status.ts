@@ -11,7 +11,9 @@ import type { DatabaseSync } from "node:sqlite";
 
 /** A failed folder, as `--status` lists it. */
 export interface FailureEntry {
+  /** The folder's path. */
   folderPath: string;
+  /** Its name. */
   folderName: string;
   /** The last error, naming the file or the server's SQLSTATE. */
   error: string;
@@ -23,16 +25,21 @@ export interface FailureEntry {
 
 /** Counts and lists of a tracking database, for `--status`. Lists hold `limit` entries at most. */
 export interface StatusReport {
+  /** The tracking database's file. */
   dbPath: string;
+  /** Tracked folders. */
   total: number;
+  /** Tracked folders by `upload_status` (`success`, `pending`, `failed`). */
   byStatus: Record<string, number>;
   /** Pending folders whose newest file was too young to upload when last seen. */
   settling: number;
   /** Tracked folders gone from disk: not found by the last complete scan, or under a base that is gone. */
   missing: number;
+  /** The first few missing folders' paths. */
   missingSample: string[];
   /** Base folders that no longer exist (moved or renamed? see `--moved-from`). */
   goneBases: string[];
+  /** The last batches, newest first, with their rate. */
   recentBatches: {
     batchName: string;
     successful: number;
@@ -46,24 +53,31 @@ export interface StatusReport {
   }[];
   /** Failed folders the next runs retry (retry count below --max-retries), newest first. */
   recentFailures: FailureEntry[];
+  /** How many folders the next runs retry. */
   failuresTotal: number;
   /** Failed folders that used up their retries and wait for a change, newest first. */
   exhausted: FailureEntry[];
+  /** How many folders used up their retries. */
   exhaustedTotal: number;
   /** Folders or files the last scans could not read. */
   problems: { path: string; reason: string; since: string }[];
+  /** How many there are. */
   problemsTotal: number;
   /** Symbolic links to folders, and link loops, the last scans did not follow. */
   skipped: { path: string; reason: string; since: string }[];
+  /** How many there are. */
   skippedTotal: number;
   /** What the last `--verify` found (when it ran, rows read, re-queued, orphans), if one ran. */
   lastVerify: Record<string, unknown> | null;
   /** Server rows of this device with no folder on disk, as the last `--verify` found them. */
   orphans: string[];
+  /** How many there are. */
   orphansTotal: number;
   /** Folders whose marker could not be written (read-only, full disk): a later run writes it. */
   markersOwed: { path: string; marker: string }[];
+  /** How many markers are owed. */
   markersOwedTotal: number;
+  /** The last run recorded, if any. */
   lastRun: {
     runId: number;
     mode: string;

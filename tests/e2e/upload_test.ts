@@ -116,7 +116,7 @@ function trackerBatchCount(db: string): number {
   }
 }
 
-/** What a unit folder holds, read independently of lib/source/scan.ts. */
+/** What a unit folder holds, read independently of lib/source/. */
 interface Unit {
   key: string;
   name: string;

@@ -1,12 +1,12 @@
 /**
- * Object storage (`--images-to`): the pure parts (destination parsing, keys, SigV4 path
- * encoding, error classification, Retry-After) by tables, and the client against a real
- * S3-compatible server (s3rver, which verifies SigV4 signatures) over real HTTP: every
- * image lands byte-identical under keys full of specials, a second put puts nothing, a
- * changed image replaces its object, 503/429/dropped connections injected by a proxy are
+ * Object storage (`--images-to`) through its entry point (lib/objects/storage.ts): the
+ * client against a real S3-compatible server (s3rver, which verifies SigV4 signatures)
+ * over real HTTP: every image lands byte-identical under keys full of specials, a second
+ * put puts nothing, a changed image replaces its object, 503/429/dropped connections injected by a proxy are
  * retried, a 4xx fails the folder with the server's words, a store that stays down ends
  * as `unreachable`, wrong credentials are a configuration error, and no credential ever
- * shows in an error.
+ * shows in an error. The pure parts are in keys_test.ts, replies_test.ts, env_test.ts and
+ * folder_test.ts; the client's retries with a fake fetch and clock in store_test.ts.
  */
 
 import assert from "node:assert/strict";
@@ -15,23 +15,13 @@ import { join } from "node:path";
 import { AwsV4Signer } from "aws4fetch";
 import { exitCodeFor, UploadError } from "../../lib/core/errors.ts";
 import {
-  classifyStorageReply,
-  describeNetworkError,
   encodeKeyPath,
   type FolderFiles,
   isSameObject,
-  objectKey,
   ObjectStore,
   type ObjectStoreOptions,
-  parseEndpoint,
-  parseImagesTo,
-  parseRetryAfter,
-  parseS3Error,
-  planFolderObjects,
   putFolderObjects,
-  redactSecrets,
   type RetryEvent,
-  storeFromEnv,
 } from "../../lib/objects/storage.ts";
 import { type S3Server, startS3Server } from "../../support/s3.ts";
 import { type FaultProxy, s3ErrorReply, startFaultProxy } from "../../support/fault_http_proxy.ts";
@@ -108,270 +98,6 @@ function assertNoSecret(error: UploadError, secrets: string[]): void {
   }`;
   for (const s of secrets) assert.ok(!text.includes(s), `a credential leaked into: ${text}`);
 }
-
-// ---------------------------------------------------------------- pure parts
-
-Deno.test("parseImagesTo: bucket and prefix", () => {
-  const cases: [string, { bucket: string; prefix: string }][] = [
-    ["s3://lab-images/raw", { bucket: "lab-images", prefix: "raw" }],
-    ["s3://lab-images", { bucket: "lab-images", prefix: "" }],
-    ["s3://lab-images/", { bucket: "lab-images", prefix: "" }],
-    ["s3://lab.images_2/raw/2025/", { bucket: "lab.images_2", prefix: "raw/2025" }],
-    ["S3://b/with space/ü#?%", { bucket: "b", prefix: "with space/ü#?%" }],
-    [" s3://b/p ", { bucket: "b", prefix: "p" }],
-  ];
-  for (const [value, want] of cases) assert.deepEqual(parseImagesTo(value), want, value);
-});
-
-Deno.test("parseImagesTo: malformed values are usage errors (exit 2) saying what is wrong", () => {
-  const cases: [string, RegExp][] = [
-    ["lab-images/raw", /must start with s3:\/\//],
-    ["https://x.supabase.co/storage/v1/s3", /must start with s3:\/\//],
-    ["s3:/bucket", /must start with s3:\/\//],
-    ["s3://", /bucket name is missing/],
-    ["s3:///prefix", /bucket name is missing/],
-    ["s3://bad bucket/p", /bucket name "bad bucket"/],
-    ["s3://b/a//c", /empty, "\." or "\.\." part/],
-    ["s3://b/a/../c", /empty, "\." or "\.\." part/],
-    ["s3://b/a\nb", /control character/],
-  ];
-  for (const [value, pattern] of cases) {
-    assert.throws(() => parseImagesTo(value), (error: unknown) => {
-      assert.ok(error instanceof UploadError);
-      assert.equal(error.kind, "usage");
-      assert.equal(exitCodeFor(error), 2);
-      assert.match(error.message, pattern, value);
-      assert.match(error.hint ?? "", /s3:\/\/BUCKET\/PREFIX/);
-      return true;
-    });
-  }
-});
-
-Deno.test("objectKey: PREFIX/<device>/<folder key>/<name>, validated", () => {
-  assert.equal(objectKey("raw", "dev-1", "Batch 54", "a.jpg"), "raw/dev-1/Batch 54/a.jpg");
-  assert.equal(objectKey("", "dev-1", "2025/Batch 54", "a.jpg"), "dev-1/2025/Batch 54/a.jpg");
-  assert.equal(objectKey("a/b", "d", "f", "ü €.png"), "a/b/d/f/ü €.png");
-  for (
-    const [folderKey, name] of [["a//b", "x.jpg"], ["a/..", "x.jpg"], ["a", ""], ["a", "b/c.jpg"]]
-  ) {
-    assert.throws(() => objectKey("p", "d", folderKey, name), (e: unknown) => {
-      assert.ok(e instanceof UploadError && e.kind === "folder");
-      return true;
-    });
-  }
-  assert.throws(
-    () => objectKey("p", "d", "f", "é".repeat(600) + ".jpg"),
-    /over S3's limit of 1024/,
-  );
-});
-
-Deno.test("encodeKeyPath: every byte but unreserved ones percent-encoded, / kept", () => {
-  const cases: [string, string][] = [
-    ["a b/c.jpg", "a%20b/c.jpg"],
-    ['it\'s "q".png', "it%27s%20%22q%22.png"],
-    ["#?%+&=;,:@$", "%23%3F%25%2B%26%3D%3B%2C%3A%40%24"],
-    ["(x)!*~-._", "%28x%29%21%2A~-._"],
-    ["ü€😀", "%C3%BC%E2%82%AC%F0%9F%98%80"],
-  ];
-  for (const [key, want] of cases) assert.equal(encodeKeyPath(key), want, key);
-});
-
-Deno.test("parseS3Error: code and message, entities decoded; non-XML gives its text", () => {
-  assert.deepEqual(
-    parseS3Error(
-      `<?xml version="1.0"?><Error><Code>EntityTooLarge</Code><Message>Too &quot;big&quot; &amp; &#x27;bad&#39;</Message></Error>`,
-    ),
-    { code: "EntityTooLarge", message: `Too "big" & 'bad'` },
-  );
-  assert.deepEqual(parseS3Error("<html><body><h1>502 Bad Gateway</h1></body></html>"), {
-    message: "502 Bad Gateway",
-  });
-  assert.deepEqual(parseS3Error(""), { message: undefined });
-});
-
-Deno.test("classifyStorageReply: transient, config or folder", () => {
-  const cases: [number, string | undefined, string][] = [
-    [503, "SlowDown", "transient"],
-    [503, undefined, "transient"],
-    [429, undefined, "transient"],
-    [500, "InternalError", "transient"],
-    [502, undefined, "transient"],
-    [504, undefined, "transient"],
-    [400, "RequestTimeout", "transient"],
-    [400, "BadDigest", "transient"],
-    [403, "SignatureDoesNotMatch", "config"],
-    [403, "InvalidAccessKeyId", "config"],
-    [403, "AccessDenied", "config"],
-    [403, "RequestTimeTooSkewed", "config"],
-    [403, undefined, "config"],
-    [404, "NoSuchBucket", "config"],
-    [400, "AuthorizationHeaderMalformed", "config"],
-    [301, "PermanentRedirect", "config"],
-    [400, "EntityTooLarge", "folder"],
-    [413, "EntityTooLarge", "folder"],
-    [400, "InvalidKey", "folder"],
-    [404, "NoSuchKey", "folder"],
-    [400, undefined, "folder"],
-  ];
-  for (const [status, code, want] of cases) {
-    assert.equal(classifyStorageReply(status, code), want, `${status} ${code}`);
-  }
-});
-
-Deno.test("parseRetryAfter: seconds or an HTTP date", () => {
-  const now = Date.parse("Wed, 21 Oct 2015 07:28:00 GMT");
-  assert.equal(parseRetryAfter("3", now), 3000);
-  assert.equal(parseRetryAfter(" 0 ", now), 0);
-  assert.equal(parseRetryAfter("Wed, 21 Oct 2015 07:28:05 GMT", now), 5000);
-  assert.equal(parseRetryAfter("Wed, 21 Oct 2015 07:27:00 GMT", now), 0);
-  assert.equal(parseRetryAfter("soon", now), undefined);
-  assert.equal(parseRetryAfter(null, now), undefined);
-});
-
-Deno.test("isSameObject: same size and MD5 as the single-part ETag or the stored md5", () => {
-  const sum = md5(ENCODER.encode("abc"));
-  assert.equal(isSameObject({ size: 3, etag: sum }, 3, sum), true);
-  assert.equal(isSameObject({ size: 3, etag: sum.toUpperCase() }, 3, sum), true);
-  assert.equal(isSameObject({ size: 4, etag: sum }, 3, sum), false);
-  assert.equal(isSameObject({ size: 3, etag: `${sum}-2` }, 3, sum), false);
-  assert.equal(isSameObject({ size: 3, etag: `${sum}-2`, md5: sum }, 3, sum), true);
-  assert.equal(isSameObject(null, 3, sum), false);
-});
-
-Deno.test("describeNetworkError and redactSecrets", () => {
-  const refused = new TypeError("fetch failed", {
-    cause: new Error(
-      "error sending request for url (http://h/x): tcp connect error: Connection refused (os error 111)",
-    ),
-  });
-  assert.equal(describeNetworkError(refused), "connection refused");
-  assert.equal(
-    describeNetworkError(
-      new TypeError("fetch failed", { cause: new Error("dns error: failed to lookup address") }),
-    ),
-    "host name not found (DNS)",
-  );
-  assert.equal(
-    redactSecrets("key AKIA1 secret s3cr3t/x+y", ["s3cr3t/x+y", "AKIA1"]),
-    "key *** secret ***",
-  );
-});
-
-Deno.test("storeFromEnv: destination from the flag or UPLOAD_IMAGES_TO; credentials required", () => {
-  const creds = {
-    AWS_ACCESS_KEY_ID: "AKIAEXAMPLE",
-    AWS_SECRET_ACCESS_KEY: "very/secret+key",
-    AWS_REGION: "eu-central-1",
-    AWS_ENDPOINT_URL: "https://abcd.supabase.co/storage/v1/s3/",
-  };
-  assert.equal(storeFromEnv(creds), null);
-  const store = storeFromEnv({ ...creds, UPLOAD_IMAGES_TO: "s3://env-bucket/p" })!;
-  assert.equal(store.bucket, "env-bucket");
-  assert.equal(store.endpoint, "https://abcd.supabase.co/storage/v1/s3");
-  assert.equal(store.region, "eu-central-1");
-  const flagged = storeFromEnv({ ...creds, UPLOAD_IMAGES_TO: "s3://env-bucket/p" }, "s3://flag/x")!;
-  assert.equal(flagged.bucket, "flag");
-  assert.equal(flagged.display, "s3://flag/x at https://abcd.supabase.co/storage/v1/s3");
-  assert.ok(!Deno.inspect(flagged).includes("very/secret+key"));
-  assert.ok(!JSON.stringify(flagged).includes("very/secret+key"));
-  const aws = storeFromEnv({ AWS_ACCESS_KEY_ID: "a", AWS_SECRET_ACCESS_KEY: "b" }, "s3://b")!;
-  assert.equal(aws.endpoint, "https://s3.us-east-1.amazonaws.com");
-
-  const missing = (() => {
-    try {
-      storeFromEnv({ AWS_SECRET_ACCESS_KEY: "very/secret+key" }, "s3://b/p");
-    } catch (error) {
-      return error as UploadError;
-    }
-    assert.fail("expected a config error");
-  })();
-  assert.equal(missing.kind, "config");
-  assert.equal(exitCodeFor(missing), 2);
-  assert.match(missing.message, /AWS_ACCESS_KEY_ID is not set/);
-  assert.match(missing.hint ?? "", /supabase\.co\/storage\/v1\/s3/);
-  assertNoSecret(missing, ["very/secret+key"]);
-
-  for (
-    const endpoint of [
-      "ftp://x",
-      "not a url",
-      "https://user:pw-secret@x.example",
-      "https://x?token=t0ken",
-    ]
-  ) {
-    assert.throws(() => parseEndpoint(endpoint), (error: unknown) => {
-      assert.ok(error instanceof UploadError && error.kind === "config");
-      assert.ok(!error.message.includes("pw-secret") && !error.message.includes("t0ken"));
-      return true;
-    });
-  }
-});
-
-Deno.test("planFolderObjects: the images (any case) and bytes a dry run would put", () => {
-  const plan = planFolderObjects({ bucket: "b", prefix: "raw" }, {
-    path: "/data/Batch 1",
-    key: "Batch 1",
-    files: [
-      { name: "stats.json", size: 10, mtimeMs: 0 },
-      { name: "b.PNG", size: 200, mtimeMs: 0 },
-      { name: "a.jpg", size: 100, mtimeMs: 0 },
-      { name: "report.pdf", size: 5000, mtimeMs: 0 },
-    ],
-  }, { deviceId: "dev" });
-  assert.deepEqual(plan, {
-    objects: [
-      { name: "a.jpg", key: "raw/dev/Batch 1/a.jpg", size: 100 },
-      { name: "b.PNG", key: "raw/dev/Batch 1/b.PNG", size: 200 },
-    ],
-    bytes: 300,
-  });
-});
-
-Deno.test("ObjectStore.reserve: requests and bytes in flight are bounded; a large file goes alone", async () => {
-  const store = new ObjectStore({
-    bucket: "b",
-    prefix: "",
-    endpoint: "http://127.0.0.1:9",
-    region: "r",
-    accessKeyId: "a",
-    secretAccessKey: "s",
-  }, { concurrency: 3, maxBytesInFlight: 100 });
-  const order: string[] = [];
-  const r1 = await store.reserve(60);
-  let r2done = false;
-  const r2 = store.reserve(60).then((release) => {
-    r2done = true;
-    order.push("second");
-    return release;
-  });
-  await new Promise((r) => setTimeout(r, 20));
-  assert.equal(r2done, false, "60 + 60 bytes exceed a budget of 100");
-  r1();
-  const release2 = await r2;
-  const big = store.reserve(500).then((release) => {
-    order.push("big");
-    return release;
-  });
-  const small = store.reserve(1).then((release) => {
-    order.push("small");
-    return release;
-  });
-  await new Promise((r) => setTimeout(r, 20));
-  assert.deepEqual(order, ["second"], "the large file waits for everything in flight");
-  release2();
-  const releaseBig = await big;
-  assert.deepEqual(order, ["second", "big"]);
-  releaseBig();
-  (await small)();
-  assert.deepEqual(order, ["second", "big", "small"]);
-
-  const slots = [await store.reserve(0), await store.reserve(0), await store.reserve(0)];
-  const aborter = new AbortController();
-  const fourth = store.reserve(0, aborter.signal);
-  aborter.abort();
-  await assert.rejects(fourth);
-  for (const release of slots) release();
-});
 
 // ---------------------------------------------------------------- against a real server
 

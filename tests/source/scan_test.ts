@@ -1,5 +1,5 @@
 /**
- * Tests of the folder walk (lib/source/scan.ts) against real trees in temp directories: the unit
+ * Tests of the folder walk (lib/source/walk.ts) against real trees in temp directories: the unit
  * rule, keys, hidden entries, symlinks, unreadable directories, names that are not UTF-8,
  * entries vanishing mid-scan, wide directories read as a stream, the partition between
  * walkers, the memory bound, and generated trees.
