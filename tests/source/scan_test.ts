@@ -118,6 +118,19 @@ function openFds(): number {
   return [...Deno.readDirSync("/proc/self/fd")].length;
 }
 
+/** The open descriptor count once it is back to `expected`, or after 2 s of
+ * waiting: a listing's handle is released on Deno's blocking threads, a moment
+ * after its iterator returns. */
+async function settledFds(expected: number): Promise<number> {
+  const until = Date.now() + 2_000;
+  let now = openFds();
+  while (now !== expected && Date.now() < until) {
+    await new Promise((resolve) => setTimeout(resolve, 20));
+    now = openFds();
+  }
+  return now;
+}
+
 Deno.test("scanFolders: a folder is a unit when it directly holds stats.json or an image", async () => {
   using dir = tempDir();
   writeTree(dir.path, {
@@ -599,13 +612,13 @@ Deno.test("scanFolders: stopping early closes the listings still open", async ()
       break;
     }
   }
-  assert.equal(openFds(), before);
+  assert.equal(await settledFds(before), before);
   const controller = new AbortController();
   const chunks = scanFolderChunks(dir.path, { ...STREAMED, chunk: 3, signal: controller.signal });
   await chunks.next();
   controller.abort();
   assert.equal((await chunks.next()).done, true);
-  assert.equal(openFds(), before);
+  assert.equal(await settledFds(before), before);
 });
 
 Deno.test("snapshotFolder: one folder, no walk below it", () => {
