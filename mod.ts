@@ -47,13 +47,9 @@ export { type FileEntry, fingerprintFiles } from "./lib/source/fingerprint.ts";
 export { decideFolder, type DiffDecision } from "./lib/plan/diff.ts";
 export { type StatusReport, Tracker } from "./lib/tracker/tracker.ts";
 export { buildRow, readStats } from "./lib/plan/row.ts";
-export {
-  buildUpsertScript,
-  buildUpsertStatement,
-  type DeviceInfo,
-  sqlLiteral,
-  type UploadRow,
-} from "./lib/sink/postgres/sql.ts";
+export { buildUpsertScript, buildUpsertStatement } from "./lib/sink/postgres/upsert.ts";
+export { type DeviceInfo, type UploadRow } from "./lib/sink/columns.ts";
+export { sqlLiteral } from "./lib/sink/postgres/quote.ts";
 export {
   buildSchemaStatements,
   describePermissionError,

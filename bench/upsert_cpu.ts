@@ -36,13 +36,9 @@ import { DEFAULT_CONFIG, markerNames } from "../config.ts";
 import { buildRow } from "../lib/plan/row.ts";
 import { scanFolders } from "../lib/source/scan.ts";
 import { buildSchemaStatements } from "../lib/sink/postgres/schema.ts";
-import {
-  buildUpsertScript,
-  buildUpsertStatement,
-  rowToJsonWithStats,
-  sqlLiteral,
-  type UploadRow,
-} from "../lib/sink/postgres/sql.ts";
+import { buildUpsertScript, buildUpsertStatement } from "../lib/sink/postgres/upsert.ts";
+import { rowToJsonWithStats, type UploadRow } from "../lib/sink/columns.ts";
+import { sqlLiteral } from "../lib/sink/postgres/quote.ts";
 import { connectionFromUrl } from "../lib/target/target.ts";
 import { startPostgres } from "../support/postgres.ts";
 import { generateTree, removeTree } from "../support/tree.ts";

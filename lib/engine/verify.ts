@@ -16,7 +16,7 @@ import {
   buildDeviceCountQuery,
   buildRemoteHashesQuery,
   parseDeviceCounts,
-} from "../sink/postgres/sql.ts";
+} from "../sink/postgres/remote.ts";
 import type { WriteContext } from "../sink/postgres/writer.ts";
 
 /** Rows handed to the tracker per transaction. */

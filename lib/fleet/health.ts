@@ -28,7 +28,7 @@ import {
   sqlLiteral,
   type TableRef,
   tableRef,
-} from "../sink/postgres/sql.ts";
+} from "../sink/postgres/quote.ts";
 import type { Run } from "../engine/run.ts";
 import type { Tracker } from "../tracker/tracker.ts";
 import { TOOL_VERSION } from "../core/version.ts";

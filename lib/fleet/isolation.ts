@@ -26,7 +26,7 @@
 
 import { UploadError } from "../core/errors.ts";
 import { healthRef } from "./health.ts";
-import { quoteIdent, sqlLiteral, tableRef } from "../sink/postgres/sql.ts";
+import { quoteIdent, sqlLiteral, tableRef } from "../sink/postgres/quote.ts";
 
 /** The mapping table's own name; it lives in the upload table's schema. */
 export const DEVICE_ROLES_TABLE = "device_roles";

@@ -16,7 +16,7 @@ import { DEFAULT_CONFIG, type UploaderConfig } from "../../config.ts";
 import { EXIT, UploadError } from "../core/errors.ts";
 import { healthRef } from "./health.ts";
 import { type PsqlConnection, PsqlSession } from "../sink/postgres/psql.ts";
-import { sqlLiteral, tableRef } from "../sink/postgres/sql.ts";
+import { sqlLiteral, tableRef } from "../sink/postgres/quote.ts";
 import { UNKNOWN_DEVICE } from "../sink/postgres/schema.ts";
 import { fromCaller, parseFlags } from "../cli/cli.ts";
 

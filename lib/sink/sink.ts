@@ -11,7 +11,7 @@
  * @module
  */
 
-import type { DeviceInfo, UploadRow } from "./postgres/sql.ts";
+import type { DeviceInfo, UploadRow } from "./columns.ts";
 
 /** One folder's row in a batch. */
 export interface SinkItem {

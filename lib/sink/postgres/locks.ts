@@ -17,7 +17,7 @@
  */
 
 import type { StatementReply } from "./psql.ts";
-import { sqlLiteral, tableRef } from "./sql.ts";
+import { sqlLiteral, tableRef } from "./quote.ts";
 
 /** A session in the way of this run's statements, as far as the server shows it. */
 export interface LockHolder {

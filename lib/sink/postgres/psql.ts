@@ -94,7 +94,7 @@ export interface RunOptions {
    * The text is a psql script of several statements, sent as it is (not checked to be one
    * statement): the reply is that of the last statement it ran, and when that failed the
    * session sends `rollback` after the reply, ending a transaction the script opened.
-   * `buildUpsertScript` (lib/sink/postgres/sql.ts) makes such scripts. Default false.
+   * `buildUpsertScript` (lib/sink/postgres/upsert.ts) makes such scripts. Default false.
    */
   script?: boolean;
 }

@@ -13,7 +13,7 @@ import { UploadError } from "../../core/errors.ts";
  * is, and returns it terminated by `;` and a newline. Lexes like psql: quotes (`'...'`,
  * `E'...'`), quoted identifiers, dollar quotes, `--` and nested `/* *\/` comments. Plain
  * `'...'` literals are read as with `standard_conforming_strings` on; the project's
- * `sqlLiteral` (lib/sink/postgres/sql.ts) uses `E'...'` for any text with a backslash, so both readings
+ * `sqlLiteral` (lib/sink/postgres/quote.ts) uses `E'...'` for any text with a backslash, so both readings
  * agree.
  *
  * @throws UploadError `fatal` (a bug in the caller) for an empty statement, several

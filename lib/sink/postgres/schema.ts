@@ -22,14 +22,8 @@ import { buildHealthDdl, healthRef } from "../../fleet/health.ts";
 import { describeDeviceRefusal, isolationSection } from "../../fleet/isolation.ts";
 import { classifySqlstate } from "../../core/policy.ts";
 import type { StatementError, StatementReply } from "./psql.ts";
-import {
-  checkDevice,
-  type DeviceInfo,
-  quoteIdent,
-  sqlLiteral,
-  type TableRef,
-  tableRef,
-} from "./sql.ts";
+import { checkDevice, quoteIdent, sqlLiteral, type TableRef, tableRef } from "./quote.ts";
+import type { DeviceInfo } from "../columns.ts";
 
 /** Where the hints of this module send the user for the owner's SQL. */
 export const PRINT_SCHEMA_COMMAND = "deno task upload --print-schema";

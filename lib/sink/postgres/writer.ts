@@ -11,12 +11,8 @@ import { messageOf, UploadError } from "../../core/errors.ts";
 import { type PsqlConnection, PsqlSession, type StatementReply } from "./psql.ts";
 import { actionFor, classifySqlstate } from "../../core/policy.ts";
 import { backoffDelay, type BackoffOptions, sleep } from "../../core/retry.ts";
-import {
-  buildUpsertScript,
-  buildUpsertStatement,
-  parseUpsertReply,
-  type UploadRow,
-} from "./sql.ts";
+import { buildUpsertScript, buildUpsertStatement, parseUpsertReply } from "./upsert.ts";
+import type { UploadRow } from "../columns.ts";
 import {
   describePermissionError,
   ensureSchema as prepareSchema,
@@ -44,7 +40,7 @@ import {
   type ResolvedIdentity,
   resolveIdentity,
 } from "../../target/identity.ts";
-import type { DeviceInfo } from "./sql.ts";
+import type { DeviceInfo } from "../columns.ts";
 import type { Connector } from "../../target/connect.ts";
 import type { UploaderConfig } from "../../../config.ts";
 

@@ -15,7 +15,7 @@ import {
   type StatementReply,
 } from "../../../lib/sink/postgres/psql.ts";
 import { classifySqlstate } from "../../../lib/core/policy.ts";
-import { sqlLiteral } from "../../../lib/sink/postgres/sql.ts";
+import { sqlLiteral } from "../../../lib/sink/postgres/quote.ts";
 import {
   hasPostgres,
   type PgServer,

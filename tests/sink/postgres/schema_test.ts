@@ -28,14 +28,9 @@ import {
   schemaTimeoutError,
   UNKNOWN_DEVICE,
 } from "../../../lib/sink/postgres/schema.ts";
-import {
-  buildUpsertStatement,
-  type DeviceInfo,
-  parseUpsertReply,
-  quoteIdent,
-  sqlLiteral,
-  type UploadRow,
-} from "../../../lib/sink/postgres/sql.ts";
+import { buildUpsertStatement, parseUpsertReply } from "../../../lib/sink/postgres/upsert.ts";
+import type { DeviceInfo, UploadRow } from "../../../lib/sink/columns.ts";
+import { quoteIdent, sqlLiteral } from "../../../lib/sink/postgres/quote.ts";
 import {
   ensureSchema as writerEnsureSchema,
   psqlFactory,

@@ -17,12 +17,10 @@ import {
   buildUpsertScript,
   buildUpsertStatement,
   copyField,
-  type DeviceInfo,
   parseUpsertReply,
-  rowToJsonWithStats,
   textArrayLiteral,
-  type UploadRow,
-} from "../../../lib/sink/postgres/sql.ts";
+} from "../../../lib/sink/postgres/upsert.ts";
+import { type DeviceInfo, rowToJsonWithStats, type UploadRow } from "../../../lib/sink/columns.ts";
 import { buildSchemaStatements } from "../../../lib/sink/postgres/schema.ts";
 import {
   hasPostgres,

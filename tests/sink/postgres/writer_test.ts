@@ -11,11 +11,11 @@
  * file and by tests/e2e/upload_test.ts, against a real PostgreSQL.
  */
 
-import { rowToJson } from "../../../lib/sink/postgres/sql.ts";
+import { rowToJson } from "../../../lib/sink/columns.ts";
 import assert from "node:assert/strict";
 import { exitCodeFor, UploadError } from "../../../lib/core/errors.ts";
 import type { PsqlConnection, StatementReply } from "../../../lib/sink/postgres/psql.ts";
-import type { UploadRow } from "../../../lib/sink/postgres/sql.ts";
+import type { UploadRow } from "../../../lib/sink/columns.ts";
 import {
   type BatchItem,
   ensureSchema,
