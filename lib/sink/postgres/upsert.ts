@@ -386,9 +386,10 @@ function upsertTail(ref: TableRef, rows: readonly UploadRow[], columns: TableCol
       const value = updateValue(c, columns);
       return value === null ? [] : [`${c.name} = ${value}`];
     });
+  const into = `  insert into ${ref.sql} as t (`;
   return strict.conflicts +
     `), written as (\n` +
-    `  insert into ${ref.sql} as t (${wrapList(written.map((c) => c.name), "    ", 26)})\n` +
+    `${into}${wrapList(written.map((c) => c.name), "    ", into.length)})\n` +
     `  select ${wrapList(written.map(insertValue), "    ", 9)}\n` +
     `  from payload, input i\n` +
     strict.keep +
