@@ -10,7 +10,7 @@
  */
 
 import { UploadError } from "../core/errors.ts";
-import { copyOut } from "../sink/postgres/psql.ts";
+import { copyOut } from "../sink/postgres/copy.ts";
 import type { Run } from "./run.ts";
 import {
   buildDeviceCountQuery,

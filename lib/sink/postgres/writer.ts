@@ -32,7 +32,7 @@ import {
   type WatchedStatement,
 } from "./locks.ts";
 import { parseReadOnlyFacts, READ_ONLY_STATEMENT, readOnlyError } from "./readonly.ts";
-import { APPLICATION_NAME } from "./psql.ts";
+import { APPLICATION_NAME } from "./spawn.ts";
 import {
   type DeviceSource,
   type IdentitySetup,
