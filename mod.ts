@@ -48,7 +48,24 @@ export { decideFolder, type DiffDecision } from "./lib/plan/diff.ts";
 export { type StatusReport, Tracker } from "./lib/tracker/tracker.ts";
 export { buildRow, readStats } from "./lib/plan/row.ts";
 export { buildUpsertScript, buildUpsertStatement } from "./lib/sink/postgres/upsert.ts";
-export { type DeviceInfo, type UploadRow } from "./lib/sink/columns.ts";
+export {
+  type ColumnSpec,
+  type DeviceInfo,
+  rowToJson,
+  UPLOAD_COLUMNS,
+  type UploadRow,
+} from "./lib/sink/columns.ts";
+export type {
+  ItemOutcome,
+  OpenedSink,
+  RowSink,
+  SinkContext,
+  SinkEvent,
+  SinkFactory,
+  SinkItem,
+  WriteResult,
+} from "./lib/sink/sink.ts";
+export { postgresSink, type PostgresSinkSettings } from "./lib/sink/postgres/sink.ts";
 export { sqlLiteral } from "./lib/sink/postgres/quote.ts";
 export {
   buildSchemaStatements,

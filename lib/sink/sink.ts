@@ -103,6 +103,13 @@ export interface SinkContext {
 export interface RowSink {
   /** The target as shown to the user (never a password). */
   readonly display: string;
+  /** The target is a database this run serves itself (started on first use). */
+  readonly embedded: boolean;
+  /**
+   * Opening settles the device id (nothing configured it: a new tracker): whoever needs the
+   * settled id before the first write (object keys) opens the sink first.
+   */
+  readonly settlesDevice: boolean;
   /** Whether the target was opened in this run (an embedded database started, say). */
   readonly opened: boolean;
   /**
@@ -121,13 +128,20 @@ export interface RowSink {
   write<T extends SinkItem>(items: T[], batchName: string): Promise<WriteResult<T>>;
   /**
    * Streams this device's rows as `[folder_key, content_hash]` (`--verify`), in chunks, never
-   * all in memory; returns how many there were.
+   * all in memory (opening the target first if need be); returns how many there were.
+   *
+   * @throws {UploadError} the target unreachable or refusing the read; `interrupted` when
+   *   `signal` aborts.
    */
   readRemote(
     onRows: (rows: [string, string | null][]) => void,
     signal: AbortSignal,
   ): Promise<number>;
-  /** How many of the folders with these keys each other device id holds rows for. */
+  /**
+   * How many of the folders with these keys each device id but this one holds rows for.
+   *
+   * @throws {UploadError} the target refusing the query, or gone.
+   */
   otherDevices(keys: readonly string[]): Promise<Map<string, number>>;
   /** Abandons writes in flight at once (their folders stay pending). */
   abandon(): void;
