@@ -491,12 +491,22 @@ export interface FieldText {
 /**
  * The payload fields a row carries, in {@linkcode TableColumns.payload} order, each with its
  * value's JSON text: every `always` field (null when the row has no value), a flag only when
- * true, an optional field only when the row has it.
+ * true, an optional field only when the row has it. The field `hole`, when given, is listed
+ * with an empty text and its value is not serialized (a large stats value the caller has as
+ * text already).
  */
-export function payloadFields(row: object, columns: TableColumns = UPLOAD_COLUMNS): FieldText[] {
+export function payloadFields(
+  row: object,
+  columns: TableColumns = UPLOAD_COLUMNS,
+  hole?: string,
+): FieldText[] {
   const fields: FieldText[] = [];
   for (const f of columns.payload) {
     if (f.presence !== "always" && !carries(row, f)) continue;
+    if (f.name === hole) {
+      fields.push({ name: f.name, json: "" });
+      continue;
+    }
     const value = f.presence === "flag" ? true : valueOf(row, f.name) ?? null;
     fields.push({ name: f.name, json: JSON.stringify(value) });
   }
@@ -553,7 +563,7 @@ export function rowToJsonWithStats(
   columns: TableColumns = UPLOAD_COLUMNS,
 ): string {
   if (columns.raw === undefined) throw new UploadError("fatal", "No raw column declared");
-  const [before, after] = splitPayload(payloadFields(row, columns), columns.raw);
+  const [before, after] = splitPayload(payloadFields(row, columns, columns.raw), columns.raw);
   return `${before}${statsText ?? "null"}${after}`;
 }
 

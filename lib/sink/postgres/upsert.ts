@@ -416,7 +416,8 @@ function copyLine(
   fields: readonly PayloadField[],
   columns: TableColumns,
 ): string {
-  const texts = payloadFields(row, columns);
+  // The raw field's text comes from the JSON that travels, not from serializing it again.
+  const texts = payloadFields(row, columns, columns.raw);
   const jsonOf = new Map(texts.map((t) => [t.name, t.json]));
   if (columns.raw !== undefined) {
     // The JSON text is before + raw + after, both made from the row's other fields.
