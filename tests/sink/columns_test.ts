@@ -92,6 +92,25 @@ Deno.test("rowToJsonWithStats splices the file's own text where rowToJson puts t
   assert.equal(rowToJsonWithStats(row, null), rowToJson(row));
 });
 
+Deno.test("the stats value is never serialized again: its text travels (memory of a 16 MiB file)", () => {
+  const parsed = {
+    toJSON() {
+      throw new Error("the parsed stats were serialized again");
+    },
+  };
+  const row = { ...sampleRow("L1/B1"), test_results: parsed };
+  const json = rowToJsonWithStats(row, '{"a": 1}');
+  assert.equal(JSON.parse(json).test_results.a, 1);
+  const script = buildUpsertScript(
+    [row],
+    { table: "device_test", device: DEVICE, batchName: "b" },
+    [
+      json,
+    ],
+  );
+  assert.match(script, /\t\{"a": 1\}\t/, "the COPY line carries the text");
+});
+
 Deno.test("headerToJson: the header columns in declaration order", () => {
   assert.equal(
     headerToJson({ deviceId: DEVICE.id, deviceName: "n", deviceType: "t", batchName: "b1" }),
