@@ -51,10 +51,10 @@ export { buildUpsertScript, buildUpsertStatement } from "./lib/sink/postgres/ups
 export {
   type ColumnSpec,
   type DeviceInfo,
-  rowToJson,
   UPLOAD_COLUMNS,
   type UploadRow,
 } from "./lib/sink/columns.ts";
+export { rowToJson } from "./lib/sink/payload.ts";
 export type {
   ItemOutcome,
   OpenedSink,

@@ -206,11 +206,42 @@ export class Committer {
     }
     const endedAt = new Date(run.now());
     const okCount = result.outcomes.filter((o) => o.ok).length;
-    tracker?.recordBatch(
+    this.#record(batch, { id, name, startedAt, endedAt }, result, okCount);
+    const counters = run.counters;
+    counters.batches++;
+    counters.inserted += result.inserted;
+    counters.updated += result.updated;
+    counters.bytes += batch.bytes;
+    await this.#settle(result.outcomes, name, endedAt);
+    run.emit({
+      event: "batch_done",
+      batch: name,
+      folders: items.length,
+      ok: okCount,
+      failed: items.length - okCount,
+      inserted: result.inserted,
+      updated: result.updated,
+      bytes: batch.bytes,
+      duration_ms: endedAt.getTime() - startedAt.getTime(),
+    });
+  }
+
+  /** Records an acknowledged batch in the tracker: each folder's outcome, in one transaction. */
+  #record(
+    batch: PlannedBatch,
+    at: { id: string; name: string; startedAt: Date; endedAt: Date },
+    result: WriteResult<PlannedItem>,
+    okCount: number,
+  ): void {
+    const run = this.#run;
+    if (run.runId === null) return;
+    const { id, name, startedAt, endedAt } = at;
+    const items = batch.items;
+    run.tracker?.recordBatch(
       {
         batchId: id,
         batchName: name,
-        runId: run.runId!,
+        runId: run.runId,
         totalFolders: items.length,
         startTime: startedAt,
         endTime: endedAt,
@@ -229,12 +260,17 @@ export class Committer {
         error: o.error,
       })),
     );
+  }
+
+  /** Counts, reports and marks each folder of an acknowledged batch. */
+  async #settle(
+    outcomes: ItemOutcome<PlannedItem>[],
+    name: string,
+    endedAt: Date,
+  ): Promise<void> {
+    const run = this.#run;
     const counters = run.counters;
-    counters.batches++;
-    counters.inserted += result.inserted;
-    counters.updated += result.updated;
-    counters.bytes += batch.bytes;
-    for (const o of result.outcomes) {
+    for (const o of outcomes) {
       const item = o.item;
       const snap = item.snapshot;
       if (o.ok) {
@@ -255,16 +291,5 @@ export class Committer {
         await run.failedMarker(snap, error);
       }
     }
-    run.emit({
-      event: "batch_done",
-      batch: name,
-      folders: items.length,
-      ok: okCount,
-      failed: items.length - okCount,
-      inserted: result.inserted,
-      updated: result.updated,
-      bytes: batch.bytes,
-      duration_ms: endedAt.getTime() - startedAt.getTime(),
-    });
   }
 }

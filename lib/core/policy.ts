@@ -246,6 +246,19 @@ export function psqlExitKind(code: number, stderr: string): ErrorKind {
   return code === 2 ? classifyConnectFailure(stderr) : "config";
 }
 
+/**
+ * What a psql session that could not connect means: `transient` when the client's own
+ * connect timeout ended it or a signal it did not get from the uploader did (a service
+ * manager stopping every process: that says nothing about the server), else as
+ * {@linkcode classifyConnectFailure} reads psql's stderr.
+ */
+export function connectFailureKind(
+  stderr: string,
+  ended: { timedOut: boolean; signalled: boolean },
+): ErrorKind {
+  return ended.timedOut || ended.signalled ? "transient" : classifyConnectFailure(stderr);
+}
+
 /** How a connection came to its TLS setting, for the hints of a failed connection. */
 export interface TlsSetting {
   /** The sslmode psql will use, when the URL or the environment says (else libpq's default). */

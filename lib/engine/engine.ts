@@ -175,7 +175,20 @@ export async function runEngine(source: FolderSource, options: EngineOptions): P
     options.finishSignal?.removeEventListener("abort", onFinish);
   }
   counters.settling += settle.size;
+  return await concludeRun(run, options, health);
+}
 
+/**
+ * Ends a run after it drained: its outcome decided, recorded in the tracker, the device's
+ * health reported (not when the server stayed away: that would only make the run wait
+ * once more).
+ */
+async function concludeRun(
+  run: Run,
+  options: EngineOptions,
+  health: HealthReporter | null,
+): Promise<RunResult> {
+  const counters = run.counters;
   const outcome = () =>
     decideOutcome({
       error: run.error,
@@ -204,7 +217,6 @@ export async function runEngine(source: FolderSource, options: EngineOptions): P
       ({ status, exitCode } = outcome());
     }
   }
-  // A server that stayed away would only make the run wait once more.
   if (status !== "unreachable") await health?.report({ outcome: status, exitCode, ended: true });
   return {
     counters,

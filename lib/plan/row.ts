@@ -11,8 +11,9 @@ import { markerNames, type UploaderConfig } from "../../config.ts";
 import { UploadError } from "../core/errors.ts";
 import type { FolderSnapshot } from "../source/scan.ts";
 import { isImageName } from "../source/scan.ts";
-import { rowStatementBytes } from "../sink/postgres/upsert.ts";
-import { rowToJsonWithStats, type UploadRow } from "../sink/columns.ts";
+import { rowStatementBytes } from "../sink/postgres/quote.ts";
+import { rowToJsonWithStats } from "../sink/payload.ts";
+import type { UploadRow } from "../sink/columns.ts";
 
 /** What {@linkcode buildRow} needs from the configuration. */
 export type RowConfig = Pick<

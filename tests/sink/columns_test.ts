@@ -14,15 +14,13 @@ import {
   type ColumnSpec,
   defineColumns,
   type DeviceInfo,
-  headerToJson,
   type RowOf,
-  rowToJson,
-  rowToJsonWithStats,
   UPLOAD_COLUMN_LIST,
   UPLOAD_COLUMNS,
   UPLOAD_ROW_FLAGS,
   type UploadRow,
 } from "../../lib/sink/columns.ts";
+import { headerToJson, rowToJson, rowToJsonWithStats } from "../../lib/sink/payload.ts";
 import { buildUpsertScript, buildUpsertStatement } from "../../lib/sink/postgres/upsert.ts";
 import { buildSchemaStatements } from "../../lib/sink/postgres/schema/ddl.ts";
 import { findMissing } from "../../lib/sink/postgres/schema/checks.ts";

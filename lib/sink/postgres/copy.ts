@@ -7,6 +7,7 @@
 
 import { UploadError } from "../../core/errors.ts";
 import { connectHint, psqlExitKind } from "../../core/policy.ts";
+import { decodeCopyText } from "./copy_text.ts";
 import { LineReader } from "./lines.ts";
 import type { PsqlConnection } from "./psql.ts";
 import { APPLICATION_NAME, spawnPsql } from "./spawn.ts";
@@ -86,19 +87,3 @@ export async function copyOut(
   }
   return rows;
 }
-
-/** One column of COPY's text format: `\N` is null; backslash escapes are undone. */
-export function decodeCopyText(field: string): string | null {
-  if (field === "\\N") return null;
-  if (!field.includes("\\")) return field;
-  return field.replace(/\\(.)/g, (_, c: string) => COPY_ESCAPES[c] ?? c);
-}
-
-const COPY_ESCAPES: Record<string, string> = {
-  b: "\b",
-  f: "\f",
-  n: "\n",
-  r: "\r",
-  t: "\t",
-  v: "\v",
-};

@@ -27,7 +27,7 @@
 
 import { UploadError } from "../../core/errors.ts";
 import {
-  classifyConnectFailure,
+  connectFailureKind,
   connectHint,
   isAbortedTransaction,
   probeRefusalKind,
@@ -221,7 +221,7 @@ export class PsqlSession {
       const signalled = session.#exitSignal !== null && !session.#closing;
       await session.kill();
       const stderr = session.#connectMessage();
-      const kind = session.#timedOut || signalled ? "transient" : classifyConnectFailure(stderr);
+      const kind = connectFailureKind(stderr, { timedOut: session.#timedOut, signalled });
       throw new UploadError(
         kind,
         `Cannot connect to ${conn.display}: ${stderr || (error as Error).message}`,

@@ -121,3 +121,35 @@ export function checkDevice(device: DeviceInfo): void {
     });
   }
 }
+
+/** UTF-8 length of a string, counting what E'...' quoting doubles (`\` and `'`). */
+function quotedUtf8Length(s: string): number {
+  let bytes = 0;
+  for (let i = 0; i < s.length; i++) {
+    const c = s.charCodeAt(i);
+    if (c === 0x27 || c === 0x5c) bytes += 2;
+    else if (c < 0x80) bytes += 1;
+    else if (c < 0x800) bytes += 2;
+    else if (c >= 0xd800 && c <= 0xdbff) {
+      bytes += 4; // a surrogate pair: one 4-byte character
+      i++;
+    } else bytes += 3;
+  }
+  return bytes;
+}
+
+/**
+ * Bytes a row's JSON text (as `rowToJson` makes it) adds to an upsert statement: its UTF-8
+ * length with the quoting's doubled characters, plus a separator. Exact for text with a
+ * backslash, an upper bound otherwise. A statement is at most
+ * `UPSERT_OVERHEAD_BYTES` (upsert.ts) plus the sum over its rows (device name and batch name
+ * longer than a few hundred bytes aside).
+ *
+ * @example
+ * ```ts
+ * rowStatementBytes('{"folder_key":"é"}'); // 20
+ * ```
+ */
+export function rowStatementBytes(json: string): number {
+  return quotedUtf8Length(json) + 1;
+}

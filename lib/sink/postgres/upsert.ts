@@ -20,20 +20,17 @@
  */
 
 import { UploadError } from "../../core/errors.ts";
+import { carries, headerToJson, payloadFields, rowToJson, splitPayload } from "../payload.ts";
 import {
-  carries,
   type ColumnSpec,
   type DeviceInfo,
-  headerToJson,
   imageNameBytes,
   type PayloadField,
-  payloadFields,
-  rowToJson,
-  splitPayload,
   type TableColumns,
   UPLOAD_COLUMNS,
   type UploadRow,
 } from "../columns.ts";
+import { copyField, textArrayLiteral } from "./copy_text.ts";
 import { checkDevice, sqlLiteral, type TableRef, tableRef } from "./quote.ts";
 
 /** Options for {@linkcode buildUpsertStatement}. */
@@ -448,44 +445,6 @@ function copyValue(row: UploadRow, f: PayloadField, json: string | undefined): s
 }
 
 /**
- * Escapes a value as one field of COPY's text format: `\N` for null; backslash, newline,
- * carriage return and tab as backslash escapes. Text only (no NUL: PostgreSQL refuses it).
- *
- * @example
- * ```ts
- * copyField("a\tb\\c"); // "a\\tb\\\\c"
- * copyField(null); // "\\N"
- * ```
- */
-export function copyField(value: string | null): string {
-  if (value === null) return "\\N";
-  return /[\\\n\r\t]/.test(value) ? value.replace(/[\\\n\r\t]/g, escapeCopyChar) : value;
-}
-
-function escapeCopyChar(c: string): string {
-  return c === "\\" ? "\\\\" : c === "\n" ? "\\n" : c === "\r" ? "\\r" : "\\t";
-}
-
-/**
- * A PostgreSQL array literal of text elements, each double-quoted with `"` and `\`
- * escaped: what `'...'::text[]` reads back as the same strings.
- *
- * @example
- * ```ts
- * textArrayLiteral(['a "b"', "c"]); // '{"a \\"b\\"","c"}'
- * ```
- */
-export function textArrayLiteral(items: readonly string[]): string {
-  let out = "{";
-  for (let i = 0; i < items.length; i++) {
-    if (i > 0) out += ",";
-    const item = items[i];
-    out += `"${/["\\]/.test(item) ? item.replace(/["\\]/g, "\\$&") : item}"`;
-  }
-  return `${out}}`;
-}
-
-/**
  * Reads the counts from the rows of an upsert statement's reply.
  *
  * @throws UploadError `fatal` when the rows are not the statement's one line of JSON.
@@ -516,36 +475,4 @@ export function parseUpsertReply(rows: readonly string[]): UpsertCounts {
   const conflicts = (value.conflicts ?? []) as [string, string][];
   if (conflicts.length > 0) counts.conflicts = conflicts;
   return counts;
-}
-
-/** UTF-8 length of a string, counting what E'...' quoting doubles (`\` and `'`). */
-function quotedUtf8Length(s: string): number {
-  let bytes = 0;
-  for (let i = 0; i < s.length; i++) {
-    const c = s.charCodeAt(i);
-    if (c === 0x27 || c === 0x5c) bytes += 2;
-    else if (c < 0x80) bytes += 1;
-    else if (c < 0x800) bytes += 2;
-    else if (c >= 0xd800 && c <= 0xdbff) {
-      bytes += 4; // a surrogate pair: one 4-byte character
-      i++;
-    } else bytes += 3;
-  }
-  return bytes;
-}
-
-/**
- * Bytes a row's JSON text (as `rowToJson` makes it) adds to an upsert statement: its UTF-8
- * length with the quoting's doubled characters, plus a separator. Exact for text with a
- * backslash, an upper bound otherwise. A statement is at most
- * {@linkcode UPSERT_OVERHEAD_BYTES} plus the sum over its rows (device name and batch name
- * longer than a few hundred bytes aside).
- *
- * @example
- * ```ts
- * rowStatementBytes('{"folder_key":"é"}'); // 20
- * ```
- */
-export function rowStatementBytes(json: string): number {
-  return quotedUtf8Length(json) + 1;
 }

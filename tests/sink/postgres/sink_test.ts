@@ -6,7 +6,8 @@
  */
 
 import assert from "node:assert/strict";
-import { rowToJson, type UploadRow } from "../../../lib/sink/columns.ts";
+import { rowToJson } from "../../../lib/sink/payload.ts";
+import type { UploadRow } from "../../../lib/sink/columns.ts";
 import type { SinkContext, SinkEvent, SinkItem } from "../../../lib/sink/sink.ts";
 import { postgresSink } from "../../../lib/sink/postgres/sink.ts";
 import type { PsqlConnection } from "../../../lib/sink/postgres/psql.ts";

@@ -16,11 +16,11 @@ import {
 import {
   buildUpsertScript,
   buildUpsertStatement,
-  copyField,
   parseUpsertReply,
-  textArrayLiteral,
 } from "../../../lib/sink/postgres/upsert.ts";
-import { type DeviceInfo, rowToJsonWithStats, type UploadRow } from "../../../lib/sink/columns.ts";
+import { copyField, textArrayLiteral } from "../../../lib/sink/postgres/copy_text.ts";
+import type { DeviceInfo, UploadRow } from "../../../lib/sink/columns.ts";
+import { rowToJsonWithStats } from "../../../lib/sink/payload.ts";
 import { buildSchemaStatements } from "../../../lib/sink/postgres/schema.ts";
 import {
   hasPostgres,

@@ -17,11 +17,12 @@ import {
 import {
   buildUpsertStatement as buildFromTexts,
   parseUpsertReply,
-  rowStatementBytes,
   UPSERT_OVERHEAD_BYTES,
   type UpsertOptions,
 } from "../../../lib/sink/postgres/upsert.ts";
-import { type DeviceInfo, rowToJson, type UploadRow } from "../../../lib/sink/columns.ts";
+import { rowStatementBytes } from "../../../lib/sink/postgres/quote.ts";
+import type { DeviceInfo, UploadRow } from "../../../lib/sink/columns.ts";
+import { rowToJson } from "../../../lib/sink/payload.ts";
 import { quoteIdent, sqlLiteral, tableRef } from "../../../lib/sink/postgres/quote.ts";
 import { buildSchemaStatements } from "../../../lib/sink/postgres/schema.ts";
 import {

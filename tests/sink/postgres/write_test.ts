@@ -16,7 +16,8 @@
 import assert from "node:assert/strict";
 import { exitCodeFor, UploadError } from "../../../lib/core/errors.ts";
 import { FailureClock, type RetryNotice } from "../../../lib/core/retry.ts";
-import { rowToJson, type UploadRow } from "../../../lib/sink/columns.ts";
+import { rowToJson } from "../../../lib/sink/payload.ts";
+import type { UploadRow } from "../../../lib/sink/columns.ts";
 import type { SinkItem } from "../../../lib/sink/sink.ts";
 import { SessionPool, type StatementRunner } from "../../../lib/sink/postgres/pool.ts";
 import { prepareTarget } from "../../../lib/sink/postgres/prepare.ts";

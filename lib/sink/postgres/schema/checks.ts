@@ -8,6 +8,7 @@
  */
 
 import { UploadError } from "../../../core/errors.ts";
+import { SQLSTATE } from "../../../core/policy.ts";
 import { type TableColumns, UPLOAD_COLUMNS } from "../../columns.ts";
 import { quoteIdent, tableRef } from "../quote.ts";
 import type { DeviceRowPlan } from "./devices.ts";
@@ -260,7 +261,7 @@ export function checkPolicies(
       `${names.table}; ${names.devices} needs SELECT, and INSERT for this device's first row)`,
     {
       subject: "schema",
-      sqlstate: "42501",
+      sqlstate: SQLSTATE.permission,
       hint: `Add the policies, narrowed to your rows as needed, e.g. ${examples.join("; ")}; ` +
         `the SQL printed by \`${PRINT_SCHEMA_COMMAND} --role ${inspection.role}\` has ` +
         `commented examples`,
