@@ -6,7 +6,7 @@
  *   floor: no conflict handling, no reply);
  * - `jsonb`: the uploader's upsert, {@linkcode buildUpsertStatement} (one statement per
  *   batch, the rows in one jsonb literal unpacked by `jsonb_to_recordset`);
- * - `script`: the uploader's COPY upsert, {@linkcode buildUpsertScript} (lib/sink/postgres/sql.ts): per
+ * - `script`: the uploader's COPY upsert, {@linkcode buildUpsertScript} (lib/sink/postgres/upsert.ts): per
  *   batch one transaction, a temp table of text columns dropped at commit, `COPY` into it,
  *   the insert casting the columns (the default methods are copy, jsonb and script);
  * - `staging`: per batch, one transaction: a temp table dropped at commit, `COPY` of the
