@@ -47,16 +47,35 @@ export { type FileEntry, fingerprintFiles } from "./lib/source/fingerprint.ts";
 export { decideFolder, type DiffDecision } from "./lib/plan/diff.ts";
 export { type StatusReport, Tracker } from "./lib/tracker/tracker.ts";
 export { buildRow, readStats } from "./lib/plan/row.ts";
-export { buildUpsertScript, buildUpsertStatement } from "./lib/sink/postgres/upsert.ts";
 export {
+  buildUpsertScript,
+  buildUpsertStatement,
+  type UpsertOptions,
+} from "./lib/sink/postgres/upsert.ts";
+export {
+  type ColumnOwner,
   type ColumnSpec,
+  type ColumnTravel,
   type DeviceInfo,
+  type Flatten,
+  type HeaderSource,
+  type HeaderValues,
+  type PayloadField,
+  type RowColumnOf,
+  type RowFlag,
+  type RowOf,
+  type RowValue,
+  type TableColumns,
+  UPLOAD_COLUMN_LIST,
   UPLOAD_COLUMNS,
+  UPLOAD_ROW_FLAGS,
   type UploadRow,
+  type ValueOf,
 } from "./lib/sink/columns.ts";
 export { rowToJson } from "./lib/sink/payload.ts";
 export type {
   ItemOutcome,
+  LockHolder,
   OpenedSink,
   RowSink,
   SinkContext,

@@ -39,6 +39,7 @@ import type { RowSink, SinkFactory } from "../sink/sink.ts";
 
 /** Settings of {@linkcode runEngine}. */
 export interface EngineOptions {
+  /** The run's settings. */
   config: UploaderConfig;
   /** What the run does: upload, scan-only, dry-run, quick or watch. */
   mode: RunMode;
@@ -68,6 +69,7 @@ export interface EngineOptions {
   signal?: AbortSignal;
   /** Aborting ends the run gracefully (SIGTERM in watch mode): the batch in flight finishes. */
   finishSignal?: AbortSignal;
+  /** Receives every event of the run. */
   onEvent?: (event: EngineEvent) => void;
   /** Counters to update (so a progress display can read them). */
   counters?: RunCounters;

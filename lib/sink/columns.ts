@@ -49,6 +49,7 @@ export type HeaderSource = keyof HeaderValues;
 
 /** One column of the upload table. */
 export interface ColumnSpec {
+  /** The column's name: a plain lower-case identifier. */
   readonly name: string;
   /** What it holds, for the reader. */
   readonly doc: string;
@@ -62,7 +63,9 @@ export interface ColumnSpec {
   readonly primaryKey?: boolean;
   /** References the `devices` table beside the upload table (its `id`). */
   readonly references?: "devices";
+  /** Who decides its value. */
   readonly owner: ColumnOwner;
+  /** How its value reaches the server. */
   readonly travel: ColumnTravel;
   /** A `row` column's value in an {@linkcode UploadRow}. */
   readonly value?: RowValue;
@@ -92,20 +95,27 @@ export interface ColumnSpec {
  * upsert gives it its meaning (see `strict` in lib/sink/postgres/upsert.ts).
  */
 export interface RowFlag {
+  /** The flag's name in the payload. */
   readonly name: string;
+  /** What it means. */
   readonly doc: string;
 }
 
 /** The values of the batch header. */
 export interface HeaderValues {
+  /** This device's id. */
   deviceId: string;
+  /** Its name. */
   deviceName: string;
+  /** Its type. */
   deviceType: string;
+  /** The batch's name. */
   batchName: string;
 }
 
 /** One field of a row's payload, in {@linkcode TableColumns.payload} order. */
 export interface PayloadField {
+  /** The field's name (its column's, or the flag's). */
   readonly name: string;
   /** SQL type of the field as the payload is unpacked (`boolean` for a flag). */
   readonly type: string;
@@ -122,6 +132,7 @@ export interface PayloadField {
 export interface TableColumns {
   /** Every column, in declaration order (the order of CREATE TABLE). */
   readonly columns: readonly ColumnSpec[];
+  /** The flags a row's payload may carry. */
   readonly flags: readonly RowFlag[];
   /** The upsert's conflict key (unique in the table). */
   readonly key: readonly string[];
@@ -426,15 +437,18 @@ export const UPLOAD_COLUMNS: TableColumns = defineColumns(
   ["device_id", "folder_key"],
 );
 
-type ValueOf<V> = V extends "string" ? string
+/** The TypeScript type of a {@linkcode RowValue}. */
+export type ValueOf<V> = V extends "string" ? string
   : V extends "string | null" ? string | null
   : V extends "string[]" ? string[]
   : V extends "object" ? Record<string, unknown>
   : unknown;
 
-type RowColumnOf<C extends readonly ColumnSpec[]> = Extract<C[number], { travel: "row" }>;
+/** The `row` columns of a declaration. */
+export type RowColumnOf<C extends readonly ColumnSpec[]> = Extract<C[number], { travel: "row" }>;
 
-type Flatten<T> = { [K in keyof T]: T[K] };
+/** An intersection of object types as one object type. */
+export type Flatten<T> = { [K in keyof T]: T[K] };
 
 /**
  * The row type of a declaration: each `row` column as a field ({@linkcode ColumnSpec.value};

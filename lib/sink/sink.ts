@@ -17,14 +17,17 @@ import type { DeviceInfo, UploadRow } from "./columns.ts";
 export interface SinkItem {
   /** Tracker key (the folder's path). */
   path: string;
+  /** The folder's row. */
   row: UploadRow;
-  /** The row as JSON text (`rowJson`): sent as it is, and what bounds a batch's bytes. */
+  /** The row as JSON text (lib/sink/payload.ts): sent as it is, and what bounds a batch's bytes. */
   json: string;
 }
 
 /** A folder's outcome from the target. */
 export interface ItemOutcome<T extends SinkItem = SinkItem> {
+  /** The folder's item, as given to `write`. */
   item: T;
+  /** The target holds the folder's row (written, or already there unchanged). */
   ok: boolean;
   /** Why the target refused this folder's row (named, with the server's words). */
   error?: string;
@@ -50,6 +53,7 @@ export interface OpenedSink {
 
 /** A session another client holds a lock with, as the target describes it. */
 export interface LockHolder {
+  /** Its server process id. */
   pid: number;
   /** Its role, when shown. */
   user: string | null;
@@ -96,6 +100,7 @@ export interface SinkContext {
   signal: AbortSignal;
   /** Told the device the rows are written for, once the target settled it. */
   onDevice?: (device: DeviceInfo) => void;
+  /** The run's clock (ms since the epoch). */
   now: () => number;
 }
 
