@@ -26,55 +26,42 @@ export function carries(row: object, f: PayloadField): boolean {
   return f.presence === "flag" ? value === true : value !== undefined;
 }
 
-/** One payload field of a row: its name and its value's JSON text. */
-export interface FieldText {
-  readonly name: string;
-  readonly json: string;
-}
-
 /**
- * The payload fields a row carries, in {@linkcode TableColumns.payload} order, each with its
- * value's JSON text: every `always` field (null when the row has no value), a flag only when
- * true, an optional field only when the row has it. The field `hole`, when given, is listed
- * with an empty text and its value is not serialized (a large stats value the caller has as
- * text already).
+ * The payload fields `fields` a row carries, as one object in their order (JSON.stringify
+ * keeps it: the names are plain identifiers): every `always` field (null when the row has
+ * no value), a flag only when true, an optional field only when the row has it.
  */
-export function payloadFields(
-  row: object,
-  columns: TableColumns = UPLOAD_COLUMNS,
-  hole?: string,
-): FieldText[] {
-  const fields: FieldText[] = [];
-  for (const f of columns.payload) {
-    if (f.presence !== "always" && !carries(row, f)) continue;
-    if (f.name === hole) {
-      fields.push({ name: f.name, json: "" });
-      continue;
-    }
-    const value = f.presence === "flag" ? true : valueOf(row, f.name) ?? null;
-    fields.push({ name: f.name, json: JSON.stringify(value) });
+function payloadObject(row: object, fields: readonly PayloadField[]): Record<string, unknown> {
+  const out: Record<string, unknown> = {};
+  for (const f of fields) {
+    if (f.presence === "always") out[f.name] = valueOf(row, f.name) ?? null;
+    else if (carries(row, f)) out[f.name] = f.presence === "flag" ? true : valueOf(row, f.name);
   }
-  return fields;
-}
-
-/** The JSON object of payload fields, in their order. */
-export function joinPayload(fields: readonly FieldText[]): string {
-  return `{${fields.map((f) => `${JSON.stringify(f.name)}:${f.json}`).join(",")}}`;
+  return out;
 }
 
 /**
- * {@linkcode joinPayload} as the text before and after the value of field `around`:
- * `before + <its JSON> + after` is the whole text.
+ * The JSON text of a row's payload ({@linkcode rowToJson}) as the text before and after the
+ * value of field `around`, one every row carries: `before + <its value's JSON> + after` is
+ * the whole text. That value itself is not serialized (a large stats value the caller has
+ * as text already).
  *
- * @throws UploadError `fatal` when the fields lack `around`.
+ * @throws UploadError `fatal` when `around` is not a field every row carries.
  */
-export function splitPayload(fields: readonly FieldText[], around: string): [string, string] {
-  const at = fields.findIndex((f) => f.name === around);
-  if (at < 0) throw new UploadError("fatal", `No payload field ${around}`);
-  const whole = joinPayload(fields.slice(0, at + 1));
-  const before = whole.slice(0, whole.length - 1 - fields[at].json.length);
-  const after = fields.slice(at + 1).map((f) => `,${JSON.stringify(f.name)}:${f.json}`).join("");
-  return [before, `${after}}`];
+export function payloadAround(
+  row: object,
+  around: string,
+  columns: TableColumns = UPLOAD_COLUMNS,
+): [string, string] {
+  const at = columns.payload.findIndex((f) => f.name === around && f.presence === "always");
+  if (at < 0) throw new UploadError("fatal", `No payload field ${around} every row carries`);
+  const head = JSON.stringify(payloadObject(row, columns.payload.slice(0, at)));
+  const tail = JSON.stringify(payloadObject(row, columns.payload.slice(at + 1)));
+  const name = JSON.stringify(around);
+  return [
+    head === "{}" ? `{${name}:` : `${head.slice(0, -1)},${name}:`,
+    tail === "{}" ? "}" : `,${tail.slice(1)}`,
+  ];
 }
 
 /**
@@ -87,7 +74,7 @@ export function splitPayload(fields: readonly FieldText[], around: string): [str
  * ```
  */
 export function rowToJson(row: object, columns: TableColumns = UPLOAD_COLUMNS): string {
-  return joinPayload(payloadFields(row, columns));
+  return JSON.stringify(payloadObject(row, columns.payload));
 }
 
 /**
@@ -107,7 +94,7 @@ export function rowToJsonWithStats(
   columns: TableColumns = UPLOAD_COLUMNS,
 ): string {
   if (columns.raw === undefined) throw new UploadError("fatal", "No raw column declared");
-  const [before, after] = splitPayload(payloadFields(row, columns, columns.raw), columns.raw);
+  const [before, after] = payloadAround(row, columns.raw, columns);
   return `${before}${statsText ?? "null"}${after}`;
 }
 

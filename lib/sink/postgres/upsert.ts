@@ -20,7 +20,7 @@
  */
 
 import { UploadError } from "../../core/errors.ts";
-import { carries, headerToJson, payloadFields, rowToJson, splitPayload } from "../payload.ts";
+import { carries, headerToJson, payloadAround, rowToJson } from "../payload.ts";
 import {
   type ColumnSpec,
   type DeviceInfo,
@@ -413,12 +413,10 @@ function copyLine(
   fields: readonly PayloadField[],
   columns: TableColumns,
 ): string {
-  // The raw field's text comes from the JSON that travels, not from serializing it again.
-  const texts = payloadFields(row, columns, columns.raw);
-  const jsonOf = new Map(texts.map((t) => [t.name, t.json]));
+  let raw: string | undefined;
   if (columns.raw !== undefined) {
     // The JSON text is before + raw + after, both made from the row's other fields.
-    const [before, after] = splitPayload(texts, columns.raw);
+    const [before, after] = payloadAround(row, columns.raw, columns);
     if (
       json.length < before.length + after.length || !json.startsWith(before) ||
       !json.endsWith(after)
@@ -427,19 +425,23 @@ function copyLine(
         subject: row.folder_key,
       });
     }
-    jsonOf.set(columns.raw, json.slice(before.length, json.length - after.length));
+    raw = json.slice(before.length, json.length - after.length);
   }
-  const out = fields.map((f) => copyValue(row, f, jsonOf.get(f.name)));
+  const out = fields.map((f) => copyValue(row, f, f.name === columns.raw ? raw : undefined));
   // The lead field first: a JSON object's text, so every line starts with `\{`.
   return `\\${out.join("\t")}\n`;
 }
 
-/** One field of a COPY line: `\N` for no value, else its text escaped. */
-function copyValue(row: UploadRow, f: PayloadField, json: string | undefined): string {
+/**
+ * One field of a COPY line: `\N` for no value, else its text escaped; a JSON field is its
+ * JSON text (`raw`: the text it travels as).
+ */
+function copyValue(row: UploadRow, f: PayloadField, raw: string | undefined): string {
   if (f.presence === "flag") return carries(row, f) ? "t" : "\\N";
+  if (raw !== undefined) return raw === "null" ? "\\N" : copyField(raw);
   const value = (row as Record<string, unknown>)[f.name];
-  if (f.type === "jsonb") return json === undefined || json === "null" ? "\\N" : copyField(json);
   if (value === undefined || value === null) return "\\N";
+  if (f.type === "jsonb") return copyField(JSON.stringify(value));
   if (f.type.endsWith("[]")) return copyField(textArrayLiteral(value as string[]));
   return copyField(String(value));
 }
