@@ -50,10 +50,42 @@ export { buildRow, readStats } from "./lib/plan/row.ts";
 export {
   buildUpsertScript,
   buildUpsertStatement,
+  type UpsertOptions,
+} from "./lib/sink/postgres/upsert.ts";
+export {
+  type ColumnOwner,
+  type ColumnSpec,
+  type ColumnTravel,
   type DeviceInfo,
-  sqlLiteral,
+  type Flatten,
+  type HeaderSource,
+  type HeaderValues,
+  type PayloadField,
+  type RowColumnOf,
+  type RowFlag,
+  type RowOf,
+  type RowValue,
+  type TableColumns,
+  UPLOAD_COLUMN_LIST,
+  UPLOAD_COLUMNS,
+  UPLOAD_ROW_FLAGS,
   type UploadRow,
-} from "./lib/sink/postgres/sql.ts";
+  type ValueOf,
+} from "./lib/sink/columns.ts";
+export { rowToJson } from "./lib/sink/payload.ts";
+export type {
+  ItemOutcome,
+  LockHolder,
+  OpenedSink,
+  RowSink,
+  SinkContext,
+  SinkEvent,
+  SinkFactory,
+  SinkItem,
+  WriteResult,
+} from "./lib/sink/sink.ts";
+export { postgresSink, type PostgresSinkSettings } from "./lib/sink/postgres/sink.ts";
+export { sqlLiteral } from "./lib/sink/postgres/quote.ts";
 export {
   buildSchemaStatements,
   describePermissionError,

@@ -16,11 +16,8 @@
 import { parseArgs } from "node:util";
 import { startPostgres, TEST_USER } from "../support/postgres.ts";
 import { buildSchemaStatements } from "../lib/sink/postgres/schema.ts";
-import {
-  buildUpsertStatement,
-  parseUpsertReply,
-  type UploadRow,
-} from "../lib/sink/postgres/sql.ts";
+import { buildUpsertStatement, parseUpsertReply } from "../lib/sink/postgres/upsert.ts";
+import type { UploadRow } from "../lib/sink/columns.ts";
 import { PsqlSession } from "../lib/sink/postgres/psql.ts";
 
 const { values } = parseArgs({ args: Deno.args, options: { rows: { type: "string" } } });

@@ -6,7 +6,7 @@
  *   floor: no conflict handling, no reply);
  * - `jsonb`: the uploader's upsert, {@linkcode buildUpsertStatement} (one statement per
  *   batch, the rows in one jsonb literal unpacked by `jsonb_to_recordset`);
- * - `script`: the uploader's COPY upsert, {@linkcode buildUpsertScript} (lib/sink/postgres/sql.ts): per
+ * - `script`: the uploader's COPY upsert, {@linkcode buildUpsertScript} (lib/sink/postgres/upsert.ts): per
  *   batch one transaction, a temp table of text columns dropped at commit, `COPY` into it,
  *   the insert casting the columns (the default methods are copy, jsonb and script);
  * - `staging`: per batch, one transaction: a temp table dropped at commit, `COPY` of the
@@ -36,13 +36,10 @@ import { DEFAULT_CONFIG, markerNames } from "../config.ts";
 import { buildRow } from "../lib/plan/row.ts";
 import { scanFolders } from "../lib/source/walk.ts";
 import { buildSchemaStatements } from "../lib/sink/postgres/schema.ts";
-import {
-  buildUpsertScript,
-  buildUpsertStatement,
-  rowToJsonWithStats,
-  sqlLiteral,
-  type UploadRow,
-} from "../lib/sink/postgres/sql.ts";
+import { buildUpsertScript, buildUpsertStatement } from "../lib/sink/postgres/upsert.ts";
+import { rowToJsonWithStats } from "../lib/sink/payload.ts";
+import type { UploadRow } from "../lib/sink/columns.ts";
+import { sqlLiteral } from "../lib/sink/postgres/quote.ts";
 import { connectionFromUrl } from "../lib/target/target.ts";
 import { startPostgres } from "../support/postgres.ts";
 import { generateTree, removeTree } from "../support/tree.ts";

@@ -23,7 +23,7 @@ import type { DeviceSource } from "../lib/target/identity.ts";
 import { resolveTarget } from "../lib/target/target.ts";
 import { Tracker } from "../lib/tracker/tracker.ts";
 import { runWatch } from "../lib/source/watch.ts";
-import { DEFAULT_DEVICE_TYPE } from "../lib/sink/postgres/writer.ts";
+import { DEFAULT_DEVICE_TYPE } from "../lib/sink/postgres/sink.ts";
 
 async function main(argv: string[]): Promise<number> {
   const env = Deno.env.toObject();

@@ -1,29 +1,27 @@
 /**
- * The committer: a planned batch -> the server -> the tracker -> markers and events. Up to
- * `parallel` batches are in flight at once, within a budget of statement bytes; a batch
- * starts only while the run is not stopping, and a folder is recorded as uploaded only
- * after the server acknowledged its row.
+ * The committer: a planned batch -> objects -> the row sink -> the tracker -> markers and
+ * events. Up to `parallel` batches are in flight at once, within a budget of statement bytes
+ * (one {@linkcode Budget}); a batch starts only while the run is not stopping, its images
+ * are stored before its rows are written, and a folder is recorded as uploaded only after
+ * the sink acknowledged its row. The committer knows the sink only by its interface
+ * (lib/sink/sink.ts).
  *
  * @module
  */
 
 import type { Run } from "../engine/run.ts";
+import { Budget } from "../core/budget.ts";
 import { sleep } from "../core/retry.ts";
 import type { PlannedBatch, PlannedItem } from "../plan/planner.ts";
 import { messageOf } from "../core/errors.ts";
 import { actionFor } from "../core/policy.ts";
 import { putFolderObjects } from "../objects/storage.ts";
-import {
-  type ItemOutcome,
-  type LazyWriter,
-  writeBatch,
-  type WriteResult,
-} from "../sink/postgres/writer.ts";
+import type { ItemOutcome, RowSink, WriteResult } from "../sink/sink.ts";
 
 /** Settings of a {@linkcode Committer}. */
 export interface CommitterOptions {
-  /** Opens the target and the sessions on the first batch. */
-  writer: LazyWriter;
+  /** Where the rows go; opened on the first batch. */
+  sink: RowSink;
   /** Statement bytes allowed in flight at once; a larger batch goes alone. Default 24 MiB. */
   budgetBytes?: number;
 }
@@ -31,16 +29,19 @@ export interface CommitterOptions {
 /** Writes batches and records their outcome. */
 export class Committer {
   readonly #run: Run;
-  readonly #writer: LazyWriter;
-  readonly #budget: number;
+  readonly #sink: RowSink;
+  /** Batches in flight (slots: `parallel`) and their statement bytes. */
+  readonly #budget: Budget;
   readonly #inflight = new Set<Promise<void>>();
-  #inflightBytes = 0;
   #lastStart = 0;
 
   constructor(run: Run, options: CommitterOptions) {
     this.#run = run;
-    this.#writer = options.writer;
-    this.#budget = options.budgetBytes ?? 24 * 1024 * 1024;
+    this.#sink = options.sink;
+    this.#budget = new Budget(
+      Math.max(1, run.config.parallel),
+      options.budgetBytes ?? 24 * 1024 * 1024,
+    );
   }
 
   /**
@@ -49,21 +50,20 @@ export class Committer {
    * failure stops the run. Does nothing once the run is stopping.
    */
   async submit(batch: PlannedBatch): Promise<void> {
-    await this.#waitFor(batch.bytes, Math.max(1, this.#run.config.parallel));
     const run = this.#run;
-    if (run.stopping) return;
+    const release = await this.#take(batch.bytes, 1);
+    if (release === null) return;
     const delayMs = run.config.batchDelaySeconds * 1000;
     if (delayMs > 0 && this.#lastStart > 0) {
       await sleep(this.#lastStart + delayMs - run.now(), run.stop.signal);
-      if (run.stopping) return;
     }
+    if (run.stopping) return release();
     this.#lastStart = run.now();
-    this.#inflightBytes += batch.bytes;
     const task: Promise<void> = this.#commit(batch)
       .catch((error) => run.fail(error))
       .finally(() => {
         this.#inflight.delete(task);
-        this.#inflightBytes -= batch.bytes;
+        release();
         for (const item of batch.items) {
           if (run.sending.get(item.path) === item.snapshot.fingerprint) {
             run.sending.delete(item.path);
@@ -73,23 +73,31 @@ export class Committer {
     this.#inflight.add(task);
   }
 
-  /** Waits until `bytes` more fit in the byte budget (or nothing is in flight). */
+  /** Waits until `bytes` more fit in the byte budget (a larger request: until nothing is in flight). */
   async roomFor(bytes: number): Promise<void> {
-    await this.#waitFor(bytes, Infinity);
+    const release = await this.#take(bytes, 0);
+    release?.();
   }
 
-  async #waitFor(bytes: number, slots: number): Promise<void> {
-    while (
-      this.#inflight.size > 0 &&
-      (this.#inflight.size >= slots || this.#inflightBytes + bytes > this.#budget)
-    ) {
-      await Promise.race(this.#inflight);
+  /**
+   * Takes `slots` and `bytes` of the budget once they are free; null when the run stops
+   * first (nothing taken).
+   */
+  async #take(bytes: number, slots: number): Promise<(() => void) | null> {
+    const run = this.#run;
+    if (run.stopping) return null;
+    try {
+      return await this.#budget.acquire({ slots, bytes }, run.stop.signal);
+    } catch (error) {
+      // The run stopped while this waited: nothing was taken, nothing is to be sent.
+      if (run.stopping) return null;
+      throw error;
     }
   }
 
   /**
    * Waits for the batches in flight. When the run is stopping they get `graceMs` to finish;
-   * after that their psql sessions are killed and their folders stay pending.
+   * after that the sink abandons them and their folders stay pending.
    */
   async drain(graceMs: number): Promise<void> {
     if (this.#inflight.size === 0) return;
@@ -105,7 +113,7 @@ export class Committer {
     ]);
     graceOver.abort();
     if (!finished) {
-      this.#writer.abandon();
+      this.#sink.abandon();
       await all();
     }
   }
@@ -172,7 +180,7 @@ export class Committer {
 
   async #commit(batch: PlannedBatch): Promise<void> {
     const run = this.#run;
-    const context = await this.#writer.open();
+    await this.#sink.open();
     // The target may take seconds to open (an embedded database's first start): a run
     // stopped meanwhile sends nothing.
     if (run.stopping) return;
@@ -190,7 +198,7 @@ export class Committer {
       const stored = await this.#storeObjects(items);
       result = stored.failed.length === items.length
         ? { outcomes: [], inserted: 0, updated: 0, statements: 0 }
-        : await writeBatch(stored.ready, name, context);
+        : await this.#sink.write(stored.ready, name);
       result.outcomes.push(...stored.failed);
     } catch (error) {
       tracker?.abandonBatch(id, run.stopping ? "interrupted" : "failed");
@@ -198,11 +206,42 @@ export class Committer {
     }
     const endedAt = new Date(run.now());
     const okCount = result.outcomes.filter((o) => o.ok).length;
-    tracker?.recordBatch(
+    this.#record(batch, { id, name, startedAt, endedAt }, result, okCount);
+    const counters = run.counters;
+    counters.batches++;
+    counters.inserted += result.inserted;
+    counters.updated += result.updated;
+    counters.bytes += batch.bytes;
+    await this.#settle(result.outcomes, name, endedAt);
+    run.emit({
+      event: "batch_done",
+      batch: name,
+      folders: items.length,
+      ok: okCount,
+      failed: items.length - okCount,
+      inserted: result.inserted,
+      updated: result.updated,
+      bytes: batch.bytes,
+      duration_ms: endedAt.getTime() - startedAt.getTime(),
+    });
+  }
+
+  /** Records an acknowledged batch in the tracker: each folder's outcome, in one transaction. */
+  #record(
+    batch: PlannedBatch,
+    at: { id: string; name: string; startedAt: Date; endedAt: Date },
+    result: WriteResult<PlannedItem>,
+    okCount: number,
+  ): void {
+    const run = this.#run;
+    if (run.runId === null) return;
+    const { id, name, startedAt, endedAt } = at;
+    const items = batch.items;
+    run.tracker?.recordBatch(
       {
         batchId: id,
         batchName: name,
-        runId: run.runId!,
+        runId: run.runId,
         totalFolders: items.length,
         startTime: startedAt,
         endTime: endedAt,
@@ -221,12 +260,17 @@ export class Committer {
         error: o.error,
       })),
     );
+  }
+
+  /** Counts, reports and marks each folder of an acknowledged batch. */
+  async #settle(
+    outcomes: ItemOutcome<PlannedItem>[],
+    name: string,
+    endedAt: Date,
+  ): Promise<void> {
+    const run = this.#run;
     const counters = run.counters;
-    counters.batches++;
-    counters.inserted += result.inserted;
-    counters.updated += result.updated;
-    counters.bytes += batch.bytes;
-    for (const o of result.outcomes) {
+    for (const o of outcomes) {
       const item = o.item;
       const snap = item.snapshot;
       if (o.ok) {
@@ -247,16 +291,5 @@ export class Committer {
         await run.failedMarker(snap, error);
       }
     }
-    run.emit({
-      event: "batch_done",
-      batch: name,
-      folders: items.length,
-      ok: okCount,
-      failed: items.length - okCount,
-      inserted: result.inserted,
-      updated: result.updated,
-      bytes: batch.bytes,
-      duration_ms: endedAt.getTime() - startedAt.getTime(),
-    });
   }
 }

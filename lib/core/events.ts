@@ -6,7 +6,7 @@
  */
 
 import type { RunStatus, UploadError } from "./errors.ts";
-import type { LockHolder } from "../sink/postgres/locks.ts";
+import type { LockHolder } from "../sink/sink.ts";
 
 /** Live counts of a run. */
 export interface RunCounters {

@@ -98,6 +98,104 @@ export function classifySqlstate(code: string): ErrorKind {
   return "data";
 }
 
+/**
+ * The SQLSTATEs the write path, the schema step, the health record and the fleet report
+ * act on by name. Every test of a server's SQLSTATE is one of these predicates or
+ * {@linkcode classifySqlstate}.
+ */
+export const SQLSTATE = Object.freeze({
+  /** `query_canceled`: a statement timeout (the server's `statement_timeout`) or a cancel. */
+  statementTimeout: "57014",
+  /** `lock_not_available`: the server's `lock_timeout` ended a wait for another's lock. */
+  lockTimeout: "55P03",
+  /** `read_only_sql_transaction`: a standby, or `default_transaction_read_only`. */
+  readOnly: "25006",
+  /** `insufficient_privilege`: a missing grant, a row-level security policy, not the owner. */
+  permission: "42501",
+  /** `not_null_violation`. */
+  notNull: "23502",
+  /** `undefined_table`. */
+  undefinedTable: "42P01",
+  /** `undefined_column`. */
+  undefinedColumn: "42703",
+  /** `in_failed_sql_transaction`: a statement after a failed one in the same transaction. */
+  abortedTransaction: "25P02",
+});
+
+/** The server cancelled the statement: its `statement_timeout`, or a cancel request (57014). */
+export function isStatementTimeout(sqlstate: string | undefined): boolean {
+  return sqlstate === SQLSTATE.statementTimeout;
+}
+
+/** The server's `lock_timeout` ended a wait for another session's lock (55P03). */
+export function isLockTimeout(sqlstate: string | undefined): boolean {
+  return sqlstate === SQLSTATE.lockTimeout;
+}
+
+/** The server refused a write as read-only (25006). */
+export function isReadOnlyRefusal(sqlstate: string | undefined): boolean {
+  return sqlstate === SQLSTATE.readOnly;
+}
+
+/** A permission or row-level security refusal (42501). */
+export function isPermissionRefusal(sqlstate: string | undefined): boolean {
+  return sqlstate === SQLSTATE.permission;
+}
+
+/**
+ * The refusal of the staging table a COPY batch needs: 42501 on `CREATE TEMP TABLE` (a role
+ * without TEMPORARY on the database), which a batch gets past by going as one statement.
+ */
+export function isTempTableRefusal(sqlstate: string | undefined, message: string): boolean {
+  return isPermissionRefusal(sqlstate) && /temporary tables/i.test(message);
+}
+
+/** A NOT NULL column got no value (23502). */
+export function isNotNullRefusal(sqlstate: string | undefined): boolean {
+  return sqlstate === SQLSTATE.notNull;
+}
+
+/** The table a statement names does not exist (42P01). */
+export function isMissingTable(sqlstate: string | undefined): boolean {
+  return sqlstate === SQLSTATE.undefinedTable;
+}
+
+/** The table or one of the columns a statement names does not exist (42P01, 42703). */
+export function isMissingTableOrColumn(sqlstate: string | undefined): boolean {
+  return isMissingTable(sqlstate) || sqlstate === SQLSTATE.undefinedColumn;
+}
+
+/**
+ * A statement refused because an earlier one of its transaction failed (25P02): the reply
+ * of a script names the statement after the one at fault.
+ */
+export function isAbortedTransaction(sqlstate: string | undefined): boolean {
+  return sqlstate === SQLSTATE.abortedTransaction;
+}
+
+/** A refusal retried like a lost connection (see {@linkcode classifySqlstate}: `transient`). */
+export function isTransientSqlstate(sqlstate: string): boolean {
+  return classifySqlstate(sqlstate) === "transient";
+}
+
+/**
+ * What a refused schema statement (inspection, DDL, device row) means, the statement
+ * timeout aside (the schema step retries it, then names `statement_timeout`): `transient`
+ * when retried like a lost connection, else `config` (the setup must change).
+ */
+export function schemaRefusalKind(sqlstate: string): "transient" | "config" {
+  return isTransientSqlstate(sqlstate) ? "transient" : "config";
+}
+
+/**
+ * What a refused connection probe means: `null` when the session works all the same (a
+ * statement timeout shorter than the probe), else `transient` or `config` as for a schema
+ * statement.
+ */
+export function probeRefusalKind(sqlstate: string): "transient" | "config" | null {
+  return classifySqlstate(sqlstate) === "timeout" ? null : schemaRefusalKind(sqlstate);
+}
+
 const TRANSIENT_CONNECT_PATTERNS = [
   /connection refused/i,
   /could not connect/i,
@@ -137,6 +235,28 @@ export function classifyConnectFailure(stderr: string): ErrorKind {
   return TRANSIENT_CONNECT_PATTERNS.some((pattern) => pattern.test(stderr))
     ? "transient"
     : "config";
+}
+
+/**
+ * What a psql that ran one query and exited unsuccessfully means, from its exit code and
+ * stderr: code 2 is psql's "connection failed or lost" (then as
+ * {@linkcode classifyConnectFailure}); any other code is a refused query (`config`).
+ */
+export function psqlExitKind(code: number, stderr: string): ErrorKind {
+  return code === 2 ? classifyConnectFailure(stderr) : "config";
+}
+
+/**
+ * What a psql session that could not connect means: `transient` when the client's own
+ * connect timeout ended it or a signal it did not get from the uploader did (a service
+ * manager stopping every process: that says nothing about the server), else as
+ * {@linkcode classifyConnectFailure} reads psql's stderr.
+ */
+export function connectFailureKind(
+  stderr: string,
+  ended: { timedOut: boolean; signalled: boolean },
+): ErrorKind {
+  return ended.timedOut || ended.signalled ? "transient" : classifyConnectFailure(stderr);
 }
 
 /** How a connection came to its TLS setting, for the hints of a failed connection. */

@@ -11,7 +11,8 @@
  *   asked for longer (`Retry-After`);
  * - failures are timed by a {@linkcode FailureClock}: from the first failure of a streak to
  *   now. Callers that talk to one service share one clock, so parallel batches give up
- *   together, and a success anywhere ends the streak;
+ *   together, and a success anywhere ends the streak; a failure of another sort may be
+ *   timed by a streak of its own (`RetryVerdict.streak`), one attempt counter for both;
  * - the last attempt comes at the deadline, never a whole backoff step after it: a wait is
  *   cut to what is left; a wait the service asked for that reaches past the deadline gives
  *   up at once;
@@ -117,6 +118,13 @@ export type RetryVerdict =
     retry: true;
     /** A wait the service asked for (ms), at least this long. */
     afterMs?: number;
+    /**
+     * The streak this failure belongs to when it is not the caller's: a failure of another
+     * sort with a clock and a deadline of its own (a wait for another client's lock is no
+     * outage). Default: the options' `clock` and `deadlineMs`. A success still ends only
+     * the options' clock's streak.
+     */
+    streak?: { clock: FailureClock; deadlineMs: number };
   };
 
 /** A retry about to happen, for progress output. */
@@ -211,9 +219,11 @@ export async function retry<T>(
     if (!verdict.retry) throw error;
     if (options.signal?.aborted) throw options.interrupted();
     const t = now();
-    const since = clock.failed(t);
+    const since = (verdict.streak?.clock ?? clock).failed(t);
     const elapsedMs = t - since;
-    const deadline = typeof options.deadlineMs === "function"
+    const deadline = verdict.streak
+      ? verdict.streak.deadlineMs
+      : typeof options.deadlineMs === "function"
       ? options.deadlineMs(clock)
       : options.deadlineMs ?? Infinity;
     if (elapsedMs >= deadline) {

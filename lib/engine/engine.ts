@@ -18,10 +18,9 @@
  */
 
 import type { UploaderConfig } from "../../config.ts";
-import type { Connector } from "../target/connect.ts";
 import { Committer } from "../commit/committer.ts";
 import { decideOutcome, UploadError } from "../core/errors.ts";
-import { HEALTH_EVERY_MS, reporterForRun } from "../fleet/health.ts";
+import { HEALTH_EVERY_MS, type HealthReporter } from "../fleet/health.ts";
 import {
   type EngineEvent,
   newCounters,
@@ -36,11 +35,11 @@ import { snapshotFolder } from "../source/snapshot.ts";
 import type { FolderSource, SourceItem } from "../source/sources.ts";
 import type { Tracker } from "../tracker/tracker.ts";
 import { countOtherDevices, finishVerify, readRemote, type RemoteReport } from "./verify.ts";
-import type { DeviceSource, IdentitySetup } from "../target/identity.ts";
-import { LazyWriter } from "../sink/postgres/writer.ts";
+import type { RowSink, SinkFactory } from "../sink/sink.ts";
 
 /** Settings of {@linkcode runEngine}. */
 export interface EngineOptions {
+  /** The run's settings. */
   config: UploaderConfig;
   /** What the run does: upload, scan-only, dry-run, quick or watch. */
   mode: RunMode;
@@ -48,17 +47,16 @@ export interface EngineOptions {
   tracker: Tracker | null;
   /** The base the run is about (recorded with the run), or null. */
   base: string | null;
-  /** Where rows go; required unless the mode sends nothing (scan-only, dry-run). */
-  connector?: Connector;
-  /** This device's id (with `identity`, only the candidate). */
-  deviceId: string;
-  /** Where `deviceId` came from. Default `config`. */
-  deviceSource?: DeviceSource;
   /**
-   * Nothing configured the id (a new tracker): it is settled against the tree's markers
-   * and the server's rows before anything is planned or written (lib/target/identity.ts).
+   * Makes the run's row sink (where rows go); required unless the mode sends nothing
+   * (scan-only, dry-run). A sink that settles the device id (`RowSink.settlesDevice`) is
+   * opened before anything is planned when object keys carry the id.
    */
-  identity?: IdentitySetup;
+  sink?: SinkFactory;
+  /** Makes the run's health reporter (lib/fleet/health.ts), given its sink; none: no record. */
+  health?: (run: Run, sink: RowSink) => HealthReporter;
+  /** This device's id (the sink may settle another: see `RowSink.settlesDevice`). */
+  deviceId: string;
   /** Write success.json / failed.json. Default true. */
   markers?: boolean;
   /** Store images before their rows (`--images-to`). */
@@ -71,6 +69,7 @@ export interface EngineOptions {
   signal?: AbortSignal;
   /** Aborting ends the run gracefully (SIGTERM in watch mode): the batch in flight finishes. */
   finishSignal?: AbortSignal;
+  /** Receives every event of the run. */
   onEvent?: (event: EngineEvent) => void;
   /** Counters to update (so a progress display can read them). */
   counters?: RunCounters;
@@ -81,8 +80,6 @@ export interface EngineOptions {
    * Default 40 s: within the 60 s a service manager gives (the README's unit).
    */
   stopGraceMs?: number;
-  /** Client-side statement timeout (ms). Default 10 minutes. */
-  statementTimeoutMs?: number;
   /**
    * How long, once the source has ended, folders still being written are waited for.
    * Default: twice the settle time, at least 1 s. Ignored in watch mode (they are waited for
@@ -119,12 +116,14 @@ export async function runEngine(source: FolderSource, options: EngineOptions): P
     counters,
     now: options.now,
   });
+  const sends = options.mode !== "scan-only" && options.mode !== "dry-run";
+  const sink = sends ? requireSink(options.sink)(sinkContext(run)) : null;
   run.emit({
     event: "run_start",
     mode: options.mode,
     base: options.base,
-    target: options.connector?.display ?? null,
-    embedded: options.connector?.embedded ?? false,
+    target: sink?.display ?? null,
+    embedded: sink?.embedded ?? false,
     tracker: options.tracker && options.mode !== "dry-run" ? options.tracker.path : null,
   });
   const onInterrupt = () => run.interrupt();
@@ -134,23 +133,7 @@ export async function runEngine(source: FolderSource, options: EngineOptions): P
   if (options.signal?.aborted) run.interrupt();
   else if (options.finishSignal?.aborted) run.finish();
 
-  const sends = options.mode !== "scan-only" && options.mode !== "dry-run";
-  const writer = sends
-    ? new LazyWriter({
-      connector: requireConnector(options.connector),
-      config: options.config,
-      deviceId: options.deviceId,
-      deviceSource: options.deviceSource,
-      identity: options.identity,
-      onDevice: (device) => run.useDevice(device.id),
-      statementTimeoutMs: options.statementTimeoutMs,
-      counters,
-      emit: (e) => run.emit(e),
-      signal: run.stop.signal,
-      now: options.now,
-    })
-    : null;
-  const committer = writer ? new Committer(run, { writer }) : null;
+  const committer = sink ? new Committer(run, { sink }) : null;
   const settle = new SettleQueue();
   const planner = new Planner(run, {
     sink: committer ? (batch) => committer.submit(batch) : null,
@@ -158,7 +141,7 @@ export async function runEngine(source: FolderSource, options: EngineOptions): P
     roomFor: committer ? (bytes) => committer.roomFor(bytes) : undefined,
   });
   // Each run that sends rows records its device's health at its end; a watch also as it goes.
-  const health = writer ? reporterForRun(run, { connector: options.connector!, writer }) : null;
+  const health = sink ? options.health?.(run, sink) ?? null : null;
   const stopBeats = options.mode === "watch"
     ? health?.heartbeat(options.healthEveryMs ?? HEALTH_EVERY_MS, run.stop.signal, () => ({
       outcome: "running",
@@ -169,16 +152,16 @@ export async function runEngine(source: FolderSource, options: EngineOptions): P
 
   try {
     let remote: RemoteReport | null = null;
-    // An id still to settle is settled when the writer opens, before the first batch is
+    // An id still to settle is settled when the sink opens, before the first batch is
     // written; object keys (`--images-to`) carry it, so then before anything is planned.
-    if (writer && options.identity && options.objects) await writer.open();
-    if (options.verify && writer && run.tracker && run.runId !== null && options.base) {
-      remote = await readRemote(run, await writer.open(), options.base);
+    if (sink?.settlesDevice && options.objects) await sink.open();
+    if (options.verify && sink && run.tracker && run.runId !== null && options.base) {
+      remote = await readRemote(run, sink, options.base);
       run.verifying = true;
     }
     await feed(run, source, planner, settle, options);
-    if (remote && run.completedPass && !run.stopping) {
-      const others = await countOtherDevices(run, await writer!.open(), options.base!);
+    if (remote && sink && run.completedPass && !run.stopping) {
+      const others = await countOtherDevices(run, sink, options.base!);
       finishVerify(run, options.base!, remote, others);
     }
   } catch (error) {
@@ -189,12 +172,25 @@ export async function runEngine(source: FolderSource, options: EngineOptions): P
       run.stopped ? options.stopGraceMs ?? 40_000 : options.graceMs ?? 10_000,
     );
     await run.markers?.drain();
-    await writer?.close();
+    await sink?.close();
     options.signal?.removeEventListener("abort", onInterrupt);
     options.finishSignal?.removeEventListener("abort", onFinish);
   }
   counters.settling += settle.size;
+  return await concludeRun(run, options, health);
+}
 
+/**
+ * Ends a run after it drained: its outcome decided, recorded in the tracker, the device's
+ * health reported (not when the server stayed away: that would only make the run wait
+ * once more).
+ */
+async function concludeRun(
+  run: Run,
+  options: EngineOptions,
+  health: HealthReporter | null,
+): Promise<RunResult> {
+  const counters = run.counters;
   const outcome = () =>
     decideOutcome({
       error: run.error,
@@ -223,7 +219,6 @@ export async function runEngine(source: FolderSource, options: EngineOptions): P
       ({ status, exitCode } = outcome());
     }
   }
-  // A server that stayed away would only make the run wait once more.
   if (status !== "unreachable") await health?.report({ outcome: status, exitCode, ended: true });
   return {
     counters,
@@ -237,10 +232,21 @@ export async function runEngine(source: FolderSource, options: EngineOptions): P
   };
 }
 
-/** The connector of a run that sends rows; a missing one is a bug in the caller. */
-function requireConnector(connector: Connector | undefined): Connector {
-  if (!connector) throw new UploadError("fatal", "No target to upload to");
-  return connector;
+/** The sink factory of a run that sends rows; a missing one is a bug in the caller. */
+function requireSink(sink: SinkFactory | undefined): SinkFactory {
+  if (!sink) throw new UploadError("fatal", "No target to upload to");
+  return sink;
+}
+
+/** What a run gives its sink: its events, counters, stop signal, clock; the settled device. */
+function sinkContext(run: Run) {
+  return {
+    emit: (e: EngineEvent) => run.emit(e),
+    counters: run.counters,
+    signal: run.stop.signal,
+    onDevice: (device: { id: string }) => run.useDevice(device.id),
+    now: run.now,
+  };
 }
 
 /**

@@ -14,7 +14,7 @@ import { runEngine } from "./engine.ts";
 import type { EngineEvent, RunCounters, RunResult } from "../core/events.ts";
 import type { DeviceSource, IdentitySetup } from "../target/identity.ts";
 import { newCounters } from "../core/events.ts";
-import { walkConfig } from "./upload.ts";
+import { sendTo, walkConfig } from "./upload.ts";
 import type { FolderSnapshot } from "../source/snapshot.ts";
 import type { FolderSource } from "../source/sources.ts";
 import { pathSource } from "../source/paths.ts";
@@ -93,10 +93,10 @@ export function runQuickUpload(
     : undefined;
   return runEngine(source, {
     ...options,
+    ...sendTo(options.connector, { ...options, identity }),
     mode: "quick",
     tracker,
     base,
-    identity,
     folderEvents: true,
   });
 }

@@ -7,7 +7,9 @@
 
 import { markerNames, type UploaderConfig } from "../../config.ts";
 import type { Connector } from "../target/connect.ts";
-import { runEngine } from "./engine.ts";
+import { type EngineOptions, runEngine } from "./engine.ts";
+import { reporterForRun } from "../fleet/health.ts";
+import { postgresSink } from "../sink/postgres/sink.ts";
 import { messageOf, UploadError } from "../core/errors.ts";
 import type { EngineEvent, RunCounters, RunResult } from "../core/events.ts";
 import type { DeviceSource, IdentitySetup } from "../target/identity.ts";
@@ -75,9 +77,35 @@ export function runUpload(options: UploadOptions): Promise<RunResult> {
     {
       ...options,
       base: options.basePath,
-      connector: options.mode === "upload" ? options.connector : undefined,
+      ...(options.mode === "upload" && options.connector ? sendTo(options.connector, options) : {}),
     },
   );
+}
+
+/** What a run writing to PostgreSQL needs besides the connector. */
+export type SendOptions = Pick<
+  UploadOptions,
+  "config" | "deviceId" | "deviceSource" | "identity" | "statementTimeoutMs"
+>;
+
+/**
+ * The engine's sink and health record for a run that writes to the PostgreSQL target of
+ * `connector` (opened on the first batch, closed by its owner).
+ */
+export function sendTo(
+  connector: Connector,
+  options: SendOptions,
+): Required<Pick<EngineOptions, "sink" | "health">> {
+  return {
+    sink: postgresSink(connector, {
+      config: options.config,
+      deviceId: options.deviceId,
+      deviceSource: options.deviceSource,
+      identity: options.identity,
+      statementTimeoutMs: options.statementTimeoutMs,
+    }),
+    health: (run, sink) => reporterForRun(run, { connector, sink }),
+  };
 }
 
 /**

@@ -1,7 +1,7 @@
 /**
  * `--verify`: reconciling the tracker with the table. The server's rows of this device are
- * streamed as (folder_key, content hash) with `COPY ... TO STDOUT` into the tracker's
- * `remote_rows` (never all in memory); folders recorded as uploaded whose row is gone or
+ * streamed as (folder_key, content hash) by the sink (`RowSink.readRemote`) into the
+ * tracker's `remote_rows` (never all in memory); folders recorded as uploaded whose row is gone or
  * holds other content become pending again; and during the walk that follows, a folder
  * whose row already holds its content is adopted without being sent (a lost tracker is
  * rebuilt this way). Server rows with no folder on disk are reported, never deleted.
@@ -9,17 +9,10 @@
  * @module
  */
 
-import { UploadError } from "../core/errors.ts";
-import { copyOut } from "../sink/postgres/psql.ts";
 import type { Run } from "./run.ts";
-import {
-  buildDeviceCountQuery,
-  buildRemoteHashesQuery,
-  parseDeviceCounts,
-} from "../sink/postgres/sql.ts";
-import type { WriteContext } from "../sink/postgres/writer.ts";
+import type { RowSink } from "../sink/sink.ts";
 
-/** Rows handed to the tracker per transaction. */
+/** Folder keys asked about per query. */
 const CHUNK = 10_000;
 
 /** What the first half of a verify found. */
@@ -36,30 +29,12 @@ export interface RemoteReport {
  * Reads this device's rows from the server into the tracker and re-queues what the server
  * lacks. Call before the walk of `base` (whose folders are then compared by content).
  *
- * @throws {UploadError} as {@linkcode copyOut} does (a connection that fails, a refusal).
+ * @throws {UploadError} as `RowSink.readRemote` does (a connection that fails, a refusal).
  */
-export async function readRemote(
-  run: Run,
-  context: WriteContext,
-  base: string,
-): Promise<RemoteReport> {
+export async function readRemote(run: Run, sink: RowSink, base: string): Promise<RemoteReport> {
   const tracker = run.tracker!;
-  if (!context.connection) throw new UploadError("fatal", "No connection to verify against");
   tracker.clearRemote();
-  let chunk: [string, string | null][] = [];
-  const rows = await copyOut(
-    context.connection,
-    buildRemoteHashesQuery(context.table, context.device.id),
-    (columns) => {
-      chunk.push([columns[0] ?? "", columns[1]]);
-      if (chunk.length >= CHUNK) {
-        tracker.addRemote(chunk);
-        chunk = [];
-      }
-    },
-    { signal: run.stop.signal },
-  );
-  tracker.addRemote(chunk);
+  const rows = await sink.readRemote((chunk) => tracker.addRemote(chunk), run.stop.signal);
   const requeued = tracker.requeueFromRemote(base, new Date(run.now()));
   return { rows, missingOnServer: requeued.missing, changedOnServer: requeued.changed };
 }
@@ -69,40 +44,21 @@ export async function readRemote(
  * an older version made, or another device using the same folder names), by id, most
  * first. Asks about the tracked folders on disk under `base`, a page of keys at a time.
  *
- * @throws {UploadError} as a query of the write context does (the server refused, or went away).
+ * @throws {UploadError} as `RowSink.otherDevices` does (the server refused, or went away).
  */
 export async function countOtherDevices(
   run: Run,
-  context: WriteContext,
+  sink: RowSink,
   base: string,
 ): Promise<{ device_id: string; folders: number }[]> {
   const tracker = run.tracker!;
   const totals = new Map<string, number>();
-  const own = context.device.id.toLowerCase();
   for (let after = 0;;) {
     const page = tracker.baseKeys(base, after, CHUNK);
     if (page.keys.length === 0) break;
     after = page.next;
-    const sql = buildDeviceCountQuery({
-      table: context.table,
-      keys: page.keys,
-      hasFolderKey: true,
-    });
-    const runner = await context.pool.acquire();
-    try {
-      const reply = await runner.run(sql, { timeoutMs: context.statementTimeoutMs });
-      if (!reply.ok) {
-        throw new UploadError(
-          "config",
-          `Cannot count rows under other device ids: ${reply.sqlstate}: ${reply.message}`,
-          { subject: "verify", sqlstate: reply.sqlstate },
-        );
-      }
-      for (const [id, n] of parseDeviceCounts(reply.rows)) {
-        if (id.toLowerCase() !== own) totals.set(id, (totals.get(id) ?? 0) + n);
-      }
-    } finally {
-      context.pool.release(runner);
+    for (const [id, n] of await sink.otherDevices(page.keys)) {
+      totals.set(id, (totals.get(id) ?? 0) + n);
     }
     if (run.stopping) break;
   }

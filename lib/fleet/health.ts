@@ -19,6 +19,7 @@
 
 import type { Connector } from "../target/connect.ts";
 import { messageOf, type RunStatus } from "../core/errors.ts";
+import { isMissingTableOrColumn, isPermissionRefusal } from "../core/policy.ts";
 import type { RunCounters, RunMode } from "../core/events.ts";
 import { PsqlSession, type StatementError } from "../sink/postgres/psql.ts";
 import { sleep } from "../core/retry.ts";
@@ -28,7 +29,7 @@ import {
   sqlLiteral,
   type TableRef,
   tableRef,
-} from "../sink/postgres/sql.ts";
+} from "../sink/postgres/quote.ts";
 import type { Run } from "../engine/run.ts";
 import type { Tracker } from "../tracker/tracker.ts";
 import { TOOL_VERSION } from "../core/version.ts";
@@ -341,7 +342,7 @@ export class HealthReporter {
         connectTimeoutSeconds: o.connectTimeoutSeconds ?? 5,
       });
       let reply = await session.run(sql, { timeoutMs });
-      if (!reply.ok && (reply.sqlstate === "42P01" || reply.sqlstate === "42703")) {
+      if (!reply.ok && isMissingTableOrColumn(reply.sqlstate)) {
         const ddl = await session.run(buildHealthSchemaStatement(o.table), { timeoutMs });
         if (!ddl.ok) return this.#refused(deviceId, ddl);
         reply = await session.run(sql, { timeoutMs });
@@ -397,7 +398,7 @@ export class HealthReporter {
   }
 
   #refused(deviceId: string, reply: StatementError): false {
-    const grant = reply.sqlstate === "42501"
+    const grant = isPermissionRefusal(reply.sqlstate)
       ? `; have an owner run the SQL printed by \`${PRINT_SCHEMA_COMMAND}\` once (it creates ` +
         `${healthRef(this.#o.table).display} and grants the uploading role INSERT and UPDATE on it)`
       : "";
@@ -419,8 +420,8 @@ export class HealthReporter {
 export interface RunHealthOptions {
   /** Where the run writes. */
   connector: Connector;
-  /** The run's write side: an embedded database is reported to only once it was opened. */
-  writer: { readonly opened: boolean };
+  /** The run's row sink: an embedded database is reported to only once it was opened. */
+  sink: { readonly opened: boolean };
 }
 
 /**
@@ -432,10 +433,10 @@ export function reporterForRun(run: Run, options: RunHealthOptions): HealthRepor
   return new HealthReporter({
     connector: options.connector,
     table: run.config.table,
-    // The run's id as settled when the writer opened (a new tracker may take another back).
+    // The run's id as settled when the sink opened (a new tracker may take another back).
     device: () => ({ id: run.deviceId, name: run.config.deviceName || Deno.hostname() }),
     mode: run.mode,
-    mayConnect: () => !options.connector.embedded || options.writer.opened,
+    mayConnect: () => !options.connector.embedded || options.sink.opened,
     counts: () =>
       healthCounts(run.runId !== null ? run.tracker : null, run.counters, run.config.maxRetries),
     // A run stopped by an error has said why; a report failing with it would say it again.

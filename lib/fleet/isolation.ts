@@ -25,8 +25,9 @@
  */
 
 import { UploadError } from "../core/errors.ts";
+import { isPermissionRefusal } from "../core/policy.ts";
 import { healthRef } from "./health.ts";
-import { quoteIdent, sqlLiteral, tableRef } from "../sink/postgres/sql.ts";
+import { quoteIdent, sqlLiteral, tableRef } from "../sink/postgres/quote.ts";
 
 /** The mapping table's own name; it lives in the upload table's schema. */
 export const DEVICE_ROLES_TABLE = "device_roles";
@@ -176,7 +177,7 @@ export function describeDeviceRefusal(
   const match = reply.message.match(
     /role (.+) may not write rows of device ([0-9a-fA-F-]{36}); its devices in (\S+): (.*)$/s,
   );
-  if (reply.sqlstate !== "42501" || match === null) return undefined;
+  if (!isPermissionRefusal(reply.sqlstate) || match === null) return undefined;
   const [, role, device, table, assigned] = match;
   const has = assigned.trim() === "none" ? "no device" : `only ${assigned.trim()}`;
   return new UploadError(

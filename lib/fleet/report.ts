@@ -14,9 +14,10 @@
 
 import { DEFAULT_CONFIG, type UploaderConfig } from "../../config.ts";
 import { EXIT, UploadError } from "../core/errors.ts";
+import { isMissingTable } from "../core/policy.ts";
 import { healthRef } from "./health.ts";
 import { type PsqlConnection, PsqlSession } from "../sink/postgres/psql.ts";
-import { sqlLiteral, tableRef } from "../sink/postgres/sql.ts";
+import { sqlLiteral, tableRef } from "../sink/postgres/quote.ts";
 import { UNKNOWN_DEVICE } from "../sink/postgres/schema.ts";
 import { fromCaller, parseFlags } from "../cli/parse.ts";
 
@@ -177,7 +178,7 @@ export async function readFleet(
   try {
     const reply = await session.run(buildFleetQuery(table), { timeoutMs: 600_000 });
     if (reply.ok) return parseFleetReply(reply.rows);
-    const missing = reply.sqlstate === "42P01";
+    const missing = isMissingTable(reply.sqlstate);
     throw new UploadError(
       "config",
       missing

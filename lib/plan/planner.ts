@@ -16,10 +16,10 @@ import type { Run } from "../engine/run.ts";
 import { decideFolder } from "./diff.ts";
 import type { ScanDecision } from "../tracker/tracker.ts";
 import type { SourceItem } from "../source/sources.ts";
-import type { BatchItem } from "../sink/postgres/writer.ts";
+import type { SinkItem } from "../sink/sink.ts";
 
 /** A folder ready to send: its row, and what the commit needs to record it. */
-export interface PlannedItem extends BatchItem {
+export interface PlannedItem extends SinkItem {
   snapshot: FolderSnapshot;
   /** The content hash of the row (recorded once acknowledged). */
   contentHash: string;

@@ -11,7 +11,9 @@ import { markerNames, type UploaderConfig } from "../../config.ts";
 import { UploadError } from "../core/errors.ts";
 import type { FolderSnapshot } from "../source/snapshot.ts";
 import { isImageName } from "../source/snapshot.ts";
-import { rowStatementBytes, rowToJsonWithStats, type UploadRow } from "../sink/postgres/sql.ts";
+import { rowStatementBytes } from "../sink/postgres/quote.ts";
+import { rowToJsonWithStats } from "../sink/payload.ts";
+import type { UploadRow } from "../sink/columns.ts";
 
 /** What {@linkcode buildRow} needs from the configuration. */
 export type RowConfig = Pick<

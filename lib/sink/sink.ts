@@ -11,20 +11,23 @@
  * @module
  */
 
-import type { DeviceInfo, UploadRow } from "./postgres/sql.ts";
+import type { DeviceInfo, UploadRow } from "./columns.ts";
 
 /** One folder's row in a batch. */
 export interface SinkItem {
   /** Tracker key (the folder's path). */
   path: string;
+  /** The folder's row. */
   row: UploadRow;
-  /** The row as JSON text (`rowJson`): sent as it is, and what bounds a batch's bytes. */
+  /** The row as JSON text (lib/sink/payload.ts): sent as it is, and what bounds a batch's bytes. */
   json: string;
 }
 
 /** A folder's outcome from the target. */
 export interface ItemOutcome<T extends SinkItem = SinkItem> {
+  /** The folder's item, as given to `write`. */
   item: T;
+  /** The target holds the folder's row (written, or already there unchanged). */
   ok: boolean;
   /** Why the target refused this folder's row (named, with the server's words). */
   error?: string;
@@ -50,6 +53,7 @@ export interface OpenedSink {
 
 /** A session another client holds a lock with, as the target describes it. */
 export interface LockHolder {
+  /** Its server process id. */
   pid: number;
   /** Its role, when shown. */
   user: string | null;
@@ -96,6 +100,7 @@ export interface SinkContext {
   signal: AbortSignal;
   /** Told the device the rows are written for, once the target settled it. */
   onDevice?: (device: DeviceInfo) => void;
+  /** The run's clock (ms since the epoch). */
   now: () => number;
 }
 
@@ -103,6 +108,13 @@ export interface SinkContext {
 export interface RowSink {
   /** The target as shown to the user (never a password). */
   readonly display: string;
+  /** The target is a database this run serves itself (started on first use). */
+  readonly embedded: boolean;
+  /**
+   * Opening settles the device id (nothing configured it: a new tracker): whoever needs the
+   * settled id before the first write (object keys) opens the sink first.
+   */
+  readonly settlesDevice: boolean;
   /** Whether the target was opened in this run (an embedded database started, say). */
   readonly opened: boolean;
   /**
@@ -121,13 +133,20 @@ export interface RowSink {
   write<T extends SinkItem>(items: T[], batchName: string): Promise<WriteResult<T>>;
   /**
    * Streams this device's rows as `[folder_key, content_hash]` (`--verify`), in chunks, never
-   * all in memory; returns how many there were.
+   * all in memory (opening the target first if need be); returns how many there were.
+   *
+   * @throws {UploadError} the target unreachable or refusing the read; `interrupted` when
+   *   `signal` aborts.
    */
   readRemote(
     onRows: (rows: [string, string | null][]) => void,
     signal: AbortSignal,
   ): Promise<number>;
-  /** How many of the folders with these keys each other device id holds rows for. */
+  /**
+   * How many of the folders with these keys each device id but this one holds rows for.
+   *
+   * @throws {UploadError} the target refusing the query, or gone.
+   */
   otherDevices(keys: readonly string[]): Promise<Map<string, number>>;
   /** Abandons writes in flight at once (their folders stay pending). */
   abandon(): void;

@@ -12,7 +12,7 @@ import type { Connector } from "../target/connect.ts";
 import { runEngine } from "../engine/engine.ts";
 import { messageOf } from "../core/errors.ts";
 import type { RunResult } from "../core/events.ts";
-import { checkBase, type UploadOptions, walkConfig } from "../engine/upload.ts";
+import { checkBase, sendTo, type UploadOptions, walkConfig } from "../engine/upload.ts";
 import { describeFsError, isUploadUnit, snapshotFolder } from "./snapshot.ts";
 import { scanFolders } from "./walk.ts";
 import {
@@ -55,7 +55,12 @@ export function runWatch(options: WatchOptions): Promise<RunResult> {
     debounceMs: options.debounceMs ?? 200,
     fileEvents: options.fileEvents ?? true,
   });
-  return runEngine(source, { ...options, mode: "watch", base: options.basePath });
+  return runEngine(source, {
+    ...options,
+    ...sendTo(options.connector, options),
+    mode: "watch",
+    base: options.basePath,
+  });
 }
 
 /** Settings of {@linkcode watchSource}. */

@@ -17,7 +17,7 @@ import { join } from "node:path";
 import { UploadError } from "../core/errors.ts";
 import type { FolderSnapshot } from "../source/snapshot.ts";
 import type { SchemaInspection } from "../sink/postgres/schema.ts";
-import { buildDeviceCountQuery, parseDeviceCounts } from "../sink/postgres/sql.ts";
+import { buildDeviceCountQuery, parseDeviceCounts } from "../sink/postgres/remote.ts";
 
 /** Where a run's device id came from. */
 export type DeviceSource =

@@ -9,7 +9,21 @@ import {
   actionFor,
   classifyConnectFailure,
   classifySqlstate,
+  connectFailureKind,
   connectHint,
+  isAbortedTransaction,
+  isLockTimeout,
+  isMissingTable,
+  isMissingTableOrColumn,
+  isNotNullRefusal,
+  isPermissionRefusal,
+  isReadOnlyRefusal,
+  isStatementTimeout,
+  isTempTableRefusal,
+  isTransientSqlstate,
+  probeRefusalKind,
+  psqlExitKind,
+  schemaRefusalKind,
 } from "../../lib/core/policy.ts";
 
 Deno.test("classifySqlstate maps SQLSTATEs to error kinds", () => {
@@ -133,4 +147,68 @@ Deno.test("connectHint: TLS the uploader added, and sslmode=disable against a TL
   assert.match(disable ?? "", /takes only TLS connections and the URL says sslmode=disable/);
   // Without sslmode=disable the same FATAL is about pg_hba.conf alone: no TLS hint.
   assert.equal(connectHint("config", hba, { display }), undefined);
+});
+
+Deno.test("the named SQLSTATE predicates: each says yes to its code alone", () => {
+  const cases: [(code: string) => boolean, string[]][] = [
+    [isStatementTimeout, ["57014"]],
+    [isLockTimeout, ["55P03"]],
+    [isReadOnlyRefusal, ["25006"]],
+    [isPermissionRefusal, ["42501"]],
+    [isNotNullRefusal, ["23502"]],
+    [isMissingTable, ["42P01"]],
+    [isMissingTableOrColumn, ["42P01", "42703"]],
+    [isAbortedTransaction, ["25P02"]],
+    [isTransientSqlstate, ["08006", "53300", "57P01", "40001", "40P01"]],
+  ];
+  const all = [
+    "57014",
+    "55P03",
+    "25006",
+    "42501",
+    "23502",
+    "42P01",
+    "42703",
+    "25P02",
+    "08006",
+    "53300",
+    "57P01",
+    "40001",
+    "40P01",
+    "23505",
+  ];
+  for (const [predicate, yes] of cases) {
+    for (const code of all) {
+      assert.equal(predicate(code), yes.includes(code), `${predicate.name} ${code}`);
+    }
+  }
+  assert.equal(isStatementTimeout(undefined), false);
+});
+
+Deno.test("the write path's classifications: schema refusals, the probe, psql's exit, a failed connect", () => {
+  assert.equal(
+    isTempTableRefusal("42501", 'permission denied to create temporary tables in database "d"'),
+    true,
+  );
+  assert.equal(isTempTableRefusal("42501", "permission denied for table device_test"), false);
+  assert.equal(isTempTableRefusal("42P01", "temporary tables"), false);
+  assert.equal(schemaRefusalKind("40P01"), "transient");
+  assert.equal(schemaRefusalKind("42501"), "config");
+  assert.equal(schemaRefusalKind("23505"), "config");
+  assert.equal(
+    probeRefusalKind("57014"),
+    null,
+    "a probe cut short by statement_timeout: the session works",
+  );
+  assert.equal(probeRefusalKind("57P03"), "transient");
+  assert.equal(probeRefusalKind("3D000"), "config");
+  assert.equal(psqlExitKind(2, "could not connect to server: Connection refused"), "transient");
+  assert.equal(psqlExitKind(2, 'password authentication failed for user "u"'), "config");
+  assert.equal(psqlExitKind(1, "ERROR:  permission denied for table device_test"), "config");
+  const refused = "could not connect to server: Connection refused";
+  const auth = 'password authentication failed for user "u"';
+  assert.equal(connectFailureKind(auth, { timedOut: true, signalled: false }), "transient");
+  assert.equal(connectFailureKind(auth, { timedOut: false, signalled: true }), "transient");
+  assert.equal(connectFailureKind(auth, { timedOut: false, signalled: false }), "config");
+  assert.equal(connectFailureKind(refused, { timedOut: false, signalled: false }), "transient");
 });

@@ -173,3 +173,29 @@ Deno.test("retry: an abort ends the loop with the caller's interrupted error", a
   stop.abort();
   await assert.rejects(() => retry(() => Promise.resolve(1), o), /interrupted/);
 });
+
+Deno.test("retry: a failure of another sort times its own streak, one attempt counter for both", async () => {
+  const time = fakeTime();
+  const clock = new FailureClock();
+  const locks = new FailureClock();
+  class Blocked extends Error {}
+  const { options: o, gaveUp } = options(time, {
+    clock,
+    deadlineMs: 60_000,
+    classify: (e) =>
+      e instanceof Blocked
+        ? { retry: true, streak: { clock: locks, deadlineMs: 4000 } }
+        : { retry: e instanceof Flaky },
+  });
+  let calls = 0;
+  await assert.rejects(() =>
+    retry(() => (calls++, Promise.reject(calls === 1 ? new Flaky("lost") : new Blocked("lock"))), o)
+  );
+  // 500 after the lost connection; the lock streak begins 500 ms in: 1000, 2000, then the
+  // 1000 left of its 4 s (its own deadline, not the outage's 60 s); attempts count on.
+  assert.deepEqual(time.waits, [500, 1000, 2000, 1000]);
+  assert.equal(calls, 5);
+  assert.deepEqual(gaveUp, [{ attempts: 5, elapsedMs: 4000, deadline: true }]);
+  assert.equal(clock.since, 1_000_000, "the outage streak is the first failure's");
+  assert.equal(locks.since, 1_000_500);
+});

@@ -27,8 +27,8 @@ import {
   buildUpsertScript,
   buildUpsertStatement,
   parseUpsertReply,
-  type UploadRow,
-} from "../../lib/sink/postgres/sql.ts";
+} from "../../lib/sink/postgres/upsert.ts";
+import type { UploadRow } from "../../lib/sink/columns.ts";
 import {
   type CliResult,
   describeRun,

@@ -15,7 +15,7 @@ import {
 } from "../../config.ts";
 import { UploadError } from "../../lib/core/errors.ts";
 import { buildRow, MAX_STATS_BYTES, readStats } from "../../lib/plan/row.ts";
-import { rowStatementBytes } from "../../lib/sink/postgres/sql.ts";
+import { rowStatementBytes } from "../../lib/sink/postgres/quote.ts";
 import { type FolderSnapshot, snapshotFolder } from "../../lib/source/snapshot.ts";
 import { setMtime, T1, T2, T3, tempDir, type TreeSpec, writeTree } from "../../support/tree.ts";
 

@@ -8,7 +8,7 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { decideIdentity, markerDevice, resolveIdentity } from "../../lib/target/identity.ts";
-import { buildDeviceCountQuery, parseDeviceCounts } from "../../lib/sink/postgres/sql.ts";
+import { buildDeviceCountQuery, parseDeviceCounts } from "../../lib/sink/postgres/remote.ts";
 import { UploadError } from "../../lib/core/errors.ts";
 import type { FolderSnapshot } from "../../lib/source/snapshot.ts";
 import { tempDir, writeTree } from "../../support/tree.ts";

@@ -16,25 +16,11 @@
  * @module
  */
 
+import type { LockHolder } from "../sink.ts";
 import type { StatementReply } from "./psql.ts";
-import { sqlLiteral, tableRef } from "./sql.ts";
+import { sqlLiteral, tableRef } from "./quote.ts";
 
-/** A session in the way of this run's statements, as far as the server shows it. */
-export interface LockHolder {
-  pid: number;
-  /** Its role, when shown. */
-  user: string | null;
-  /** Its `application_name`, when set. */
-  application: string | null;
-  /** `active`, `idle in transaction`, ...; null when the server hides it. */
-  state: string | null;
-  /** Seconds since its transaction (else its query) began; null when hidden. */
-  seconds: number | null;
-  /** Its current or last statement, on one line and cut short; null when hidden. */
-  query: string | null;
-  /** The lock modes it holds or waits for on the tables (`AccessExclusiveLock`, ...). */
-  modes: string[];
-}
+export type { LockHolder };
 
 /** What a lock query found. */
 export interface LockReport {

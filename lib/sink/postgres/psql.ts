@@ -20,19 +20,24 @@
  * it notices a lost connection in a script). The `\warn` marker (psql 13+) closes the
  * statement's stderr (ERROR, DETAIL, HINT, CONTEXT lines) so an error reply can carry it.
  *
- * Only this file starts psql processes.
+ * The processes are started by spawn.ts; COPY streams are in copy.ts.
  *
  * @module
  */
 
 import { UploadError } from "../../core/errors.ts";
 import {
-  classifyConnectFailure,
-  classifySqlstate,
+  connectFailureKind,
   connectHint,
+  isAbortedTransaction,
+  probeRefusalKind,
   type TlsSetting,
 } from "../../core/policy.ts";
+import { LineReader } from "../../core/lines.ts";
 import { parseQuotedLiteral, terminateStatement } from "./psql_text.ts";
+import { APPLICATION_NAME, cachedPsqlMajor, spawnPsql } from "./spawn.ts";
+
+export { APPLICATION_NAME, checkPsql, runPsqlInteractive } from "./spawn.ts";
 
 /** How to reach a server with psql. Never holds a password in `args`. */
 export interface PsqlConnection {
@@ -94,7 +99,7 @@ export interface RunOptions {
    * The text is a psql script of several statements, sent as it is (not checked to be one
    * statement): the reply is that of the last statement it ran, and when that failed the
    * session sends `rollback` after the reply, ending a transaction the script opened.
-   * `buildUpsertScript` (lib/sink/postgres/sql.ts) makes such scripts. Default false.
+   * `buildUpsertScript` (lib/sink/postgres/upsert.ts) makes such scripts. Default false.
    */
   script?: boolean;
 }
@@ -105,331 +110,7 @@ export const STDERR_TAIL_BYTES = 4096;
 /** Most stderr characters kept for one statement's error reply. */
 const STATEMENT_STDERR_CHARS = 16_384;
 
-/** The application name sessions report to the server (`pg_stat_activity`). */
-export const APPLICATION_NAME = "folder-uploader";
-
-const INSTALL_HINT =
-  "Install the PostgreSQL client: `apt-get install postgresql-client` (Debian/Ubuntu), " +
-  "`brew install libpq` (macOS), or pass the path of psql";
-
-const MIN_PSQL_MAJOR = 12;
-
 const ENCODER = new TextEncoder();
-
-/** How {@linkcode outsideGroup} keeps a child out of the caller's process group. */
-export type Detachment = "detached" | "setsid" | "none";
-
-let detachment: Detachment | undefined;
-
-/**
- * How children are started outside the caller's process group, so that a terminal's
- * Ctrl-C or a service manager's stop (which signal every process of the group) reaches
- * the uploader alone, and the uploader decides what its psql sessions do: a psql given
- * SIGINT cancels its statement and goes on reading the rest of its script as SQL, and one
- * given SIGTERM dies under the batch it was sending.
- *
- * - `detached`: Deno 2.4 and later start the child in a new session (setsid(2)).
- * - `setsid`: older Deno, with util-linux's `setsid` program on PATH in front of the child
- *   (it calls setsid(2) and runs the child in its place, so the pid is the child's).
- * - `none`: neither; the child shares the caller's process group.
- */
-export function detachmentMethod(): Detachment {
-  if (detachment !== undefined) return detachment;
-  const [major, minor] = Deno.version.deno.split(".").map(Number);
-  if (Deno.build.os === "windows") detachment = "none";
-  else if (major > 2 || (major === 2 && minor >= 4)) detachment = "detached";
-  else detachment = findOnPath("setsid") ? "setsid" : "none";
-  return detachment;
-}
-
-/** Whether an executable `name` is in one of PATH's directories. */
-function findOnPath(name: string): boolean {
-  for (const dir of (Deno.env.get("PATH") ?? "").split(":")) {
-    if (dir === "") continue;
-    try {
-      const info = Deno.statSync(`${dir}/${name}`);
-      if (info.isFile && ((info.mode ?? 0) & 0o111) !== 0) return true;
-    } catch (_error) {
-      // Not in this directory (or not readable): look in the next one.
-    }
-  }
-  return false;
-}
-
-/**
- * A command for `program` that runs outside the caller's process group, by `method`
- * (default: {@linkcode detachmentMethod}'s choice for this runtime).
- */
-export function outsideGroup(
-  program: string,
-  options: Deno.CommandOptions,
-  method: Detachment = detachmentMethod(),
-): Deno.Command {
-  switch (method) {
-    case "detached":
-      return new Deno.Command(program, { ...options, detached: true });
-    case "setsid":
-      return new Deno.Command("setsid", {
-        ...options,
-        args: [program, ...(options.args ?? [])],
-      });
-    default:
-      return new Deno.Command(program, options);
-  }
-}
-
-/**
- * Checks that psql can be run and is recent enough (12+); returns its version line.
- *
- * @throws UploadError `config` with an install hint when psql is missing, cannot be
- *   run, or is older than 12.
- *
- * @example
- * ```ts
- * await checkPsql(); // "psql (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)"
- * ```
- */
-export async function checkPsql(psqlPath = "psql"): Promise<string> {
-  let output: Deno.CommandOutput;
-  try {
-    output = await outsideGroup(psqlPath, {
-      args: ["--version"],
-      stdin: "null",
-      stdout: "piped",
-      stderr: "piped",
-    }).output();
-  } catch (error) {
-    throw spawnError(psqlPath, error);
-  }
-  const text = new TextDecoder().decode(output.stdout).trim();
-  if (!output.success) {
-    throw new UploadError("config", `Cannot run ${psqlPath} --version: exit code ${output.code}`, {
-      hint: INSTALL_HINT,
-    });
-  }
-  const major = psqlMajor(text);
-  if (major === undefined || major < MIN_PSQL_MAJOR) {
-    throw new UploadError(
-      "config",
-      `psql ${MIN_PSQL_MAJOR} or newer is required: ${psqlPath} says ${JSON.stringify(text)}`,
-      { hint: INSTALL_HINT },
-    );
-  }
-  return text;
-}
-
-function psqlMajor(versionLine: string): number | undefined {
-  const match = versionLine.match(/\(PostgreSQL\)\s+(\d+)/);
-  return match ? Number(match[1]) : undefined;
-}
-
-function spawnError(psqlPath: string, error: unknown): UploadError {
-  if (error instanceof Deno.errors.NotFound) {
-    return new UploadError("config", `psql was not found: ${psqlPath}`, {
-      hint: INSTALL_HINT,
-      cause: error,
-    });
-  }
-  if (error instanceof Deno.errors.PermissionDenied) {
-    return new UploadError("config", `Cannot run psql (${psqlPath}): permission denied`, {
-      hint: "Allow running psql (deno run --allow-run) and check the file's permissions",
-      cause: error,
-    });
-  }
-  return new UploadError("fatal", `Cannot start psql (${psqlPath}): ${String(error)}`, {
-    cause: error,
-  });
-}
-
-const psqlVersionCache = new Map<string, Promise<number | undefined>>();
-
-/** psql's major version, asked once per binary; a failure is not cached. */
-function cachedPsqlMajor(psqlPath: string): Promise<number | undefined> {
-  let version = psqlVersionCache.get(psqlPath);
-  if (version === undefined) {
-    version = checkPsql(psqlPath).then(psqlMajor, (error) => {
-      psqlVersionCache.delete(psqlPath);
-      throw error;
-    });
-    psqlVersionCache.set(psqlPath, version);
-  }
-  return version;
-}
-
-/**
- * Streams the result of `COPY (<query>) TO STDOUT` through a psql process, one decoded row
- * (its text columns) at a time, without holding the result in memory. The query is sent on
- * psql's stdin; rows are read as psql writes them.
- *
- * @throws UploadError `transient` or `config` (as for {@linkcode PsqlSession.start}) when
- *   psql cannot connect; `config` naming the SQLSTATE-less message when the server refuses
- *   the query; `interrupted` when `signal` aborts.
- */
-export async function copyOut(
-  conn: PsqlConnection,
-  query: string,
-  onRow: (columns: (string | null)[]) => void,
-  options: { psqlPath?: string; signal?: AbortSignal } = {},
-): Promise<number> {
-  const psqlPath = options.psqlPath ?? "psql";
-  let child: Deno.ChildProcess;
-  try {
-    child = outsideGroup(psqlPath, {
-      // -w: never prompt for a password (outside the terminal's session psql would read
-      // the prompt's answer from its stdin, the script).
-      args: ["-X", "-q", "-w", "-v", "ON_ERROR_STOP=1", ...conn.args],
-      env: {
-        PGAPPNAME: APPLICATION_NAME,
-        ...conn.env,
-        PGCONNECT_TIMEOUT: conn.env.PGCONNECT_TIMEOUT ?? "10",
-        PGCLIENTENCODING: "UTF8",
-        LC_ALL: "C",
-      },
-      stdin: "piped",
-      stdout: "piped",
-      stderr: "piped",
-    }).spawn();
-  } catch (error) {
-    throw spawnError(psqlPath, error);
-  }
-  const onAbort = () => {
-    try {
-      child.kill("SIGKILL");
-    } catch (_error) {
-      // Already exited: nothing to stop.
-    }
-  };
-  options.signal?.addEventListener("abort", onAbort, { once: true });
-  const stderr = new Response(child.stderr).text();
-  const writer = child.stdin.getWriter();
-  await writer.write(ENCODER.encode(`COPY (${query}) TO STDOUT;\n`)).catch(() => {
-    // psql exited before reading its input: its exit status and stderr say why.
-  });
-  await writer.close().catch(() => {
-    // As above.
-  });
-  let rows = 0;
-  const lines = new LineReader(child.stdout);
-  try {
-    for (;;) {
-      const line = await lines.next();
-      if (line === null) break;
-      onRow(line.split("\t").map(decodeCopyText));
-      rows++;
-    }
-  } finally {
-    options.signal?.removeEventListener("abort", onAbort);
-  }
-  const status = await child.status;
-  const text = (await stderr).trim().replace(/^psql: error: /, "");
-  if (options.signal?.aborted) {
-    throw new UploadError("interrupted", `Interrupted while reading rows from ${conn.display}`);
-  }
-  if (!status.success) {
-    const kind = status.code === 2 ? classifyConnectFailure(text) : "config";
-    throw new UploadError(
-      kind,
-      `Cannot read rows from ${conn.display}: ${text || `psql exited with code ${status.code}`}`,
-      {
-        hint: connectHint(kind, text, conn),
-      },
-    );
-  }
-  return rows;
-}
-
-/** One column of COPY's text format: `\N` is null; backslash escapes are undone. */
-export function decodeCopyText(field: string): string | null {
-  if (field === "\\N") return null;
-  if (!field.includes("\\")) return field;
-  return field.replace(/\\(.)/g, (_, c: string) => COPY_ESCAPES[c] ?? c);
-}
-
-const COPY_ESCAPES: Record<string, string> = {
-  b: "\b",
-  f: "\f",
-  n: "\n",
-  r: "\r",
-  t: "\t",
-  v: "\v",
-};
-
-/**
- * Runs psql on a connection with the terminal's stdin, stdout and stderr (for
- * `deno task sql`); returns psql's exit code. Ctrl-C goes to psql (cancelling its query)
- * and does not end this process while psql runs.
- *
- * @throws UploadError `config` when psql cannot be found or run.
- */
-export async function runPsqlInteractive(
-  conn: PsqlConnection,
-  extraArgs: string[],
-  options: { psqlPath?: string } = {},
-): Promise<number> {
-  const psqlPath = options.psqlPath ?? "psql";
-  let child: Deno.ChildProcess;
-  try {
-    child = new Deno.Command(psqlPath, {
-      args: [...conn.args, ...extraArgs],
-      env: { PGAPPNAME: APPLICATION_NAME, ...conn.env },
-      stdin: "inherit",
-      stdout: "inherit",
-      stderr: "inherit",
-    }).spawn();
-  } catch (error) {
-    throw spawnError(psqlPath, error);
-  }
-  const ignoreInterrupt = () => {/* psql handles Ctrl-C itself (cancels the query) */};
-  const listening = Deno.build.os !== "windows";
-  if (listening) Deno.addSignalListener("SIGINT", ignoreInterrupt);
-  try {
-    return (await child.status).code;
-  } finally {
-    if (listening) Deno.removeSignalListener("SIGINT", ignoreInterrupt);
-  }
-}
-
-/** Splits a byte stream into text lines. */
-class LineReader {
-  readonly #reader: ReadableStreamDefaultReader<Uint8Array>;
-  readonly #decoder = new TextDecoder();
-  #pending = "";
-  #lines: string[] = [];
-  #next = 0;
-  #done = false;
-
-  constructor(stream: ReadableStream<Uint8Array>) {
-    this.#reader = stream.getReader();
-  }
-
-  /** The next complete line without its `\n`; null at the end (a partial last line is dropped). */
-  async next(): Promise<string | null> {
-    while (this.#next >= this.#lines.length) {
-      if (this.#done) return null;
-      const { value, done } = await this.#reader.read();
-      if (done) {
-        this.#done = true;
-        this.#pending = "";
-        continue;
-      }
-      const text = this.#pending + this.#decoder.decode(value, { stream: true });
-      const lines = text.split("\n");
-      this.#pending = lines.pop() ?? "";
-      this.#lines = lines;
-      this.#next = 0;
-    }
-    return this.#lines[this.#next++];
-  }
-
-  /** Reads and discards everything up to the end of the stream. */
-  async drain(): Promise<void> {
-    while (!this.#done) {
-      const { done } = await this.#reader.read();
-      if (done) this.#done = true;
-    }
-    this.#lines = [];
-  }
-}
 
 /** One statement's stderr, collected until its `\warn` marker. */
 interface StderrCollector {
@@ -514,27 +195,20 @@ export class PsqlSession {
     const psqlPath = options.psqlPath ?? "psql";
     const major = await cachedPsqlMajor(psqlPath);
     const connectTimeout = options.connectTimeoutSeconds ?? conn.env.PGCONNECT_TIMEOUT ?? 10;
-    let child: Deno.ChildProcess;
-    try {
-      child = outsideGroup(psqlPath, {
-        // -w: never prompt for a password (outside the terminal's session psql would read
-        // the prompt's answer from its stdin, the first statement).
-        args: ["-X", "-q", "-w", "-A", "-t", "-v", "ON_ERROR_STOP=0", ...conn.args],
-        env: {
-          PGAPPNAME: APPLICATION_NAME,
-          ...conn.env,
-          PGCONNECT_TIMEOUT: String(connectTimeout),
-          // The reply protocol is read as UTF-8, and psql's own messages are matched in English.
-          PGCLIENTENCODING: "UTF8",
-          LC_ALL: "C",
-        },
-        stdin: "piped",
-        stdout: "piped",
-        stderr: "piped",
-      }).spawn();
-    } catch (error) {
-      throw spawnError(psqlPath, error);
-    }
+    const child = spawnPsql({
+      psqlPath,
+      // -w: never prompt for a password (outside the terminal's session psql would read
+      // the prompt's answer from its stdin, the first statement).
+      args: ["-X", "-q", "-w", "-A", "-t", "-v", "ON_ERROR_STOP=0", ...conn.args],
+      env: {
+        PGAPPNAME: APPLICATION_NAME,
+        ...conn.env,
+        PGCONNECT_TIMEOUT: String(connectTimeout),
+        // The reply protocol is read as UTF-8, and psql's own messages are matched in English.
+        PGCLIENTENCODING: "UTF8",
+        LC_ALL: "C",
+      },
+    });
     const session = new PsqlSession(child, conn, major !== undefined && major >= 13);
     let reply: StatementReply;
     try {
@@ -547,7 +221,7 @@ export class PsqlSession {
       const signalled = session.#exitSignal !== null && !session.#closing;
       await session.kill();
       const stderr = session.#connectMessage();
-      const kind = session.#timedOut || signalled ? "transient" : classifyConnectFailure(stderr);
+      const kind = connectFailureKind(stderr, { timedOut: session.#timedOut, signalled });
       throw new UploadError(
         kind,
         `Cannot connect to ${conn.display}: ${stderr || (error as Error).message}`,
@@ -558,12 +232,12 @@ export class PsqlSession {
       session.#statementTimeout = reply.rows[0].slice(2);
       return session;
     }
-    if (!reply.ok && classifySqlstate(reply.sqlstate) === "timeout") return session;
+    const refused = reply.ok ? undefined : probeRefusalKind(reply.sqlstate);
+    if (refused === null) return session; // a statement timeout shorter than the probe
     await session.kill();
     if (!reply.ok) {
-      const kind = classifySqlstate(reply.sqlstate);
       throw new UploadError(
-        kind === "transient" ? "transient" : "config",
+        refused!,
         `Cannot use the connection to ${conn.display}: ${reply.sqlstate}: ${reply.message}`,
         { sqlstate: reply.sqlstate },
       );
@@ -807,6 +481,7 @@ export class PsqlSession {
 }
 
 /** A script's text ending with a newline, so the reply trailer starts on a line of its own. */
+
 /**
  * A script's reply blamed on the statement after a failed COPY (25P02, "current transaction
  * is aborted"): psql leaves `:ERROR` false after a COPY the server refused, so the reply
@@ -814,12 +489,13 @@ export class PsqlSession {
  * script set `VERBOSITY verbose` for it (`ERROR:  57014: canceling statement ...`).
  */
 function causeOfAbort(reply: StatementReply): StatementReply {
-  if (reply.ok || reply.sqlstate !== "25P02" || reply.stderr === undefined) return reply;
+  if (reply.ok || !isAbortedTransaction(reply.sqlstate) || reply.stderr === undefined) return reply;
   const cause = reply.stderr.match(/^ERROR:\s+([0-9A-Z]{5}):\s+(.*)$/m);
-  if (cause === null || cause[1] === "25P02") return reply;
+  if (cause === null || isAbortedTransaction(cause[1])) return reply;
   return { ...reply, sqlstate: cause[1], message: cause[2] };
 }
 
+/** A script's text ending with a newline, so the reply trailer starts on a line of its own. */
 function scriptText(script: string): string {
   return script.endsWith("\n") ? script : `${script}\n`;
 }

@@ -13,7 +13,7 @@ import { UploadError } from "../../core/errors.ts";
  * is, and returns it terminated by `;` and a newline. Lexes like psql: quotes (`'...'`,
  * `E'...'`), quoted identifiers, dollar quotes, `--` and nested `/* *\/` comments. Plain
  * `'...'` literals are read as with `standard_conforming_strings` on; the project's
- * `sqlLiteral` (lib/sink/postgres/sql.ts) uses `E'...'` for any text with a backslash, so both readings
+ * `sqlLiteral` (lib/sink/postgres/quote.ts) uses `E'...'` for any text with a backslash, so both readings
  * agree.
  *
  * @throws UploadError `fatal` (a bug in the caller) for an empty statement, several
@@ -42,24 +42,10 @@ export function terminateStatement(sql: string): string {
       i++;
       continue;
     }
-    if (c === "-" && sql[i + 1] === "-") {
-      const end = sql.indexOf("\n", i);
-      i = end < 0 ? n : end + 1;
-      continue;
-    }
-    if (c === "/" && sql[i + 1] === "*") {
-      let depth = 1;
-      i += 2;
-      while (depth > 0) {
-        if (i >= n) throw fail("unterminated /* comment");
-        if (sql[i] === "/" && sql[i + 1] === "*") {
-          depth++;
-          i += 2;
-        } else if (sql[i] === "*" && sql[i + 1] === "/") {
-          depth--;
-          i += 2;
-        } else i++;
-      }
+    const afterComment = skipComment(sql, i);
+    if (afterComment < 0) throw fail("unterminated /* comment");
+    if (afterComment > i) {
+      i = afterComment;
       continue;
     }
     if (terminated) throw fail("more than one statement");
@@ -112,6 +98,31 @@ export function terminateStatement(sql: string): string {
   }
   if (!sawCode) throw fail("empty statement");
   return terminated ? `${sql.trimEnd()}\n` : `${sql.trimEnd()}\n;\n`;
+}
+
+/**
+ * Index just after a `--` comment (its line) or a nested `/* *\/` comment starting at `i`;
+ * `i` itself when no comment starts there; -1 for a block comment never closed.
+ */
+function skipComment(sql: string, i: number): number {
+  if (sql[i] === "-" && sql[i + 1] === "-") {
+    const end = sql.indexOf("\n", i);
+    return end < 0 ? sql.length : end + 1;
+  }
+  if (sql[i] !== "/" || sql[i + 1] !== "*") return i;
+  let depth = 1;
+  let at = i + 2;
+  while (depth > 0) {
+    if (at >= sql.length) return -1;
+    if (sql[at] === "/" && sql[at + 1] === "*") {
+      depth++;
+      at += 2;
+    } else if (sql[at] === "*" && sql[at + 1] === "/") {
+      depth--;
+      at += 2;
+    } else at++;
+  }
+  return at;
 }
 
 /** Index just after the closing quote of a literal whose body starts at `start`, or -1. */

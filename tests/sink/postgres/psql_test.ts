@@ -1,21 +1,25 @@
 /**
- * The psql session protocol against a real server (the SQLSTATE table and the statement
- * text checks have their own tests: policy_test.ts, psql_text_test.ts).
+ * The psql session protocol against a real server, and how psql is started
+ * (lib/sink/postgres/spawn.ts: outside the caller's process group, the version check, the
+ * interactive psql). The SQLSTATE table and the statement text checks have their own
+ * tests: policy_test.ts, psql_text_test.ts.
  */
 
 import assert from "node:assert/strict";
 import { UploadError } from "../../../lib/core/errors.ts";
 import {
+  type PsqlConnection,
+  PsqlSession,
+  type StatementReply,
+} from "../../../lib/sink/postgres/psql.ts";
+import {
   checkPsql,
   detachmentMethod,
   outsideGroup,
-  type PsqlConnection,
-  PsqlSession,
   runPsqlInteractive,
-  type StatementReply,
-} from "../../../lib/sink/postgres/psql.ts";
+} from "../../../lib/sink/postgres/spawn.ts";
 import { classifySqlstate } from "../../../lib/core/policy.ts";
-import { sqlLiteral } from "../../../lib/sink/postgres/sql.ts";
+import { sqlLiteral } from "../../../lib/sink/postgres/quote.ts";
 import {
   hasPostgres,
   type PgServer,

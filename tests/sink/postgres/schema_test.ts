@@ -28,20 +28,13 @@ import {
   schemaTimeoutError,
   UNKNOWN_DEVICE,
 } from "../../../lib/sink/postgres/schema.ts";
-import {
-  buildUpsertStatement,
-  type DeviceInfo,
-  parseUpsertReply,
-  quoteIdent,
-  sqlLiteral,
-  type UploadRow,
-} from "../../../lib/sink/postgres/sql.ts";
-import {
-  ensureSchema as writerEnsureSchema,
-  psqlFactory,
-  SessionPool,
-} from "../../../lib/sink/postgres/writer.ts";
-import type { RetryNotice, WriteContext } from "../../../lib/sink/postgres/writer.ts";
+import { buildUpsertStatement, parseUpsertReply } from "../../../lib/sink/postgres/upsert.ts";
+import type { DeviceInfo, UploadRow } from "../../../lib/sink/columns.ts";
+import { quoteIdent, sqlLiteral } from "../../../lib/sink/postgres/quote.ts";
+import { psqlFactory, SessionPool } from "../../../lib/sink/postgres/pool.ts";
+import { prepareTarget } from "../../../lib/sink/postgres/prepare.ts";
+import { WriteState } from "../../../lib/sink/postgres/write.ts";
+import type { RetryNotice } from "../../../lib/core/retry.ts";
 import {
   hasPostgres,
   type PgServer,
@@ -1396,22 +1389,26 @@ Deno.test({
         await session.close();
       }
 
-      // The writer retries the schema step, then stops with a configuration error (exit 2).
+      // The write path retries the schema step, then stops with a configuration error (exit 2).
       const pool = new SessionPool(psqlFactory(connection(pg, "slow")));
       const retries: RetryNotice[] = [];
-      const ctx: WriteContext = {
-        pool,
-        table: "device_test",
-        device: DEVICE,
-        targetDisplay: TARGET,
-        giveUpAfterMs: 60_000,
-        backoff: { initialMs: 10, maxMs: 20, jitter: 0 },
-        signal: new AbortController().signal,
-        health: { failingSince: null, answered: true },
-        onRetry: (n) => retries.push(n),
+      const path = {
+        settings: {
+          table: "device_test",
+          device: DEVICE,
+          targetDisplay: TARGET,
+          giveUpAfterMs: 60_000,
+          backoff: { initialMs: 10, maxMs: 20, jitter: 0 },
+        },
+        state: new WriteState({ copyRows: true }),
+        edges: {
+          pool,
+          signal: new AbortController().signal,
+          onRetry: (n: RetryNotice) => retries.push(n),
+        },
       };
       try {
-        const error = await rejects(writerEnsureSchema(ctx));
+        const error = await rejects(prepareTarget(path));
         assert.equal(error.kind, "config");
         assert.equal(error.sqlstate, "57014");
         assert.match(error.message, /statement_timeout cancelled the schema step 3 times/);

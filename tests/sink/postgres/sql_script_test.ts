@@ -16,13 +16,11 @@ import {
 import {
   buildUpsertScript,
   buildUpsertStatement,
-  copyField,
-  type DeviceInfo,
   parseUpsertReply,
-  rowToJsonWithStats,
-  textArrayLiteral,
-  type UploadRow,
-} from "../../../lib/sink/postgres/sql.ts";
+} from "../../../lib/sink/postgres/upsert.ts";
+import { copyField, textArrayLiteral } from "../../../lib/sink/postgres/copy_text.ts";
+import type { DeviceInfo, UploadRow } from "../../../lib/sink/columns.ts";
+import { rowToJsonWithStats } from "../../../lib/sink/payload.ts";
 import { buildSchemaStatements } from "../../../lib/sink/postgres/schema.ts";
 import {
   hasPostgres,

@@ -1,8 +1,10 @@
 /**
  * SQL text: quoting unit tests, a fuzz test that round-trips hostile strings through a
  * real server byte for byte (standard_conforming_strings on and off, plain literals and
- * the JSON payload of the upsert), and the upsert's semantics. The schema's tests are in
- * schema_test.ts.
+ * the JSON payload of the upsert), and the upsert's semantics. The statements are built
+ * as the write path builds them: from the rows and the JSON texts the planner made
+ * (`rowToJson`). The schema's tests are in schema_test.ts, the COPY script's in
+ * sql_script_test.ts, the column table's in tests/sink/columns_test.ts.
  */
 
 import assert from "node:assert/strict";
@@ -13,16 +15,15 @@ import {
   type StatementReply,
 } from "../../../lib/sink/postgres/psql.ts";
 import {
-  buildUpsertStatement,
-  type DeviceInfo,
-  estimateRowBytes,
+  buildUpsertStatement as buildFromTexts,
   parseUpsertReply,
-  quoteIdent,
-  sqlLiteral,
-  tableRef,
-  type UploadRow,
   UPSERT_OVERHEAD_BYTES,
-} from "../../../lib/sink/postgres/sql.ts";
+  type UpsertOptions,
+} from "../../../lib/sink/postgres/upsert.ts";
+import { rowStatementBytes } from "../../../lib/sink/postgres/quote.ts";
+import type { DeviceInfo, UploadRow } from "../../../lib/sink/columns.ts";
+import { rowToJson } from "../../../lib/sink/payload.ts";
+import { quoteIdent, sqlLiteral, tableRef } from "../../../lib/sink/postgres/quote.ts";
 import { buildSchemaStatements } from "../../../lib/sink/postgres/schema.ts";
 import {
   hasPostgres,
@@ -118,6 +119,11 @@ function sampleRow(key: string, overrides: Partial<UploadRow> = {}): UploadRow {
 
 const UPSERT_OPTIONS = { table: "device_test", device: DEVICE, batchName: "batch_1" };
 
+/** The statement as the write path builds it: the rows with the JSON texts that travel. */
+function buildUpsertStatement(rows: UploadRow[], options: UpsertOptions): string {
+  return buildFromTexts(rows, options, rows.map((row) => rowToJson(row)));
+}
+
 Deno.test("buildUpsertStatement refuses what would fail or misbehave on the server", () => {
   assert.throws(
     () => buildUpsertStatement([], UPSERT_OPTIONS),
@@ -162,14 +168,17 @@ Deno.test("buildUpsertStatement: every value travels in one JSON literal", () =>
   assert.match(sql, /^with payload as \(\n {2}select E'/);
 });
 
-Deno.test("estimateRowBytes is exactly what a row adds to a statement", () => {
+Deno.test("rowStatementBytes of a row's JSON text is exactly what it adds to a statement", () => {
   const bytes = (s: string) => new TextEncoder().encode(s).length;
   const a = sampleRow("a\\b", { test_results: { "q'uote": "é😀\n" } });
   const b = sampleRow("c'd\\", { images: ["x\\y.jpg", "中文.png"] });
   const one = buildUpsertStatement([a], UPSERT_OPTIONS);
   const two = buildUpsertStatement([a, b], UPSERT_OPTIONS);
-  assert.equal(bytes(two) - bytes(one), estimateRowBytes(b));
-  assert.ok(bytes(two) <= UPSERT_OVERHEAD_BYTES + estimateRowBytes(a) + estimateRowBytes(b));
+  const [jsonA, jsonB] = [rowToJson(a), rowToJson(b)];
+  assert.equal(bytes(two) - bytes(one), rowStatementBytes(jsonB));
+  assert.ok(
+    bytes(two) <= UPSERT_OVERHEAD_BYTES + rowStatementBytes(jsonA) + rowStatementBytes(jsonB),
+  );
 });
 
 Deno.test("parseUpsertReply reads the one-line JSON reply", () => {
@@ -554,59 +563,6 @@ Deno.test({
         assert.ok(!reply.ok);
         assert.equal(reply.sqlstate.slice(0, 2), "22");
       });
-    } finally {
-      await session.close();
-      await pg.close();
-    }
-  },
-});
-
-Deno.test({
-  name: "upsert throughput of one session (measured, printed)",
-  ignore: NO_SERVER,
-  async fn() {
-    const pg = await startPostgres();
-    const session = await PsqlSession.start(socketConnection(pg));
-    try {
-      await createSchema(session);
-      const batches = 60;
-      const perBatch = 500;
-      const make = (b: number, r: number) =>
-        sampleRow(`Run${b}/Batch${r}`, {
-          test_results: { result: "ok", score: r / 1000, note: "x".repeat(40) },
-        });
-      let bytes = 0;
-      let rowBytes = 0;
-      const statements: string[] = [];
-      for (let b = 0; b < batches; b++) {
-        const rows = Array.from({ length: perBatch }, (_, r) => make(b, r));
-        rowBytes += rows.reduce((sum, row) => sum + estimateRowBytes(row), 0);
-        const sql = buildUpsertStatement(rows, { ...UPSERT_OPTIONS, batchName: `b${b}` });
-        bytes += sql.length;
-        statements.push(sql);
-      }
-      const started = performance.now();
-      for (const sql of statements) {
-        assert.deepEqual(parseUpsertReply(await ok(session, sql)), {
-          inserted: perBatch,
-          updated: 0,
-        });
-      }
-      const insertSeconds = (performance.now() - started) / 1000;
-      const again = performance.now();
-      for (const sql of statements) {
-        assert.deepEqual(parseUpsertReply(await ok(session, sql)), { inserted: 0, updated: 0 });
-      }
-      const unchangedSeconds = (performance.now() - again) / 1000;
-      const rows = batches * perBatch;
-      console.log(
-        `  upsert, ${rows} rows of ~${
-          Math.round(rowBytes / rows)
-        } bytes in ${batches} statements: ` +
-          `insert ${Math.round(rows / insertSeconds)} rows/s (${
-            (bytes / insertSeconds / 1e6).toFixed(1)
-          } MB/s), unchanged re-send ${Math.round(rows / unchangedSeconds)} rows/s`,
-      );
     } finally {
       await session.close();
       await pg.close();

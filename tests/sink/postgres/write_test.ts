@@ -1,40 +1,33 @@
 /**
- * The write path (lib/sink/postgres/writer.ts): bisecting batches the server refuses for their data,
- * retry classification (transient -> backoff and a fresh session; data -> bisect, never
- * retried; permission and schema problems -> configuration errors; a server gone past
- * the deadline -> unreachable), the session pool, and the same against a real server.
+ * The write path (lib/sink/postgres/write.ts, and the schema step of prepare.ts) without a
+ * server: bisecting batches the server refuses for their data, retry classification
+ * (transient -> backoff and a fresh session; a lock wait -> backoff on the same session;
+ * data -> bisect, never retried; permission and schema problems -> configuration errors; a
+ * server gone past the deadline -> unreachable), the retry schedule pinned wait by wait with
+ * a fake clock (the connect window, the last attempt at the deadline, the cap), and COPY
+ * given up for single statements.
  *
- * Most tests here use a fake StatementRunner. That is deliberate and limited to this file:
- * they are unit tests of pure control flow (which statements are sent, in which order,
- * what each folder's outcome is), where a fake server can answer any SQLSTATE on cue.
- * Whether real SQL does what the fake pretends is proven by the tests at the end of this
- * file and by tests/e2e/upload_test.ts, against a real PostgreSQL.
+ * The tests use a fake StatementRunner: unit tests of control flow (which statements are
+ * sent, in which order, how long is waited, what each folder's outcome is), where a fake
+ * server answers any SQLSTATE on cue. Whether real SQL does what the fake pretends is
+ * proven by sink_test.ts and tests/e2e/upload_test.ts, against a real PostgreSQL.
  */
 
-import { rowToJson } from "../../../lib/sink/postgres/sql.ts";
 import assert from "node:assert/strict";
 import { exitCodeFor, UploadError } from "../../../lib/core/errors.ts";
-import type { PsqlConnection, StatementReply } from "../../../lib/sink/postgres/psql.ts";
-import type { UploadRow } from "../../../lib/sink/postgres/sql.ts";
+import { FailureClock, type RetryNotice } from "../../../lib/core/retry.ts";
+import { rowToJson } from "../../../lib/sink/payload.ts";
+import type { UploadRow } from "../../../lib/sink/columns.ts";
+import type { SinkItem } from "../../../lib/sink/sink.ts";
+import { SessionPool, type StatementRunner } from "../../../lib/sink/postgres/pool.ts";
+import { prepareTarget } from "../../../lib/sink/postgres/prepare.ts";
+import type { StatementReply } from "../../../lib/sink/postgres/psql.ts";
 import {
-  type BatchItem,
-  ensureSchema,
-  psqlFactory,
-  type RetryNotice,
-  SessionPool,
-  type StatementRunner,
   writeBatch,
-  type WriteContext,
-} from "../../../lib/sink/postgres/writer.ts";
-import {
-  hasPostgres,
-  type PgServer,
-  startPostgres,
-  TEST_DATABASE,
-  TEST_USER,
-} from "../../../support/postgres.ts";
-
-const NO_SERVER = !hasPostgres();
+  type WritePath,
+  type WriteSettings,
+  WriteState,
+} from "../../../lib/sink/postgres/write.ts";
 const DEVICE = { id: "0f0e0d0c-0b0a-4909-8807-060504030201", name: "writer-test", type: "t" };
 
 function row(key: string, extra: Partial<UploadRow> = {}): UploadRow {
@@ -50,7 +43,7 @@ function row(key: string, extra: Partial<UploadRow> = {}): UploadRow {
   };
 }
 
-function items(keys: string[]): BatchItem[] {
+function items(keys: string[]): SinkItem[] {
   return keys.map((key) => {
     const r = row(key);
     return { path: `/data/${key}`, row: r, json: rowToJson(r) };
@@ -68,6 +61,13 @@ function payloadKeys(sql: string): string[] {
   let body = match[2].replaceAll("''", "'");
   if (match[1] === "E") body = body.replace(/\\(.)/gs, "$1");
   return (JSON.parse(body) as { rows: { folder_key: string }[] }).rows.map((r) => r.folder_key);
+}
+
+/** The folder_keys of a COPY script's data lines (each `\{metadata}\tkey\t...`). */
+function copyKeys(script: string): string[] {
+  return script.split("\n").filter((line) => line.startsWith("\\{")).map((line) =>
+    line.split("\t")[1]
+  );
 }
 
 /** What the fake server answers for one statement. */
@@ -88,7 +88,11 @@ class FakeRunner implements StatementRunner {
     if (!this.alive) {
       return Promise.reject(new UploadError("transient", "The fake session is closed"));
     }
-    const keys = sql.includes("::jsonb as p") ? payloadKeys(sql) : [];
+    const keys = sql.includes("copy pg_temp.upload_rows from stdin")
+      ? copyKeys(sql)
+      : sql.includes("jsonb_to_recordset(payload.p->'rows')")
+      ? payloadKeys(sql)
+      : [];
     this.#server.statements.push(keys);
     const answer = this.#server.answer(keys, this.#server.statements.length, sql);
     if (answer instanceof UploadError) {
@@ -147,24 +151,67 @@ function refusing(bad: Set<string>, sqlstate = "23514") {
       : ok(keys);
 }
 
-function context(
-  server: FakeServer,
-  options: { giveUpAfterMs?: number; now?: () => number; signal?: AbortSignal } = {},
-) {
-  const retries: RetryNotice[] = [];
-  const ctx: WriteContext = {
-    pool: new SessionPool(server.factory),
-    table: "device_test",
-    device: DEVICE,
-    targetDisplay: "fake@127.0.0.1:1/db",
-    giveUpAfterMs: options.giveUpAfterMs ?? 60_000,
-    backoff: { initialMs: 1, maxMs: 4, jitter: 0 },
-    signal: options.signal ?? new AbortController().signal,
-    health: { failingSince: null, answered: true },
-    onRetry: (n) => retries.push(n),
-    now: options.now,
+/** A fake clock whose sleep moves time forward and records every wait. */
+function fakeTime(start = 1_000_000) {
+  let t = start;
+  const waits: number[] = [];
+  return {
+    now: () => t,
+    sleep: (ms: number) => {
+      waits.push(ms);
+      t += ms;
+      return Promise.resolve();
+    },
+    advance: (ms: number) => t += ms,
+    waits,
   };
-  return { ctx, retries };
+}
+
+interface PathOptions {
+  giveUpAfterMs?: number;
+  connectWindowMs?: number;
+  /** The server answered earlier in the run. Default true. */
+  answered?: boolean;
+  copyRows?: boolean;
+  signal?: AbortSignal;
+  /** The schedule; default: 1-4 ms without jitter (the schedule tests pin the real one). */
+  backoff?: WriteSettings["backoff"];
+  time?: ReturnType<typeof fakeTime>;
+  /** The jitter's random source. Default 0.5: a factor of exactly 1. */
+  random?: () => number;
+  stopping?: AbortSignal;
+}
+
+/** A write path on the fake server's sessions, its retries and warnings recorded. */
+function writePath(server: FakeServer, options: PathOptions = {}) {
+  const retries: RetryNotice[] = [];
+  const warnings: string[] = [];
+  const clock = new FailureClock();
+  if (options.answered ?? true) clock.succeeded();
+  const pool = new SessionPool(server.factory);
+  const time = options.time ?? fakeTime();
+  const path: WritePath = {
+    settings: {
+      table: "device_test",
+      device: DEVICE,
+      targetDisplay: "fake@127.0.0.1:1/db",
+      giveUpAfterMs: options.giveUpAfterMs ?? 60_000,
+      connectWindowMs: options.connectWindowMs,
+      backoff: options.backoff ?? { initialMs: 1, maxMs: 4, jitter: 0 },
+    },
+    state: new WriteState({ copyRows: options.copyRows ?? false, clock }),
+    edges: {
+      pool,
+      signal: options.signal ?? new AbortController().signal,
+      onRetry: (n) => retries.push(n),
+      onWarning: (m) => warnings.push(m),
+      now: time.now,
+      sleep: time.sleep,
+      random: options.random ?? (() => 0.5), // jitter factor exactly 1
+      stopping: options.stopping,
+    },
+  };
+  return { path, pool, retries, warnings, time, clock };
 }
 
 async function thrown(promise: Promise<unknown>): Promise<UploadError> {
@@ -191,23 +238,23 @@ function outcomeMap(result: Awaited<ReturnType<typeof writeBatch>>) {
 
 Deno.test("writeBatch: a clean batch is one statement", async () => {
   const server = new FakeServer((keys) => ok(keys));
-  const { ctx, retries } = context(server);
+  const { path, pool, retries } = writePath(server);
   const batch = items(keysOf(50));
-  const result = await writeBatch(batch, "b1", ctx);
+  const result = await writeBatch(batch, "b1", path);
   assert.equal(result.statements, 1);
   assert.equal(result.inserted, 50);
   assert.equal(result.outcomes.length, 50);
   assert.ok(result.outcomes.every((o) => o.ok));
   assert.deepEqual(server.statements, [keysOf(50)]);
   assert.equal(retries.length, 0);
-  await ctx.pool.close();
+  await pool.close();
 });
 
 Deno.test("writeBatch: one refused row among 64 is found in 13 statements", async () => {
   const keys = keysOf(64);
   const server = new FakeServer(refusing(new Set([keys[37]])));
-  const { ctx, retries } = context(server);
-  const result = await writeBatch(items(keys), "b1", ctx);
+  const { path, pool, retries } = writePath(server);
+  const result = await writeBatch(items(keys), "b1", path);
   const map = outcomeMap(result);
   assert.equal(map.size, 64);
   for (const key of keys) assert.equal(map.get(key)!.ok, key !== keys[37], key);
@@ -222,26 +269,26 @@ Deno.test("writeBatch: one refused row among 64 is found in 13 statements", asyn
   // Every good row was acknowledged by exactly one successful statement.
   const acknowledged = server.statements.filter((s) => !s.includes(keys[37])).flat();
   assert.deepEqual(acknowledged.sort(), keys.filter((k) => k !== keys[37]).sort());
-  await ctx.pool.close();
+  await pool.close();
 });
 
 Deno.test("writeBatch: several refused rows, and a batch where every row is refused", async () => {
   const keys = keysOf(100);
   const bad = new Set([keys[0], keys[50], keys[51], keys[99]]);
   const server = new FakeServer(refusing(bad, "23505"));
-  const { ctx } = context(server);
-  const map = outcomeMap(await writeBatch(items(keys), "b1", ctx));
+  const { path, pool } = writePath(server);
+  const map = outcomeMap(await writeBatch(items(keys), "b1", path));
   for (const key of keys) assert.equal(map.get(key)!.ok, !bad.has(key), key);
   for (const key of bad) assert.match(map.get(key)!.error!, /23505/);
 
   const all = keysOf(8, "x");
   const server2 = new FakeServer(refusing(new Set(all), "22P02"));
-  const { ctx: ctx2 } = context(server2);
-  const result = await writeBatch(items(all), "b2", ctx2);
+  const { path: path2, pool: pool2 } = writePath(server2);
+  const result = await writeBatch(items(all), "b2", path2);
   assert.ok(result.outcomes.every((o) => !o.ok));
   assert.equal(result.statements, 15); // the whole tree: 8 + 4 + 2 + 1
-  await ctx.pool.close();
-  await ctx2.pool.close();
+  await pool.close();
+  await pool2.close();
 });
 
 Deno.test("writeBatch: a row PostgreSQL cannot store is isolated without being sent", async () => {
@@ -250,14 +297,14 @@ Deno.test("writeBatch: a row PostgreSQL cannot store is isolated without being s
   const bad = row(keys[5], { test_results: { note: "\ud800" } });
   batch[5] = { path: "/data/bad", row: bad, json: rowToJson(bad) };
   const server = new FakeServer((k) => ok(k));
-  const { ctx } = context(server);
-  const result = await writeBatch(batch, "b1", ctx);
+  const { path, pool } = writePath(server);
+  const result = await writeBatch(batch, "b1", path);
   const map = outcomeMap(result);
   for (const key of keys) assert.equal(map.get(key)!.ok, key !== keys[5], key);
   assert.match(map.get(keys[5])!.error!, /surrogate/);
   assert.ok(!server.statements.flat().includes(keys[5]), "the bad row was sent");
   assert.deepEqual(server.statements.flat().sort(), keys.filter((k) => k !== keys[5]).sort());
-  await ctx.pool.close();
+  await pool.close();
 });
 
 // ---------------------------------------------------------------------------------------
@@ -267,8 +314,8 @@ Deno.test("writeBatch: a lost connection is retried on a fresh session, charging
   const server = new FakeServer((keys, n) =>
     n <= 2 ? new UploadError("transient", "Connection to fake lost: server closed") : ok(keys)
   );
-  const { ctx, retries } = context(server);
-  const result = await writeBatch(items(keysOf(10)), "b1", ctx);
+  const { path, pool, retries } = writePath(server);
+  const result = await writeBatch(items(keysOf(10)), "b1", path);
   assert.ok(result.outcomes.every((o) => o.ok));
   assert.equal(result.outcomes.length, 10);
   assert.deepEqual(retries.map((r) => r.attempt), [1, 2]);
@@ -276,19 +323,19 @@ Deno.test("writeBatch: a lost connection is retried on a fresh session, charging
   // The two dead sessions were killed and replaced.
   assert.equal(server.runners.length, 3);
   assert.ok(server.runners[0].killed && server.runners[1].killed);
-  assert.equal(ctx.health.failingSince, null, "a success ends the failing streak");
-  await ctx.pool.close();
+  assert.equal(path.state.clock.since, null, "a success ends the failing streak");
+  await pool.close();
 });
 
 Deno.test("writeBatch: transient SQLSTATEs in a reply are retried, not bisected", async () => {
   for (const sqlstate of ["40001", "40P01", "53300", "57P01", "08006"]) {
     const server = new FakeServer((keys, n) => n === 1 ? refused(sqlstate, "try again") : ok(keys));
-    const { ctx, retries } = context(server);
-    const result = await writeBatch(items(keysOf(6)), "b1", ctx);
+    const { path, pool, retries } = writePath(server);
+    const result = await writeBatch(items(keysOf(6)), "b1", path);
     assert.ok(result.outcomes.every((o) => o.ok), sqlstate);
     assert.equal(retries.length, 1, sqlstate);
     assert.deepEqual(server.statements.map((s) => s.length), [6, 6], sqlstate);
-    await ctx.pool.close();
+    await pool.close();
   }
 });
 
@@ -317,9 +364,8 @@ Deno.test("writeBatch: a lock_timeout (55P03) is a lock wait: retried on the sam
   const server = new FakeServer((keys, n, sql) =>
     sql.includes("holder_pids") ? HOLDERS_REPLY : n === 1 ? LOCK_TIMEOUT : ok(keys)
   );
-  const { ctx, retries } = context(server);
-  ctx.health.answered = false;
-  const result = await writeBatch(items(keysOf(6)), "b1", ctx);
+  const { path, pool, retries, clock } = writePath(server, { answered: false });
+  const result = await writeBatch(items(keysOf(6)), "b1", path);
   assert.ok(result.outcomes.every((o) => o.ok));
   // Not split, not a new session: the same batch again on the same psql.
   assert.deepEqual(server.statements.map((s) => s.length), [6, 0, 6]);
@@ -332,20 +378,20 @@ Deno.test("writeBatch: a lock_timeout (55P03) is a lock wait: retried on the sam
   );
   assert.doesNotMatch(retries[0].reason, /unreachable/i);
   // The server answered: no outage streak began.
-  assert.equal(ctx.health.failingSince, null);
-  assert.equal(ctx.health.answered, true);
-  await ctx.pool.close();
+  assert.equal(clock.since, null);
+  assert.equal(clock.answered, true);
+  await pool.close();
 });
 
 Deno.test("writeBatch: a lock held past the deadline stops as blocked (exit 3), never unreachable", async () => {
-  let clock = 1_000_000;
+  const time = fakeTime();
   const server = new FakeServer((_keys, _n, sql) => {
     if (sql.includes("holder_pids")) return HOLDERS_REPLY;
-    clock += 700;
+    time.advance(700);
     return LOCK_TIMEOUT;
   });
-  const { ctx, retries } = context(server, { giveUpAfterMs: 3_000, now: () => clock });
-  const error = await thrown(writeBatch(items(keysOf(4)), "b1", ctx));
+  const { path, pool, retries } = writePath(server, { giveUpAfterMs: 3_000, time });
+  const error = await thrown(writeBatch(items(keysOf(4)), "b1", path));
   assert.equal(error.kind, "blocked");
   assert.equal(exitCodeFor(error), 3);
   assert.match(
@@ -356,7 +402,7 @@ Deno.test("writeBatch: a lock held past the deadline stops as blocked (exit 3), 
   assert.match(error.hint ?? "", /pg_terminate_backend\(4242\)/);
   assert.ok(retries.length >= 3, `${retries.length} retries`);
   assert.equal(server.runners.length, 1, "a lock wait keeps its session");
-  await ctx.pool.close();
+  await pool.close();
 });
 
 Deno.test("writeBatch: a read-only database (25006) stops as a configuration error saying why", async () => {
@@ -392,8 +438,8 @@ Deno.test("writeBatch: a read-only database (25006) stops as a configuration err
         ? c.facts
         : refused("25006", "cannot execute INSERT in a read-only transaction")
     );
-    const { ctx, retries } = context(server);
-    const error = await thrown(writeBatch(items(keysOf(3)), "b1", ctx));
+    const { path, pool, retries } = writePath(server);
+    const error = await thrown(writeBatch(items(keysOf(3)), "b1", path));
     assert.equal(error.kind, "config");
     assert.equal(exitCodeFor(error), 2);
     assert.match(error.message, /^The database fake@127\.0\.0\.1:1\/db is read-only: /);
@@ -402,7 +448,7 @@ Deno.test("writeBatch: a read-only database (25006) stops as a configuration err
     assert.match(error.hint ?? "", c.hint);
     assert.equal(retries.length, 0);
     assert.deepEqual(server.statements.map((s) => s.length), [3, 0], "no bisect, one check");
-    await ctx.pool.close();
+    await pool.close();
   }
 });
 
@@ -411,37 +457,37 @@ Deno.test("writeBatch: a statement timeout splits the batch without charging fol
   const server = new FakeServer((keys) =>
     keys.length > 4 ? refused("57014", "canceling statement due to statement timeout") : ok(keys)
   );
-  const { ctx } = context(server);
-  const result = await writeBatch(items(keysOf(16)), "b1", ctx);
+  const { path, pool } = writePath(server);
+  const result = await writeBatch(items(keysOf(16)), "b1", path);
   assert.equal(result.outcomes.length, 16);
   assert.ok(result.outcomes.every((o) => o.ok));
   assert.deepEqual(server.statements.map((s) => s.length), [16, 8, 4, 4, 8, 4, 4]);
-  await ctx.pool.close();
+  await pool.close();
 });
 
 Deno.test("writeBatch: a server down past the deadline gives up as unreachable", async () => {
-  let clock = 1_000_000;
+  const time = fakeTime();
   const server = new FakeServer(() => {
-    clock += 700;
+    time.advance(700);
     return new UploadError("transient", "Cannot connect: Connection refused");
   });
-  const { ctx, retries } = context(server, { giveUpAfterMs: 3_000, now: () => clock });
-  const error = await thrown(writeBatch(items(keysOf(5)), "b1", ctx));
+  const { path, pool, retries } = writePath(server, { giveUpAfterMs: 3_000, time });
+  const error = await thrown(writeBatch(items(keysOf(5)), "b1", path));
   assert.equal(error.kind, "unreachable");
   assert.match(error.message, /giving up/);
   assert.ok(error.hint, "an unreachable error carries a hint");
   assert.ok(retries.length >= 3 && retries.length <= 6, `${retries.length} retries`);
-  await ctx.pool.close();
+  await pool.close();
 });
 
 Deno.test("writeBatch: a failing streak is shared, so parallel batches give up together", async () => {
   const server = new FakeServer(() => new UploadError("transient", "Connection refused"));
-  const { ctx } = context(server, { giveUpAfterMs: 1_000, now: () => 0 });
-  ctx.health.failingSince = -5_000; // another batch has been failing for a while
-  const error = await thrown(writeBatch(items(keysOf(2)), "b2", ctx));
+  const { path, pool, clock, time } = writePath(server, { giveUpAfterMs: 1_000 });
+  clock.failed(time.now() - 5_000); // another batch has been failing for a while
+  const error = await thrown(writeBatch(items(keysOf(2)), "b2", path));
   assert.equal(error.kind, "unreachable");
   assert.equal(server.statements.length, 1, "gave up after the first failure");
-  await ctx.pool.close();
+  await pool.close();
 });
 
 Deno.test("writeBatch: permission and schema errors stop the run as configuration errors", async () => {
@@ -449,14 +495,14 @@ Deno.test("writeBatch: permission and schema errors stop the run as configuratio
     const server = new FakeServer(() =>
       refused(sqlstate, "permission denied for table device_test")
     );
-    const { ctx, retries } = context(server);
-    const error = await thrown(writeBatch(items(keysOf(4)), "b1", ctx));
+    const { path, pool, retries } = writePath(server);
+    const error = await thrown(writeBatch(items(keysOf(4)), "b1", path));
     assert.equal(error.kind, "config", sqlstate);
     assert.match(error.message, pattern);
     assert.equal(server.statements.length, 1, `${sqlstate} was retried or bisected`);
     assert.equal(retries.length, 0);
     if (sqlstate === "42501") assert.match(error.hint!, /policies|INSERT/);
-    await ctx.pool.close();
+    await pool.close();
   }
 });
 
@@ -464,145 +510,174 @@ Deno.test("writeBatch: an aborted run sends nothing more", async () => {
   const abort = new AbortController();
   abort.abort();
   const server = new FakeServer((keys) => ok(keys));
-  const { ctx } = context(server, { signal: abort.signal });
-  const error = await thrown(writeBatch(items(keysOf(3)), "b1", ctx));
+  const { path, pool } = writePath(server, { signal: abort.signal });
+  const error = await thrown(writeBatch(items(keysOf(3)), "b1", path));
   assert.equal(error.kind, "interrupted");
   assert.equal(server.statements.length, 0);
-  await ctx.pool.close();
+  await pool.close();
 });
 
-Deno.test("ensureSchema: a refused schema statement is a configuration error naming the table", async () => {
+Deno.test("prepareTarget: a refused schema statement is a configuration error naming the table", async () => {
   const server = new FakeServer(() => refused("42501", "permission denied for schema public"));
-  const { ctx } = context(server);
-  const error = await thrown(ensureSchema(ctx));
+  const { path, pool } = writePath(server);
+  const error = await thrown(prepareTarget(path));
   assert.equal(error.kind, "config");
   assert.match(error.message, /device_test/);
-  await ctx.pool.close();
-});
-
-// ---------------------------------------------------------------------------------------
-// Session pool
-
-Deno.test("SessionPool reuses idle sessions and drops dead ones", async () => {
-  const server = new FakeServer((keys) => ok(keys));
-  const pool = new SessionPool(server.factory);
-  const a = await pool.acquire();
-  const b = await pool.acquire();
-  assert.notEqual(a, b);
-  pool.release(a);
-  assert.equal(await pool.acquire(), a, "an idle session is reused");
-  (a as FakeRunner).alive = false;
-  pool.release(a);
-  pool.release(b);
-  assert.equal(await pool.acquire(), b);
-  const c = await pool.acquire();
-  assert.ok(c !== a && c !== b, "a dead session is never handed out again");
-  pool.release(c);
-  pool.release(b);
   await pool.close();
-  assert.ok(server.runners.filter((r) => r !== a).every((r) => r.closed));
 });
 
 // ---------------------------------------------------------------------------------------
-// Against a real server
+// The retry schedule, pinned with a fake clock
 
-function socketConnection(pg: PgServer): PsqlConnection {
-  return {
-    args: ["-h", pg.socketDir, "-p", String(pg.port), "-U", TEST_USER, "-d", TEST_DATABASE],
-    env: {},
-    display: `${pg.socketDir}:${pg.port}/${TEST_DATABASE}`,
-  };
-}
+const LOST = () => new UploadError("transient", "Connection to fake lost: server closed");
 
-Deno.test({
-  name:
-    "writeBatch against PostgreSQL: bisect on a CHECK constraint, counts, no rewrite of equal rows",
-  ignore: NO_SERVER,
-  async fn() {
-    const pg = await startPostgres();
-    const pool = new SessionPool(psqlFactory(socketConnection(pg)));
-    try {
-      const ctx: WriteContext = {
-        pool,
-        table: "device_test",
-        device: DEVICE,
-        targetDisplay: "test server",
-        giveUpAfterMs: 30_000,
-        statementTimeoutMs: 60_000,
-        signal: new AbortController().signal,
-        health: { failingSince: null, answered: true },
-      };
-      const ready = { rekeyed: 0, notes: [], identity: null };
-      assert.deepEqual(await ensureSchema(ctx), ready);
-      assert.deepEqual(await ensureSchema(ctx), ready, "ensureSchema is idempotent");
-      await pg.psql(
-        "alter table device_test add constraint no_poison check (folder_name !~ '^poison')",
-      );
-      const keys = keysOf(40);
-      keys[3] = "poison-a";
-      keys[31] = "poison-b";
-      const first = await writeBatch(items(keys), "batch_1", ctx);
-      const map = outcomeMap(first);
-      for (const key of keys) assert.equal(map.get(key)!.ok, !key.startsWith("poison"), key);
-      assert.match(map.get("poison-a")!.error!, /23514.*no_poison/);
-      assert.equal(first.inserted, 38);
-      assert.equal((await pg.psql("select count(*) from device_test")).trim(), "38");
-
-      const good = keys.filter((k) => !k.startsWith("poison"));
-      const again = await writeBatch(items(good), "batch_2", ctx);
-      assert.deepEqual([again.inserted, again.updated], [0, 0]);
-      assert.equal(
-        (await pg.psql("select count(*) from device_test where upload_batch = 'batch_2'")).trim(),
-        "0",
-      );
-      const changed = items(good.slice(0, 3));
-      for (const c of changed) {
-        c.row.metadata = { content_hash: "new" };
-        c.json = rowToJson(c.row); // the JSON text is what travels
-      }
-      const third = await writeBatch(changed, "batch_3", ctx);
-      assert.deepEqual([third.inserted, third.updated], [0, 3]);
-    } finally {
-      await pool.close();
-      await pg.close();
-    }
-  },
+Deno.test("schedule: an outage waits 0.5 s doubling to the 30 s cap; the last attempt at the deadline", async () => {
+  const server = new FakeServer(LOST);
+  const { path, pool, retries, time } = writePath(server, { giveUpAfterMs: 100_000, backoff: {} });
+  const error = await thrown(writeBatch(items(keysOf(3)), "b1", path));
+  // 91.5 s waited before the ninth wait, cut to the 8.5 s left; the tenth try is the last.
+  assert.deepEqual(time.waits, [500, 1000, 2000, 4000, 8000, 16000, 30000, 30000, 8500]);
+  assert.deepEqual(
+    retries.map((r) => [r.attempt, r.delayMs]),
+    time.waits.map((w, i) => [i + 1, w]),
+  );
+  assert.equal(server.statements.length, 10);
+  assert.equal(error.kind, "unreachable");
+  assert.match(error.message, /^Server fake@127\.0\.0\.1:1\/db unreachable for 100 s, giving up: /);
+  await pool.close();
 });
 
-Deno.test({
-  name: "writeBatch against PostgreSQL: a killed backend is retried on a new session",
-  ignore: NO_SERVER,
-  async fn() {
-    const pg = await startPostgres();
-    const pool = new SessionPool(psqlFactory(socketConnection(pg)));
-    try {
-      const retries: RetryNotice[] = [];
-      const ctx: WriteContext = {
-        pool,
-        table: "device_test",
-        device: DEVICE,
-        targetDisplay: "test server",
-        giveUpAfterMs: 30_000,
-        statementTimeoutMs: 60_000,
-        backoff: { initialMs: 10, maxMs: 50, jitter: 0 },
-        signal: new AbortController().signal,
-        health: { failingSince: null, answered: true },
-        onRetry: (n) => retries.push(n),
-      };
-      await ensureSchema(ctx);
-      // Every session the pool holds is terminated behind its back.
-      await pg.psql(
-        "select pg_terminate_backend(pid) from pg_stat_activity " +
-          "where application_name = 'folder-uploader'",
-      );
-      const result = await writeBatch(items(keysOf(20)), "b1", ctx);
-      assert.ok(result.outcomes.every((o) => o.ok));
-      assert.equal(result.inserted, 20);
-      assert.ok(retries.length >= 1, "the lost session was not noticed");
-      assert.equal((await pg.psql("select count(*) from device_test")).trim(), "20");
-    } finally {
-      await pool.close();
-      await pg.close();
-    }
-  },
+Deno.test("schedule: the jitter scales each wait within ±50 %", async () => {
+  for (const [random, first] of [[0, 250], [0.999999, 750]] as const) {
+    const server = new FakeServer(LOST);
+    const { path, pool, time } = writePath(server, {
+      giveUpAfterMs: 4000,
+      backoff: {},
+      random: () => random,
+    });
+    await thrown(writeBatch(items(keysOf(1)), "b1", path));
+    assert.equal(time.waits[0], first);
+    assert.equal(time.waits[1], first * 2);
+    await pool.close();
+  }
+});
+
+Deno.test("schedule: a server never reached gives up after the connect window, one that answered after give-up-after", async () => {
+  const server = new FakeServer(LOST);
+  const never = writePath(server, {
+    answered: false,
+    connectWindowMs: 3_000,
+    giveUpAfterMs: 60_000,
+    backoff: {},
+  });
+  const error = await thrown(writeBatch(items(keysOf(2)), "b1", never.path));
+  assert.deepEqual(never.time.waits, [500, 1000, 1500]);
+  assert.equal(error.kind, "unreachable");
+  assert.match(
+    error.message,
+    /unreachable: no connection in 3 s of trying: Connection to fake lost/,
+  );
+  await never.pool.close();
+
+  const answered = writePath(server, { connectWindowMs: 3_000, giveUpAfterMs: 8_000, backoff: {} });
+  await thrown(writeBatch(items(keysOf(2)), "b1", answered.path));
+  assert.deepEqual(answered.time.waits, [500, 1000, 2000, 4000, 500], "the whole give-up-after");
+  await answered.pool.close();
+
+  const unset = writePath(server, { answered: false, giveUpAfterMs: 60_000, backoff: {} });
+  await thrown(writeBatch(items(keysOf(2)), "b1", unset.path));
+  assert.deepEqual(unset.time.waits, [500, 1000, 2000, 4000, 7500], "a 15 s window by default");
+  await unset.pool.close();
+});
+
+Deno.test("schedule: lock waits follow the same schedule on one session, with a deadline of their own", async () => {
+  const server = new FakeServer((_keys, n, sql) =>
+    sql.includes("holder_pids") ? HOLDERS_REPLY : n <= 2 ? LOST() : LOCK_TIMEOUT
+  );
+  const { path, pool, retries, time, clock } = writePath(server, {
+    giveUpAfterMs: 10_000,
+    backoff: {},
+  });
+  const error = await thrown(writeBatch(items(keysOf(2)), "b1", path));
+  // Two lost sessions (0.5 s, 1 s), then lock waits from 1.5 s on: 2 s, 4 s, then the 4 s
+  // left of their own 10 s: the outage's clock stopped when the server answered.
+  assert.deepEqual(time.waits, [500, 1000, 2000, 4000, 4000]);
+  assert.deepEqual(retries.map((r) => r.attempt), [1, 2, 3, 4, 5]);
+  assert.equal(error.kind, "blocked");
+  assert.match(error.message, /^Gave up on b1 after 10 s of lock waits: /);
+  assert.equal(clock.since, null, "a lock wait is no outage");
+  assert.equal(server.runners.length, 3, "two lost sessions replaced, then one kept");
+  await pool.close();
+});
+
+Deno.test("schedule: a schema step the server cancels (57014) is tried three times, then a configuration error", async () => {
+  const server = new FakeServer(() =>
+    refused("57014", "canceling statement due to statement timeout")
+  );
+  const { path, pool, retries, time } = writePath(server, { backoff: {} });
+  const error = await thrown(prepareTarget(path));
+  assert.deepEqual(time.waits, [500, 1000]);
+  assert.deepEqual(retries.map((r) => r.subject), ["schema", "schema"]);
+  assert.equal(error.kind, "config");
+  assert.equal(error.sqlstate, "57014");
+  assert.match(error.message, /statement_timeout cancelled the schema step 3 times/);
+  assert.equal(server.statements.length, 3, "one inspection per attempt");
+  await pool.close();
+});
+
+Deno.test("writeBatch: a run that is stopping or abandons retries nothing more", async () => {
+  const stopping = new AbortController();
+  const server = new FakeServer(() => {
+    stopping.abort(); // a service manager's stop arrives while the batch is in flight
+    return LOST();
+  });
+  const stopped = writePath(server, { stopping: stopping.signal, backoff: {} });
+  const error = await thrown(writeBatch(items(keysOf(2)), "b1", stopped.path));
+  assert.equal(error.kind, "interrupted");
+  assert.equal(error.message, "Interrupted while b1 was written");
+  assert.deepEqual(stopped.time.waits, []);
+  await stopped.pool.close();
+
+  const abandon = new AbortController();
+  const abandoned = writePath(new FakeServer(LOST), { signal: abandon.signal, backoff: {} });
+  const path: WritePath = {
+    ...abandoned.path,
+    edges: {
+      ...abandoned.path.edges,
+      sleep: (ms) => {
+        abandoned.time.waits.push(ms);
+        abandon.abort();
+        return Promise.resolve();
+      },
+    },
+  };
+  const gone = await thrown(writeBatch(items(keysOf(2)), "b2", path));
+  assert.equal(gone.message, "Interrupted before b2 was written");
+  assert.deepEqual(abandoned.time.waits, [500]);
+  await abandoned.pool.close();
+});
+
+// ---------------------------------------------------------------------------------------
+// COPY
+
+Deno.test("writeBatch: a role without TEMPORARY: batches go as statements, one warning", async () => {
+  const server = new FakeServer((keys, _n, sql) =>
+    sql.includes("copy pg_temp.upload_rows")
+      ? refused("42501", 'permission denied to create temporary tables in database "db"')
+      : ok(keys)
+  );
+  const { path, pool, warnings } = writePath(server, { copyRows: true });
+  const [a, b] = await Promise.all([
+    writeBatch(items(keysOf(3, "a")), "b1", path),
+    writeBatch(items(keysOf(2, "b")), "b2", path),
+  ]);
+  assert.ok([...a.outcomes, ...b.outcomes].every((o) => o.ok));
+  assert.equal(path.state.copyRows, false);
+  assert.equal(warnings.length, 1);
+  assert.match(warnings[0], /refuses temporary tables to this role \(42501\)/);
+  // Each batch: the refused script, then the statement.
+  assert.deepEqual(server.statements.map((s) => s.length).sort(), [2, 2, 3, 3]);
+  const later = await writeBatch(items(keysOf(1, "c")), "b3", path);
+  assert.equal(later.statements, 1, "later batches go as statements at once");
+  await pool.close();
 });
