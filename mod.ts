@@ -1,57 +1,96 @@
 /**
- * Folder uploader: the public library API. Scan a tree of test folders, track them in
- * SQLite, and upload new or changed ones to PostgreSQL through psql.
+ * Folder uploader: the public library API, for a program that embeds the tool. Scan a tree
+ * of test folders, track them in SQLite, and upload new or changed ones to PostgreSQL
+ * through psql ({@linkcode runUpload}); or upload named folders at once
+ * ({@linkcode runQuickUpload}). The rest of lib/ is internal and may change.
  *
  * @example
  * ```ts
- * import { DEFAULT_CONFIG, runUpload, Tracker, connectorFor, resolveTarget } from "./mod.ts";
+ * import { connectorFor, DEFAULT_CONFIG, resolveTarget, runUpload, Tracker } from "./mod.ts";
+ * const env = Deno.env.toObject();
  * const tracker = Tracker.open("upload_tracker.db");
- * const spec = resolveTarget({ dbPath: "upload_tracker.db", env: Deno.env.toObject() });
- * const result = await runUpload({
- *   basePath: "data", config: { ...DEFAULT_CONFIG }, tracker, mode: "upload",
- *   connector: connectorFor(spec, Deno.env.toObject()), deviceId: tracker.deviceId(),
- * });
- * tracker.close();
+ * const connector = connectorFor(resolveTarget({ dbPath: "upload_tracker.db", env }), env);
+ * try {
+ *   const result = await runUpload({
+ *     basePath: Deno.realPathSync("data"),
+ *     config: { ...DEFAULT_CONFIG },
+ *     tracker,
+ *     mode: "upload",
+ *     connector,
+ *     deviceId: tracker.deviceId(),
+ *   });
+ *   console.log(`${result.counters.uploaded} uploaded, exit code ${result.exitCode}`);
+ * } finally {
+ *   await connector.close();
+ *   tracker.close();
+ * }
  * ```
  *
  * @module
  */
 
+// Running an upload, a quick upload; what they report.
 export {
-  DEFAULT_CONFIG,
-  defaultTestStatus,
-  markerNames,
-  type StatusInput,
-  type TestStatus,
-  type UploaderConfig,
-} from "./config.ts";
+  type ManagerMode,
+  runUpload,
+  treeIdentity,
+  type UploadOptions,
+} from "./lib/engine/upload.ts";
+export { type QuickOptions, runQuickUpload, trackerForTarget } from "./lib/engine/quick.ts";
 export {
-  decideOutcome,
+  type EngineEvent,
+  newCounters,
+  type RunCounters,
+  type RunMode,
+  type RunResult,
+} from "./lib/core/events.ts";
+export {
   type ErrorKind,
   EXIT,
   exitCodeFor,
   type RunStatus,
   UploadError,
+  type UploadErrorOptions,
 } from "./lib/core/errors.ts";
-export { actionFor, classifySqlstate, type ErrorAction } from "./lib/core/policy.ts";
+export { TOOL_VERSION } from "./lib/core/version.ts";
+
+// What a run needs: the configuration, the tracking database, the target, the object store.
 export {
-  type FolderSnapshot,
-  isImageName,
-  type ScanItem,
-  type ScanOptions,
-  type ScanProblem,
-  snapshotFolder,
-} from "./lib/source/snapshot.ts";
-export { scanFolders } from "./lib/source/walk.ts";
-export { type FileEntry, fingerprintFiles } from "./lib/source/fingerprint.ts";
-export { decideFolder, type DiffDecision } from "./lib/plan/diff.ts";
-export { type StatusReport, Tracker } from "./lib/tracker/tracker.ts";
-export { buildRow, readStats } from "./lib/plan/row.ts";
+  DEFAULT_CONFIG,
+  defaultTestStatus,
+  type StatusInput,
+  type TestStatus,
+  type UploaderConfig,
+} from "./config.ts";
 export {
-  buildUpsertScript,
-  buildUpsertStatement,
-  type UpsertOptions,
-} from "./lib/sink/postgres/upsert.ts";
+  type FailureEntry,
+  type StatusOptions,
+  type StatusReport,
+  Tracker,
+  type TrackerOpenOptions,
+} from "./lib/tracker/tracker.ts";
+export { resolveTarget, type TargetSpec } from "./lib/target/target.ts";
+export { type Connector, connectorFor } from "./lib/target/connect.ts";
+export {
+  ObjectStore,
+  type ObjectStoreOptions,
+  type RetryEvent,
+  storeFromEnv,
+} from "./lib/objects/storage.ts";
+
+// Where rows go: the row sink interface, its PostgreSQL implementation, the column table.
+export type {
+  ItemOutcome,
+  LockHolder,
+  OpenedSink,
+  RowSink,
+  SinkContext,
+  SinkEvent,
+  SinkFactory,
+  SinkItem,
+  WriteResult,
+} from "./lib/sink/sink.ts";
+export { postgresSink, type PostgresSinkSettings } from "./lib/sink/postgres/sink.ts";
 export {
   type ColumnOwner,
   type ColumnSpec,
@@ -72,69 +111,24 @@ export {
   type UploadRow,
   type ValueOf,
 } from "./lib/sink/columns.ts";
-export { rowToJson } from "./lib/sink/payload.ts";
+
+// Types the ones above refer to.
+export type { ObjectsSetup } from "./lib/engine/run.ts";
+export type { DeviceSource, IdentityMarkers, IdentitySetup } from "./lib/target/identity.ts";
+export type { FolderSnapshot } from "./lib/source/snapshot.ts";
+export type { FileEntry } from "./lib/source/fingerprint.ts";
+export type { ChangeKind, DiffDecision, DiffOptions } from "./lib/plan/diff.ts";
+export type { FailedMarker, SuccessMarker } from "./lib/commit/markers.ts";
 export type {
-  ItemOutcome,
-  LockHolder,
-  OpenedSink,
-  RowSink,
-  SinkContext,
-  SinkEvent,
-  SinkFactory,
-  SinkItem,
-  WriteResult,
-} from "./lib/sink/sink.ts";
-export { postgresSink, type PostgresSinkSettings } from "./lib/sink/postgres/sink.ts";
-export { sqlLiteral } from "./lib/sink/postgres/quote.ts";
-export {
-  buildSchemaStatements,
-  describePermissionError,
-  ensureSchema,
-  type EnsureSchemaOptions,
-  isSchemaTimeout,
-  type PermissionContext,
-  type PrintSchemaOptions,
-  printSchemaSql,
-  type SchemaResult,
-  schemaTimeoutError,
-  type TablePolicies,
-} from "./lib/sink/postgres/schema.ts";
-export { checkPsql, type PsqlConnection, PsqlSession } from "./lib/sink/postgres/psql.ts";
-export { connectionFromUrl, resolveTarget, type TargetSpec } from "./lib/target/target.ts";
-export { type Connector, connectorFor } from "./lib/target/connect.ts";
-export { startEmbedded } from "./lib/target/embedded.ts";
-export { backoffDelay } from "./lib/core/retry.ts";
-export { writeMarker } from "./lib/commit/markers.ts";
-export {
-  type EngineEvent,
-  newCounters,
-  type RunCounters,
-  type RunMode,
-  type RunResult,
-} from "./lib/core/events.ts";
-export { type EngineOptions, runEngine } from "./lib/engine/engine.ts";
-export { type FolderSource, type SourceItem, treeSource } from "./lib/source/sources.ts";
-export { pathSource } from "./lib/source/paths.ts";
-export { runUpload, type UploadOptions } from "./lib/engine/upload.ts";
-export { runWatch, type WatchOptions } from "./lib/source/watch.ts";
-export { Reporter } from "./lib/cli/progress.ts";
-export { formatStatus } from "./lib/cli/status_text.ts";
-export { folderKeyFor, type QuickOptions, runQuickUpload } from "./lib/engine/quick.ts";
-export { localDeviceId, nameBasedUuid } from "./lib/target/device.ts";
-export {
-  buildHealthUpsert,
-  type HealthCounts,
-  type HealthRecord,
-  healthRef,
-  HealthReporter,
-} from "./lib/fleet/health.ts";
-export {
-  buildFleetQuery,
-  type FleetDevice,
-  fleetJson,
-  type FleetReport,
-  readFleet,
-  renderFleet,
-} from "./lib/fleet/report.ts";
-export { buildIsolationSql, describeDeviceRefusal } from "./lib/fleet/isolation.ts";
-export { TOOL_VERSION } from "./lib/core/version.ts";
+  BatchRecord,
+  FolderOutcome,
+  OwedMarker,
+  RunRecorder,
+  ScanDecision,
+} from "./lib/tracker/tracker.ts";
+export type { PsqlConnection } from "./lib/sink/postgres/psql.ts";
+export type { StatementError, StatementOk, StatementReply } from "./lib/sink/postgres/psql.ts";
+export type { RunnerFactory, StatementRunner } from "./lib/sink/postgres/pool.ts";
+export type { TlsSetting } from "./lib/core/policy.ts";
+export type { BackoffOptions } from "./lib/core/retry.ts";
+export type { ObjectHead, StorageLocation, StoreSettings } from "./lib/objects/storage.ts";

@@ -58,6 +58,7 @@ export class UploadError extends Error {
   /** A short hint for the user. */
   readonly hint?: string;
 
+  /** An error of `kind` with `message`, optionally naming its subject, SQLSTATE, hint and cause. */
   constructor(kind: ErrorKind, message: string, options: UploadErrorOptions = {}) {
     super(message, options.cause === undefined ? undefined : { cause: options.cause });
     this.name = "UploadError";

@@ -198,9 +198,13 @@ export type EngineEvent =
 
 /** How a run ended. */
 export interface RunResult {
+  /** What the run counted, at its end. */
   counters: RunCounters;
+  /** The exit code the run calls for: 0, 1 (some folders failed), 2, 3 or 130 (see `EXIT`). */
   exitCode: number;
+  /** How the run ended, as recorded in the tracker. */
   status: RunStatus;
+  /** How long the run took, in milliseconds. */
   durationMs: number;
   /** The error that stopped the run early, if one did. */
   error?: UploadError;

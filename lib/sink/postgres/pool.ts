@@ -10,12 +10,15 @@ import { type PsqlConnection, PsqlSession, type StatementReply } from "./psql.ts
 
 /** Something that runs one statement at a time: a psql session, or a stand-in in tests. */
 export interface StatementRunner {
+  /** Whether the runner can take statements (false once its process or connection is gone). */
   readonly alive: boolean;
   /** The server's `statement_timeout` setting, when known (for messages). */
   readonly statementTimeout?: string;
   /** Runs one statement, or with `script` a psql script (see `RunOptions` in lib/sink/postgres/psql.ts). */
   run(sql: string, options?: { timeoutMs?: number; script?: boolean }): Promise<StatementReply>;
+  /** Waits for queued statements, then ends the runner. */
   close(): Promise<void>;
+  /** Ends the runner at once: a statement in flight fails as `transient`. */
   kill(): void;
 }
 

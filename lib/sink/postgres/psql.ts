@@ -56,6 +56,7 @@ export type StatementReply = StatementOk | StatementError;
 
 /** A statement that succeeded. */
 export interface StatementOk {
+  /** Always `true`: the statement succeeded. */
   ok: true;
   /** Result lines (`-A -t` format: columns joined by `|`, nulls empty). */
   rows: string[];
@@ -65,6 +66,7 @@ export interface StatementOk {
 
 /** A statement the server refused. */
 export interface StatementError {
+  /** Always `false`: the server refused the statement. */
   ok: false;
   /** Result lines printed before the error (usually none). */
   rows: string[];
