@@ -11,6 +11,11 @@
  * (`signal` during the start, `stop({ force: true })`), which stops PostgreSQL as a crash
  * would: its WAL brings the database back at the next start.
  *
+ * Files: this one starts the database, serves it and stops it; lib/target/embedded_folder.ts
+ * keeps the folder (its lock, the check, a new database from the template);
+ * lib/target/embedded_socket.ts the private socket directory; lib/target/embedded_thread.ts
+ * talks to the worker, lib/target/embedded_worker.ts is the worker.
+ *
  * Facts this module is built on (PGlite 0.5.16, pglite-socket 0.2.17, Deno 2):
  *
  * - Every client connection shares ONE PostgreSQL session. pglite-socket queues protocol
@@ -54,15 +59,28 @@
  * @module
  */
 
-import { basename, dirname, isAbsolute, join, resolve } from "node:path";
+import { join, resolve } from "node:path";
 import { messageOf, UploadError } from "../core/errors.ts";
 import type { PsqlConnection } from "../sink/postgres/psql.ts";
-import { type HeldLock, tryLock } from "../tracker/lock.ts";
-import type { EmbeddedReply, EmbeddedRequest } from "./embedded_worker.ts";
-import { extractTemplate } from "./embedded_template.ts";
+import {
+  acquireLock,
+  checkDataDir,
+  createDatabase,
+  holderOf,
+  ignoreNotFound,
+  removeUnfinishedCreation,
+  type ServerLockRecord,
+} from "./embedded_folder.ts";
+import {
+  EMBEDDED_PORT,
+  prepareSocketDir,
+  removeStaleSocketDir,
+  SOCKET_NAME,
+} from "./embedded_socket.ts";
+import { EmbeddedWorker, WorkerEnded, workerFailure } from "./embedded_thread.ts";
 
-/** The port psql is told to use; with `-h <dir>` it only names the socket file. */
-export const EMBEDDED_PORT = 5432;
+export { EMBEDDED_PORT } from "./embedded_socket.ts";
+
 /** The role and database PGlite serves. */
 export const EMBEDDED_USER = "postgres";
 /** The database PGlite serves. */
@@ -116,14 +134,6 @@ const PGLITE_START_PARAMS = [
   "max_parallel_maintenance_workers=0",
 ];
 
-/** The socket file name libpq looks for in the `-h` directory for port 5432. */
-const SOCKET_NAME = `.s.PGSQL.${EMBEDDED_PORT}`;
-/** Longest socket path the platforms accept (sun_path is 104 bytes on macOS, 108 on Linux). */
-const MAX_SOCKET_PATH = 103;
-/** Prefix of the socket directories this module creates in the temp dir. */
-const SOCKET_DIR_PREFIX = "pglite-";
-/** Suffix of the folder a new database is made in before it is renamed into place. */
-const CREATING_SUFFIX = ".creating";
 /** How long `stop()` waits for a clean shutdown before it ends the worker. */
 const STOP_TIMEOUT_MS = 60_000;
 
@@ -193,13 +203,6 @@ export interface EmbeddedServer {
   stop(options?: StopOptions): Promise<void>;
 }
 
-/** What the lock file records about the process serving a folder. */
-interface LockHolder {
-  pid: number;
-  socketDir: string;
-  startedAt: string;
-}
-
 /**
  * Opens (creating when missing) the PGlite database in `dataDir` and serves it on a Unix
  * socket for psql, from a worker thread.
@@ -228,26 +231,26 @@ export async function startEmbedded(
   if (signal?.aborted) throw _interrupted(dir);
   const cleanup = new _UndoStack();
   try {
-    const lock = _acquireLock(dir);
+    const lock = acquireLock(dir);
     cleanup.push(() => lock.release());
-    _removeStaleSocketDir(_holderOf(lock.previous), options.socketDir, log);
-    await _removeUnfinishedCreation(dir, log);
-    const fresh = _checkDataDir(dir);
-    const socketDir = await _prepareSocketDir(options.socketDir, log);
+    removeStaleSocketDir(holderOf(lock.previous), options.socketDir, log);
+    await removeUnfinishedCreation(dir, log);
+    const fresh = checkDataDir(dir);
+    const socketDir = await prepareSocketDir(options.socketDir, log);
     const socketPath = join(socketDir, SOCKET_NAME);
     cleanup.push(() =>
       options.socketDir === undefined
         ? Deno.remove(socketDir, { recursive: true })
-        : Deno.remove(socketPath).catch(_ignoreNotFound)
+        : Deno.remove(socketPath).catch(ignoreNotFound)
     );
     lock.record(
-      { pid: Deno.pid, socketDir, startedAt: new Date().toISOString() } satisfies LockHolder,
+      { pid: Deno.pid, socketDir, startedAt: new Date().toISOString() } satisfies ServerLockRecord,
     );
     const startParams = embeddedStartParams();
 
     if (fresh) {
       log(`Creating embedded database in ${dir}`);
-      await _createDatabase(dir, { template: options.template, signal });
+      await createDatabase(dir, { template: options.template, signal });
     }
     return await _serve(
       { dataDir: dir, socketDir, socketPath, startParams, maxConnections },
@@ -258,7 +261,7 @@ export async function startEmbedded(
     await cleanup.run().catch((cleanupError) => {
       log(`Cleanup after a failed start also failed: ${messageOf(cleanupError)}`);
     });
-    throw error instanceof _WorkerEnded ? _interrupted(dir) : error;
+    throw error instanceof WorkerEnded ? _interrupted(dir) : error;
   }
 }
 
@@ -310,7 +313,7 @@ async function _serve(
   cleanup: _UndoStack,
 ): Promise<EmbeddedServer> {
   const { dataDir: dir, socketPath } = plan;
-  const worker = new _EmbeddedWorker(options.log ?? (() => {}));
+  const worker = new EmbeddedWorker(options.log ?? (() => {}));
   let forced = false;
   cleanup.push(async () => {
     try {
@@ -318,7 +321,7 @@ async function _serve(
         await worker.request({ type: "stop" }, "stopped", { timeoutMs: STOP_TIMEOUT_MS });
       }
     } catch (error) {
-      if (!(error instanceof _WorkerEnded)) throw error;
+      if (!(error instanceof WorkerEnded)) throw error;
       // Ended by force (or by a timeout, already logged): nothing left to shut down.
     } finally {
       worker.terminate();
@@ -336,7 +339,7 @@ async function _serve(
     "ready",
     { signal: options.signal },
   ).catch((error) => {
-    throw error instanceof _WorkerEnded ? _interrupted(dir) : _failure(error, dir, socketPath);
+    throw error instanceof WorkerEnded ? _interrupted(dir) : workerFailure(error, dir, socketPath);
   });
 
   let stopping: Promise<void> | undefined;
@@ -363,7 +366,7 @@ async function _serve(
         worker.terminate();
       }
       stopping ??= cleanup.run().catch((error) => {
-        throw _failure(error, dir, socketPath);
+        throw workerFailure(error, dir, socketPath);
       });
       return stopping;
     },
@@ -379,318 +382,4 @@ export function embeddedStartParams(): string[] {
     ...PGLITE_START_PARAMS,
     ...Object.entries(EMBEDDED_SETTINGS).flatMap(([name, value]) => ["-c", `${name}=${value}`]),
   ];
-}
-
-/** Why a worker request ended without its answer: the worker was ended (abort, force). */
-class _WorkerEnded extends Error {}
-
-/** A failure the worker reported, or a worker that died. */
-class _WorkerFailed extends Error {
-  constructor(readonly stage: "open" | "listen" | "stop" | "crash", message: string) {
-    super(message);
-  }
-}
-
-/** Turns a worker failure into the error `startEmbedded` and `stop()` document. */
-function _failure(error: unknown, dir: string, socketPath: string): unknown {
-  if (!(error instanceof _WorkerFailed)) return error;
-  const what = error.stage === "listen"
-    ? `Cannot listen on ${socketPath}`
-    : error.stage === "stop"
-    ? `Cannot stop embedded database ${dir}`
-    : `Cannot open embedded database ${dir}`;
-  return new UploadError("fatal", `${what}: ${error.message}`, {
-    subject: error.stage === "listen" ? socketPath : dir,
-    cause: error,
-  });
-}
-
-/** Options of {@linkcode _EmbeddedWorker.request}. */
-interface RequestOptions {
-  /** Ends the worker and rejects with {@linkcode _WorkerEnded} when it aborts. */
-  signal?: AbortSignal;
-  /** Ends the worker and rejects with {@linkcode _WorkerEnded} after this long. */
-  timeoutMs?: number;
-}
-
-/** One lib/target/embedded_worker.ts thread: requests to it, answers from it. */
-class _EmbeddedWorker {
-  #worker: Worker;
-  #log: (line: string) => void;
-  #ended = false;
-  #pending: { expect: EmbeddedReply["type"]; settle: (error?: Error) => void } | null = null;
-
-  constructor(log: (line: string) => void) {
-    this.#log = log;
-    this.#worker = new Worker(new URL("./embedded_worker.ts", import.meta.url).href, {
-      type: "module",
-    });
-    this.#worker.onmessage = (event: MessageEvent<EmbeddedReply>) => {
-      const message = event.data;
-      if (message.type === "log") this.#log(message.line);
-      else if (message.type === "failed") {
-        this.#settle(new _WorkerFailed(message.stage, message.message));
-      } else if (this.#pending?.expect === message.type) this.#settle();
-    };
-    this.#worker.onerror = (event: ErrorEvent) => {
-      // An uncaught error ends the worker; keep it from ending this thread too.
-      event.preventDefault();
-      const failure = new _WorkerFailed("crash", event.message);
-      if (this.#pending) this.#settle(failure);
-      else this.#log(`Embedded database worker failed: ${event.message}`);
-    };
-  }
-
-  /**
-   * Sends `message` and resolves when the worker answers `expect`.
-   *
-   * @throws {_WorkerFailed} when the worker reports a failure or dies.
-   * @throws {_WorkerEnded} when the worker is ended (signal, timeout, terminate).
-   */
-  request(
-    message: EmbeddedRequest,
-    expect: EmbeddedReply["type"],
-    options: RequestOptions = {},
-  ): Promise<void> {
-    if (this.#ended) return Promise.reject(new _WorkerEnded("The worker has ended"));
-    const { signal, timeoutMs } = options;
-    return new Promise<void>((resolve, reject) => {
-      let timer: ReturnType<typeof setTimeout> | undefined;
-      const onAbort = () => this.terminate();
-      this.#pending = {
-        expect,
-        settle: (error) => {
-          this.#pending = null;
-          signal?.removeEventListener("abort", onAbort);
-          clearTimeout(timer);
-          if (error) reject(error);
-          else resolve();
-        },
-      };
-      if (signal?.aborted) return this.terminate();
-      signal?.addEventListener("abort", onAbort, { once: true });
-      if (timeoutMs !== undefined) {
-        timer = setTimeout(() => {
-          this.#log(
-            `The embedded database did not stop within ${timeoutMs / 1000} s: ended it ` +
-              `(PostgreSQL replays its WAL at the next start)`,
-          );
-          this.terminate();
-        }, timeoutMs);
-      }
-      this.#worker.postMessage(message);
-    });
-  }
-
-  /** Ends the worker at once; a pending request rejects with {@linkcode _WorkerEnded}. */
-  terminate(): void {
-    if (this.#ended) return;
-    this.#ended = true;
-    this.#worker.terminate();
-    this.#settle(new _WorkerEnded("The worker was ended"));
-  }
-
-  #settle(error?: Error): void {
-    this.#pending?.settle(error);
-  }
-}
-
-/** What {@linkcode _createDatabase} needs besides the folder. */
-interface CreateOptions {
-  template: URL | string | undefined;
-  signal: AbortSignal | undefined;
-}
-
-/**
- * Makes a new database for `dir`: the template (lib/target/embedded_template.ts) unpacked into
- * `<dir>.creating` on this thread, asynchronously, then a rename to `dir`. On any failure
- * or abort the `.creating` folder is removed.
- *
- * @throws {_WorkerEnded} when `signal` aborts; {@linkcode UploadError} `fatal` when the
- *   template cannot be read or written out.
- */
-async function _createDatabase(dir: string, options: CreateOptions): Promise<void> {
-  const staging = `${dir}${CREATING_SUFFIX}`;
-  Deno.mkdirSync(staging, { mode: 0o700 });
-  try {
-    await extractTemplate(staging, { source: options.template, signal: options.signal });
-  } catch (error) {
-    await _removeCreation(staging);
-    if (options.signal?.aborted) throw new _WorkerEnded("Aborted while unpacking");
-    if (error instanceof UploadError) throw error;
-    throw new UploadError("fatal", `Cannot create embedded database ${dir}: ${messageOf(error)}`, {
-      subject: dir,
-      cause: error,
-    });
-  }
-  // An empty folder (the user's, or left by an older version) gives way to the new one.
-  try {
-    Deno.removeSync(dir);
-  } catch (error) {
-    _ignoreNotFound(error);
-  }
-  Deno.renameSync(staging, dir);
-}
-
-/**
- * Removes a `.creating` folder. Nothing else writes into it: it is unpacked on this thread
- * with the lock held, and every write has finished when the unpacking returns or throws.
- */
-async function _removeCreation(staging: string): Promise<void> {
-  try {
-    await Deno.remove(staging, { recursive: true });
-  } catch (error) {
-    _ignoreNotFound(error);
-  }
-}
-
-/**
- * Removes the `<dir>.creating` folder a killed or failed creation left behind. Called with
- * the lock held, so no other process can be creating it.
- */
-async function _removeUnfinishedCreation(dir: string, log: (line: string) => void) {
-  const staging = `${dir}${CREATING_SUFFIX}`;
-  try {
-    await Deno.lstat(staging);
-  } catch (error) {
-    _ignoreNotFound(error);
-    return;
-  }
-  await _removeCreation(staging);
-  log(`Removed unfinished embedded database ${staging} (its creation was interrupted)`);
-}
-
-/** The lock record of a process that served the folder, when it is one. */
-function _holderOf(record: Record<string, unknown> | null): LockHolder | null {
-  return typeof record?.pid === "number" && typeof record.socketDir === "string" &&
-      typeof record.startedAt === "string"
-    ? record as unknown as LockHolder
-    : null;
-}
-
-/**
- * Takes the lock on `<dir>.lock` (see lib/tracker/lock.ts): refused, with the holder's pid, when
- * another process serves the folder.
- */
-function _acquireLock(dir: string): HeldLock {
-  return tryLock(`${dir}.lock`, (holder) => {
-    const who = holder ? ` (pid ${holder.pid}, since ${holder.startedAt})` : "";
-    return new UploadError(
-      "locked",
-      `Embedded database ${dir} is in use by another process${who}`,
-      {
-        subject: dir,
-        hint:
-          "Only one process can serve it at a time: wait for that upload or 'deno task sql' session to end",
-      },
-    );
-  });
-}
-
-/**
- * Removes the socket directory a crashed run left behind, named in the lock record we
- * just took over. Only a directory this module made (temp-dir prefix) is removed, and only
- * its socket file and then the directory if it is empty.
- */
-function _removeStaleSocketDir(
-  previous: LockHolder | null,
-  socketDir: string | undefined,
-  log: (line: string) => void,
-): void {
-  if (!previous || !isAbsolute(previous.socketDir)) return;
-  if (socketDir !== undefined && resolve(socketDir) === previous.socketDir) return;
-  if (!basename(previous.socketDir).startsWith(SOCKET_DIR_PREFIX)) return;
-  const stale = join(previous.socketDir, SOCKET_NAME);
-  try {
-    if (Deno.lstatSync(stale).isSocket) Deno.removeSync(stale);
-    Deno.removeSync(previous.socketDir);
-    log(`Removed stale socket directory ${previous.socketDir} left by pid ${previous.pid}`);
-  } catch (error) {
-    if (!(error instanceof Deno.errors.NotFound)) {
-      log(`Left stale socket directory ${previous.socketDir}: ${messageOf(error)}`);
-    }
-  }
-}
-
-/**
- * Makes sure `dir` is a PGlite database or can become one. Returns true when it has to be
- * created (missing or empty); its parent is then created when missing.
- */
-function _checkDataDir(dir: string): boolean {
-  let entries: string[];
-  try {
-    entries = [...Deno.readDirSync(dir)].map((entry) => entry.name);
-  } catch (error) {
-    if (!(error instanceof Deno.errors.NotFound)) {
-      throw new UploadError("config", `Cannot read ${dir}: ${messageOf(error)}`, {
-        subject: dir,
-        cause: error,
-      });
-    }
-    Deno.mkdirSync(dirname(dir), { recursive: true });
-    return true;
-  }
-  if (entries.includes("PG_VERSION")) return false;
-  if (entries.length === 0) return true;
-  throw new UploadError("config", `Not an embedded database folder: ${dir}`, {
-    subject: dir,
-    hint: "It is not empty and holds no PG_VERSION file; name an empty or new folder",
-  });
-}
-
-/** Creates (or checks) the private socket directory and clears a dead socket file in it. */
-async function _prepareSocketDir(
-  wanted: string | undefined,
-  log: (line: string) => void,
-): Promise<string> {
-  let dir: string;
-  if (wanted === undefined) {
-    dir = await Deno.makeTempDir({ prefix: SOCKET_DIR_PREFIX });
-  } else {
-    dir = resolve(wanted);
-    await Deno.mkdir(dir, { recursive: true, mode: 0o700 });
-  }
-  // makeTempDir and mkdir already use 0700 on Unix; a given directory may be wider.
-  if (((await Deno.stat(dir)).mode ?? 0) & 0o077) await Deno.chmod(dir, 0o700);
-  const path = join(dir, SOCKET_NAME);
-  if (new TextEncoder().encode(path).length > MAX_SOCKET_PATH) {
-    if (wanted === undefined) await Deno.remove(dir);
-    throw new UploadError("config", `Socket path too long: ${path}`, {
-      subject: path,
-      hint: `Unix socket paths are limited to ${MAX_SOCKET_PATH} bytes; use a shorter TMPDIR`,
-    });
-  }
-  await _removeDeadSocket(path, log);
-  return dir;
-}
-
-/** Removes a socket file nobody listens on; refuses when a live server owns it. */
-async function _removeDeadSocket(path: string, log: (line: string) => void): Promise<void> {
-  try {
-    await Deno.lstat(path);
-  } catch (error) {
-    if (error instanceof Deno.errors.NotFound) return;
-    throw error;
-  }
-  let live = false;
-  try {
-    const probe = await Deno.connect({ transport: "unix", path });
-    probe.close();
-    live = true;
-  } catch (_error) {
-    // Refused or not a socket: nobody is serving it, so it is left over from a crash.
-  }
-  if (live) {
-    throw new UploadError("locked", `Another server is listening on ${path}`, {
-      subject: path,
-      hint: "Stop that server or use another socket directory",
-    });
-  }
-  await Deno.remove(path);
-  log(`Removed stale socket ${path}`);
-}
-
-/** Swallows the one expected failure of removing a file that is already gone. */
-function _ignoreNotFound(error: unknown): void {
-  if (!(error instanceof Deno.errors.NotFound)) throw error;
 }
