@@ -22,7 +22,8 @@ import { localDeviceId } from "../lib/target/device.ts";
 import type { DeviceSource } from "../lib/target/identity.ts";
 import { resolveTarget } from "../lib/target/target.ts";
 import { Tracker } from "../lib/tracker/tracker.ts";
-import { runWatch } from "../lib/source/watch.ts";
+import { runWatch } from "../lib/engine/watch.ts";
+import { traitsOf } from "../lib/engine/options.ts";
 import { DEFAULT_DEVICE_TYPE } from "../lib/sink/postgres/sink.ts";
 
 async function main(argv: string[]): Promise<number> {
@@ -71,7 +72,7 @@ async function main(argv: string[]): Promise<number> {
     });
   }
 
-  const sends = mode === "upload" || mode === "watch";
+  const { sends, records } = traitsOf(mode);
   const spec = resolveTarget({ dbUrl: cmd.dbUrl, dbPath: config.dbPath, env });
   // The URL is read before anything is printed: one it refuses leaves only its error.
   const connector = sends
@@ -145,7 +146,7 @@ async function main(argv: string[]): Promise<number> {
         : undefined,
       quit: () => {
         reporter.warn("Interrupted again: quitting now; unacknowledged folders stay pending");
-        if (mode !== "dry-run") tracker.markInterrupted();
+        if (records) tracker.markInterrupted();
       },
     });
     const counters = newCounters();
@@ -204,7 +205,7 @@ async function main(argv: string[]): Promise<number> {
 }
 
 function openTracker(dbPath: string, mode: RunMode, moveAside: boolean): Tracker {
-  if (mode !== "dry-run") {
+  if (traitsOf(mode).records) {
     return Tracker.open(dbPath, { command: `upload (${mode})`, moveAside });
   }
   // A dry run writes nothing: read an existing tracker, or diff against an empty one.

@@ -13,7 +13,6 @@ import { isImageName } from "../source/snapshot.ts";
 import { type FolderObjectPlan, planFolderObjects } from "../objects/storage.ts";
 import type { FolderSnapshot } from "../source/snapshot.ts";
 import type { Run } from "../engine/run.ts";
-import { decideFolder } from "./diff.ts";
 import type { ScanDecision } from "../tracker/tracker.ts";
 import type { SourceItem } from "../source/sources.ts";
 import type { SinkItem } from "../sink/sink.ts";
@@ -178,14 +177,14 @@ export class Planner {
           skipped.push(item);
           break;
         case "pass_start":
-          if (run.tracker && run.runId !== null) run.tracker.beginPass(item.base, run.runId);
+          if (run.records) run.tracker.beginPass(item.base, run.runId);
           break;
         case "pass_end":
           passEnd = item; // after the folders taken with it
           break;
       }
     }
-    if (problems.length > 0 && run.tracker && run.runId !== null) {
+    if (problems.length > 0 && run.records) {
       for (const base of new Set(problems.map((p) => p.base))) {
         run.tracker.recordProblems(base, run.runId, problems.filter((p) => p.base === base));
       }
@@ -200,7 +199,7 @@ export class Planner {
     }
     for (const [base, group] of folders) {
       const decisions = this.#decide(base, group.map((g) => g.snapshot));
-      if (!revisit && run.runId !== null) run.counters.recorded += group.length;
+      if (!revisit && run.records) run.counters.recorded += group.length;
       await this.#plan(group, decisions, revisit);
       if (run.stopping) return;
     }
@@ -212,7 +211,7 @@ export class Planner {
     const run = this.#run;
     if (skipped.length === 0) return;
     let fresh: readonly { path: string; reason: string }[] = skipped;
-    if (run.tracker && run.runId !== null) {
+    if (run.records) {
       fresh = [];
       for (const base of new Set(skipped.map((s) => s.base))) {
         fresh = fresh.concat(
@@ -259,21 +258,11 @@ export class Planner {
       minAgeMs: run.config.minAgeSeconds * 1000,
       maxRetries: run.config.maxRetries,
     };
-    if (run.tracker) {
-      const dryRun = run.mode === "dry-run";
-      const decisions = run.tracker.applyScan(snapshots, run.runId ?? 0, base, {
-        ...options,
-        dryRun,
-        remote: run.verifying,
-      });
-      return decisions;
-    }
-    return snapshots.map((snapshot) => ({
-      ...decideFolder(undefined, snapshot, options),
-      snapshot,
-      uploadedContent: null,
-      objectsDest: null,
-    }));
+    return run.tracker.applyScan(snapshots, run.runId, base, {
+      ...options,
+      dryRun: !run.traits.records,
+      remote: run.verifying,
+    });
   }
 
   async #plan(
@@ -296,7 +285,7 @@ export class Planner {
     }
     if (outcome.adopted.length > 0) {
       run.counters.adopted += outcome.adopted.length;
-      run.tracker?.recordAdopted(outcome.adopted, new Date(run.now()));
+      if (run.records) run.tracker.recordAdopted(outcome.adopted, new Date(run.now()));
     }
     await run.failFolders(outcome.failures);
   }
@@ -304,7 +293,7 @@ export class Planner {
   /** A folder still being written: queued to be looked at again once it has settled. */
   #holdBack(snap: FolderSnapshot, source: FolderItem): void {
     const run = this.#run;
-    const queued = run.mode !== "scan-only" && this.#options.settle.add({
+    const queued = run.traits.reads && this.#options.settle.add({
       path: snap.path,
       key: snap.key,
       base: source.base,
@@ -326,7 +315,7 @@ export class Planner {
     const snap = d.snapshot;
     const needsObjects = run.objects !== null && d.objectsDest !== run.objects.store.display &&
       snap.files.some((f) => isImageName(f.name, run.config.imageExtensions));
-    if (!(d.upload || source.force || needsObjects) || run.mode === "scan-only") return false;
+    if (!(d.upload || source.force || needsObjects) || !run.traits.reads) return false;
     if (!source.force && run.sending.get(snap.path) === snap.fingerprint) return false;
     if (source.strict) {
       const holder = this.#strictKeys.get(snap.key);
@@ -391,7 +380,7 @@ export class Planner {
       outcome.adopted.push({ path: snap.path, fingerprint: snap.fingerprint, contentHash });
       return;
     }
-    if (run.mode === "dry-run") {
+    if (!run.traits.sends) {
       run.counters.bytes += built.bytes;
       if (plan) this.#countObjects(snap, plan);
       return;
@@ -438,7 +427,7 @@ export class Planner {
   #countObjects(snap: FolderSnapshot, plan: FolderObjectPlan): void {
     const { counters, tracker } = this.#run;
     for (const o of plan.objects) {
-      if (tracker?.objectKnown(snap.path, o.name, o.key, o.size)) counters.objectsSkipped++;
+      if (tracker.objectKnown(snap.path, o.name, o.key, o.size)) counters.objectsSkipped++;
       else {
         counters.objects++;
         counters.objectBytes += o.size;
@@ -459,7 +448,7 @@ export class Planner {
 
   async #endPass(complete: boolean): Promise<void> {
     const run = this.#run;
-    if (!run.tracker || run.runId === null) return;
+    if (!run.records) return;
     if (!complete || run.stopping) {
       run.tracker.abandonPass();
       return;
