@@ -113,7 +113,12 @@ export {
 } from "./lib/sink/columns.ts";
 
 // Types the ones above refer to.
-export type { ObjectsSetup } from "./lib/engine/run.ts";
+export type {
+  CallerOptions,
+  ObjectsSetup,
+  RunOptions,
+  TargetOptions,
+} from "./lib/engine/options.ts";
 export type { DeviceSource, IdentityMarkers, IdentitySetup } from "./lib/target/identity.ts";
 export type { FolderSnapshot } from "./lib/source/snapshot.ts";
 export type { FileEntry } from "./lib/source/fingerprint.ts";
@@ -126,6 +131,7 @@ export type {
   RunRecorder,
   ScanDecision,
 } from "./lib/tracker/tracker.ts";
+export type { FolderCounts } from "./lib/tracker/recorder.ts";
 export type { PsqlConnection } from "./lib/sink/postgres/psql.ts";
 export type { StatementError, StatementOk, StatementReply } from "./lib/sink/postgres/psql.ts";
 export type { RunnerFactory, StatementRunner } from "./lib/sink/postgres/pool.ts";

@@ -83,7 +83,12 @@ export interface RunOptions {
    * planned when object keys carry the id.
    */
   sink?: SinkFactory;
-  /** Makes the run's health reporter (lib/fleet/health.ts), given its sink; none: no record. */
+  /**
+   * Makes the run's health reporter (lib/fleet/health.ts), given its sink; none: no record.
+   * Set by each configuration of the engine, never by its caller.
+   *
+   * @internal
+   */
   health?: (run: Run, sink: RowSink) => HealthReporter;
   /** This device's id (the sink may settle another: see `RowSink.settlesDevice`). */
   deviceId: string;
