@@ -9,14 +9,9 @@
 import { EXIT, UploadError } from "../lib/core/errors.ts";
 import { runMain } from "../lib/cli/main.ts";
 import { connectorFor } from "../lib/target/connect.ts";
-import {
-  fleetExitCode,
-  fleetHelp,
-  fleetJson,
-  parseFleetCommand,
-  readFleet,
-  renderFleet,
-} from "../lib/fleet/report.ts";
+import { fleetExitCode, fleetJson, readFleet, renderFleet } from "../lib/fleet/report.ts";
+import { parseFleetCommand } from "../lib/cli/commands.ts";
+import { fleetHelp } from "../lib/cli/help.ts";
 import { checkPsql } from "../lib/sink/postgres/psql.ts";
 import { resolveTarget } from "../lib/target/target.ts";
 
