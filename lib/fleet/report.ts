@@ -12,7 +12,6 @@
  * @module
  */
 
-import { DEFAULT_CONFIG, type UploaderConfig } from "../../config.ts";
 import { EXIT, UploadError } from "../core/errors.ts";
 import { isMissingTable } from "../core/policy.ts";
 import { healthRef } from "./health.ts";
