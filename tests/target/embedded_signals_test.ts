@@ -132,10 +132,15 @@ Deno.test("embedded signals: timers on the main thread keep firing while a datab
     const duration = performance.now() - started;
     try {
       gaps.push(performance.now() - last);
-      // Creating the database takes seconds of CPU; were it on the main thread, a gap would
-      // be that long. The bound leaves room for a machine busy with other tests.
+      // Were the creation on the main thread, one gap would last about as long as the whole
+      // creation. The bound is half of it (at least 1.5 s): a machine busy with other tests
+      // stretches the creation and the gaps alike.
       const worst = Math.max(...gaps);
-      assert.ok(worst < 1500, `the main thread stalled for ${Math.round(worst)} ms`);
+      const bound = Math.max(1500, duration / 2);
+      assert.ok(
+        worst < bound,
+        `the main thread stalled for ${Math.round(worst)} ms of a ${Math.round(duration)} ms start`,
+      );
       assert.ok(
         gaps.length >= duration / 50 / 4,
         `${gaps.length} ticks in ${Math.round(duration)} ms`,
@@ -346,7 +351,11 @@ Deno.test({
       const described = `exit ${status.code}\n--- stdout ---\n${stdout}\n--- stderr ---\n${stderr}`;
       assert.match(stdout + stderr, /embedded/i, described);
       assert.equal(status.code, 130, described);
-      assert.ok(exitedAfter < 1000, `exited ${Math.round(exitedAfter)} ms after the second Ctrl-C`);
+      // At once: the interrupted start is abandoned, nothing is uploaded, and the exit does
+      // not wait for the creation. The bound leaves room for a loaded machine's process
+      // teardown (up to 2.9 s seen at load 8).
+      assert.doesNotMatch(stdout, /Uploaded [1-9]/, described);
+      assert.ok(exitedAfter < 5000, `exited ${Math.round(exitedAfter)} ms after the second Ctrl-C`);
 
       // The next run creates the database from scratch and uploads everything.
       const next = await run().output();
