@@ -133,10 +133,10 @@ Deno.test("embedded signals: timers on the main thread keep firing while a datab
     try {
       gaps.push(performance.now() - last);
       // Were the creation on the main thread, one gap would last about as long as the whole
-      // creation. The bound is half of it (at least 1.5 s): a machine busy with other tests
-      // stretches the creation and the gaps alike.
+      // creation. The bound is 60 % of it (at least 1.5 s): a machine busy with other tests
+      // stretches the creation and the gaps alike (1.6 s of a 3 s start seen at load 8).
       const worst = Math.max(...gaps);
-      const bound = Math.max(1500, duration / 2);
+      const bound = Math.max(1500, duration * 0.6);
       assert.ok(
         worst < bound,
         `the main thread stalled for ${Math.round(worst)} ms of a ${Math.round(duration)} ms start`,
