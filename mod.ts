@@ -20,10 +20,12 @@
 export {
   DEFAULT_CONFIG,
   defaultTestStatus,
+  type ImagesAs,
   markerNames,
   type StatusInput,
   type TestStatus,
   type UploaderConfig,
+  type UrlForm,
 } from "./config.ts";
 export {
   decideOutcome,

@@ -33,6 +33,7 @@ import {
   writeUpstreamTree,
 } from "../../support/upstream.ts";
 import { storeFromEnv } from "../../lib/objects/storage.ts";
+import { deviceRuns, simulateDevice } from "../../support/device.ts";
 import {
   delay,
   describeExit,
@@ -331,5 +332,159 @@ Deno.test({
         "stored before the row",
       );
     });
+  },
+});
+
+Deno.test({
+  name:
+    "--ready-when '*.pdf' in a normal run: a fresh folder without its report waits, one past --ready-timeout goes incomplete, both sent again complete",
+  ignore: !hasPostgres(),
+  sanitizeResources: false,
+  sanitizeOps: false,
+  async fn() {
+    const pg = await startPostgres();
+    try {
+      await withTempDir("reports_ready_", async (dir) => {
+        const data = join(dir, "data");
+        const now = Date.now();
+        writeTree(data, {
+          "Old/stats.json": { json: { result: [[1, 1, 1]] }, mtime: OLD },
+          "Old/2025-06-02 16:42:55.jpg": { bytes: 100, mtime: OLD },
+          "Fresh/2025-06-02 17:00:00.jpg": { bytes: 100, mtime: now },
+          "Done/2025-06-02 18:00:00.jpg": { bytes: 100, mtime: OLD },
+          "Done/2025-06-02 18:05.pdf": { bytes: 100, mtime: OLD },
+        });
+        const db = join(dir, "t.db");
+        const env = { SUPABASE_DB_URL: pg.url, DEVICE_ID: DEVICE, TZ: "UTC" };
+        const args = [
+          data,
+          ...["--db-path", db, "--min-age", "1", "--ready-when", "*.pdf", "--ready-timeout", "30"],
+        ];
+        const first = await runUploader(args, { env });
+        assert.equal(first.code, 0, describeExit(first));
+        assert.equal(summary(first).uploaded, 2, describeExit(first));
+        assert.equal(summary(first).settling, 1, "Fresh waits for its report");
+        let table = await rows(pg);
+        assert.deepEqual([...table.keys()].sort(), ["Done", "Old"]);
+        assert.equal(table.get("Old")!.test_status, "incomplete", "past the timeout: as it is");
+        assert.equal(table.get("Done")!.test_status, "pending");
+        const status = await runUploader(["--status", "--db-path", db], { env });
+        assert.match(status.stdout + status.stderr, /settling|still being written/i);
+
+        // The reports arrive (settled); both folders go, complete, with the rule's status.
+        const written = Date.now() - 5_000;
+        writeTree(data, {
+          "Old/2025-06-02 16:50.pdf": { bytes: 100, mtime: written },
+          "Fresh/2025-06-02 17:10.pdf": { bytes: 100, mtime: written },
+        });
+        const second = await runUploader(args, { env });
+        assert.equal(second.code, 0, describeExit(second));
+        assert.equal(summary(second).uploaded, 2, describeExit(second));
+        assert.equal(summary(second).inserted, 1);
+        assert.equal(summary(second).updated, 1);
+        table = await rows(pg);
+        assert.equal(table.get("Old")!.test_status, "passed", "the incomplete row completed");
+        assert.equal(table.get("Fresh")!.test_status, "pending");
+        assert.equal(table.size, 3);
+        const third = await runUploader(args, { env });
+        assert.equal(summary(third).uploaded, 0, "nothing left to send");
+      });
+    } finally {
+      await pg.close();
+    }
+  },
+});
+
+/** A log of every write of device_test's rows: folder, images, reports, status. */
+const WRITE_LOG = `
+create table write_log (folder_key text, images int, reports jsonb, status text,
+  at timestamptz default clock_timestamp());
+grant insert, select on write_log to public;
+create function log_write() returns trigger language plpgsql security definer as $fn$
+begin
+  insert into write_log (folder_key, images, reports, status)
+  values (new.folder_key, cardinality(new.images), new.metadata->'reports', new.test_status);
+  return new;
+end
+$fn$;
+create trigger log_write after insert or update on device_test
+  for each row execute function log_write();
+`;
+
+Deno.test({
+  name:
+    "--watch --ready-when '*.pdf': a device writing images 8 s apart and the report last gets each folder written exactly once, complete",
+  ignore: !hasPostgres(),
+  sanitizeResources: false,
+  sanitizeOps: false,
+  async fn() {
+    const pg = await startPostgres();
+    try {
+      await withTempDir("reports_watch_", async (dir) => {
+        const data = join(dir, "data");
+        writeTree(data, { "Init/stats.json": { json: { result: [[1, 2, 3]] }, mtime: OLD } });
+        const db = join(dir, "t.db");
+        const env = { SUPABASE_DB_URL: pg.url, DEVICE_ID: DEVICE, TZ: "UTC" };
+        const init = await runUploader([data, "--db-path", db, "--min-age", "0"], { env });
+        assert.equal(init.code, 0, describeExit(init));
+        await pg.psql(WRITE_LOG);
+
+        const watcher = startUploader([
+          data,
+          ...["--db-path", db, "--watch", "--min-age", "3", "--rescan-every", "60"],
+          ...["--ready-when", "*.pdf"],
+        ], { env });
+        try {
+          await watcher.waitFor((e) => e.event === "watching", 60_000);
+          const runs = deviceRuns(4, { gapMs: 8_000, staggerMs: 5_000 });
+          await simulateDevice(data, runs);
+          // Every folder lands complete; then a while longer for any late second write.
+          const deadline = performance.now() + 60_000;
+          for (;;) {
+            const count = await pg.psql(
+              "select count(*) from device_test where jsonb_array_length(metadata->'reports') = 1",
+            );
+            if (Number(count.trim()) === runs.length) break;
+            if (watcher.exited) assert.fail(describeExit(await watcher.done));
+            if (performance.now() > deadline) assert.fail(`Only ${count.trim()} folders landed`);
+            await delay(200);
+          }
+          await delay(8_000);
+          const log = JSON.parse(
+            (await pg.psql(
+              "select coalesce(json_agg(json_build_array(folder_key, images, reports, status) " +
+                "order by at), '[]') from write_log",
+            )).trim(),
+          ) as [string, number, string[] | null, string][];
+          for (const run of runs) {
+            const writes = log.filter(([key]) => key === run.folder);
+            assert.equal(writes.length, 1, `${run.folder} written once: ${JSON.stringify(writes)}`);
+            const [, images, reports, status] = writes[0];
+            assert.equal(images, 3, `${run.folder}: all its images`);
+            assert.deepEqual(reports, [run.writes.at(-1)!.name]);
+            assert.notEqual(status, "incomplete");
+          }
+          assert.equal(log.length, runs.length, "nothing else written");
+          const table = await rows(pg);
+          for (const run of runs) {
+            const row = table.get(run.folder)!;
+            assert.deepEqual(
+              row.images,
+              run.writes.filter((w) => w.name.endsWith(".jpg")).map((w) => w.name),
+            );
+            assert.deepEqual(
+              row.test_results,
+              run.writes.find((w) => w.name === "stats.json")!.json,
+            );
+          }
+        } finally {
+          watcher.signal("SIGTERM");
+          const exit = await watcher.done;
+          assert.equal(exit.code, 0, describeExit(exit));
+        }
+      });
+    } finally {
+      await pg.close();
+    }
   },
 });
