@@ -114,11 +114,12 @@ export {
   type RunMode,
   type RunResult,
 } from "./lib/core/events.ts";
-export { type EngineOptions, runEngine } from "./lib/engine/engine.ts";
+export { runEngine } from "./lib/engine/engine.ts";
+export type { RunOptions } from "./lib/engine/options.ts";
 export { type FolderSource, type SourceItem, treeSource } from "./lib/source/sources.ts";
 export { pathSource } from "./lib/source/paths.ts";
 export { runUpload, type UploadOptions } from "./lib/engine/upload.ts";
-export { runWatch, type WatchOptions } from "./lib/source/watch.ts";
+export { runWatch, type WatchOptions } from "./lib/engine/watch.ts";
 export { Reporter } from "./lib/cli/progress.ts";
 export { formatStatus } from "./lib/cli/status_text.ts";
 export { folderKeyFor, type QuickOptions, runQuickUpload } from "./lib/engine/quick.ts";

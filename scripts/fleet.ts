@@ -6,17 +6,12 @@
  * @module
  */
 
-import { EXIT, UploadError } from "../lib/core/errors.ts";
-import { runMain } from "../lib/cli/main.ts";
+import { EXIT } from "../lib/core/errors.ts";
+import { requireEmbeddedData, runMain, warnPasswordInArgs } from "../lib/cli/main.ts";
 import { connectorFor } from "../lib/target/connect.ts";
-import {
-  fleetExitCode,
-  fleetHelp,
-  fleetJson,
-  parseFleetCommand,
-  readFleet,
-  renderFleet,
-} from "../lib/fleet/report.ts";
+import { fleetExitCode, fleetJson, readFleet, renderFleet } from "../lib/fleet/report.ts";
+import { parseFleetCommand } from "../lib/cli/commands.ts";
+import { fleetHelp } from "../lib/cli/help.ts";
 import { checkPsql } from "../lib/sink/postgres/psql.ts";
 import { resolveTarget } from "../lib/target/target.ts";
 
@@ -27,25 +22,14 @@ async function main(argv: string[]): Promise<number> {
     console.log(fleetHelp());
     return EXIT.OK;
   }
-  if (cmd.dbUrl && /\/\/[^/@]*:[^/@]+@/.test(cmd.dbUrl)) {
-    console.error(
-      "Warning: a password in --db-url is visible to other users in the process list; " +
-        "prefer SUPABASE_DB_URL in the environment",
-    );
-  }
+  warnPasswordInArgs(cmd.dbUrl, { warn: console.error });
   const spec = resolveTarget({ dbUrl: cmd.dbUrl, dbPath: cmd.dbPath, env });
-  if (spec.kind === "embedded") {
-    // Opening a folder that does not exist would create an empty database.
-    try {
-      Deno.statSync(spec.dataDir);
-    } catch (error) {
-      if (!(error instanceof Deno.errors.NotFound)) throw error;
-      throw new UploadError("usage", `No embedded database at ${spec.dataDir} yet`, {
-        hint: "Set SUPABASE_DB_URL (or pass --db-url) to read the fleet's server, or pass " +
-          "--db-path of the tracking database beside the embedded one",
-      });
-    }
-  }
+  // Opening a folder that does not exist would create an empty database.
+  requireEmbeddedData(
+    spec,
+    "Set SUPABASE_DB_URL (or pass --db-url) to read the fleet's server, or pass " +
+      "--db-path of the tracking database beside the embedded one",
+  );
   await checkPsql();
   const connector = connectorFor(spec, env, { maxConnections: 1 });
   try {

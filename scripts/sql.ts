@@ -6,9 +6,9 @@
  * @module
  */
 
-import { EXIT, UploadError } from "../lib/core/errors.ts";
+import { EXIT } from "../lib/core/errors.ts";
 import { parseSqlCommand } from "../lib/cli/commands.ts";
-import { runMain } from "../lib/cli/main.ts";
+import { requireEmbeddedData, runMain, warnPasswordInArgs } from "../lib/cli/main.ts";
 import { sqlHelp } from "../lib/cli/help.ts";
 import { connectorFor } from "../lib/target/connect.ts";
 import { runPsqlInteractive } from "../lib/sink/postgres/psql.ts";
@@ -21,26 +21,14 @@ async function main(argv: string[]): Promise<number> {
     console.log(sqlHelp());
     return EXIT.OK;
   }
-  if (cmd.dbUrl && /\/\/[^/@]*:[^/@]+@/.test(cmd.dbUrl)) {
-    console.error(
-      "Warning: a password in --db-url is visible to other users in the process list; " +
-        "prefer SUPABASE_DB_URL in the environment",
-    );
-  }
+  warnPasswordInArgs(cmd.dbUrl, { warn: console.error });
   const spec = resolveTarget({ dbUrl: cmd.dbUrl, dbPath: cmd.dbPath, env });
-  if (spec.kind === "embedded") {
-    // Opening a folder that does not exist would create an empty database: say instead
-    // that nothing has been uploaded here yet.
-    try {
-      Deno.statSync(spec.dataDir);
-    } catch (error) {
-      if (!(error instanceof Deno.errors.NotFound)) throw error;
-      throw new UploadError("usage", `No embedded database at ${spec.dataDir} yet`, {
-        hint: "Run 'deno task upload <base_path>' first (it creates it), pass --db-path of " +
-          "the tracking database beside it, or set SUPABASE_DB_URL",
-      });
-    }
-  }
+  // Opening a folder that does not exist would create an empty database.
+  requireEmbeddedData(
+    spec,
+    "Run 'deno task upload <base_path>' first (it creates it), pass --db-path of " +
+      "the tracking database beside it, or set SUPABASE_DB_URL",
+  );
   const connector = connectorFor(spec, env, { maxConnections: 4 });
   try {
     const connection = await connector.open();

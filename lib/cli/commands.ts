@@ -9,6 +9,7 @@
 
 import { DEFAULT_CONFIG, type UploaderConfig } from "../../config.ts";
 import { UploadError } from "../core/errors.ts";
+import { parseDuration } from "../fleet/report.ts";
 import { type Env, fromCaller, parseCommandLine, type ParsedLine, usage } from "./parse.ts";
 
 /** Settings of `deno task upload`. Paths are absolute (resolved from the caller's directory). */
@@ -244,4 +245,48 @@ export function parseSqlCommand(
     }
   }
   return { psqlArgs, help, dbUrl, dbPath: fromCaller(dbPath, env) };
+}
+
+/** Settings of `deno task fleet`. */
+export interface FleetCommand {
+  /** `--stale DURATION` in ms, or undefined. */
+  staleMs?: number;
+  /** One JSON document on stdout. */
+  json: boolean;
+  /** Print the help text. */
+  help: boolean;
+  /** The target database's URL, when given. */
+  dbUrl?: string;
+  /** Tracking database path: names the embedded database's folder. */
+  dbPath: string;
+  /** The configuration (the table's name). */
+  config: UploaderConfig;
+}
+
+/**
+ * Parses `deno task fleet` arguments.
+ *
+ * @throws {UploadError} `usage` for unknown flags, a bad duration, empty values or arguments.
+ */
+export function parseFleetCommand(
+  argv: string[],
+  env: Env,
+  defaults: UploaderConfig = DEFAULT_CONFIG,
+): FleetCommand {
+  const line = parseCommandLine("fleet", argv, env, defaults);
+  if (line.positionals.length > 0) {
+    usage(
+      `Unexpected argument: ${line.positionals[0]}`,
+      "Run 'deno task fleet --help' for the options",
+    );
+  }
+  const stale = text(line, "stale");
+  return {
+    staleMs: stale === null ? undefined : parseDuration("--stale", stale),
+    json: flag(line, "json"),
+    help: flag(line, "help"),
+    dbUrl: text(line, "dbUrl") ?? undefined,
+    dbPath: line.config.dbPath,
+    config: line.config,
+  };
 }

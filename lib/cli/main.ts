@@ -9,9 +9,10 @@
 import { exitCodeFor, messageOf, UploadError } from "../core/errors.ts";
 import { type ObjectStore, type RetryEvent, storeFromEnv } from "../objects/storage.ts";
 import type { Connector } from "../target/connect.ts";
-import { redactUrl } from "../target/target.ts";
+import { redactUrl, type TargetSpec } from "../target/target.ts";
 import type { Env } from "./parse.ts";
-import { oneLine } from "./progress.ts";
+import { oneLine, type Reporter } from "./progress.ts";
+import type { EngineEvent, RunCounters } from "../core/events.ts";
 
 /**
  * Runs a script's `main` and exits with its code. A thrown error is printed as one
@@ -74,8 +75,8 @@ export function errorEvent(error: unknown, exitCode: number): Record<string, unk
 }
 
 /**
- * The object store for `--images-to`, or null without it. Retries are reported through
- * `onRetry` (as `retry` events with the object key as subject).
+ * The object store for `--images-to`, or null without it. Its retries count in the run's
+ * counters and are reported as `retry` events (the object key as subject).
  *
  * @throws {UploadError} `config` when credentials are missing or the endpoint is malformed.
  */
@@ -85,13 +86,52 @@ export function objectStoreFor(
     env: Env;
     parallel: number;
     giveUpAfterSeconds: number;
-    onRetry: (event: RetryEvent) => void;
+    counters: Pick<RunCounters, "retries">;
+    emit: (event: EngineEvent) => void;
   },
 ): ObjectStore | null {
   if (imagesTo === null) return null;
   return storeFromEnv(options.env, imagesTo, {
     concurrency: options.parallel,
     giveUpAfterMs: options.giveUpAfterSeconds * 1000,
-    onRetry: options.onRetry,
+    onRetry: (r: RetryEvent) => {
+      options.counters.retries++;
+      options.emit({
+        event: "retry",
+        subject: r.key || "object storage",
+        attempt: r.attempt,
+        delay_ms: r.waitMs,
+        reason: r.reason,
+      });
+    },
   });
+}
+
+/** Warns that a password given in `--db-url` shows in the process list. */
+export function warnPasswordInArgs(
+  dbUrl: string | null | undefined,
+  reporter: Pick<Reporter, "warn">,
+): void {
+  if (dbUrl && /\/\/[^/@]*:[^/@]+@/.test(dbUrl)) {
+    reporter.warn(
+      "Warning: a password in --db-url is visible to other users in the process list; " +
+        "prefer SUPABASE_DB_URL in the environment (see README: Configuring Supabase)",
+    );
+  }
+}
+
+/**
+ * Checks that the embedded database of `spec` exists before a command that only reads it
+ * opens it (opening a folder that does not exist would create an empty database).
+ *
+ * @throws {UploadError} `usage` with `hint` when it does not exist yet.
+ */
+export function requireEmbeddedData(spec: TargetSpec, hint: string): void {
+  if (spec.kind !== "embedded") return;
+  try {
+    Deno.statSync(spec.dataDir);
+  } catch (error) {
+    if (!(error instanceof Deno.errors.NotFound)) throw error;
+    throw new UploadError("usage", `No embedded database at ${spec.dataDir} yet`, { hint });
+  }
 }

@@ -130,7 +130,7 @@ export class Committer {
     const run = this.#run;
     const objects = run.objects;
     if (!objects) return { ready: items, failed: [] };
-    const tracker = run.runId !== null ? run.tracker : null;
+    const tracker = run.tracker;
     const failed: ItemOutcome<PlannedItem>[] = [];
     const ready: PlannedItem[] = [];
     const tasks = items.map(async (item) => {
@@ -142,7 +142,8 @@ export class Committer {
           deviceId: objects.deviceId,
           imageExtensions: run.config.imageExtensions,
           reportExtensions: run.config.reportExtensions,
-          isStored: tracker
+          // Without a tracker the store itself is asked (HEAD) whether an image is there.
+          isStored: run.records
             ? (name, size, md5) =>
               tracker.objectStored(
                 snap.path,
@@ -164,7 +165,7 @@ export class Committer {
             run.counters.objectBytes += o.size;
           } else run.counters.objectsSkipped++;
         }
-        tracker?.recordObjects(snap.path, done.objects, new Date(run.now()));
+        if (run.records) tracker.recordObjects(snap.path, done.objects, new Date(run.now()));
         return item;
       } catch (error) {
         if (actionFor(error, 1) !== "fail") throw error;
@@ -188,9 +189,8 @@ export class Committer {
     if (run.stopping) return;
     const { name, id } = run.nextBatch();
     const items = batch.items;
-    const tracker = run.runId !== null ? run.tracker : null;
     const startedAt = new Date(run.now());
-    tracker?.startBatch(id, name, run.runId!, items.length, startedAt);
+    if (run.records) run.tracker.startBatch(id, name, run.runId, items.length, startedAt);
     if (run.folderEvents) {
       run.emit({ event: "inserting", batch: name, table: run.config.table, folders: items.length });
     }
@@ -203,7 +203,7 @@ export class Committer {
         : await this.#sink.write(stored.ready, name);
       result.outcomes.push(...stored.failed);
     } catch (error) {
-      tracker?.abandonBatch(id, run.stopping ? "interrupted" : "failed");
+      if (run.records) run.tracker.abandonBatch(id, run.stopping ? "interrupted" : "failed");
       throw error;
     }
     const endedAt = new Date(run.now());
@@ -236,10 +236,10 @@ export class Committer {
     okCount: number,
   ): void {
     const run = this.#run;
-    if (run.runId === null) return;
+    if (!run.records) return;
     const { id, name, startedAt, endedAt } = at;
     const items = batch.items;
-    run.tracker?.recordBatch(
+    run.tracker.recordBatch(
       {
         batchId: id,
         batchName: name,

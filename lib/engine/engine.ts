@@ -17,82 +17,18 @@
  * @module
  */
 
-import type { UploaderConfig } from "../../config.ts";
 import { Committer } from "../commit/committer.ts";
 import { decideOutcome, UploadError } from "../core/errors.ts";
-import { HEALTH_EVERY_MS, type HealthReporter } from "../fleet/health.ts";
-import {
-  type EngineEvent,
-  newCounters,
-  type RunCounters,
-  type RunMode,
-  type RunResult,
-} from "../core/events.ts";
+import type { HealthReporter } from "../fleet/health.ts";
+import type { EngineEvent, RunResult } from "../core/events.ts";
 import { Planner, SettleQueue, type SettlingFolder } from "../plan/planner.ts";
-import { type ObjectsSetup, Run } from "./run.ts";
+import { Run } from "./run.ts";
+import { type RunOptions, type RunSettings, settingsOf } from "./options.ts";
 import { sleep } from "../core/retry.ts";
 import { snapshotFolder } from "../source/snapshot.ts";
 import type { FolderSource, SourceItem } from "../source/sources.ts";
-import type { Tracker } from "../tracker/tracker.ts";
 import { countOtherDevices, finishVerify, readRemote, type RemoteReport } from "./verify.ts";
 import type { RowSink, SinkFactory } from "../sink/sink.ts";
-
-/** Settings of {@linkcode runEngine}. */
-export interface EngineOptions {
-  /** The run's settings. */
-  config: UploaderConfig;
-  /** What the run does: upload, scan-only, dry-run, quick or watch. */
-  mode: RunMode;
-  /** The tracking database, or null (quick upload without one). */
-  tracker: Tracker | null;
-  /** The base the run is about (recorded with the run), or null. */
-  base: string | null;
-  /**
-   * Makes the run's row sink (where rows go); required unless the mode sends nothing
-   * (scan-only, dry-run). A sink that settles the device id (`RowSink.settlesDevice`) is
-   * opened before anything is planned when object keys carry the id.
-   */
-  sink?: SinkFactory;
-  /** Makes the run's health reporter (lib/fleet/health.ts), given its sink; none: no record. */
-  health?: (run: Run, sink: RowSink) => HealthReporter;
-  /** This device's id (the sink may settle another: see `RowSink.settlesDevice`). */
-  deviceId: string;
-  /** Write success.json / failed.json. Default true. */
-  markers?: boolean;
-  /** Store images before their rows (`--images-to`). */
-  objects?: ObjectsSetup | null;
-  /** Reconcile with the server's rows first (`--verify`; needs a tracker and a base). */
-  verify?: boolean;
-  /** Send the per-folder step events (quick upload). Default false. */
-  folderEvents?: boolean;
-  /** Aborting interrupts the run: no new batch starts, in-flight ones get `graceMs`. */
-  signal?: AbortSignal;
-  /** Aborting ends the run gracefully (SIGTERM in watch mode): the batch in flight finishes. */
-  finishSignal?: AbortSignal;
-  /** Receives every event of the run. */
-  onEvent?: (event: EngineEvent) => void;
-  /** Counters to update (so a progress display can read them). */
-  counters?: RunCounters;
-  /** How long in-flight batches may finish after an interruption. Default 10 s. */
-  graceMs?: number;
-  /**
-   * How long the batches in flight may finish after a graceful stop (`finishSignal`).
-   * Default 40 s: within the 60 s a service manager gives (the README's unit).
-   */
-  stopGraceMs?: number;
-  /**
-   * How long, once the source has ended, folders still being written are waited for.
-   * Default: twice the settle time, at least 1 s. Ignored in watch mode (they are waited for
-   * as long as the run lasts).
-   */
-  settleDeadlineMs?: number;
-  /** A partial batch is sent after the source was quiet this long (ms). Default 100. */
-  lingerMs?: number;
-  /** How often a `--watch` records its health on the server (ms). Default 60,000. */
-  healthEveryMs?: number;
-  /** The clock. */
-  now?: () => number;
-}
 
 /**
  * Runs folders from `source` through the planner and the committer until the source ends
@@ -101,38 +37,19 @@ export interface EngineOptions {
  * Never throws for a folder's problem: those are counted, recorded and reported. An error
  * that stops the run (unreachable server, refused permission, a bug) is in the result.
  */
-export async function runEngine(source: FolderSource, options: EngineOptions): Promise<RunResult> {
-  const counters = options.counters ?? newCounters();
-  const run = new Run({
-    config: options.config,
-    mode: options.mode,
-    tracker: options.tracker,
-    base: options.base,
-    deviceId: options.deviceId,
-    markers: options.markers,
-    objects: options.objects,
-    folderEvents: options.folderEvents,
-    onEvent: options.onEvent,
-    counters,
-    now: options.now,
-  });
-  const sends = options.mode !== "scan-only" && options.mode !== "dry-run";
-  const sink = sends ? requireSink(options.sink)(sinkContext(run)) : null;
+export async function runEngine(source: FolderSource, options: RunOptions): Promise<RunResult> {
+  const settings = settingsOf(options);
+  const run = new Run(settings);
+  const sink = settings.traits.sends ? requireSink(settings.sink)(sinkContext(run)) : null;
   run.emit({
     event: "run_start",
-    mode: options.mode,
-    base: options.base,
+    mode: settings.mode,
+    base: settings.base,
     target: sink?.display ?? null,
     embedded: sink?.embedded ?? false,
-    tracker: options.tracker && options.mode !== "dry-run" ? options.tracker.path : null,
+    tracker: settings.traits.records ? settings.tracker.path : null,
   });
-  const onInterrupt = () => run.interrupt();
-  const onFinish = () => run.finish();
-  options.signal?.addEventListener("abort", onInterrupt, { once: true });
-  options.finishSignal?.addEventListener("abort", onFinish, { once: true });
-  if (options.signal?.aborted) run.interrupt();
-  else if (options.finishSignal?.aborted) run.finish();
-
+  const detach = listen(run, settings);
   const committer = sink ? new Committer(run, { sink }) : null;
   const settle = new SettleQueue();
   const planner = new Planner(run, {
@@ -141,43 +58,67 @@ export async function runEngine(source: FolderSource, options: EngineOptions): P
     roomFor: committer ? (bytes) => committer.roomFor(bytes) : undefined,
   });
   // Each run that sends rows records its device's health at its end; a watch also as it goes.
-  const health = sink ? options.health?.(run, sink) ?? null : null;
-  const stopBeats = options.mode === "watch"
-    ? health?.heartbeat(options.healthEveryMs ?? HEALTH_EVERY_MS, run.stop.signal, () => ({
+  const health = sink ? settings.health?.(run, sink) ?? null : null;
+  const stopBeats = settings.traits.endless
+    ? health?.heartbeat(settings.healthEveryMs, run.stop.signal, () => ({
       outcome: "running",
       exitCode: null,
       ended: false,
     }))
     : undefined;
-
   try {
-    let remote: RemoteReport | null = null;
-    // An id still to settle is settled when the sink opens, before the first batch is
-    // written; object keys (`--images-to`) carry it, so then before anything is planned.
-    if (sink?.settlesDevice && options.objects) await sink.open();
-    if (options.verify && sink && run.tracker && run.runId !== null && options.base) {
-      remote = await readRemote(run, sink, options.base);
-      run.verifying = true;
-    }
-    await feed(run, source, planner, settle, options);
-    if (remote && sink && run.completedPass && !run.stopping) {
-      const others = await countOtherDevices(run, sink, options.base!);
-      finishVerify(run, options.base!, remote, others);
-    }
+    await work(run, source, { planner, settle, sink });
   } catch (error) {
     run.fail(error);
   } finally {
     await stopBeats?.();
-    await committer?.drain(
-      run.stopped ? options.stopGraceMs ?? 40_000 : options.graceMs ?? 10_000,
-    );
+    await committer?.drain(run.stopped ? settings.stopGraceMs : settings.graceMs);
     await run.markers?.drain();
     await sink?.close();
-    options.signal?.removeEventListener("abort", onInterrupt);
-    options.finishSignal?.removeEventListener("abort", onFinish);
+    detach();
   }
-  counters.settling += settle.size;
-  return await concludeRun(run, options, health);
+  run.counters.settling += settle.size;
+  return await concludeRun(run, health);
+}
+
+/** The stages a run's work goes through. */
+interface Stages {
+  planner: Planner;
+  settle: SettleQueue;
+  sink: RowSink | null;
+}
+
+/** A run's work: the device settled, `--verify`'s reading of the server, then the feed. */
+async function work(run: Run, source: FolderSource, stages: Stages): Promise<void> {
+  const { sink } = stages;
+  const base = run.base;
+  let remote: RemoteReport | null = null;
+  // An id still to settle is settled when the sink opens, before the first batch is
+  // written; object keys (`--images-to`) carry it, so then before anything is planned.
+  if (sink?.settlesDevice && run.objects) await sink.open();
+  if (run.settings.verify && sink && run.records && base !== null) {
+    remote = await readRemote(run, sink, base);
+    run.verifying = true;
+  }
+  await feed(run, source, stages.planner, stages.settle);
+  if (remote && sink && base !== null && run.completedPass && !run.stopping) {
+    const others = await countOtherDevices(run, sink, base);
+    finishVerify(run, base, remote, others);
+  }
+}
+
+/** Ties the run to its stop signals; returns what unties it. */
+function listen(run: Run, settings: RunSettings): () => void {
+  const onInterrupt = () => run.interrupt();
+  const onFinish = () => run.finish();
+  settings.signal?.addEventListener("abort", onInterrupt, { once: true });
+  settings.finishSignal?.addEventListener("abort", onFinish, { once: true });
+  if (settings.signal?.aborted) run.interrupt();
+  else if (settings.finishSignal?.aborted) run.finish();
+  return () => {
+    settings.signal?.removeEventListener("abort", onInterrupt);
+    settings.finishSignal?.removeEventListener("abort", onFinish);
+  };
 }
 
 /**
@@ -185,11 +126,7 @@ export async function runEngine(source: FolderSource, options: EngineOptions): P
  * health reported (not when the server stayed away: that would only make the run wait
  * once more).
  */
-async function concludeRun(
-  run: Run,
-  options: EngineOptions,
-  health: HealthReporter | null,
-): Promise<RunResult> {
+async function concludeRun(run: Run, health: HealthReporter | null): Promise<RunResult> {
   const counters = run.counters;
   const outcome = () =>
     decideOutcome({
@@ -202,11 +139,11 @@ async function concludeRun(
   const durationMs = run.now() - run.startedAt;
   let exhausted = 0;
   let markersOwed = 0;
-  if (run.runId !== null) {
+  if (run.records) {
     try {
-      exhausted = run.tracker!.countExhausted(options.config.maxRetries);
-      markersOwed = run.tracker!.countOwedMarkers();
-      run.tracker!.finishRun(
+      exhausted = run.tracker.countExhausted(run.config.maxRetries);
+      markersOwed = run.tracker.countOwedMarkers();
+      run.tracker.finishRun(
         run.runId,
         status,
         { ...counters, duration_ms: durationMs },
@@ -226,7 +163,7 @@ async function concludeRun(
     status,
     durationMs,
     error: run.error,
-    runId: run.runId,
+    runId: run.records ? run.runId : null,
     exhausted,
     markersOwed,
   };
@@ -259,7 +196,6 @@ async function feed(
   source: FolderSource,
   planner: Planner,
   settle: SettleQueue,
-  options: EngineOptions,
 ): Promise<void> {
   const inbox = new Inbox<SourceItem[]>(4);
   const context = {
@@ -280,9 +216,7 @@ async function feed(
     }
   })();
 
-  const watch = options.mode === "watch";
-  const linger = options.lingerMs ?? 100;
-  const minAgeMs = run.config.minAgeSeconds * 1000;
+  const linger = run.settings.lingerMs;
   let pending = false; // a partial batch may wait in the planner
   let deadline: number | null = null; // set once the source has ended
   let waitReported = false;
@@ -320,9 +254,7 @@ async function feed(
     } else if (next.kind === "end") {
       await planner.flush();
       pending = false;
-      deadline = watch
-        ? Infinity
-        : now + (options.settleDeadlineMs ?? Math.max(2 * minAgeMs, 1000));
+      deadline = now + run.settings.settleDeadlineMs;
     } else if (next.kind === "quiet" && pending && (settle.nextDue() ?? Infinity) > run.now()) {
       await planner.flush();
       pending = false;

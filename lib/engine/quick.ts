@@ -8,31 +8,25 @@
  */
 
 import { resolve } from "node:path";
-import type { UploaderConfig } from "../../config.ts";
 import type { Connector } from "../target/connect.ts";
 import { runEngine } from "./engine.ts";
-import type { EngineEvent, RunCounters, RunResult } from "../core/events.ts";
-import type { DeviceSource, IdentitySetup } from "../target/identity.ts";
+import type { RunResult } from "../core/events.ts";
+import type { IdentitySetup } from "../target/identity.ts";
 import { newCounters } from "../core/events.ts";
 import { sendTo, walkConfig } from "./upload.ts";
 import type { FolderSnapshot } from "../source/snapshot.ts";
 import type { FolderSource } from "../source/sources.ts";
 import { pathSource } from "../source/paths.ts";
-import type { ObjectsSetup } from "./run.ts";
+import type { CallerOptions, TargetOptions } from "./options.ts";
 import type { Tracker } from "../tracker/tracker.ts";
 
 export { folderKeyFor } from "../source/paths.ts";
 export { readLines } from "../core/lines.ts";
 
-/** Settings of {@linkcode runQuickUpload}. */
-export interface QuickOptions {
-  config: UploaderConfig;
+/** Settings of {@linkcode runQuickUpload}: the run's options, the target, and how to key. */
+export interface QuickOptions extends CallerOptions, TargetOptions {
   /** Where rows go; opened on the first batch, closed by the caller. */
   connector: Connector;
-  /** This device's id (with `settleDevice`, only the candidate). */
-  deviceId: string;
-  /** Where `deviceId` came from. Default `config`. */
-  deviceSource?: DeviceSource;
   /**
    * Nothing configured the id: before the first batch, settle it against the named
    * folders' markers and the server's rows of them (folders named on the command line;
@@ -43,21 +37,6 @@ export interface QuickOptions {
   tracker?: Tracker | null;
   /** Keys are relative to this directory; null keys each folder as described above. */
   base?: string | null;
-  /** Write success.json / failed.json. Default true. */
-  markers?: boolean;
-  /** Store images before their rows (`--images-to`). */
-  objects?: ObjectsSetup | null;
-  /** Aborting stops taking folders; the batch in flight finishes (or `graceMs` passes). */
-  signal?: AbortSignal;
-  onEvent?: (event: EngineEvent) => void;
-  /** Counters to update. */
-  counters?: RunCounters;
-  /** How long a batch in flight may finish after an abort. Default 10 s. */
-  graceMs?: number;
-  /** Client-side statement timeout (ms). Default 10 minutes. */
-  statementTimeoutMs?: number;
-  /** The clock. */
-  now?: () => number;
 }
 
 /**

@@ -13,51 +13,31 @@ import type { EngineEvent, RunCounters, RunMode } from "../core/events.ts";
 import { type FailedMarker, MarkerWriter, type SuccessMarker } from "../commit/markers.ts";
 import type { FolderSnapshot } from "../source/snapshot.ts";
 import { ActivityLog } from "../source/sources.ts";
-import type { ObjectStore } from "../objects/storage.ts";
-import type { OwedMarker, Tracker } from "../tracker/tracker.ts";
-
-/** Where a run stores images (`--images-to`). */
-export interface ObjectsSetup {
-  store: ObjectStore;
-  /** This device's id: part of every object key. */
-  deviceId: string;
-}
-
-/** Settings of a {@linkcode Run}. */
-export interface RunSettings {
-  config: UploaderConfig;
-  mode: RunMode;
-  /** Records folders, batches and the run; null records nothing (quick upload without one). */
-  tracker: Tracker | null;
-  /** The base the run is about (recorded with the run), or null. */
-  base: string | null;
-  /** This device's id (recorded in success.json); the schema step may settle another. */
-  deviceId: string;
-  /** Write success.json / failed.json. Default true (never in a dry run or a scan). */
-  markers?: boolean;
-  /** Send the per-folder step events (quick upload's step lines). Default false. */
-  folderEvents?: boolean;
-  /** Receives every event. */
-  onEvent?: (event: EngineEvent) => void;
-  /** Counters to update, so a progress display can read them. */
-  counters: RunCounters;
-  /** Images go to object storage before their rows (`--images-to`). */
-  objects?: ObjectsSetup | null;
-  /** The clock. Default Date.now. */
-  now?: () => number;
-}
+import type { OwedMarker } from "../tracker/owed.ts";
+import type { RunRecorder } from "../tracker/recorder.ts";
+import type { ModeTraits, ObjectsSetup, RunSettings } from "./options.ts";
 
 /** One run's state, shared by its stages. */
 export class Run {
+  /** The run's options, every default filled. */
+  readonly settings: RunSettings;
+  /** What the run's mode does. */
+  readonly traits: ModeTraits;
   readonly config: UploaderConfig;
   readonly mode: RunMode;
-  readonly tracker: Tracker | null;
+  /** Where the run records (a `NoTracker` when there is no tracking database). */
+  readonly tracker: RunRecorder;
+  /**
+   * Whether the run is recorded: the mode records (not a dry run, whose tracker is only
+   * read) and there is a tracking database.
+   */
+  readonly records: boolean;
   readonly base: string | null;
   readonly counters: RunCounters;
   readonly now: () => number;
   readonly startedAt: number;
-  /** The tracker's id of this run, or null when nothing is recorded (dry run, no tracker). */
-  readonly runId: number | null;
+  /** The tracker's id of this run; 0 when nothing is recorded (see `records`). */
+  readonly runId: number;
   /** Whether folder step events are sent. */
   readonly folderEvents: boolean;
   /** This device's id, as settled (see {@linkcode Run.useDevice}). */
@@ -87,42 +67,46 @@ export class Run {
   #batchSeq = 0;
 
   constructor(settings: RunSettings) {
+    this.settings = settings;
+    this.traits = settings.traits;
     this.config = settings.config;
     this.mode = settings.mode;
     this.tracker = settings.tracker;
+    this.records = settings.traits.records && settings.tracker.recording;
     this.base = settings.base;
     this.counters = settings.counters;
-    this.now = settings.now ?? Date.now;
+    this.now = settings.now;
     this.startedAt = this.now();
-    this.folderEvents = settings.folderEvents ?? false;
+    this.folderEvents = settings.folderEvents;
     this.deviceId = settings.deviceId;
-    this.objects = settings.objects ?? null;
-    this.#onEvent = settings.onEvent ?? (() => {});
+    this.objects = settings.objects;
+    this.#onEvent = settings.onEvent;
     this.activity = new ActivityLog(this.config.minAgeSeconds * 1000 + 1000);
-    const writes = this.mode !== "dry-run" && this.mode !== "scan-only";
-    this.markers = writes && (settings.markers ?? true)
-      ? new MarkerWriter(this.config, {
-        onError: (path, error, marker) => {
-          this.counters.markerErrors++;
-          this.emit({
-            event: "marker_error",
-            path,
-            error: `Cannot write marker in ${path}: ${messageOf(error)}`,
-          });
-          // Owed from now on: a later run writes it once the folder can be written.
-          this.#recording(() => this.tracker?.oweMarkers([{ path, marker }]));
-        },
-        onWritten: this.folderEvents
-          ? (path, name, marker) =>
-            this.emit({ event: "marker_written", path, key: marker.folder_key, marker: name })
-          : undefined,
-      })
-      : null;
-    this.runId = this.tracker && this.mode !== "dry-run"
+    this.markers = settings.markers ? this.#markerWriter() : null;
+    this.runId = this.records
       ? this.tracker.startRun(this.base, this.mode, new Date(this.startedAt))
-      : null;
+      : 0;
     this.#stamp = new Date(this.startedAt).toISOString().replace(/[-:]/g, "").replace("T", "_")
       .slice(0, 15);
+  }
+
+  /** The marker writer: a marker it cannot write is owed, and written by a later run. */
+  #markerWriter(): MarkerWriter {
+    return new MarkerWriter(this.config, {
+      onError: (path, error, marker) => {
+        this.counters.markerErrors++;
+        this.emit({
+          event: "marker_error",
+          path,
+          error: `Cannot write marker in ${path}: ${messageOf(error)}`,
+        });
+        this.#recording(() => this.tracker.oweMarkers([{ path, marker }]));
+      },
+      onWritten: this.folderEvents
+        ? (path, name, marker) =>
+          this.emit({ event: "marker_written", path, key: marker.folder_key, marker: name })
+        : undefined,
+    });
   }
 
   /**
@@ -132,7 +116,7 @@ export class Run {
   useDevice(id: string): void {
     this.deviceId = id;
     if (this.objects) this.objects.deviceId = id;
-    if (this.tracker && this.mode !== "dry-run") this.tracker.setMeta("device_id", id);
+    if (this.traits.records) this.tracker.setMeta("device_id", id);
   }
 
   /** Reports an event. */
@@ -202,7 +186,7 @@ export class Run {
 
   /** Runs a tracker write off the run's main path; a failure stops the run (not a crash). */
   #recording(write: () => void): void {
-    if (this.runId === null) return;
+    if (!this.records) return;
     try {
       write();
     } catch (error) {
@@ -218,7 +202,7 @@ export class Run {
    */
   async catchUpMarkers(chunk = 256): Promise<void> {
     const tracker = this.tracker;
-    if (!this.markers || !tracker || this.runId === null) return;
+    if (!this.markers || !this.records) return;
     let after = "";
     let written = 0;
     while (!this.stopping) {
@@ -248,10 +232,10 @@ export class Run {
   nextBatch(): { name: string; id: string } {
     this.#batchSeq++;
     const seq = String(this.#batchSeq).padStart(4, "0");
-    const prefix = this.mode === "quick" ? "quick" : "batch";
+    const prefix = this.traits.batchPrefix;
     return {
       name: `${prefix}_${this.#stamp}_${seq}`,
-      id: `${this.runId ?? `${prefix}-${this.startedAt}`}-${this.#batchSeq}`,
+      id: `${this.records ? this.runId : `${prefix}-${this.startedAt}`}-${this.#batchSeq}`,
     };
   }
 
@@ -269,7 +253,7 @@ export class Run {
   ): Promise<void> {
     if (failures.length === 0) return;
     const recorded = failures.filter((f) => f.snapshot !== undefined);
-    if (this.tracker && this.runId !== null && recorded.length > 0) {
+    if (this.records && recorded.length > 0) {
       this.tracker.recordFolderFailures(
         recorded.map((f) => ({ path: f.path, error: f.error })),
         new Date(this.now()),

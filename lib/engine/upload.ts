@@ -7,16 +7,16 @@
 
 import { markerNames, type UploaderConfig } from "../../config.ts";
 import type { Connector } from "../target/connect.ts";
-import { type EngineOptions, runEngine } from "./engine.ts";
+import { runEngine } from "./engine.ts";
+import type { CallerOptions, RunOptions, TargetOptions } from "./options.ts";
 import { reporterForRun } from "../fleet/health.ts";
 import { postgresSink } from "../sink/postgres/sink.ts";
 import { messageOf, UploadError } from "../core/errors.ts";
-import type { EngineEvent, RunCounters, RunResult } from "../core/events.ts";
-import type { DeviceSource, IdentitySetup } from "../target/identity.ts";
+import type { RunResult } from "../core/events.ts";
+import type { IdentitySetup } from "../target/identity.ts";
 import { scanFolderChunks } from "../source/walk.ts";
 import type { FolderSnapshot } from "../source/snapshot.ts";
 import { treeSource, type WalkConfig } from "../source/sources.ts";
-import type { ObjectsSetup } from "./run.ts";
 import type { Tracker } from "../tracker/tracker.ts";
 
 export { newCounters, type RunCounters, type RunResult } from "../core/events.ts";
@@ -24,42 +24,16 @@ export { newCounters, type RunCounters, type RunResult } from "../core/events.ts
 /** What a manager run does. */
 export type ManagerMode = "upload" | "scan-only" | "dry-run";
 
-/** Settings of {@linkcode runUpload}. */
-export interface UploadOptions {
+/** Settings of {@linkcode runUpload}: the run's options and the base to walk. */
+export interface UploadOptions extends CallerOptions, TargetOptions {
   /** The base folder, absolute (its real path, so a symlinked base is the same base). */
   basePath: string;
-  config: UploaderConfig;
+  /** The tracking database. */
   tracker: Tracker;
+  /** What the run does; `upload` needs a `connector`. */
   mode: ManagerMode;
-  /** Where rows go; required in `upload` mode. */
-  connector?: Connector;
-  /** This device's id (from the tracker or config; with `identity`, only the candidate). */
-  deviceId: string;
-  /** Where `deviceId` came from. Default `config`. */
-  deviceSource?: DeviceSource;
-  /** Nothing configured the id: settle it first (see {@linkcode treeIdentity}). */
-  identity?: IdentitySetup;
-  /** Write success.json / failed.json. Default true. */
-  markers?: boolean;
-  /** Store images before their rows (`--images-to`). */
-  objects?: ObjectsSetup | null;
-  /** Reconcile with the server's rows first (`--verify`). */
-  verify?: boolean;
-  /** Aborting interrupts the run: no new batch starts, in-flight ones get `graceMs`. */
-  signal?: AbortSignal;
-  onEvent?: (event: EngineEvent) => void;
-  /** Counters to update (so a progress display can read them). */
-  counters?: RunCounters;
-  /** How long in-flight batches may finish after an interruption. Default 10 s. */
-  graceMs?: number;
-  /** Client-side statement timeout (ms). Default 10 minutes. */
-  statementTimeoutMs?: number;
-  /** How long to wait at the end for folders still being written. Default: 2 x min-age. */
-  settleDeadlineMs?: number;
   /** Walk the tree on worker threads, in parallel with the rest. Default true. */
   scanInWorker?: boolean;
-  /** The clock. */
-  now?: () => number;
 }
 
 /**
@@ -82,20 +56,14 @@ export function runUpload(options: UploadOptions): Promise<RunResult> {
   );
 }
 
-/** What a run writing to PostgreSQL needs besides the connector. */
-export type SendOptions = Pick<
-  UploadOptions,
-  "config" | "deviceId" | "deviceSource" | "identity" | "statementTimeoutMs"
->;
-
 /**
  * The engine's sink and health record for a run that writes to the PostgreSQL target of
  * `connector` (opened on the first batch, closed by its owner).
  */
 export function sendTo(
   connector: Connector,
-  options: SendOptions,
-): Required<Pick<EngineOptions, "sink" | "health">> {
+  options: TargetOptions & Pick<RunOptions, "config" | "deviceId">,
+): Required<Pick<RunOptions, "sink" | "health">> {
   return {
     sink: postgresSink(connector, {
       config: options.config,

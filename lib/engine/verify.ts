@@ -32,7 +32,7 @@ export interface RemoteReport {
  * @throws {UploadError} as `RowSink.readRemote` does (a connection that fails, a refusal).
  */
 export async function readRemote(run: Run, sink: RowSink, base: string): Promise<RemoteReport> {
-  const tracker = run.tracker!;
+  const tracker = run.tracker;
   tracker.clearRemote();
   const rows = await sink.readRemote((chunk) => tracker.addRemote(chunk), run.stop.signal);
   const requeued = tracker.requeueFromRemote(base, new Date(run.now()));
@@ -51,7 +51,7 @@ export async function countOtherDevices(
   sink: RowSink,
   base: string,
 ): Promise<{ device_id: string; folders: number }[]> {
-  const tracker = run.tracker!;
+  const tracker = run.tracker;
   const totals = new Map<string, number>();
   for (let after = 0;;) {
     const page = tracker.baseKeys(base, after, CHUNK);
@@ -76,7 +76,7 @@ export function finishVerify(
   remote: RemoteReport,
   otherDevices: { device_id: string; folders: number }[] = [],
 ): void {
-  const tracker = run.tracker!;
+  const tracker = run.tracker;
   const report = {
     at: new Date(run.now()).toISOString(),
     rows: remote.rows,

@@ -31,7 +31,7 @@ import {
   tableRef,
 } from "../sink/postgres/quote.ts";
 import type { Run } from "../engine/run.ts";
-import type { Tracker } from "../tracker/tracker.ts";
+import type { FolderCounts } from "../tracker/recorder.ts";
 import { TOOL_VERSION } from "../core/version.ts";
 
 /** The health table's own name; it lives in the upload table's schema. */
@@ -256,11 +256,10 @@ export function buildHealthUpsert(table: string, record: HealthRecord): string {
  * folders), else, without a tracker (a quick upload), this run's.
  */
 export function healthCounts(
-  tracker: Tracker | null,
+  tracked: FolderCounts | null,
   counters: RunCounters,
-  maxRetries: number,
 ): HealthCounts {
-  if (tracker === null) {
+  if (tracked === null) {
     return {
       uploaded: counters.uploaded,
       failed: counters.failed + counters.unreadable,
@@ -270,15 +269,7 @@ export function healthCounts(
       markersOwed: 0,
     };
   }
-  const status = tracker.status({ limit: 0, batches: 0, maxRetries });
-  return {
-    uploaded: counters.uploaded,
-    failed: status.byStatus.failed ?? 0,
-    exhausted: status.exhaustedTotal,
-    pending: status.byStatus.pending ?? 0,
-    settling: status.settling,
-    markersOwed: status.markersOwedTotal,
-  };
+  return { uploaded: counters.uploaded, ...tracked };
 }
 
 /** Settings of a {@linkcode HealthReporter}. */
@@ -438,7 +429,10 @@ export function reporterForRun(run: Run, options: RunHealthOptions): HealthRepor
     mode: run.mode,
     mayConnect: () => !options.connector.embedded || options.sink.opened,
     counts: () =>
-      healthCounts(run.runId !== null ? run.tracker : null, run.counters, run.config.maxRetries),
+      healthCounts(
+        run.records ? run.tracker.folderCounts(run.config.maxRetries) : null,
+        run.counters,
+      ),
     // A run stopped by an error has said why; a report failing with it would say it again.
     warn: (message) => {
       if (!run.error) run.emit({ event: "warning", message });

@@ -12,14 +12,12 @@
  * @module
  */
 
-import { DEFAULT_CONFIG, type UploaderConfig } from "../../config.ts";
 import { EXIT, UploadError } from "../core/errors.ts";
 import { isMissingTable } from "../core/policy.ts";
 import { healthRef } from "./health.ts";
 import { type PsqlConnection, PsqlSession } from "../sink/postgres/psql.ts";
 import { sqlLiteral, tableRef } from "../sink/postgres/quote.ts";
 import { UNKNOWN_DEVICE } from "../sink/postgres/schema.ts";
-import { fromCaller, parseFlags } from "../cli/parse.ts";
 
 /** One device as the fleet report shows it. */
 export interface FleetDevice {
@@ -393,98 +391,4 @@ export function fleetExitCode(report: FleetReport, options: RenderOptions): numb
   return options.staleMs !== undefined && listed(report, options).length > 0
     ? EXIT.SOME_FAILED
     : EXIT.OK;
-}
-
-/** Settings of `deno task fleet`. */
-export interface FleetCommand {
-  /** `--stale DURATION` in ms, or undefined. */
-  staleMs?: number;
-  json: boolean;
-  help: boolean;
-  dbUrl?: string;
-  /** Tracking database path: names the embedded database's folder. */
-  dbPath: string;
-  config: UploaderConfig;
-}
-
-const FLEET_FLAGS = {
-  stale: { type: "string" },
-  json: { type: "boolean" },
-  "db-url": { type: "string" },
-  "db-path": { type: "string" },
-  help: { type: "boolean", short: "h" },
-} as const;
-
-/**
- * Parses `deno task fleet` arguments.
- *
- * @throws UploadError `usage` for unknown flags, a bad duration, empty values or arguments.
- */
-export function parseFleetCommand(
-  argv: string[],
-  env: Record<string, string | undefined>,
-  defaults: UploaderConfig = DEFAULT_CONFIG,
-): FleetCommand {
-  const command = "deno task fleet";
-  const { values, positionals } = parseFlags(argv, FLEET_FLAGS, command);
-  if (positionals.length > 0) {
-    throw new UploadError("usage", `Unexpected argument: ${positionals[0]}`, {
-      hint: `Run '${command} --help' for the options`,
-    });
-  }
-  for (const flag of ["db-url", "db-path", "stale"] as const) {
-    if (values[flag] === "") {
-      throw new UploadError("usage", `Empty value for --${flag}`, {
-        hint: `Run '${command} --help' for what --${flag} takes`,
-      });
-    }
-  }
-  const config = { ...defaults };
-  const dbPath = typeof values["db-path"] === "string"
-    ? values["db-path"]
-    : env.UPLOAD_DB_PATH || defaults.dbPath;
-  return {
-    staleMs: typeof values.stale === "string" ? parseDuration("--stale", values.stale) : undefined,
-    json: values.json === true,
-    help: values.help === true,
-    dbUrl: typeof values["db-url"] === "string" ? values["db-url"] : undefined,
-    dbPath: fromCaller(dbPath, env),
-    config,
-  };
-}
-
-/** The `--help` text of `deno task fleet`. */
-export function fleetHelp(config: UploaderConfig = DEFAULT_CONFIG): string {
-  return `Show every device's health, read from the server.
-
-Usage: deno task fleet [--stale DURATION] [--json] [--db-url URL] [--db-path PATH]
-
-Each upload (and a --watch about once a minute) records its device's health in
-${
-    healthRef(config.table).display
-  }, beside ${config.table}: when it ran, how it ended, what it uploaded,
-and the folders failing or pending in its tracking database. This prints one line
-per device: when it was last seen (its last record or row), its last outcome, its
-rows in ${config.table}, failing and pending folders, and how long since its last row
-arrived, all measured on the server's clock. The target is resolved as for
-'deno task upload'.
-
-Options:
-  --stale DURATION  list only the devices silent for longer than DURATION (24h, 90m,
-                    1h30m, 2d, or seconds) and exit 1 when there is one (default: off)
-  --json            one JSON document on stdout: every field of each device listed
-  --db-url URL      target database (default: $SUPABASE_DB_URL, else $DATABASE_URL,
-                    else libpq's PGHOST/PGSERVICE, else the embedded local database)
-  --db-path PATH    tracking database whose embedded database to read (default: ${config.dbPath})
-  -h, --help        this text
-
-Exit codes:
-  0 done (no device silent past --stale)   1 a device is silent past --stale
-  2 usage or configuration error (no health table yet, a refused query)   3 target unreachable
-
-Examples:
-  deno task fleet
-  deno task fleet --stale 24h || mail -s "a device is silent" lab@example.com < /dev/null
-  deno task fleet --json | jq -r '.devices[] | select(.failed > 0) | .name'
-`;
 }

@@ -13,7 +13,6 @@ import { isImageName } from "../source/snapshot.ts";
 import { type FolderObjectPlan, planFolderObjects } from "../objects/storage.ts";
 import type { FolderSnapshot } from "../source/snapshot.ts";
 import type { Run } from "../engine/run.ts";
-import { decideFolder } from "./diff.ts";
 import { compileReadyGlob, isReady, type NameMatcher } from "./ready.ts";
 import type { SettleQueue, SettlingFolder } from "./settle.ts";
 
@@ -129,14 +128,14 @@ export class Planner {
           skipped.push(item);
           break;
         case "pass_start":
-          if (run.tracker && run.runId !== null) run.tracker.beginPass(item.base, run.runId);
+          if (run.records) run.tracker.beginPass(item.base, run.runId);
           break;
         case "pass_end":
           passEnd = item; // after the folders taken with it
           break;
       }
     }
-    if (problems.length > 0 && run.tracker && run.runId !== null) {
+    if (problems.length > 0 && run.records) {
       for (const base of new Set(problems.map((p) => p.base))) {
         run.tracker.recordProblems(base, run.runId, problems.filter((p) => p.base === base));
       }
@@ -151,7 +150,7 @@ export class Planner {
     }
     for (const [base, group] of folders) {
       const decisions = this.#decide(base, group.map((g) => g.snapshot));
-      if (!revisit && run.runId !== null) run.counters.recorded += group.length;
+      if (!revisit && run.records) run.counters.recorded += group.length;
       await this.#plan(group, decisions, revisit);
       if (run.stopping) return;
     }
@@ -163,7 +162,7 @@ export class Planner {
     const run = this.#run;
     if (skipped.length === 0) return;
     let fresh: readonly { path: string; reason: string }[] = skipped;
-    if (run.tracker && run.runId !== null) {
+    if (run.records) {
       fresh = [];
       for (const base of new Set(skipped.map((s) => s.base))) {
         fresh = fresh.concat(
@@ -228,21 +227,11 @@ export class Planner {
       maxRetries: run.config.maxRetries,
       readyTimeoutMs: run.config.readyTimeoutSeconds * 1000,
     };
-    if (run.tracker) {
-      const dryRun = run.mode === "dry-run";
-      const decisions = run.tracker.applyScan(snapshots, run.runId ?? 0, base, {
-        ...options,
-        dryRun,
-        remote: run.verifying,
-      });
-      return decisions;
-    }
-    return snapshots.map((snapshot) => ({
-      ...decideFolder(undefined, snapshot, options),
-      snapshot,
-      uploadedContent: null,
-      objectsDest: null,
-    }));
+    return run.tracker.applyScan(snapshots, run.runId, base, {
+      ...options,
+      dryRun: !run.traits.records,
+      remote: run.verifying,
+    });
   }
 
   async #plan(
@@ -265,7 +254,7 @@ export class Planner {
     }
     if (outcome.adopted.length > 0) {
       run.counters.adopted += outcome.adopted.length;
-      run.tracker?.recordAdopted(outcome.adopted, new Date(run.now()));
+      if (run.records) run.tracker.recordAdopted(outcome.adopted, new Date(run.now()));
     }
     await run.failFolders(outcome.failures);
   }
@@ -280,7 +269,7 @@ export class Planner {
     const holdMs = waiting
       ? Math.max(run.config.minAgeSeconds, run.config.readyTimeoutSeconds) * 1000
       : run.config.minAgeSeconds * 1000;
-    const queued = run.mode !== "scan-only" && this.#options.settle.add({
+    const queued = run.traits.reads && this.#options.settle.add({
       path: snap.path,
       key: snap.key,
       base: source.base,
@@ -303,7 +292,7 @@ export class Planner {
     const stored = [...run.config.imageExtensions, ...run.config.reportExtensions];
     const needsObjects = run.objects !== null && d.objectsDest !== run.objects.store.display &&
       snap.files.some((f) => isImageName(f.name, stored));
-    if (!(d.upload || source.force || needsObjects) || run.mode === "scan-only") return false;
+    if (!(d.upload || source.force || needsObjects) || !run.traits.reads) return false;
     if (!source.force && run.sending.get(snap.path) === snap.fingerprint) return false;
     if (source.strict) {
       const holder = this.#strictKeys.get(snap.key);
@@ -369,7 +358,7 @@ export class Planner {
       outcome.adopted.push({ path: snap.path, fingerprint: snap.fingerprint, contentHash });
       return;
     }
-    if (run.mode === "dry-run") {
+    if (!run.traits.sends) {
       run.counters.bytes += built.bytes;
       if (plan) this.#countObjects(snap, plan);
       return;
@@ -435,7 +424,7 @@ export class Planner {
   #countObjects(snap: FolderSnapshot, plan: FolderObjectPlan): void {
     const { counters, tracker } = this.#run;
     for (const o of plan.objects) {
-      if (tracker?.objectKnown(snap.path, o.name, o.key, o.size)) counters.objectsSkipped++;
+      if (tracker.objectKnown(snap.path, o.name, o.key, o.size)) counters.objectsSkipped++;
       else {
         counters.objects++;
         counters.objectBytes += o.size;
@@ -456,7 +445,7 @@ export class Planner {
 
   async #endPass(complete: boolean): Promise<void> {
     const run = this.#run;
-    if (!run.tracker || run.runId === null) return;
+    if (!run.records) return;
     if (!complete || run.stopping) {
       run.tracker.abandonPass();
       return;

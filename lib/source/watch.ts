@@ -1,72 +1,34 @@
 /**
- * Continuous mode (`deno task upload BASE --watch`): the usual pass over the base, then
- * file-system events bring new and changed folders to the same engine as they are
- * written, and a full rescan every `--rescan-every` seconds catches whatever events missed
- * (an overflowing event queue, a network mount, a USB disk remounted, a watch limit).
+ * The source of continuous mode (`deno task upload BASE --watch`, run by
+ * lib/engine/watch.ts): the usual pass over the base, then the folders file-system events
+ * name as they are written, and a full rescan every `--rescan-every` seconds that catches
+ * whatever events missed (an overflowing event queue, a network mount, a USB disk
+ * remounted, a watch limit).
  *
  * @module
  */
 
 import { basename, dirname, relative, sep as SEPARATOR } from "node:path";
-import type { Connector } from "../target/connect.ts";
-import { runEngine } from "../engine/engine.ts";
 import { messageOf } from "../core/errors.ts";
-import type { RunResult } from "../core/events.ts";
-import { checkBase, sendTo, type UploadOptions, walkConfig } from "../engine/upload.ts";
 import { describeFsError, isUploadUnit, snapshotFolder } from "./snapshot.ts";
 import { scanFolders } from "./walk.ts";
 import {
   type ActivityLog,
   type FolderSource,
   fromScan,
+  type SourceContext,
   type SourceItem,
   treeSource,
   type WalkConfig,
 } from "./sources.ts";
 
-/** Settings of {@linkcode runWatch}. */
-export interface WatchOptions extends Omit<UploadOptions, "mode" | "connector"> {
-  /** Where rows go. */
-  connector: Connector;
-  /** Aborting ends the run gracefully: the batch in flight finishes, exit code 0. */
-  finishSignal?: AbortSignal;
-  /** Seconds between full rescans. */
-  rescanEverySeconds: number;
-  /** Quiet time (ms) after a file-system event before its folders are looked at. Default 200. */
-  debounceMs?: number;
-  /** Use file-system events (false: rescans only). Default true. */
-  fileEvents?: boolean;
-  /** How often the device's health is recorded on the server (ms). Default 60,000. */
-  healthEveryMs?: number;
-}
-
-/**
- * Uploads the base, then keeps uploading new and changed folders until it is stopped
- * (`finishSignal`: exit 0; `signal`: interrupted, 130). Server outages are ridden out as
- * in a normal run; the run ends early only for what stops any run (refused permissions,
- * the server unreachable past `--give-up-after`).
- *
- * @throws {UploadError} `usage` when the base path is not a readable folder.
- */
-export function runWatch(options: WatchOptions): Promise<RunResult> {
-  checkBase(options.basePath);
-  const source = watchSource(options.basePath, walkConfig(options.config), {
-    rescanEveryMs: options.rescanEverySeconds * 1000,
-    debounceMs: options.debounceMs ?? 200,
-    fileEvents: options.fileEvents ?? true,
-  });
-  return runEngine(source, {
-    ...options,
-    ...sendTo(options.connector, options),
-    mode: "watch",
-    base: options.basePath,
-  });
-}
-
 /** Settings of {@linkcode watchSource}. */
-interface WatchSourceOptions {
+export interface WatchSourceOptions {
+  /** Time between full passes (ms). */
   rescanEveryMs: number;
+  /** Quiet time (ms) after a file-system event before its folders are looked at. */
   debounceMs: number;
+  /** Use file-system events (false: rescans only). */
   fileEvents: boolean;
 }
 
@@ -81,66 +43,24 @@ export function watchSource(
 ): FolderSource {
   return async function* (context) {
     const changes = new Changes(base, walk, context.activity);
-    const events = options.fileEvents ? changes.watch() : null;
-    if (options.fileEvents && events === null) {
-      context.emit({
-        event: "warning",
-        message: `File-system events are not available for ${base} (${changes.failure}); ` +
-          `new folders are found by the rescan every ${options.rescanEveryMs / 1000} s`,
-      });
-    }
-    context.emit({
-      event: "watching",
-      base,
-      rescan_every_s: options.rescanEveryMs / 1000,
-      file_events: events !== null,
-    });
+    const watching = startEvents(changes, base, options, context);
     const onAbort = () => {
       changes.close();
     };
     context.signal.addEventListener("abort", onAbort, { once: true });
+    // The first pass runs at once.
+    const pass: PassState = { nextRescan: 0, baseId: identity(base), gone: false };
     try {
-      let nextRescan = 0; // the first pass runs at once
-      let baseId = identity(base);
-      let gone = false;
       while (!context.signal.aborted) {
-        if (Date.now() >= nextRescan) {
-          changes.clear(); // a full pass looks at everything
-          const id = identity(base);
-          if (id === "") {
-            // The base went away (a disk unmounted with its mount point): nothing to walk
-            // until it is back; the watch waits for it rather than ending.
-            if (!gone) {
-              context.emit({
-                event: "warning",
-                message: `Base path ${base} is gone; looking for it again every ` +
-                  `${options.rescanEveryMs / 1000} s`,
-              });
-            }
-            gone = true;
-            nextRescan = Date.now() + options.rescanEveryMs;
-            continue;
-          }
-          gone = false;
-          // A base replaced at its path (a disk remounted): the old watch sees nothing more.
-          if (events !== null && id !== baseId && changes.rewatch()) {
-            context.emit({ event: "warning", message: `${base} was replaced; watching it anew` });
-          }
-          baseId = id;
-          let baseIsUnit = false;
-          for await (const chunk of treeSource(base, walk)(context)) {
-            baseIsUnit ||= chunk.some((i) => i.kind === "folder" && i.snapshot.path === base);
-            yield chunk;
-          }
-          changes.baseIsUnit = baseIsUnit;
-          nextRescan = Date.now() + options.rescanEveryMs;
+        if (Date.now() >= pass.nextRescan) {
+          yield* rescan(base, walk, { options, context, changes, watching, pass });
           continue;
         }
-        await changes.wait(nextRescan - Date.now(), options.debounceMs);
+        await changes.wait(pass.nextRescan - Date.now(), options.debounceMs);
         if (context.signal.aborted) break;
         if (changes.lost) {
           // The event queue overflowed: only a rescan knows what changed.
-          nextRescan = 0;
+          pass.nextRescan = 0;
           continue;
         }
         const items = await changes.take();
@@ -159,6 +79,88 @@ export function watchSource(
       changes.close();
     }
   };
+}
+
+/** When the next full pass is due, and what the last one found of the base. */
+interface PassState {
+  nextRescan: number;
+  /** The base's identity (device and inode) at the last pass. */
+  baseId: string;
+  /** The base was gone at the last pass (reported once). */
+  gone: boolean;
+}
+
+/**
+ * Starts the file-system events (when asked for) and says how the base is watched.
+ *
+ * @returns whether events are coming.
+ */
+function startEvents(
+  changes: Changes,
+  base: string,
+  options: WatchSourceOptions,
+  context: SourceContext,
+): boolean {
+  const events = options.fileEvents ? changes.watch() : null;
+  if (options.fileEvents && events === null) {
+    context.emit({
+      event: "warning",
+      message: `File-system events are not available for ${base} (${changes.failure}); ` +
+        `new folders are found by the rescan every ${options.rescanEveryMs / 1000} s`,
+    });
+  }
+  context.emit({
+    event: "watching",
+    base,
+    rescan_every_s: options.rescanEveryMs / 1000,
+    file_events: events !== null,
+  });
+  return events !== null;
+}
+
+/**
+ * One full pass over the base, when it is there: a base gone (a disk unmounted with its
+ * mount point) is waited for rather than ending the watch; a base replaced at its path (a
+ * disk remounted) is watched anew.
+ */
+async function* rescan(
+  base: string,
+  walk: WalkConfig,
+  at: {
+    options: WatchSourceOptions;
+    context: SourceContext;
+    changes: Changes;
+    watching: boolean;
+    pass: PassState;
+  },
+): AsyncGenerator<SourceItem[]> {
+  const { options, context, changes, pass } = at;
+  changes.clear(); // a full pass looks at everything
+  pass.nextRescan = Date.now() + options.rescanEveryMs;
+  const id = identity(base);
+  if (id === "") {
+    if (!pass.gone) {
+      context.emit({
+        event: "warning",
+        message: `Base path ${base} is gone; looking for it again every ` +
+          `${options.rescanEveryMs / 1000} s`,
+      });
+    }
+    pass.gone = true;
+    return;
+  }
+  pass.gone = false;
+  if (at.watching && id !== pass.baseId && changes.rewatch()) {
+    context.emit({ event: "warning", message: `${base} was replaced; watching it anew` });
+  }
+  pass.baseId = id;
+  let baseIsUnit = false;
+  for await (const chunk of treeSource(base, walk)(context)) {
+    baseIsUnit ||= chunk.some((i) => i.kind === "folder" && i.snapshot.path === base);
+    yield chunk;
+  }
+  changes.baseIsUnit = baseIsUnit;
+  pass.nextRescan = Date.now() + options.rescanEveryMs;
 }
 
 /** Folders file-system events named since they were last taken. */

@@ -23,6 +23,20 @@ import type { BatchRecord, FolderOutcome } from "./batches.ts";
 import type { OwedMarker } from "./owed.ts";
 import type { ScanDecision } from "./scan.ts";
 
+/** The tracked folders by state ({@linkcode RunRecorder.folderCounts}). */
+export interface FolderCounts {
+  /** Folders whose last upload failed. */
+  failed: number;
+  /** Failed folders that used up their retries. */
+  exhausted: number;
+  /** Folders waiting to be uploaded. */
+  pending: number;
+  /** Folders still being written. */
+  settling: number;
+  /** Markers owed to folders that could not be written. */
+  markersOwed: number;
+}
+
 /**
  * What the engine (lib/engine), the planner (lib/plan/planner.ts) and the committer
  * (lib/commit/committer.ts) record in, and read from, the tracker during a run. `Tracker`
@@ -56,6 +70,8 @@ export interface RunRecorder {
   knownBases(): string[];
   /** Failed folders that used up their retries. */
   countExhausted(maxRetries: number): number;
+  /** The tracked folders by state, for the device's health record; null: nothing tracked. */
+  folderCounts(maxRetries: number): FolderCounts | null;
 
   // Markers owed (lib/engine/run.ts).
   /** Remembers markers that could not be written. */
@@ -181,6 +197,10 @@ export class NoTracker implements RunRecorder {
     return [];
   }
   /** No folder has failed before. */
+  folderCounts(_maxRetries: number): FolderCounts | null {
+    return null;
+  }
+  /** Nothing failed: 0. */
   countExhausted(_maxRetries: number): number {
     return 0;
   }

@@ -44,7 +44,7 @@ import * as remote from "./remote.ts";
 import * as meta from "./meta.ts";
 import * as owed from "./owed.ts";
 import type { OwedMarker } from "./owed.ts";
-import type { RunRecorder } from "./recorder.ts";
+import type { FolderCounts, RunRecorder } from "./recorder.ts";
 
 export type { FailureEntry, StatusOptions, StatusReport } from "./status.ts";
 export { SCHEMA_VERSION } from "./migrations.ts";
@@ -447,6 +447,18 @@ export class Tracker implements RunRecorder {
   /** The base folders tracked folders were found under, deepest first. */
   knownBases(): string[] {
     return passes.knownBases(this.#db);
+  }
+
+  /** The tracked folders by state, for the device's health record. */
+  folderCounts(maxRetries: number): FolderCounts {
+    const status = this.status({ limit: 0, batches: 0, maxRetries });
+    return {
+      failed: status.byStatus.failed ?? 0,
+      exhausted: status.exhaustedTotal,
+      pending: status.byStatus.pending ?? 0,
+      settling: status.settling,
+      markersOwed: status.markersOwedTotal,
+    };
   }
 
   /** The report behind `--status` (see lib/tracker/status.ts). */

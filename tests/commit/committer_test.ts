@@ -14,12 +14,13 @@ import { Committer } from "../../lib/commit/committer.ts";
 import { UploadError } from "../../lib/core/errors.ts";
 import { type EngineEvent, newCounters } from "../../lib/core/events.ts";
 import { Run } from "../../lib/engine/run.ts";
+import { settingsOf } from "../../lib/engine/options.ts";
 import { ObjectStore } from "../../lib/objects/storage.ts";
 import type { PlannedBatch, PlannedItem } from "../../lib/plan/planner.ts";
 import { buildRow } from "../../lib/plan/row.ts";
 import type { OpenedSink, RowSink, SinkItem, WriteResult } from "../../lib/sink/sink.ts";
 import { snapshotFolder } from "../../lib/source/snapshot.ts";
-import type { Tracker } from "../../lib/tracker/tracker.ts";
+import type { RunRecorder } from "../../lib/tracker/recorder.ts";
 
 const DEVICE = { id: "6f1c2b8e-2f7c-4a55-9a53-0d6f0c1c9e1a", name: "pi", type: "t" };
 
@@ -118,8 +119,14 @@ class FakeSink implements RowSink {
 }
 
 type TrackerCalls = Pick<
-  Tracker,
-  "startRun" | "startBatch" | "recordBatch" | "abandonBatch" | "objectStored" | "recordObjects"
+  RunRecorder,
+  | "recording"
+  | "startRun"
+  | "startBatch"
+  | "recordBatch"
+  | "abandonBatch"
+  | "objectStored"
+  | "recordObjects"
 >;
 
 /** A tracker that records which of its methods the committer called, with what. */
@@ -129,6 +136,7 @@ function recordingTracker() {
     calls.push({ method, args });
   };
   const stub: TrackerCalls = {
+    recording: true,
     startRun: (...args) => (calls.push({ method: "startRun", args }), 1),
     startBatch: log("startBatch"),
     recordBatch: log("recordBatch"),
@@ -137,7 +145,7 @@ function recordingTracker() {
     recordObjects: log("recordObjects"),
   };
   const methods = () => calls.map((c) => c.method);
-  return { tracker: stub as unknown as Tracker, calls, methods };
+  return { tracker: stub as unknown as RunRecorder, calls, methods };
 }
 
 /** `count` unit folders under a temp directory: stats.json and one image each. */
@@ -195,7 +203,7 @@ function setup(options: Setup = {}) {
   const config = { ...DEFAULT_CONFIG, ...options.config };
   const events: EngineEvent[] = [];
   const { tracker, calls, methods } = recordingTracker();
-  const run = new Run({
+  const run = new Run(settingsOf({
     config,
     mode: "upload",
     tracker,
@@ -204,7 +212,7 @@ function setup(options: Setup = {}) {
     markers: options.markers ?? false,
     counters: newCounters(),
     onEvent: (e) => events.push(e),
-  });
+  }));
   const sink = options.sink ?? new FakeSink();
   const committer = new Committer(run, { sink, budgetBytes: options.budgetBytes });
   return { config, run, sink, committer, events, calls, methods };

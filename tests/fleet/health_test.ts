@@ -26,7 +26,7 @@ import {
 import { buildSchemaStatements, printSchemaSql } from "../../lib/sink/postgres/schema.ts";
 import { Tracker } from "../../lib/tracker/tracker.ts";
 import { TOOL_VERSION } from "../../lib/core/version.ts";
-import { runWatch } from "../../lib/source/watch.ts";
+import { runWatch } from "../../lib/engine/watch.ts";
 import { hasPgbouncer, startPgbouncer } from "../../support/pgbouncer.ts";
 import { hasPostgres, type PgServer, startPostgres } from "../../support/postgres.ts";
 import { generateTree, writeTree } from "../../support/tree.ts";

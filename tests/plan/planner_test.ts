@@ -11,6 +11,7 @@ import { join } from "node:path";
 import { DEFAULT_CONFIG, type UploaderConfig } from "../../config.ts";
 import { type EngineEvent, newCounters, type RunMode } from "../../lib/core/events.ts";
 import { Run } from "../../lib/engine/run.ts";
+import { settingsOf } from "../../lib/engine/options.ts";
 import { type PlannedBatch, Planner, SettleQueue } from "../../lib/plan/planner.ts";
 import { snapshotFolder } from "../../lib/source/snapshot.ts";
 import type { SourceItem } from "../../lib/source/sources.ts";
@@ -23,7 +24,7 @@ const OLD = NOW - 3_600_000;
 function planner(config: Partial<UploaderConfig> = {}, mode: RunMode = "upload") {
   const batches: PlannedBatch[] = [];
   const events: EngineEvent[] = [];
-  const run = new Run({
+  const run = new Run(settingsOf({
     config: { ...DEFAULT_CONFIG, ...config },
     mode,
     tracker: null,
@@ -33,7 +34,7 @@ function planner(config: Partial<UploaderConfig> = {}, mode: RunMode = "upload")
     counters: newCounters(),
     onEvent: (e) => events.push(e),
     now: () => NOW,
-  });
+  }));
   const settle = new SettleQueue();
   const sink = mode === "dry-run" ? null : (batch: PlannedBatch) => {
     batches.push(batch);

@@ -7,8 +7,8 @@
 
 import assert from "node:assert/strict";
 import { rowToJson } from "../../../lib/sink/payload.ts";
-import type { UploadRow } from "../../../lib/sink/columns.ts";
-import type { SinkContext, SinkEvent, SinkItem } from "../../../lib/sink/sink.ts";
+import { items, keysOf } from "../../../support/rows.ts";
+import type { SinkContext, SinkEvent } from "../../../lib/sink/sink.ts";
 import { postgresSink } from "../../../lib/sink/postgres/sink.ts";
 import type { PsqlConnection } from "../../../lib/sink/postgres/psql.ts";
 import type { Connector } from "../../../lib/target/connect.ts";
@@ -29,30 +29,6 @@ const CONFIG = {
   giveUpAfterSeconds: 30,
   connectTimeoutSeconds: 10,
 };
-
-function row(key: string, extra: Partial<UploadRow> = {}): UploadRow {
-  return {
-    folder_key: key,
-    folder_name: key.split("/").pop()!,
-    images: [],
-    test_results: { key },
-    test_status: "failed",
-    test_date: null,
-    metadata: { content_hash: `hash-${key}` },
-    ...extra,
-  };
-}
-
-function items(keys: string[]): SinkItem[] {
-  return keys.map((key) => {
-    const r = row(key);
-    return { path: `/data/${key}`, row: r, json: rowToJson(r) };
-  });
-}
-
-function keysOf(n: number, prefix = "f"): string[] {
-  return Array.from({ length: n }, (_, i) => `${prefix}${String(i).padStart(4, "0")}`);
-}
 
 function connector(pg: PgServer): Connector {
   const connection: PsqlConnection = {

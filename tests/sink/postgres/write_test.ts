@@ -14,11 +14,10 @@
  */
 
 import assert from "node:assert/strict";
+import { rowToJson } from "../../../lib/sink/payload.ts";
 import { exitCodeFor, UploadError } from "../../../lib/core/errors.ts";
 import { FailureClock, type RetryNotice } from "../../../lib/core/retry.ts";
-import { rowToJson } from "../../../lib/sink/payload.ts";
-import type { UploadRow } from "../../../lib/sink/columns.ts";
-import type { SinkItem } from "../../../lib/sink/sink.ts";
+import { items, keysOf, row } from "../../../support/rows.ts";
 import { SessionPool, type StatementRunner } from "../../../lib/sink/postgres/pool.ts";
 import { prepareTarget } from "../../../lib/sink/postgres/prepare.ts";
 import type { StatementReply } from "../../../lib/sink/postgres/psql.ts";
@@ -29,30 +28,6 @@ import {
   WriteState,
 } from "../../../lib/sink/postgres/write.ts";
 const DEVICE = { id: "0f0e0d0c-0b0a-4909-8807-060504030201", name: "writer-test", type: "t" };
-
-function row(key: string, extra: Partial<UploadRow> = {}): UploadRow {
-  return {
-    folder_key: key,
-    folder_name: key.split("/").pop()!,
-    images: [],
-    test_results: { key },
-    test_status: "failed",
-    test_date: null,
-    metadata: { content_hash: `hash-${key}` },
-    ...extra,
-  };
-}
-
-function items(keys: string[]): SinkItem[] {
-  return keys.map((key) => {
-    const r = row(key);
-    return { path: `/data/${key}`, row: r, json: rowToJson(r) };
-  });
-}
-
-function keysOf(n: number, prefix = "f"): string[] {
-  return Array.from({ length: n }, (_, i) => `${prefix}${String(i).padStart(4, "0")}`);
-}
 
 /** The folder_keys inside an upsert statement's JSON payload (reads sqlLiteral's quoting). */
 function payloadKeys(sql: string): string[] {
