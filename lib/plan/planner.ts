@@ -440,6 +440,10 @@ export class Planner {
       key: snap.key,
       images: snap.files.filter((f) => isImageName(f.name, config.imageExtensions)).length,
       stats: snap.files.some((f) => f.name === config.statsFileName),
+      reports: snap.files.filter((f) =>
+        !isImageName(f.name, config.imageExtensions) &&
+        isImageName(f.name, config.reportExtensions)
+      ).length,
     });
   }
 

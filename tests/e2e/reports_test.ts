@@ -34,6 +34,7 @@ import {
 } from "../../support/upstream.ts";
 import { storeFromEnv } from "../../lib/objects/storage.ts";
 import { deviceRuns, simulateDevice } from "../../support/device.ts";
+import { REPO_ROOT, runUploadCli } from "../../support/cli.ts";
 import {
   delay,
   describeExit,
@@ -227,6 +228,23 @@ Deno.test({
         const tree = writeUpstreamTree(data, { markers: false });
         const db = join(dir, "t.db");
         const env = { SUPABASE_DB_URL: pg.url, DEVICE_ID: DEVICE, TZ: "UTC" };
+        // A quick upload of the archive alone names it in its events like any folder.
+        const archivePath = join(data, tree.archive.name);
+        const quick = await runUploadCli(
+          [archivePath, "--base", data, "--db-path", join(dir, "none.db"), "--json"],
+          { script: join(REPO_ROOT, "scripts", "quick_upload.ts"), env },
+        );
+        assert.equal(quick.code, 0, `${quick.stdout}\n${quick.stderr}`);
+        const events = quick.stdout.trim().split("\n").map((l) => JSON.parse(l));
+        const found = events.find((e) => e.event === "folder_found");
+        assert.deepEqual(
+          [found?.key, found?.images, found?.stats, found?.reports],
+          [tree.archive.name, 0, false, 9],
+        );
+        assert.ok(
+          events.some((e) => e.event === "folder_uploaded" && e.key === tree.archive.name),
+          quick.stdout,
+        );
         const run = await runUploader([data, "--db-path", db, "--min-age", "0"], { env });
         assert.equal(run.code, 0, describeExit(run));
         assert.equal(summary(run).uploaded, 34, describeExit(run));
