@@ -406,6 +406,29 @@ Deno.test({
         assert.equal(table.size, 3);
         const third = await runUploader(args, { env });
         assert.equal(summary(third).uploaded, 0, "nothing left to send");
+
+        // A folder named to quick upload that is still without its report fails, saying so.
+        writeTree(data, { "Named/2025-06-02 19:00:00.jpg": { bytes: 100, mtime: Date.now() } });
+        const quick = await runUploadCli(
+          [
+            join(data, "Named"),
+            "--base",
+            data,
+            "--min-age",
+            "1",
+            "--ready-when",
+            "*.pdf",
+            "--json",
+          ],
+          { script: join(REPO_ROOT, "scripts", "quick_upload.ts"), env },
+        );
+        assert.equal(quick.code, 1, `${quick.stdout}\n${quick.stderr}`);
+        const failed = quick.stdout.trim().split("\n").map((l) => JSON.parse(l))
+          .find((e) => e.event === "folder_failed");
+        assert.match(
+          String(failed?.error),
+          /^Not complete yet: it holds no file matching --ready-when "\*\.pdf" and changed less than 300 s ago/,
+        );
       });
     } finally {
       await pg.close();
