@@ -414,6 +414,8 @@ Deno.test({
             join(data, "Named"),
             "--base",
             data,
+            "--db-path",
+            join(dir, "none.db"),
             "--min-age",
             "1",
             "--ready-when",
