@@ -1,8 +1,9 @@
 /**
  * The planner: what the sources found -> what to send. It diffs folders against the
- * tracker, holds back folders still being written (the settle queue), builds their rows,
- * and packs rows into batches bounded by count and by exact statement bytes. Batches go
- * to a sink (the committer); a dry run only counts them.
+ * tracker, holds back folders still being written or, with `--ready-when`, not complete yet
+ * (the settle queue, settle.ts; the readiness glob, ready.ts), builds their rows, and packs
+ * rows into batches bounded by count and by exact statement bytes. Batches go to a sink
+ * (the committer); a dry run only counts them.
  *
  * @module
  */
@@ -15,11 +16,11 @@ import type { FolderSnapshot } from "../source/snapshot.ts";
 import type { Run } from "../engine/run.ts";
 import { compileReadyGlob, isReady, type NameMatcher } from "./ready.ts";
 import type { SettleQueue, SettlingFolder } from "./settle.ts";
-
-export { SettleQueue, type SettlingFolder } from "./settle.ts";
 import type { ScanDecision } from "../tracker/tracker.ts";
 import type { SourceItem } from "../source/sources.ts";
 import type { SinkItem } from "../sink/sink.ts";
+
+export { SettleQueue, type SettlingFolder } from "./settle.ts";
 
 /** A folder ready to send: its row, and what the commit needs to record it. */
 export interface PlannedItem extends SinkItem {
