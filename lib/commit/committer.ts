@@ -15,7 +15,7 @@ import { sleep } from "../core/retry.ts";
 import type { PlannedBatch, PlannedItem } from "../plan/planner.ts";
 import { messageOf } from "../core/errors.ts";
 import { actionFor } from "../core/policy.ts";
-import { putFolderObjects } from "../objects/storage.ts";
+import { objectsDestination, putFolderObjects } from "../objects/storage.ts";
 import type { ItemOutcome, RowSink, WriteResult } from "../sink/sink.ts";
 
 /** Settings of a {@linkcode Committer}. */
@@ -256,7 +256,7 @@ export class Committer {
         fingerprint: o.item.snapshot.fingerprint,
         contentHash: o.item.contentHash,
         objectsDest: run.objects && o.item.row.image_objects
-          ? run.objects.store.display
+          ? objectsDestination(run.objects.store.display, run.config.reportExtensions)
           : undefined,
         ok: o.ok,
         error: o.error,

@@ -146,6 +146,24 @@ export function planFolderObjects(
   return { objects, bytes: objects.reduce((sum, o) => sum + o.size, 0) };
 }
 
+/**
+ * What the tracker records as where a folder's objects went: the store (its `display`),
+ * and, when reports are stored too, their extensions. A folder recorded before reports
+ * were stored (or under other extensions) then differs, so it is read again and its
+ * reports go up; its images, recorded as stored, are not put again.
+ *
+ * @example
+ * ```ts
+ * objectsDestination("s3://lab/raw at https://x", [".pdf"]); // "s3://lab/raw at https://x; reports .pdf"
+ * objectsDestination("s3://lab/raw at https://x", []); // "s3://lab/raw at https://x"
+ * ```
+ */
+export function objectsDestination(display: string, reportExtensions: readonly string[]): string {
+  return reportExtensions.length === 0
+    ? display
+    : `${display}; reports ${reportExtensions.join(" ")}`;
+}
+
 /** How bad an error is for a folder's outcome: the worst one is thrown. */
 const SEVERITY: Partial<Record<ErrorKind, number>> = {
   interrupted: 5,

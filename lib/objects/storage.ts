@@ -59,6 +59,7 @@ export {
   type FolderObjects,
   isSameObject,
   type ObjectKind,
+  objectsDestination,
   planFolderObjects,
   putFolderObjects,
   type PutFolderOptions,

@@ -11,7 +11,11 @@
 import { messageOf } from "../core/errors.ts";
 import { buildRow } from "./row.ts";
 import { isImageName } from "../source/snapshot.ts";
-import { type FolderObjectPlan, planFolderObjects } from "../objects/storage.ts";
+import {
+  type FolderObjectPlan,
+  objectsDestination,
+  planFolderObjects,
+} from "../objects/storage.ts";
 import type { FolderSnapshot } from "../source/snapshot.ts";
 import type { Run } from "../engine/run.ts";
 import { compileReadyGlob, isReady, type NameMatcher } from "./ready.ts";
@@ -291,7 +295,9 @@ export class Planner {
     const run = this.#run;
     const snap = d.snapshot;
     const stored = [...run.config.imageExtensions, ...run.config.reportExtensions];
-    const needsObjects = run.objects !== null && d.objectsDest !== run.objects.store.display &&
+    const needsObjects = run.objects !== null &&
+      d.objectsDest !==
+        objectsDestination(run.objects.store.display, run.config.reportExtensions) &&
       snap.files.some((f) => isImageName(f.name, stored));
     if (!(d.upload || source.force || needsObjects) || !run.traits.reads) return false;
     if (!source.force && run.sending.get(snap.path) === snap.fingerprint) return false;

@@ -21,6 +21,7 @@
 
 import assert from "node:assert/strict";
 import { join } from "node:path";
+import { DatabaseSync } from "node:sqlite";
 import { hasPostgres, type PgServer, startPostgres } from "../../support/postgres.ts";
 import { type S3Server, startS3Server } from "../../support/s3.ts";
 import { writeTree } from "../../support/tree.ts";
@@ -202,6 +203,28 @@ Deno.test({
       assert.equal(summary(third).objects, 1);
       assert.deepEqual(await store.get(pdfKey), changed);
       assert.equal((await rows(pg)).get("Batch 1")!.pdf_url, b1.pdf_url);
+
+      // A tracker and table as a version that stored only images left them: the reports of
+      // folders already uploaded go up on the next run, the images are not put again.
+      const tracker = new DatabaseSync(db);
+      try {
+        tracker.prepare("UPDATE folder_status SET objects_dest = ? WHERE objects_dest IS NOT NULL")
+          .run(store.display);
+        tracker.exec("DELETE FROM objects WHERE lower(name) LIKE '%.pdf'");
+      } finally {
+        tracker.close();
+      }
+      await pg.psql(
+        "update device_test set pdf_url = null, " +
+          "metadata = (metadata - 'report_urls') || '{\"content_hash\": \"old\"}'",
+      );
+      const upgraded = await runUploader([...args, "--objects-to", "s3://images/raw"], { env });
+      assert.equal(upgraded.code, 0, describeExit(upgraded));
+      assert.equal(summary(upgraded).objects, 6, "the six reports");
+      assert.equal(summary(upgraded).objects_skipped, 3, "the three images, known stored");
+      const relinked = await rows(pg);
+      assert.equal(relinked.get("Batch 1")!.pdf_url, b1.pdf_url);
+      assert.equal(relinked.get("Archive")!.pdf_url, archive.pdf_url);
 
       // Both names with different values: a usage error that costs nothing.
       const both = await runUploader(

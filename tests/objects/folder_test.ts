@@ -5,7 +5,7 @@
 
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
-import { isSameObject, planFolderObjects } from "../../lib/objects/folder.ts";
+import { isSameObject, objectsDestination, planFolderObjects } from "../../lib/objects/folder.ts";
 
 const ENCODER = new TextEncoder();
 
@@ -58,4 +58,14 @@ Deno.test("planFolderObjects: the images (any case), then the reports, and the b
     "r.PDF",
     "report",
   ]]);
+});
+
+Deno.test("objectsDestination: the store, and the report extensions when reports are stored", () => {
+  const display = "s3://lab/raw at https://x.supabase.co/storage/v1/s3";
+  assert.equal(objectsDestination(display, []), display, "images only: as recorded before");
+  assert.equal(objectsDestination(display, [".pdf"]), `${display}; reports .pdf`);
+  assert.notEqual(
+    objectsDestination(display, [".pdf"]),
+    objectsDestination(display, [".pdf", ".html"]),
+  );
 });
