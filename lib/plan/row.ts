@@ -232,7 +232,10 @@ export function buildRow(
   for (const f of files) content.update(`${f.name}\0${f.size}\n`);
   if (options.imageObjects) content.update(`objects\0${options.imageObjects.join("\0")}`);
   if (options.imageUrls) content.update(`\0image urls\0${options.imageUrls.join("\0")}`);
-  if (options.reportUrls) content.update(`\0report urls\0${options.reportUrls.join("\0")}`);
+  // No report, no change: a row stored before reports were has the same content then.
+  if (options.reportUrls && options.reportUrls.length > 0) {
+    content.update(`\0report urls\0${options.reportUrls.join("\0")}`);
+  }
   if (options.incomplete) content.update("\0incomplete");
   const totalBytes = files.reduce((sum, f) => sum + f.size, 0);
   const testStatus = options.incomplete

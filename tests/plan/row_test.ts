@@ -387,3 +387,16 @@ Deno.test("buildRow: incomplete (--ready-timeout passed) is the status and what 
   assert.equal(row.metadata.computed_test_status, "incomplete");
   assert.notEqual(row.metadata.content_hash, complete.metadata.content_hash);
 });
+
+Deno.test("buildRow: with a store, a folder without a report has the content hash it had before reports were stored", () => {
+  using dir = tempDir();
+  const path = join(dir.path, "Run");
+  writeTree(path, { "a.jpg": { bytes: 3, mtime: T1 } });
+  const before = buildRow(snap(path), DEFAULT_CONFIG, NOW, { imageObjects: ["k/a.jpg"] }).row;
+  const now = buildRow(snap(path), DEFAULT_CONFIG, NOW, {
+    imageObjects: ["k/a.jpg"],
+    reportUrls: [],
+  }).row;
+  assert.equal(now.metadata.content_hash, before.metadata.content_hash);
+  assert.equal(now.pdf_url, null);
+});
