@@ -58,9 +58,11 @@ export { TOOL_VERSION } from "./lib/core/version.ts";
 export {
   DEFAULT_CONFIG,
   defaultTestStatus,
+  type ImagesAs,
   type StatusInput,
   type TestStatus,
   type UploaderConfig,
+  type UrlForm,
 } from "./config.ts";
 export {
   type FailureEntry,
@@ -74,6 +76,7 @@ export { type Connector, connectorFor } from "./lib/target/connect.ts";
 export {
   ObjectStore,
   type ObjectStoreOptions,
+  type ObjectUrlForm,
   type RetryEvent,
   storeFromEnv,
 } from "./lib/objects/storage.ts";

@@ -189,7 +189,8 @@ export interface GenerateOptions {
   mtime?: number;
   /**
    * Every `nonUnitEvery`-th folder (`i % nonUnitEvery === nonUnitEvery - 1`) is not an
-   * upload unit: it holds only a PDF, only a `notes.txt`, or nothing, in turn. `0` for none.
+   * upload unit: it holds only a CSV export, only a `notes.txt`, or nothing, in turn (a
+   * folder holding only a PDF report is a unit, config `reportOnlyUnits`). `0` for none.
    * Default `10`.
    */
   nonUnitEvery?: number;
@@ -211,7 +212,7 @@ export interface GeneratedTree {
   withStats: number;
   /** Images written, over all units. */
   images: number;
-  /** PDFs written, in units and non-units. */
+  /** PDFs written (in units). */
   pdfs: number;
   /** Units by the test status the default rule of config.ts gives them. */
   testStatus: { passed: number; failed: number; pending: number };
@@ -351,8 +352,7 @@ export function generateTree(root: string, options: GenerateOptions): GeneratedT
     if (shape.isNonUnit(i)) {
       const kind = Math.floor(i / nonUnitEvery) % 3;
       if (kind === 0) {
-        writeAt(join(dir, `${stamp(t).slice(0, 16)}.pdf`), PDF_BYTES, t);
-        out.pdfs++;
+        writeAt(join(dir, `${stamp(t).slice(0, 16)}.csv`), NOTES_BYTES, t);
       } else if (kind === 1) {
         writeAt(join(dir, "notes.txt"), NOTES_BYTES, t);
       }

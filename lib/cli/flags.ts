@@ -13,7 +13,7 @@ import type { UploaderConfig } from "../../config.ts";
 export type CommandName = "upload" | "quick" | "fleet" | "sql";
 
 /** What a flag's value is. */
-export type FlagKind = "boolean" | "integer" | "number" | "text" | "path";
+export type FlagKind = "boolean" | "integer" | "number" | "text" | "path" | "choice";
 
 /** One flag. */
 export interface FlagSpec {
@@ -21,6 +21,10 @@ export interface FlagSpec {
   readonly name: string;
   /** A one-letter alias (`-q`). */
   readonly short?: string;
+  /** Other long names that mean the same flag (an older name kept working). */
+  readonly aliases?: readonly string[];
+  /** The values a `choice` flag takes. */
+  readonly choices?: readonly string[];
   /** The commands that take it. */
   readonly commands: readonly CommandName[];
   /** A mode of the command (modes exclude each other) or an option. */
@@ -293,6 +297,30 @@ export const FLAGS: readonly FlagSpec[] = [
     help: "do not write success.json / failed.json into folders",
   },
   {
+    name: "ready-when",
+    commands: BOTH,
+    section: "option",
+    kind: "text",
+    value: "GLOB",
+    config: "readyWhen",
+    emptyHint: "Give a file-name pattern such as '*.pdf', or leave the flag out",
+    shows: (c) => c.readyWhen === "" ? "off" : c.readyWhen,
+    help: "a folder is complete once it holds a file matching GLOB (any case; e.g. '*.pdf', the " +
+      "report the device writes last): until then it is held back, then sent once settled",
+  },
+  {
+    name: "ready-timeout",
+    commands: BOTH,
+    section: "option",
+    kind: "number",
+    value: "S",
+    min: 0,
+    config: "readyTimeoutSeconds",
+    shows: (c) => String(c.readyTimeoutSeconds),
+    help: "with --ready-when: a folder still without its file this many seconds after its last " +
+      "change is sent as it is, with test_status incomplete, and sent again once complete",
+  },
+  {
     name: "rescan-every",
     commands: UPLOAD,
     section: "option",
@@ -306,7 +334,9 @@ export const FLAGS: readonly FlagSpec[] = [
     help: "with --watch: seconds between full rescans",
   },
   {
-    name: "images-to",
+    name: "objects-to",
+    aliases: ["images-to"],
+    key: "imagesTo",
     commands: BOTH,
     section: "option",
     kind: "text",
@@ -315,13 +345,41 @@ export const FLAGS: readonly FlagSpec[] = [
     emptyHint: "Give the bucket and prefix as s3://BUCKET/PREFIX",
     shows: () => "$UPLOAD_IMAGES_TO, else off",
     help: {
-      upload: "also store every image in S3-compatible object storage (Supabase Storage's S3 " +
-        "endpoint, MinIO, AWS), at URL s3://BUCKET/PREFIX, before the folder's row, which " +
-        "records the object keys (credentials: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, " +
-        "AWS_REGION, AWS_ENDPOINT_URL)",
-      quick: "also store the images in S3-compatible object storage at s3://BUCKET/PREFIX, as " +
-        "'deno task upload' does",
+      upload: "also store every image and report (PDF) in S3-compatible object storage " +
+        "(Supabase Storage's S3 endpoint, MinIO, AWS), at URL s3://BUCKET/PREFIX, under " +
+        "PREFIX/<device_id>/<folder>/<file>, before the folder's row, which records the " +
+        "images' keys (image_objects) and the report's URL (pdf_url); --images-to is an alias " +
+        "(credentials: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION, AWS_ENDPOINT_URL)",
+      quick: "also store the images and reports in S3-compatible object storage at " +
+        "s3://BUCKET/PREFIX, as 'deno task upload' does; --images-to is an alias",
     },
+  },
+  {
+    name: "images-as",
+    commands: BOTH,
+    section: "option",
+    kind: "choice",
+    choices: ["names", "urls"],
+    value: "AS",
+    config: "imagesAs",
+    shows: (c) => c.imagesAs,
+    help:
+      "what a row's images holds: names, the file names; urls, the stored objects' URLs in the " +
+      "--url-form (as the authors' REST uploader wrote them); image_objects holds the keys " +
+      "either way",
+  },
+  {
+    name: "url-form",
+    commands: BOTH,
+    section: "option",
+    kind: "choice",
+    choices: ["public", "key"],
+    value: "FORM",
+    config: "urlForm",
+    shows: (c) => c.urlForm,
+    help: "how pdf_url (and images with --images-as urls) name a stored object: public, its " +
+      "public URL (Supabase: <project>/storage/v1/object/public/<bucket>/<key>; another " +
+      "store: <endpoint>/<bucket>/<key>); key, the object key alone, for private buckets",
   },
   {
     name: "images-parallel",

@@ -80,10 +80,10 @@ Usage: deno task upload <base_path> [options]
        deno task upload --status [--db-path PATH] [--json]
        deno task upload --print-schema [--role NAME] [--isolate-devices]
 
-Walks <base_path>, finds every folder that directly holds an image or ${config.statsFileName},
-records it in a local tracking database, and uploads new or changed folders in batches
-through psql. Unchanged folders are not read again; a re-run after an interruption
-resumes where the last one stopped.
+Walks <base_path>, finds every folder that directly holds an image, ${config.statsFileName} or a
+report (a PDF), records it in a local tracking database, and uploads new or changed
+folders in batches through psql. Unchanged folders are not read again; a re-run after an
+interruption resumes where the last one stopped.
 
 ${sections("upload", config, "  (default)            scan, then upload new and changed folders\n")}
 
@@ -98,7 +98,7 @@ Environment:
                                   name or type: those the server holds for the device)
   ${envDefaults("upload")}   defaults for the flags
   UPLOAD_IMAGES_TO, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION, AWS_ENDPOINT_URL
-                                  object storage for --images-to
+                                  object storage for --objects-to
   Precedence: flag, then environment, then config.ts.
 
 Exit codes:
@@ -124,13 +124,13 @@ export function quickHelp(config: UploaderConfig = DEFAULT_CONFIG): string {
 Usage: deno task quick <folder>... [options]
        <command printing folder paths> | deno task quick - [options]
 
-Uploads each named folder (one that directly holds an image or ${config.statsFileName}) as one
-row, through the same write path, target and tracking database as 'deno task upload'.
-With '-' as the only folder, paths are read from stdin, one per line, and uploaded as
-they arrive. A folder given twice is uploaded once; a path that is missing, not a
-directory or not an upload unit fails alone. When the tracking database exists, each
-folder is recorded in it, so 'deno task upload' does not send it again; when it does
-not exist, it is not created.
+Uploads each named folder (one that directly holds an image, ${config.statsFileName} or a
+report) as one row, through the same write path, target and tracking database as
+'deno task upload'. With '-' as the only folder, paths are read from stdin, one per
+line, and uploaded as they arrive. A folder given twice is uploaded once; a path that
+is missing, not a directory or not an upload unit fails alone. When the tracking
+database exists, each folder is recorded in it, so 'deno task upload' does not send it
+again; when it does not exist, it is not created.
 
 ${sections("quick", config)}
 

@@ -12,6 +12,7 @@ import { parseArgs, type ParseArgsConfig } from "node:util";
 import { DEFAULT_CONFIG, type UploaderConfig } from "../../config.ts";
 import { UploadError } from "../core/errors.ts";
 import { parseImagesTo } from "../objects/storage.ts";
+import { compileReadyGlob } from "../plan/ready.ts";
 import { type CommandName, flagsOf, type FlagSpec, keyOf } from "./flags.ts";
 
 /** The environment, as the scripts read it. */
@@ -106,9 +107,9 @@ export function parseFlags<T extends NonNullable<ParseArgsConfig["options"]>>(
 function argsConfig(flags: readonly FlagSpec[]): NonNullable<ParseArgsConfig["options"]> {
   const options: NonNullable<ParseArgsConfig["options"]> = {};
   for (const f of flags) {
-    options[f.name] = f.short
-      ? { type: f.kind === "boolean" ? "boolean" : "string", short: f.short }
-      : { type: f.kind === "boolean" ? "boolean" : "string" };
+    const type = f.kind === "boolean" ? "boolean" : "string";
+    options[f.name] = f.short ? { type, short: f.short } : { type };
+    for (const alias of f.aliases ?? []) options[alias] = { type };
   }
   return options;
 }
@@ -126,6 +127,11 @@ function rangeOf(flag: FlagSpec): { min: number; max?: number; integer: boolean 
 function fromEnv(flag: FlagSpec, env: Env): FlagValue {
   const text = flag.env ? env[flag.env] : undefined;
   if (text === undefined || text === "") return undefined;
+  if (flag.kind === "choice" && !flag.choices!.includes(text)) {
+    throw new UploadError("config", `Invalid environment variable ${flag.env}="${text}"`, {
+      hint: `${flag.env} takes ${flag.choices!.join(" or ")}`,
+    });
+  }
   if (flag.kind !== "integer" && flag.kind !== "number") return text;
   try {
     return parseNumber(flag.env!, text, rangeOf(flag));
@@ -144,7 +150,37 @@ function fromFlag(flag: FlagSpec, raw: string | boolean, env: Env): FlagValue {
     return parseNumber(`--${flag.name}`, text, rangeOf(flag));
   }
   if (text === "") usage(`Empty value for --${flag.name}`, flag.emptyHint ?? "Give it a value");
+  if (flag.kind === "choice" && !flag.choices!.includes(text)) {
+    usage(
+      `Invalid value for --${flag.name}: "${text}"`,
+      `--${flag.name} takes ${flag.choices!.join(" or ")}`,
+    );
+  }
   return flag.kind === "path" ? fromCaller(text, env) : text;
+}
+
+/**
+ * A flag's raw value under its name or one of its aliases (the names given, in `given`).
+ *
+ * @throws {UploadError} `usage` when the name and an alias give different values.
+ */
+function rawOf(
+  flag: FlagSpec,
+  raw: Record<string, string | boolean | (string | boolean)[] | undefined>,
+): string | boolean | undefined {
+  let found: { name: string; value: string | boolean } | undefined;
+  for (const name of [flag.name, ...(flag.aliases ?? [])]) {
+    const value = raw[name] as string | boolean | undefined;
+    if (value === undefined || value === false) continue;
+    if (found !== undefined && found.value !== value) {
+      usage(
+        `--${found.name} and --${name} give different values`,
+        `--${name} is another name of --${flag.name}: give one of them`,
+      );
+    }
+    found ??= { name, value };
+  }
+  return found?.value ?? raw[flag.name] as string | boolean | undefined;
 }
 
 const UUID_PATTERN = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
@@ -198,7 +234,7 @@ export function parseCommandLine(
   const values: Record<string, FlagValue> = {};
   const given = new Set<string>();
   for (const flag of flags) {
-    const r = raw[flag.name];
+    const r = rawOf(flag, raw);
     const isGiven = r !== undefined && r !== false;
     if (isGiven) given.add(flag.name);
     const value = isGiven ? fromFlag(flag, r as string | boolean, env) : undefined;
@@ -221,5 +257,35 @@ export function parseCommandLine(
   }
   config.dbPath = fromCaller(config.dbPath, env);
   if (typeof values.imagesTo === "string") parseImagesTo(values.imagesTo); // a usage error now
+  checkObjectSettings(values, config, given);
   return { values, config, positionals, given };
+}
+
+/**
+ * Checks the settings that involve several flags: `--images-as urls` needs a store
+ * (`--objects-to` or `$UPLOAD_IMAGES_TO`), `--ready-timeout` a readiness rule, and the
+ * readiness glob must compile.
+ *
+ * @throws {UploadError} `usage` naming what is missing.
+ */
+function checkObjectSettings(
+  values: Record<string, FlagValue>,
+  config: UploaderConfig,
+  given: ReadonlySet<string>,
+): void {
+  if (given.has("help")) return;
+  const hasStore = typeof values.imagesTo === "string" && values.imagesTo.trim() !== "";
+  if (config.imagesAs === "urls" && !hasStore && "imagesTo" in values) {
+    usage(
+      "--images-as urls needs --objects-to: the images' URLs are those of their stored objects",
+      "Add --objects-to s3://BUCKET/PREFIX (or set UPLOAD_IMAGES_TO)",
+    );
+  }
+  if (given.has("ready-timeout") && config.readyWhen === "") {
+    usage(
+      "--ready-timeout needs --ready-when",
+      "Give the file that marks a folder complete, e.g. --ready-when '*.pdf'",
+    );
+  }
+  if (config.readyWhen !== "") compileReadyGlob(config.readyWhen);
 }

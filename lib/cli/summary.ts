@@ -164,12 +164,12 @@ function markerLines(result: RunResult): string[] {
   return lines;
 }
 
-/** The summary line about images put into object storage, when there were any. */
+/** The summary line about images and reports put into object storage, when there were any. */
 function objectLines(c: RunCounters, dryRun: boolean): string[] {
   if (c.objects + c.objectsSkipped === 0) return [];
   const verb = dryRun ? "Would store" : "Stored";
   return [
-    `${verb} ${plural(c.objects, "image")} (${formatBytes(c.objectBytes)}) in object storage; ` +
+    `${verb} ${plural(c.objects, "file")} (${formatBytes(c.objectBytes)}) in object storage; ` +
     `${c.objectsSkipped} already there`,
   ];
 }

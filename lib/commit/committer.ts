@@ -15,7 +15,7 @@ import { sleep } from "../core/retry.ts";
 import type { PlannedBatch, PlannedItem } from "../plan/planner.ts";
 import { messageOf } from "../core/errors.ts";
 import { actionFor } from "../core/policy.ts";
-import { putFolderObjects } from "../objects/storage.ts";
+import { objectsDestination, putFolderObjects } from "../objects/storage.ts";
 import type { ItemOutcome, RowSink, WriteResult } from "../sink/sink.ts";
 
 /** Settings of a {@linkcode Committer}. */
@@ -119,8 +119,8 @@ export class Committer {
   }
 
   /**
-   * Puts the images of a batch's folders into object storage (`--images-to`), recording
-   * each folder's objects in the tracker as soon as they are stored (a re-run after a crash
+   * Puts the images and reports of a batch's folders into object storage (`--objects-to`),
+   * recording each folder's objects in the tracker as soon as they are stored (a re-run after a crash
    * puts only what is missing). A folder whose image the store refuses fails alone; an
    * unreachable store, refused credentials or an interruption stop the run (thrown).
    */
@@ -134,12 +134,14 @@ export class Committer {
     const failed: ItemOutcome<PlannedItem>[] = [];
     const ready: PlannedItem[] = [];
     const tasks = items.map(async (item) => {
-      if (!item.row.image_objects || item.row.image_objects.length === 0) return item;
+      // Nothing to store: no image, no report.
+      if ((item.row.image_objects?.length ?? 0) === 0 && !item.row.pdf_url) return item;
       const snap = item.snapshot;
       try {
         const done = await putFolderObjects(objects.store, snap, {
           deviceId: objects.deviceId,
           imageExtensions: run.config.imageExtensions,
+          reportExtensions: run.config.reportExtensions,
           // Without a tracker the store itself is asked (HEAD) whether an image is there.
           isStored: run.records
             ? (name, size, md5) =>
@@ -194,7 +196,7 @@ export class Committer {
     }
     let result: WriteResult<PlannedItem>;
     try {
-      // Images first: a row never points at an object that is not there.
+      // Images and reports first: a row never points at an object that is not there.
       const stored = await this.#storeObjects(items);
       result = stored.failed.length === items.length
         ? { outcomes: [], inserted: 0, updated: 0, statements: 0 }
@@ -254,7 +256,7 @@ export class Committer {
         fingerprint: o.item.snapshot.fingerprint,
         contentHash: o.item.contentHash,
         objectsDest: run.objects && o.item.row.image_objects
-          ? run.objects.store.display
+          ? objectsDestination(run.objects.store.display, run.config.reportExtensions)
           : undefined,
         ok: o.ok,
         error: o.error,

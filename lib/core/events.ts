@@ -118,7 +118,15 @@ export type EngineEvent =
   | { event: "folder_start"; path: string }
   | { event: "folder_skipped"; path: string; reason: string }
   /** Folder step: what the folder holds. */
-  | { event: "folder_found"; path: string; key: string; images: number; stats: boolean }
+  | {
+    event: "folder_found";
+    path: string;
+    key: string;
+    images: number;
+    stats: boolean;
+    /** Report files (PDFs) in the folder. */
+    reports: number;
+  }
   /** Folder step: its row is built. */
   | { event: "folder_read"; path: string; key: string; stats: boolean; test_status: string }
   | { event: "folder_failed"; path: string; key: string | null; error: string }

@@ -271,6 +271,7 @@ async function revisit(run: Run, planner: Planner, due: SettlingFolder[]): Promi
     const again = snapshotFolder(f.path, {
       key: f.key,
       imageExtensions: run.config.imageExtensions,
+      reportExtensions: run.config.reportOnlyUnits ? run.config.reportExtensions : [],
       statsFileName: run.config.statsFileName,
       markerNames: markers,
     });

@@ -108,6 +108,7 @@ async function* treeFolders(base: string, walk: WalkConfig): AsyncGenerator<Fold
 export function walkConfig(config: UploaderConfig): WalkConfig {
   return {
     imageExtensions: config.imageExtensions,
+    reportExtensions: config.reportOnlyUnits ? config.reportExtensions : [],
     statsFileName: config.statsFileName,
     markerNames: markerNames(config),
   };

@@ -1,8 +1,8 @@
 /**
- * A folder's images in the object store: which would go up ({@linkcode planFolderObjects},
- * for `--dry-run`) and putting them all before the folder's row is written
- * ({@linkcode putFolderObjects}), in parallel within the store's limits, skipping those
- * already stored.
+ * A folder's images and reports in the object store: which would go up
+ * ({@linkcode planFolderObjects}, for `--dry-run`) and putting them all before the folder's
+ * row is written ({@linkcode putFolderObjects}), in parallel within the store's limits,
+ * skipping those already stored.
  *
  * @module
  */
@@ -42,14 +42,21 @@ export interface PutFolderOptions {
   headBeforePut?: boolean;
   /** Image extensions, lower case with the dot. Default: the config's. */
   imageExtensions?: readonly string[];
+  /** Report extensions, lower case with the dot. Default: the config's (`.pdf`). */
+  reportExtensions?: readonly string[];
   /** Stops the folder's requests; the call then throws kind `interrupted`. */
   signal?: AbortSignal;
 }
 
-/** One image of a folder after {@linkcode putFolderObjects}. */
+/** What a stored file is to its row: an image (`images`) or a report (`pdf_url`). */
+export type ObjectKind = "image" | "report";
+
+/** One image or report of a folder after {@linkcode putFolderObjects}. */
 export interface StoredObject {
   /** The file name. */
   name: string;
+  /** An image or a report. */
+  kind: ObjectKind;
   /** The object key. */
   key: string;
   /** Bytes stored. */
@@ -62,14 +69,17 @@ export interface StoredObject {
 
 /** The outcome of {@linkcode putFolderObjects}. */
 export interface FolderObjects {
-  /** Every image of the folder, in name order. */
+  /** Every image of the folder, in name order, then every report, in name order. */
   objects: StoredObject[];
 }
 
 /** What {@linkcode planFolderObjects} says would be put. */
 export interface FolderObjectPlan {
-  /** Every image of the folder with its key and size, in name order. */
-  objects: { name: string; key: string; size: number }[];
+  /**
+   * Every image of the folder with its key and size, in name order, then every report, in
+   * name order.
+   */
+  objects: { name: string; kind: ObjectKind; key: string; size: number }[];
   /** The sum of their sizes. */
   bytes: number;
 }
@@ -90,14 +100,30 @@ export function isSameObject(head: ObjectHead | null, size: number, md5: string)
   return head.etag.toLowerCase() === want || head.md5?.toLowerCase() === want;
 }
 
-function imagesOf(
+/** The extensions of what is stored, from the options or the config. */
+interface StoredExtensions {
+  imageExtensions?: readonly string[];
+  reportExtensions?: readonly string[];
+}
+
+/** The files of a folder that are stored: its images, then its reports, each in name order. */
+function storedFilesOf(
   folder: FolderFiles,
-  extensions: readonly string[],
-): { name: string; size: number }[] {
-  return folder.files
-    .filter((f) => isImageName(f.name, extensions))
-    .map((f) => ({ name: f.name, size: f.size }))
-    .sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+  options: StoredExtensions,
+): { name: string; kind: ObjectKind; size: number }[] {
+  const images = options.imageExtensions ?? DEFAULT_CONFIG.imageExtensions;
+  const reports = options.reportExtensions ?? DEFAULT_CONFIG.reportExtensions;
+  const byName = (a: { name: string }, b: { name: string }) =>
+    a.name < b.name ? -1 : a.name > b.name ? 1 : 0;
+  const of = (kind: ObjectKind, extensions: readonly string[]) =>
+    folder.files
+      .filter((f) => isImageName(f.name, extensions))
+      .map((f) => ({ name: f.name, kind, size: f.size }))
+      .sort(byName);
+  // A name both lists claim is an image.
+  const stored = of("image", images);
+  const taken = new Set(stored.map((f) => f.name));
+  return stored.concat(of("report", reports).filter((f) => !taken.has(f.name)));
 }
 
 /**
@@ -109,15 +135,33 @@ function imagesOf(
 export function planFolderObjects(
   location: StorageLocation,
   folder: FolderFiles,
-  options: { deviceId: string; imageExtensions?: readonly string[] },
+  options: { deviceId: string } & StoredExtensions,
 ): FolderObjectPlan {
-  const extensions = options.imageExtensions ?? DEFAULT_CONFIG.imageExtensions;
-  const objects = imagesOf(folder, extensions).map((f) => ({
+  const objects = storedFilesOf(folder, options).map((f) => ({
     name: f.name,
+    kind: f.kind,
     key: objectKey(location.prefix, options.deviceId, folder.key, f.name),
     size: f.size,
   }));
   return { objects, bytes: objects.reduce((sum, o) => sum + o.size, 0) };
+}
+
+/**
+ * What the tracker records as where a folder's objects went: the store (its `display`),
+ * and, when reports are stored too, their extensions. A folder recorded before reports
+ * were stored (or under other extensions) then differs, so it is read again and its
+ * reports go up; its images, recorded as stored, are not put again.
+ *
+ * @example
+ * ```ts
+ * objectsDestination("s3://lab/raw at https://x", [".pdf"]); // "s3://lab/raw at https://x; reports .pdf"
+ * objectsDestination("s3://lab/raw at https://x", []); // "s3://lab/raw at https://x"
+ * ```
+ */
+export function objectsDestination(display: string, reportExtensions: readonly string[]): string {
+  return reportExtensions.length === 0
+    ? display
+    : `${display}; reports ${reportExtensions.join(" ")}`;
 }
 
 /** How bad an error is for a folder's outcome: the worst one is thrown. */
@@ -130,13 +174,13 @@ const SEVERITY: Partial<Record<ErrorKind, number>> = {
 };
 
 /**
- * Puts every image of one folder (extensions from the config, any case) into the store,
- * in parallel within the store's limits, skipping images already stored: those the
- * tracker vouches for through `isStored`, else (with `headBeforePut`) those whose stored
- * size and MD5 match. A changed image (same name, new bytes) replaces its object.
+ * Puts every image and report of one folder (extensions from the config, any case) into
+ * the store, in parallel within the store's limits, skipping files already stored: those
+ * the tracker vouches for through `isStored`, else (with `headBeforePut`) those whose
+ * stored size and MD5 match. A changed file (same name, new bytes) replaces its object.
  *
- * Resolves only when every image is stored, so the folder's row can be written after it;
- * on the first failure the folder's remaining images are not started.
+ * Resolves only when every file is stored, so the folder's row can be written after it;
+ * on the first failure the folder's remaining files are not started.
  *
  * @throws {UploadError} kind `folder` naming the file: it vanished or cannot be read, its
  * key is invalid, or the store refused it (HTTP status, S3 code and the store's message);
@@ -149,8 +193,7 @@ export async function putFolderObjects(
   folder: FolderFiles,
   options: PutFolderOptions,
 ): Promise<FolderObjects> {
-  const extensions = options.imageExtensions ?? DEFAULT_CONFIG.imageExtensions;
-  const images = imagesOf(folder, extensions);
+  const images = storedFilesOf(folder, options);
   const keys = images.map((f) => store.keyFor(options.deviceId, folder.key, f.name));
   const stop = new AbortController();
   const put: FolderPut = {
@@ -166,7 +209,7 @@ export async function putFolderObjects(
     images.map((image, i) => putImage(put, { ...image, key: keys[i] })),
   );
   if (options.signal?.aborted) {
-    throw new UploadError("interrupted", `Interrupted while storing the images of ${folder.path}`, {
+    throw new UploadError("interrupted", `Interrupted while storing the files of ${folder.path}`, {
       subject: folder.path,
     });
   }
@@ -198,7 +241,7 @@ interface FolderPut {
  */
 async function putImage(
   put: FolderPut,
-  image: { name: string; size: number; key: string },
+  image: { name: string; kind: ObjectKind; size: number; key: string },
 ): Promise<StoredObject | undefined> {
   const { store, folder, options, signal } = put;
   const { name, key } = image;
@@ -216,13 +259,13 @@ async function putImage(
     const known = options.isStored?.(name, bytes.length, md5) ||
       (put.headFirst && isSameObject(await store.head(key, signal), bytes.length, md5));
     if (!known) await store.put(key, bytes, { md5, contentType: contentTypeOf(name), signal });
-    return { name, key, size: bytes.length, md5, put: !known };
+    return { name, kind: image.kind, key, size: bytes.length, md5, put: !known };
   } catch (error) {
     const wrapped = error instanceof UploadError && error.kind !== "folder"
       ? error
       : new UploadError(
         "folder",
-        `Cannot store image ${JSON.stringify(name)} of ${folder.path}: ${
+        `Cannot store ${image.kind} ${JSON.stringify(name)} of ${folder.path}: ${
           lowerFirst(messageOf(error))
         }`,
         { subject: join(folder.path, name), cause: error },

@@ -1,7 +1,8 @@
 /**
- * Where images go and what they are called there: `--images-to s3://BUCKET/PREFIX` parsed,
- * the object key of each image (`PREFIX/<device_id>/<folder_key>/<file name>`), its
- * percent-encoded request path, and its Content-Type. Pure functions, no request.
+ * Where images and reports go and what they are called there: `--objects-to
+ * s3://BUCKET/PREFIX` parsed, the object key of each file
+ * (`PREFIX/<device_id>/<folder_key>/<file name>`), its percent-encoded request path, its
+ * Content-Type, and the URL a row gives it. Pure functions, no request.
  *
  * @module
  */
@@ -21,12 +22,12 @@ export const MAX_KEY_BYTES = 1024;
 
 const UTF8 = new TextEncoder();
 
-const USAGE_HINT = "Expected s3://BUCKET/PREFIX, e.g. --images-to s3://lab-images/raw " +
+const USAGE_HINT = "Expected s3://BUCKET/PREFIX, e.g. --objects-to s3://lab-images/raw " +
   "(PREFIX may be empty: s3://lab-images)";
 
 /**
- * Parses `--images-to` (`s3://BUCKET/PREFIX`). The prefix is taken literally (no
- * percent-decoding); leading and trailing `/` are dropped.
+ * Parses `--objects-to` (alias `--images-to`): `s3://BUCKET/PREFIX`. The prefix is taken
+ * literally (no percent-decoding); leading and trailing `/` are dropped.
  *
  * @example
  * ```ts
@@ -40,20 +41,20 @@ export function parseImagesTo(value: string): StorageLocation {
   const shown = JSON.stringify(value);
   const match = /^s3:\/\/([^/]*)(?:\/(.*))?$/is.exec(value.trim());
   if (!match) {
-    throw new UploadError("usage", `Invalid --images-to ${shown}: it must start with s3://`, {
+    throw new UploadError("usage", `Invalid --objects-to ${shown}: it must start with s3://`, {
       hint: USAGE_HINT,
     });
   }
   const bucket = match[1];
   if (bucket === "") {
-    throw new UploadError("usage", `Invalid --images-to ${shown}: the bucket name is missing`, {
+    throw new UploadError("usage", `Invalid --objects-to ${shown}: the bucket name is missing`, {
       hint: USAGE_HINT,
     });
   }
   if (!/^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/.test(bucket)) {
     throw new UploadError(
       "usage",
-      `Invalid --images-to ${shown}: bucket name ${JSON.stringify(bucket)} must be 1 to 63 ` +
+      `Invalid --objects-to ${shown}: bucket name ${JSON.stringify(bucket)} must be 1 to 63 ` +
         `letters, digits, dots, hyphens or underscores`,
       { hint: USAGE_HINT },
     );
@@ -64,7 +65,7 @@ export function parseImagesTo(value: string): StorageLocation {
     if (/[\u0000-\u001f\u007f]/.test(prefix)) {
       throw new UploadError(
         "usage",
-        `Invalid --images-to ${shown}: the prefix has a control character`,
+        `Invalid --objects-to ${shown}: the prefix has a control character`,
         {
           hint: USAGE_HINT,
         },
@@ -74,7 +75,7 @@ export function parseImagesTo(value: string): StorageLocation {
     if (bad !== undefined) {
       throw new UploadError(
         "usage",
-        `Invalid --images-to ${shown}: the prefix has an empty, "." or ".." part`,
+        `Invalid --objects-to ${shown}: the prefix has an empty, "." or ".." part`,
         { hint: USAGE_HINT },
       );
     }
@@ -163,7 +164,43 @@ const CONTENT_TYPES: Record<string, string> = {
   ".webp": "image/webp",
   ".tif": "image/tiff",
   ".tiff": "image/tiff",
+  ".pdf": "application/pdf",
 };
+
+/**
+ * How a stored object is named in a row: its public URL, or its key alone (private
+ * buckets).
+ */
+export type ObjectUrlForm = "public" | "key";
+
+/**
+ * What a row says of a stored object. `public`: for a Supabase Storage S3 endpoint
+ * (`https://<ref>.supabase.co/storage/v1/s3`), the public-bucket URL
+ * `https://<ref>.supabase.co/storage/v1/object/public/<bucket>/<key>`, as the authors'
+ * uploader wrote it; for any other endpoint its path-style URL `<endpoint>/<bucket>/<key>`.
+ * The key's parts are percent-encoded ({@linkcode encodeKeyPath}). `key`: the key itself.
+ *
+ * @example
+ * ```ts
+ * objectUrl("https://abcd.supabase.co/storage/v1/s3", "pdfs", "d1/B 1/r.pdf", "public");
+ * // "https://abcd.supabase.co/storage/v1/object/public/pdfs/d1/B%201/r.pdf"
+ * objectUrl("http://127.0.0.1:9000", "lab", "d1/B1/a.jpg", "public");
+ * // "http://127.0.0.1:9000/lab/d1/B1/a.jpg"
+ * objectUrl("http://127.0.0.1:9000", "lab", "d1/B1/a.jpg", "key"); // "d1/B1/a.jpg"
+ * ```
+ */
+export function objectUrl(
+  endpoint: string,
+  bucket: string,
+  key: string,
+  form: ObjectUrlForm,
+): string {
+  if (form === "key") return key;
+  const base = endpoint.replace(/\/+$/, "");
+  const supabase = /^(https?:\/\/[^/]+)\/storage\/v1\/s3$/i.exec(base);
+  const path = `${encodeSegment(bucket)}/${encodeKeyPath(key)}`;
+  return supabase ? `${supabase[1]}/storage/v1/object/public/${path}` : `${base}/${path}`;
+}
 
 /**
  * The Content-Type for a file name, by extension (any case).

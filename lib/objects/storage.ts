@@ -1,12 +1,14 @@
 /**
- * Object storage for a folder's images (`--images-to s3://BUCKET/PREFIX`): puts each image
- * over the S3 protocol into any S3-compatible store, Supabase Storage's S3 endpoint
- * (`https://<project-ref>.supabase.co/storage/v1/s3`, path-style) included.
+ * Object storage for a folder's images and reports (`--objects-to s3://BUCKET/PREFIX`, alias
+ * `--images-to`): puts each file over the S3 protocol into any S3-compatible store,
+ * Supabase Storage's S3 endpoint (`https://<project-ref>.supabase.co/storage/v1/s3`,
+ * path-style) included.
  *
- * Each image becomes the object `PREFIX/<device_id>/<folder_key>/<file name>`. This module
+ * Each image and report becomes the object `PREFIX/<device_id>/<folder_key>/<file name>`. This module
  * is the stage's one entry point; the work is done by:
  *
- * - keys.ts: `--images-to` parsed, object keys, their request paths, Content-Types;
+ * - keys.ts: `--objects-to` parsed, object keys, their request paths, Content-Types, the
+ *   URLs rows give them;
  * - store.ts: the signed S3 client {@linkcode ObjectStore}, its retries (through
  *   lib/core/retry.ts) and its limits (one lib/core/budget.ts budget);
  * - replies.ts: S3 error bodies, what a status and code mean, `Retry-After`, the errors
@@ -31,6 +33,8 @@ export {
   encodeKeyPath,
   MAX_KEY_BYTES,
   objectKey,
+  objectUrl,
+  type ObjectUrlForm,
   parseImagesTo,
   type StorageLocation,
 } from "./keys.ts";
@@ -54,6 +58,8 @@ export {
   type FolderObjectPlan,
   type FolderObjects,
   isSameObject,
+  type ObjectKind,
+  objectsDestination,
   planFolderObjects,
   putFolderObjects,
   type PutFolderOptions,

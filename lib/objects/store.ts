@@ -30,6 +30,8 @@ import {
   encodeKeyPath,
   encodeSegment,
   objectKey,
+  objectUrl,
+  type ObjectUrlForm,
   type StorageLocation,
 } from "./keys.ts";
 import {
@@ -211,6 +213,11 @@ export class ObjectStore {
   /** The object key of an image: see {@linkcode objectKey}. */
   keyFor(deviceId: string, folderKey: string, name: string): string {
     return objectKey(this.prefix, deviceId, folderKey, name);
+  }
+
+  /** What a row says of the object `key`: see {@linkcode objectUrl}. */
+  urlFor(key: string, form: ObjectUrlForm): string {
+    return objectUrl(this.endpoint, this.bucket, key, form);
   }
 
   /** The `s3://bucket/key` form of a key, for messages. */

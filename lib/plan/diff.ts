@@ -30,6 +30,11 @@ export interface SeenState {
    * copy that keeps old modification times (`cp -a`, rsync) is still being written then.
    */
   changedAtMs?: number;
+  /**
+   * `false` when the readiness rule (`--ready-when`) waits for a file the folder does not
+   * hold yet; absent or `true`: ready.
+   */
+  ready?: boolean;
 }
 
 /** How a folder compares with its tracked row. */
@@ -43,7 +48,10 @@ export interface DiffDecision {
   status: string;
   /** The retry count to record. */
   retryCount: number;
-  /** Its newest file is younger than the settle time: not uploaded in this run. */
+  /**
+   * Its newest file is younger than the settle time, or it is not ready and has changed
+   * within the ready timeout: not uploaded now.
+   */
   settling: boolean;
   /** This run should upload it. */
   upload: boolean;
@@ -57,6 +65,11 @@ export interface DiffOptions {
   minAgeMs: number;
   /** Folders failed for their data this many times are not retried until they change. */
   maxRetries: number;
+  /**
+   * How long a folder that is not ready ({@linkcode SeenState.ready}) is held back after its
+   * last change, in ms; past it, it goes as it is. Default: not held back.
+   */
+  readyTimeoutMs?: number;
 }
 
 /**
@@ -66,6 +79,7 @@ export interface DiffOptions {
  *   unchanged -> the row keeps its status (a folder uploaded before stays success).
  * - A pending folder is uploaded unless it is still settling; a failed one is retried
  *   while its retry count is below `maxRetries`.
+ * - A folder that is not ready settles until `readyTimeoutMs` after its last change.
  *
  * @example
  * ```ts
@@ -84,8 +98,10 @@ export function decideFolder(
   // clock to catch up could take years, so such folders count as settled. With no settle
   // time (--min-age 0) nothing is held back, a folder dated slightly ahead included.
   const age = options.nowMs - Math.max(seen.newestMtimeMs, seen.changedAtMs ?? 0);
-  const settling = options.minAgeMs > 0 && age < options.minAgeMs &&
+  const waiting = seen.ready === false && age < (options.readyTimeoutMs ?? 0) &&
     age > -FUTURE_TOLERANCE_MS;
+  const settling = waiting ||
+    (options.minAgeMs > 0 && age < options.minAgeMs && age > -FUTURE_TOLERANCE_MS);
   if (tracked === undefined) {
     return { change: "new", status: "pending", retryCount: 0, settling, upload: !settling };
   }

@@ -1,8 +1,9 @@
 /**
  * The planner: what the sources found -> what to send. It diffs folders against the
- * tracker, holds back folders still being written (the settle queue), builds their rows,
- * and packs rows into batches bounded by count and by exact statement bytes. Batches go
- * to a sink (the committer); a dry run only counts them.
+ * tracker, holds back folders still being written or, with `--ready-when`, not complete yet
+ * (the settle queue, settle.ts; the readiness glob, ready.ts), builds their rows, and packs
+ * rows into batches bounded by count and by exact statement bytes. Batches go to a sink
+ * (the committer); a dry run only counts them.
  *
  * @module
  */
@@ -10,12 +11,20 @@
 import { messageOf } from "../core/errors.ts";
 import { buildRow } from "./row.ts";
 import { isImageName } from "../source/snapshot.ts";
-import { type FolderObjectPlan, planFolderObjects } from "../objects/storage.ts";
+import {
+  type FolderObjectPlan,
+  objectsDestination,
+  planFolderObjects,
+} from "../objects/storage.ts";
 import type { FolderSnapshot } from "../source/snapshot.ts";
 import type { Run } from "../engine/run.ts";
+import { compileReadyGlob, isReady, type NameMatcher } from "./ready.ts";
+import type { SettleQueue, SettlingFolder } from "./settle.ts";
 import type { ScanDecision } from "../tracker/tracker.ts";
 import type { SourceItem } from "../source/sources.ts";
 import type { SinkItem } from "../sink/sink.ts";
+
+export { SettleQueue, type SettlingFolder } from "./settle.ts";
 
 /** A folder ready to send: its row, and what the commit needs to record it. */
 export interface PlannedItem extends SinkItem {
@@ -33,64 +42,8 @@ export interface PlannedBatch {
   bytes: number;
 }
 
-/** A folder waiting for its newest file to be old enough. */
-export interface SettlingFolder {
-  path: string;
-  key: string;
-  base: string | null;
-  force: boolean;
-  strict: boolean;
-  /** When to look at it again (ms). */
-  dueAt: number;
-}
-
 /** Receives finished batches; resolves once the batch is accepted (it may still be in flight). */
 export type BatchSink = (batch: PlannedBatch) => Promise<void>;
-
-/**
- * Folders that were still being written when seen, keyed by path, in due order. Bounded:
- * past `capacity` a folder is only counted and left for a later scan.
- */
-export class SettleQueue {
-  #entries = new Map<string, SettlingFolder>();
-  readonly capacity: number;
-
-  constructor(capacity = 10_000) {
-    this.capacity = capacity;
-  }
-
-  /** Queues a folder; false when the queue is full. */
-  add(entry: SettlingFolder): boolean {
-    if (!this.#entries.has(entry.path) && this.#entries.size >= this.capacity) return false;
-    this.#entries.delete(entry.path);
-    this.#entries.set(entry.path, entry);
-    return true;
-  }
-
-  /** Folders waiting. */
-  get size(): number {
-    return this.#entries.size;
-  }
-
-  /** The earliest due time, or null when nothing waits. */
-  nextDue(): number | null {
-    let next: number | null = null;
-    for (const e of this.#entries.values()) if (next === null || e.dueAt < next) next = e.dueAt;
-    return next;
-  }
-
-  /** Takes the folders due at `now` (all of them with `all`). */
-  take(now: number, all = false): SettlingFolder[] {
-    const due: SettlingFolder[] = [];
-    for (const [path, e] of this.#entries) {
-      if (all || e.dueAt <= now) {
-        due.push(e);
-        this.#entries.delete(path);
-      }
-    }
-    return due;
-  }
-}
 
 /** Settings of a {@linkcode Planner}. */
 export interface PlannerOptions {
@@ -137,10 +90,13 @@ export class Planner {
   #keys = new Set<string>();
   /** Keys of folders keyed by name alone in this run, and the folder each belongs to. */
   #strictKeys = new Map<string, string>();
+  /** The readiness rule (`--ready-when`), or null. */
+  readonly #ready: NameMatcher | null;
 
   constructor(run: Run, options: PlannerOptions) {
     this.#run = run;
     this.#options = options;
+    this.#ready = run.config.readyWhen === "" ? null : compileReadyGlob(run.config.readyWhen);
   }
 
   /**
@@ -222,11 +178,24 @@ export class Planner {
     for (const s of fresh) run.emit({ event: "skipped", path: s.path, reason: s.reason });
   }
 
-  /** The item with the time file-system events last named its folder, when that is later. */
+  /**
+   * The item with the time file-system events last named its folder, when that is later,
+   * and `ready: false` when the readiness rule waits for a file it does not hold (marker
+   * files never count).
+   */
   #withActivity(item: FolderItem): FolderItem {
     const at = this.#run.activity.lastAt(item.snapshot.path);
-    if (at === undefined || at <= item.snapshot.newestMtimeMs) return item;
-    return { ...item, snapshot: { ...item.snapshot, changedAtMs: at } };
+    const later = at !== undefined && at > item.snapshot.newestMtimeMs;
+    let ready = true;
+    if (this.#ready) {
+      const markers = this.#run.markerNames();
+      ready = isReady(item.snapshot.files.filter((f) => !markers.has(f.name)), this.#ready);
+    }
+    if (!later && ready) return item;
+    const snapshot = { ...item.snapshot };
+    if (later) snapshot.changedAtMs = at;
+    if (!ready) snapshot.ready = false;
+    return { ...item, snapshot };
   }
 
   /** Sends the batch being filled, if any. */
@@ -242,12 +211,16 @@ export class Planner {
   /** Leaves folders that never settled: counted, and failed when they were named on purpose. */
   async giveUp(folders: readonly SettlingFolder[]): Promise<void> {
     const named = folders.filter((f) => f.force);
+    const config = this.#run.config;
     this.#run.counters.settling += folders.length - named.length;
     await this.#run.failFolders(named.map((f) => ({
       path: f.path,
       key: f.key,
-      error:
-        `Still being written: its newest file changed less than ${this.#run.config.minAgeSeconds} s ago; upload it again once it is complete`,
+      error: f.waiting
+        ? `Not complete yet: it holds no file matching --ready-when ${
+          JSON.stringify(config.readyWhen)
+        } and changed less than ${config.readyTimeoutSeconds} s ago; upload it again once it is complete`
+        : `Still being written: its newest file changed less than ${config.minAgeSeconds} s ago; upload it again once it is complete`,
     })));
   }
 
@@ -257,6 +230,7 @@ export class Planner {
       nowMs: run.now(),
       minAgeMs: run.config.minAgeSeconds * 1000,
       maxRetries: run.config.maxRetries,
+      readyTimeoutMs: run.config.readyTimeoutSeconds * 1000,
     };
     return run.tracker.applyScan(snapshots, run.runId, base, {
       ...options,
@@ -290,31 +264,41 @@ export class Planner {
     await run.failFolders(outcome.failures);
   }
 
-  /** A folder still being written: queued to be looked at again once it has settled. */
+  /**
+   * A folder still being written: queued to be looked at again once it has settled (one that
+   * is not ready: once its ready timeout is over; a file-system event brings it back sooner).
+   */
   #holdBack(snap: FolderSnapshot, source: FolderItem): void {
     const run = this.#run;
+    const waiting = snap.ready === false;
+    const holdMs = waiting
+      ? Math.max(run.config.minAgeSeconds, run.config.readyTimeoutSeconds) * 1000
+      : run.config.minAgeSeconds * 1000;
     const queued = run.traits.reads && this.#options.settle.add({
       path: snap.path,
       key: snap.key,
       base: source.base,
       force: source.force,
       strict: source.strict,
-      dueAt: Math.max(snap.newestMtimeMs, snap.changedAtMs ?? 0) +
-        run.config.minAgeSeconds * 1000 + 50,
+      ...(waiting ? { waiting } : {}),
+      dueAt: Math.max(snap.newestMtimeMs, snap.changedAtMs ?? 0) + holdMs + 50,
     });
     if (!queued) run.counters.settling++;
   }
 
   /**
    * Whether a settled folder goes on to be read: the diff says so, it was named on
-   * purpose, or (`--images-to`) its images were never stored there. A name-only key taken
-   * by another folder in this run fails instead.
+   * purpose, or (`--objects-to`) its images and reports were never stored there. A
+   * name-only key taken by another folder in this run fails instead.
    */
   #wanted(d: ScanDecision, source: FolderItem, outcome: PlanOutcome): boolean {
     const run = this.#run;
     const snap = d.snapshot;
-    const needsObjects = run.objects !== null && d.objectsDest !== run.objects.store.display &&
-      snap.files.some((f) => isImageName(f.name, run.config.imageExtensions));
+    const stored = [...run.config.imageExtensions, ...run.config.reportExtensions];
+    const needsObjects = run.objects !== null &&
+      d.objectsDest !==
+        objectsDestination(run.objects.store.display, run.config.reportExtensions) &&
+      snap.files.some((f) => isImageName(f.name, stored));
     if (!(d.upload || source.force || needsObjects) || !run.traits.reads) return false;
     if (!source.force && run.sending.get(snap.path) === snap.fingerprint) return false;
     if (source.strict) {
@@ -355,7 +339,8 @@ export class Planner {
       plan = run.objects ? this.#planObjects(snap) : undefined;
       built = buildRow(snap, run.config, new Date(run.now()), {
         strict: source.strict,
-        imageObjects: plan?.objects.map((o) => o.key),
+        incomplete: snap.ready === false,
+        ...(plan ? this.#objectFields(plan) : {}),
       });
     } catch (error) {
       outcome.failures.push({
@@ -414,13 +399,32 @@ export class Planner {
     }
   }
 
-  /** The object keys of a folder's images (`--images-to`). */
+  /** The object keys of a folder's images and reports (`--objects-to`). */
   #planObjects(snap: FolderSnapshot): FolderObjectPlan {
     const objects = this.#run.objects!;
     return planFolderObjects(objects.store, snap, {
       deviceId: objects.deviceId,
       imageExtensions: this.#run.config.imageExtensions,
+      reportExtensions: this.#run.config.reportExtensions,
     });
+  }
+
+  /**
+   * What a row says of its stored objects: the images' keys, their URLs (`--images-as
+   * urls`) and the reports' URLs, each in the `--url-form`.
+   */
+  #objectFields(plan: FolderObjectPlan) {
+    const { store } = this.#run.objects!;
+    const form = this.#run.config.urlForm;
+    const images = plan.objects.filter((o) => o.kind === "image");
+    const reports = plan.objects.filter((o) => o.kind === "report");
+    return {
+      imageObjects: images.map((o) => o.key),
+      reportUrls: reports.map((o) => store.urlFor(o.key, form)),
+      ...(this.#run.config.imagesAs === "urls"
+        ? { imageUrls: images.map((o) => store.urlFor(o.key, form)) }
+        : {}),
+    };
   }
 
   /** A dry run's count of the images that would be put (those not recorded as stored). */
@@ -443,6 +447,10 @@ export class Planner {
       key: snap.key,
       images: snap.files.filter((f) => isImageName(f.name, config.imageExtensions)).length,
       stats: snap.files.some((f) => f.name === config.statsFileName),
+      reports: snap.files.filter((f) =>
+        !isImageName(f.name, config.imageExtensions) &&
+        isImageName(f.name, config.reportExtensions)
+      ).length,
     });
   }
 

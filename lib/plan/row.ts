@@ -19,6 +19,8 @@ import type { UploadRow } from "../sink/columns.ts";
 export type RowConfig = Pick<
   UploaderConfig,
   | "imageExtensions"
+  | "reportExtensions"
+  | "fileNameTime"
   | "statsFileName"
   | "successMarker"
   | "failedMarker"
@@ -150,11 +152,26 @@ export interface BuildRowOptions {
   /** The key is only the folder's name: the server must not let it overwrite another folder's row. */
   strict?: boolean;
   /**
-   * Object-storage keys of the folder's images (`--images-to`), in image order: the row
+   * Object-storage keys of the folder's images (`--objects-to`), in image order: the row
    * records them, and they count for its content hash (a row gains them when images are
    * first stored).
    */
   imageObjects?: readonly string[];
+  /**
+   * The stored images' URLs (`--images-as urls`), in image order: the row's `images` holds
+   * them instead of the file names.
+   */
+  imageUrls?: readonly string[];
+  /**
+   * The stored reports' URLs (`--objects-to`), in report order: `pdf_url` is the first (null
+   * without a report), `metadata.report_urls` lists them all. Absent: `pdf_url` is not sent.
+   */
+  reportUrls?: readonly string[];
+  /**
+   * The folder goes without the file `--ready-when` waits for (past `--ready-timeout`):
+   * test_status `incomplete`.
+   */
+  incomplete?: boolean;
 }
 
 /**
@@ -162,7 +179,11 @@ export interface BuildRowOptions {
  *
  * - `images`: image file names, sorted; `files_processed`: every file name except markers.
  * - `test_results`: the stats.json value, or null; `test_status` from the config's rule.
- * - `test_date`: mtime of stats.json, else of the newest image, else null.
+ * - `test_date`: the newest time stamp the config's `fileNameTime` reads from the images'
+ *   names, else from the reports' names; else the mtime of stats.json, else of the newest
+ *   image, else null.
+ * - `pdf_url` (with `reportUrls`): the first report's URL; `metadata.reports`: every report's
+ *   name (PDFs by default), `metadata.report_urls` their URLs.
  * - `metadata.folder_hash`: the fingerprint taken by the scan (before this read);
  *   `metadata.content_hash`: md5 of what the row carries (stats bytes, file names and sizes),
  *   which decides whether the server rewrites an existing row; `metadata.source_path`: the
@@ -201,21 +222,29 @@ export function buildRow(
     statsText = read.text;
   }
   const imageNames = images.map((f) => f.name); // snapshot files are sorted by name
-  let dateMs: number | null = statsEntry ? statsEntry.mtimeMs : null;
-  if (dateMs === null) {
-    for (const img of images) if (dateMs === null || img.mtimeMs > dateMs) dateMs = img.mtimeMs;
-  }
+  const reports = files.filter((f) =>
+    !isImageName(f.name, config.imageExtensions) && isImageName(f.name, config.reportExtensions)
+  ).map((f) => f.name);
+  const dateMs = testDateOf(config, images, reports, statsEntry);
   const content = createHash("md5");
   content.update(statsBytes ?? new Uint8Array());
   content.update("\0");
   for (const f of files) content.update(`${f.name}\0${f.size}\n`);
   if (options.imageObjects) content.update(`objects\0${options.imageObjects.join("\0")}`);
+  if (options.imageUrls) content.update(`\0image urls\0${options.imageUrls.join("\0")}`);
+  // No report, no change: a row stored before reports were has the same content then.
+  if (options.reportUrls && options.reportUrls.length > 0) {
+    content.update(`\0report urls\0${options.reportUrls.join("\0")}`);
+  }
+  if (options.incomplete) content.update("\0incomplete");
   const totalBytes = files.reduce((sum, f) => sum + f.size, 0);
-  const testStatus = config.testStatus({ stats, images: imageNames });
+  const testStatus = options.incomplete
+    ? "incomplete"
+    : config.testStatus({ stats, images: imageNames, reports });
   const row: UploadRow = {
     folder_key: snapshot.key,
     folder_name: snapshot.name,
-    images: imageNames,
+    images: options.imageUrls ? [...options.imageUrls] : imageNames,
     test_results: stats,
     test_status: testStatus,
     test_date: dateMs === null ? null : new Date(dateMs).toISOString(),
@@ -229,13 +258,43 @@ export function buildRow(
       source_path: snapshot.path,
       // What the rule gave: a status that differs from it on the server was set by hand.
       computed_test_status: testStatus,
+      ...(reports.length > 0 ? { reports } : {}),
+      ...(options.reportUrls && reports.length > 0 ? { report_urls: [...options.reportUrls] } : {}),
+      ...(options.imageUrls ? { images_as: "urls" } : {}),
     },
   };
   if (options.strict) row.strict = true;
   if (options.imageObjects) row.image_objects = [...options.imageObjects];
+  if (options.reportUrls) row.pdf_url = options.reportUrls[0] ?? null;
   // null stats text also stands for a file holding just `null` (no statistics).
   const json = rowToJsonWithStats(row, stats === null ? null : statsText);
   return { row, json, bytes: rowStatementBytes(json) };
+}
+
+/**
+ * A row's test_date in ms: the newest device time stamp in the images' names, else in the
+ * reports' names; else the mtime of stats.json, else of the newest image; else null.
+ */
+function testDateOf(
+  config: Pick<RowConfig, "fileNameTime">,
+  images: readonly { name: string; mtimeMs: number }[],
+  reports: readonly string[],
+  statsEntry: { mtimeMs: number } | undefined,
+): number | null {
+  const newestStamp = (names: readonly string[]): number | null => {
+    let newest: number | null = null;
+    for (const name of names) {
+      const at = config.fileNameTime(name);
+      if (at !== null && Number.isFinite(at) && (newest === null || at > newest)) newest = at;
+    }
+    return newest;
+  };
+  const stamped = newestStamp(images.map((f) => f.name)) ?? newestStamp(reports);
+  if (stamped !== null) return stamped;
+  if (statsEntry) return statsEntry.mtimeMs;
+  let newest: number | null = null;
+  for (const img of images) if (newest === null || img.mtimeMs > newest) newest = img.mtimeMs;
+  return newest;
 }
 
 /**

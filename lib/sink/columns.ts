@@ -240,14 +240,16 @@ export function imageNameBytes(entry: string): string {
 }
 
 /**
- * SQL: the images of a rewritten row. Each of the folder's images keeps the entry the row
- * already has for it (a storage URL the original uploader wrote); new images are names.
+ * SQL: the images of a rewritten row. Each of the folder's images sent by name keeps the
+ * entry the row already has for it (a storage URL the original uploader wrote); new images
+ * are names. An image sent as its own URL (`--images-as urls`) is that URL.
  */
 const MERGED_IMAGES =
   `case when not exists (select 1 from unnest(t.images) o where strpos(o, '/') > 0)\n` +
   `      then excluded.images\n` +
-  `      else array(select coalesce((select o from unnest(t.images) o where strpos(o, '/') > 0\n` +
-  `        and ${imageNameBytes("o")} = convert_to(e.n, 'UTF8') limit 1), e.n)\n` +
+  `      else array(select coalesce(case when strpos(e.n, '/') = 0 then (select o\n` +
+  `        from unnest(t.images) o where strpos(o, '/') > 0\n` +
+  `        and ${imageNameBytes("o")} = convert_to(e.n, 'UTF8') limit 1) end, e.n)\n` +
   `        from unnest(excluded.images) with ordinality e(n, k) order by e.k) end`;
 
 /**
@@ -268,7 +270,8 @@ const MERGED_METADATA = `case when jsonb_typeof(t.metadata) = 'object'\n` +
 
 /**
  * The columns of `device_test`, in CREATE TABLE order. Compatible with the original
- * scripts' table, plus `folder_key` (the identity with `device_id`) and `image_objects`.
+ * scripts' table, plus `folder_key` (the identity with `device_id`), `image_objects` and
+ * `pdf_url` (the authors' later table has it too).
  */
 export const UPLOAD_COLUMN_LIST = [
   {
@@ -359,11 +362,21 @@ export const UPLOAD_COLUMN_LIST = [
   },
   {
     name: "image_objects",
-    doc: "Object-storage keys of the images (`--images-to`); absent: the column is left as it is",
+    doc: "Object-storage keys of the images (`--objects-to`); absent: the column is left as it is",
     type: "text[]",
     owner: "tool",
     travel: "row",
     value: "string[]",
+    optional: true,
+  },
+  {
+    name: "pdf_url",
+    doc: "URL of the folder's first report stored with `--objects-to` (`--url-form`), null " +
+      "without a report; absent: the column is left as it is",
+    type: "text",
+    owner: "tool",
+    travel: "row",
+    value: "string | null",
     optional: true,
   },
   {
@@ -386,7 +399,8 @@ export const UPLOAD_COLUMN_LIST = [
   },
   {
     name: "test_date",
-    doc: "ISO 8601 timestamp (stats.json mtime, else the newest image's), or null",
+    doc: "ISO 8601 timestamp: the newest device time stamp in the images' (else the " +
+      "reports') names, else stats.json's mtime, else the newest image's; or null",
     type: "timestamptz",
     owner: "tool",
     travel: "row",

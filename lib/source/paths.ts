@@ -115,7 +115,9 @@ function namedFolder(
       kind: "rejected",
       path,
       key: keyed.key,
-      error: `Not an upload unit: ${path} holds no image and no ${config.statsFileName}`,
+      error: `Not an upload unit: ${path} holds no image${
+        (config.reportExtensions ?? []).length > 0 ? ", no report" : ""
+      } and no ${config.statsFileName}`,
     };
   }
   return {

@@ -32,6 +32,11 @@ export interface FolderSnapshot {
    */
   changedAtMs?: number;
   /**
+   * `false` when the run's readiness rule (`--ready-when`) waits for a file this folder
+   * does not hold yet (set by the planner); absent: ready.
+   */
+  ready?: boolean;
+  /**
    * What the entry named like the stats file is when it is no regular file ("a FIFO", "a
    * directory", ...): the folder cannot be uploaded as it is, and fails saying so.
    */
@@ -59,6 +64,11 @@ export interface ScanOptions {
   imageExtensions?: readonly string[];
   /** The statistics file name. Default `stats.json`. */
   statsFileName?: string;
+  /**
+   * Extensions of reports that make a folder an upload unit on their own (lower case with
+   * the dot; config `reportOnlyUnits`). Default: none.
+   */
+  reportExtensions?: readonly string[];
   /** File names left out of the fingerprint (marker files). Default: none. */
   markerNames?: ReadonlySet<string>;
   /** Checked between folders; when aborted the scan stops early. */
@@ -80,7 +90,15 @@ export interface ScanOptions {
 /** The image extensions when none are given. */
 export const DEFAULT_IMAGE_EXTENSIONS = [".jpg", ".jpeg", ".png", ".gif", ".bmp"];
 
-/** Whether a file name has one of the image extensions (any case). */
+/**
+ * Whether a file name has one of the extensions (any case): an image's, or a report's.
+ *
+ * @example
+ * ```ts
+ * isImageName("a.JPG", [".jpg"]); // true
+ * isImageName("2025-06-02 16:42.pdf", [".pdf"]); // true
+ * ```
+ */
 export function isImageName(name: string, extensions: readonly string[]): boolean {
   const dot = name.lastIndexOf(".");
   if (dot <= 0) return false;
@@ -191,17 +209,26 @@ export function describeEntry(path: string, entry: Deno.DirEntry): string {
 }
 
 /**
- * Whether a snapshot is an upload unit: it holds an image or the stats file (one that is no
- * regular file too: the folder then fails, saying so).
+ * Whether a snapshot is an upload unit: it holds an image, the stats file (one that is no
+ * regular file too: the folder then fails, saying so) or a report (with `reportExtensions`).
  */
 export function isUploadUnit(
   snapshot: Pick<FolderSnapshot, "files" | "statsNotFile">,
-  options: Pick<ScanOptions, "imageExtensions" | "statsFileName"> = {},
+  options: Pick<ScanOptions, "imageExtensions" | "statsFileName" | "reportExtensions"> = {},
 ): boolean {
   if (snapshot.statsNotFile) return true;
-  const extensions = options.imageExtensions ?? DEFAULT_IMAGE_EXTENSIONS;
+  const extensions = unitExtensions(options);
   const statsName = options.statsFileName ?? "stats.json";
   return snapshot.files.some((f) => f.name === statsName || isImageName(f.name, extensions));
+}
+
+/** The extensions of files that make a folder a unit: the images', and reports' when they count. */
+export function unitExtensions(
+  options: Pick<ScanOptions, "imageExtensions" | "reportExtensions">,
+): readonly string[] {
+  const images = options.imageExtensions ?? DEFAULT_IMAGE_EXTENSIONS;
+  const reports = options.reportExtensions ?? [];
+  return reports.length === 0 ? images : [...images, ...reports];
 }
 
 /** Turns a file-system error into a short reason ("Permission denied", "Vanished"). */

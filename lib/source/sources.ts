@@ -85,6 +85,8 @@ export type FolderSource = (context: SourceContext) => AsyncIterable<SourceItem[
 /** What the walk needs from the configuration. */
 export type WalkConfig = Pick<UploaderConfig, "imageExtensions" | "statsFileName"> & {
   markerNames: ReadonlySet<string>;
+  /** Report extensions that make a folder a unit on their own (empty: they do not). */
+  reportExtensions?: readonly string[];
 };
 
 /**
@@ -102,6 +104,7 @@ export function treeSource(
     yield [{ kind: "pass_start", base }];
     const walkOptions = {
       imageExtensions: config.imageExtensions,
+      reportExtensions: config.reportExtensions,
       statsFileName: config.statsFileName,
       markerNames: config.markerNames,
       signal: context.signal,

@@ -15,13 +15,13 @@
 import { basename, dirname, resolve } from "node:path";
 import {
   childPath,
-  DEFAULT_IMAGE_EXTENSIONS,
   describeEntry,
   describeFsError,
   isImageName,
   type ScanItem,
   type ScanOptions,
   snapshotOf,
+  unitExtensions,
 } from "./snapshot.ts";
 
 /** Options for {@linkcode scanFolderChunks}. */
@@ -103,7 +103,7 @@ class Walk {
   constructor(root: string, options: ScanOptions) {
     this.root = root;
     this.rootName = basename(root);
-    this.extensions = options.imageExtensions ?? DEFAULT_IMAGE_EXTENSIONS;
+    this.extensions = unitExtensions(options);
     this.statsName = options.statsFileName ?? "stats.json";
     this.markers = options.markerNames ?? new Set<string>();
     const part = options.partition;

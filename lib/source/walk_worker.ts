@@ -21,6 +21,7 @@ import { scanFolderChunks } from "./walk.ts";
 export interface WalkRequest {
   base: string;
   imageExtensions?: readonly string[];
+  reportExtensions?: readonly string[];
   statsFileName?: string;
   markerNames?: string[];
   streamDirBytes?: number;
@@ -46,6 +47,7 @@ async function walk(request: WalkRequest): Promise<void> {
   try {
     const chunks = scanFolderChunks(request.base, {
       imageExtensions: request.imageExtensions,
+      reportExtensions: request.reportExtensions,
       statsFileName: request.statsFileName,
       markerNames: new Set(request.markerNames ?? []),
       partition: request.partition,

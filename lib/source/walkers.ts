@@ -65,6 +65,7 @@ export async function* scanFoldersInWorker(
         type: "start",
         base,
         imageExtensions: options.imageExtensions,
+        reportExtensions: options.reportExtensions,
         statsFileName: options.statsFileName,
         markerNames: [...(options.markerNames ?? [])],
         streamDirBytes: options.streamDirBytes,

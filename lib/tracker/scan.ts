@@ -111,6 +111,7 @@ export function applyScan(
         key: snap.key,
         newestMtimeMs: snap.newestMtimeMs,
         changedAtMs: snap.changedAtMs,
+        ready: snap.ready,
       }, options);
       if (last.get(snap.path) !== i) {
         return {

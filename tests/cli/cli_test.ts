@@ -91,6 +91,72 @@ Deno.test("parseUploadCommand: --rebuild-tracker is --verify on a new tracker", 
   }
 });
 
+Deno.test("parseUploadCommand: --objects-to and its alias --images-to; --images-as, --url-form, --ready-when, --ready-timeout", () => {
+  const a = parseUploadCommand(["data", "--objects-to", "s3://lab/raw"], {});
+  const b = parseUploadCommand(["data", "--images-to", "s3://lab/raw"], {});
+  const c = parseUploadCommand(["data"], { UPLOAD_IMAGES_TO: "s3://lab/raw" });
+  assert.deepEqual([a.imagesTo, b.imagesTo, c.imagesTo], Array(3).fill("s3://lab/raw"));
+  assert.equal(
+    parseUploadCommand(["data", "--objects-to", "s3://l", "--images-to", "s3://l"], {}).imagesTo,
+    "s3://l",
+    "both names, one value",
+  );
+  const both = usageError(() =>
+    parseUploadCommand(["data", "--objects-to", "s3://a", "--images-to", "s3://b"], {})
+  );
+  assert.match(both.message, /--objects-to and --images-to give different values/);
+  assert.match(
+    usageError(() => parseUploadCommand(["data", "--images-to", "x"], {})).message,
+    /Invalid --objects-to "x"/,
+  );
+
+  const urls = parseUploadCommand(
+    ["data", "--objects-to", "s3://l", "--images-as", "urls", "--url-form", "key"],
+    {},
+  );
+  assert.deepEqual([urls.config.imagesAs, urls.config.urlForm], ["urls", "key"]);
+  assert.deepEqual(
+    [a.config.imagesAs, a.config.urlForm, a.config.readyWhen],
+    ["names", "public", ""],
+  );
+  assert.equal(
+    parseUploadCommand(["data", "--images-as", "urls"], { UPLOAD_IMAGES_TO: "s3://l" }).config
+      .imagesAs,
+    "urls",
+  );
+  assert.match(
+    usageError(() => parseUploadCommand(["data", "--images-as", "urls"], {})).message,
+    /--images-as urls needs --objects-to/,
+  );
+  const bad = usageError(() => parseUploadCommand(["data", "--images-as", "links"], {}));
+  assert.match(bad.message, /Invalid value for --images-as: "links"/);
+  assert.match(bad.hint ?? "", /names or urls/);
+  assert.match(
+    usageError(() => parseUploadCommand(["data", "--url-form", "signed"], {})).message,
+    /--url-form/,
+  );
+
+  const ready = parseUploadCommand(["data", "--ready-when", "*.pdf", "--ready-timeout", "90"], {});
+  assert.deepEqual([ready.config.readyWhen, ready.config.readyTimeoutSeconds], ["*.pdf", 90]);
+  assert.match(
+    usageError(() => parseUploadCommand(["data", "--ready-timeout", "9"], {})).message,
+    /--ready-timeout needs --ready-when/,
+  );
+  assert.equal(
+    parseUploadCommand(["data", "--ready-timeout", "9"], {}, {
+      ...DEFAULT_CONFIG,
+      readyWhen: "*.pdf",
+    })
+      .config.readyTimeoutSeconds,
+    9,
+    "a readiness rule from config.ts is enough",
+  );
+  assert.match(
+    usageError(() => parseUploadCommand(["data", "--ready-when", "x/*.pdf"], {})).message,
+    /--ready-when "x\/\*\.pdf": it matches file names/,
+  );
+});
+
 Deno.test("parseUploadCommand: relative paths are the caller's (INIT_CWD under deno task)", () => {
   const env = { INIT_CWD: "/home/lab/site" };
   const cmd = parseUploadCommand(["data", "--db-path", "t.db", "--moved-from", "../old"], env);

@@ -19,6 +19,7 @@ const EXPECTED = [
   ["Batch54", "passed"], // stats.json with a result, images and a PDF
   ["Batch55", "failed"], // empty result
   ["Batch56", "pending"], // images only
+  ["Batch57", "pending"], // a PDF report and notes, no image or stats: a unit (reportOnlyUnits)
   ["Line2/Batch12", "passed"], // nested
   ["Line2/Batch13", "failed"], // stats.json only, null result
   ["Line2/Batch14 (O'Brien rerun)", "passed"], // a quote in the name

@@ -91,7 +91,7 @@ Deno.test("json: manager and quick upload print NDJSON with exact summary counts
       "D/only.jpg": { bytes: 30 },
       "E/stats.json": { json: pass },
       "E/e.bmp": { bytes: 10 },
-      "NotAUnit/report.pdf": { bytes: 10 },
+      "NotAUnit/report.txt": { bytes: 10 },
     });
     const first = await runUploadCli([data, "--json"], { cwd: dir });
     assert.equal(first.code, 0, describeRun(first));

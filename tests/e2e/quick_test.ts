@@ -85,20 +85,21 @@ Deno.test("quick: folders as arguments and on stdin, --base, failures alone, no 
     const data = join(dir, "data");
     copyExamples(data);
     writeTree(join(dir, "elsewhere"), { "Batch90/stats.json": { json: { result: "PASS" } } });
+    writeTree(data, { "Notes/notes.txt": { text: "no image, no report, no stats" } });
 
     // Arguments: a duplicate (spelled differently), a folder that is not a unit, a missing path.
     const first = await quick(dir, [
       "data/Batch54",
       "data/Batch56",
       "./data/Batch54/",
-      "data/Batch57",
+      "data/Notes",
       "data/no-such-folder",
       "--json",
     ]);
     assert.equal(first.code, 1, describeRun(first));
     const events = jsonEvents(first);
     const failed = events.filter((e) => e.event === "folder_failed").map((e) => e.path);
-    assert.deepEqual(failed, [join(data, "Batch57"), join(data, "no-such-folder")]);
+    assert.deepEqual(failed, [join(data, "Notes"), join(data, "no-such-folder")]);
     const summary = summaryOf(first);
     assert.equal(summary.given, 5);
     assert.equal(summary.duplicates, 1);
@@ -111,7 +112,7 @@ Deno.test("quick: folders as arguments and on stdin, --base, failures alone, no 
     assert.equal(table.get("Batch54")!.status, "passed");
     assert.equal(table.get("Batch56")!.status, "pending");
     assert.ok(exists(join(data, "Batch54", "success.json")), "success marker written");
-    assert.ok(!exists(join(data, "Batch57", "failed.json")), "a non-unit folder is not touched");
+    assert.ok(!exists(join(data, "Notes", "failed.json")), "a non-unit folder is not touched");
     assert.ok(!exists(join(dir, "upload_tracker.db")), "no tracking database created");
 
     // The same folders again, unchanged: already up to date on the server, and their
@@ -201,10 +202,11 @@ Deno.test("quick: with a tracking database the manager afterwards sends none of 
     const manager = await runUploadCli([data, "--json"], { cwd: dir });
     assert.equal(manager.code, 0, describeRun(manager));
     const summary = summaryOf(manager);
-    assert.equal(summary.uploaded, 4, "the 6 units less the 2 quick uploads");
-    assert.equal(summary.queued, 4);
+    // Batch57 holds a report and notes: a unit since report-only folders are (reportOnlyUnits).
+    assert.equal(summary.uploaded, 5, "the 7 units less the 2 quick uploads");
+    assert.equal(summary.queued, 5);
     const table = await rows(dir);
-    assert.equal(table.size, 6);
+    assert.equal(table.size, 7);
     assert.match(table.get("Batch54")!.batch, /^quick_/, "not sent again by the manager");
     assert.match(table.get("Line2/Batch12")!.batch, /^quick_/);
     assert.match(table.get("Batch55")!.batch, /^batch_/);

@@ -2,7 +2,14 @@
 
 import assert from "node:assert/strict";
 import { exitCodeFor, UploadError } from "../../lib/core/errors.ts";
-import { encodeKeyPath, objectKey, parseImagesTo } from "../../lib/objects/keys.ts";
+import {
+  contentTypeOf,
+  encodeKeyPath,
+  objectKey,
+  objectUrl,
+  parseImagesTo,
+} from "../../lib/objects/keys.ts";
+import { percentEncode, publicUrl, UPSTREAM_DEVICE } from "../../support/upstream.ts";
 
 Deno.test("parseImagesTo: bucket and prefix", () => {
   const cases: [string, { bucket: string; prefix: string }][] = [
@@ -67,4 +74,31 @@ Deno.test("encodeKeyPath: every byte but unreserved ones percent-encoded, / kept
     ["ü€😀", "%C3%BC%E2%82%AC%F0%9F%98%80"],
   ];
   for (const [key, want] of cases) assert.equal(encodeKeyPath(key), want, key);
+});
+
+Deno.test("objectUrl: Supabase's public-bucket URL as the authors' uploader wrote it, a path-style URL elsewhere, or the key", () => {
+  const supabase = "https://abcdefghijklmnop.supabase.co/storage/v1/s3";
+  for (const name of ["2025-06-02 16:42:55.jpg", "2025-06-02 16:42.pdf", "it's ü.png"]) {
+    const key = `${UPSTREAM_DEVICE}/Batch54/${name}`;
+    const bucket = name.endsWith(".pdf") ? "pdfs" : "images";
+    assert.equal(
+      objectUrl(supabase, bucket, key, "public"),
+      publicUrl(bucket, UPSTREAM_DEVICE, "Batch54", name),
+      name,
+    );
+    assert.equal(
+      objectUrl(`${supabase}/`, bucket, key, "public").endsWith(percentEncode(name)),
+      true,
+    );
+    assert.equal(objectUrl(supabase, bucket, key, "key"), key);
+  }
+  assert.equal(
+    objectUrl("http://127.0.0.1:9000", "lab", "raw/d/B 1/a.jpg", "public"),
+    "http://127.0.0.1:9000/lab/raw/d/B%201/a.jpg",
+  );
+  assert.equal(
+    objectUrl("https://minio.lab/s3", "lab", "d/B/a.jpg", "public"),
+    "https://minio.lab/s3/lab/d/B/a.jpg",
+  );
+  assert.equal(contentTypeOf("2025-06-02 16:42.PDF"), "application/pdf");
 });

@@ -127,7 +127,7 @@ async function withProxy(s3: S3Server, fn: (proxy: FaultProxy) => Promise<void>)
   }
 }
 
-Deno.test("putFolderObjects: every image lands byte-identical under keys full of specials", async () => {
+Deno.test("putFolderObjects: every image and report lands byte-identical under keys full of specials", async () => {
   await withServer(async ({ s3, base }) => {
     const files: Record<string, Uint8Array> = {
       "stats.json": ENCODER.encode('{"result":"ok"}'),
@@ -143,7 +143,9 @@ Deno.test("putFolderObjects: every image lands byte-identical under keys full of
     });
     const result = await putFolderObjects(store, folder, { deviceId: "dev-1" });
     const images = Object.keys(files).filter((n) => /\.(jpe?g|png|gif|bmp)$/i.test(n)).sort();
-    assert.deepEqual(result.objects.map((o) => o.name), images);
+    // The images in name order, then the report (stored with them since reports are).
+    assert.deepEqual(result.objects.map((o) => o.name), [...images, "report.pdf"]);
+    assert.equal(result.objects.at(-1)!.kind, "report");
     for (const object of result.objects) {
       assert.equal(object.key, `raw images/lab #1/dev-1/2025/Batch 54 'ü' #1 %/${object.name}`);
       assert.equal(object.put, true);

@@ -184,6 +184,48 @@ const CASES: Case[] = [
     want: { change: "unchanged", status: "failed", retryCount: 1, settling: true, upload: false },
   },
   {
+    name: "not ready (--ready-when), changed within the ready timeout: waits though settled",
+    tracked: undefined,
+    seen: { ready: false, newestMtimeMs: NOW - 10_000 },
+    options: { readyTimeoutMs: 60_000 },
+    want: { change: "new", status: "pending", retryCount: 0, settling: true, upload: false },
+  },
+  {
+    name: "not ready, unchanged past the ready timeout: goes as it is",
+    tracked: undefined,
+    seen: { ready: false, newestMtimeMs: NOW - 60_000 },
+    options: { readyTimeoutMs: 60_000 },
+    want: { change: "new", status: "pending", retryCount: 0, settling: false, upload: true },
+  },
+  {
+    name: "not ready, a file-system event within the ready timeout: waits",
+    tracked: tracked({ status: "pending" }),
+    seen: { ready: false, newestMtimeMs: OLD, changedAtMs: NOW - 5_000 },
+    options: { readyTimeoutMs: 60_000 },
+    want: { change: "unchanged", status: "pending", retryCount: 0, settling: true, upload: false },
+  },
+  {
+    name: "ready and settled: goes, whatever the ready timeout",
+    tracked: undefined,
+    seen: { ready: true, newestMtimeMs: NOW - 10_000 },
+    options: { readyTimeoutMs: 60_000 },
+    want: { change: "new", status: "pending", retryCount: 0, settling: false, upload: true },
+  },
+  {
+    name: "ready but its newest file is younger than the settle time: settles",
+    tracked: undefined,
+    seen: { ready: true, newestMtimeMs: NOW - 1_000 },
+    options: { readyTimeoutMs: 60_000 },
+    want: { change: "new", status: "pending", retryCount: 0, settling: true, upload: false },
+  },
+  {
+    name: "not ready, dated far ahead of this clock: not held for years",
+    tracked: undefined,
+    seen: { ready: false, newestMtimeMs: NOW + 86_400_000 },
+    options: { readyTimeoutMs: 60_000 },
+    want: { change: "new", status: "pending", retryCount: 0, settling: false, upload: true },
+  },
+  {
     name: "unknown status: kept, not uploaded",
     tracked: tracked({ status: "uploading" }),
     want: {

@@ -283,3 +283,120 @@ Deno.test("readStats: a stats.json over the size limit fails its folder, naming 
     Deno.removeSync(dir, { recursive: true });
   }
 });
+
+Deno.test("buildRow: reports listed in metadata; with their URLs, pdf_url is the first and the hash moves", () => {
+  using dir = tempDir();
+  const path = join(dir.path, "Run");
+  writeTree(path, {
+    "stats.json": { json: { result: "PASS" }, mtime: T1 },
+    "a.jpg": { bytes: 3, mtime: T1 },
+    "2025-06-02 16:50.PDF": { bytes: 5, mtime: T1 },
+    "2025-06-02 16:44.pdf": { bytes: 4, mtime: T1 },
+  });
+  const plain = buildRow(snap(path), DEFAULT_CONFIG, NOW).row;
+  assert.deepEqual(plain.metadata.reports, ["2025-06-02 16:44.pdf", "2025-06-02 16:50.PDF"]);
+  assert.equal("pdf_url" in plain, false, "no store: pdf_url not sent");
+  assert.equal(plain.metadata.report_urls, undefined);
+  const urls = ["https://x/r1.pdf", "https://x/r2.pdf"];
+  const stored =
+    buildRow(snap(path), DEFAULT_CONFIG, NOW, { imageObjects: ["k/a.jpg"], reportUrls: urls })
+      .row;
+  assert.equal(stored.pdf_url, urls[0]);
+  assert.deepEqual(stored.metadata.report_urls, urls);
+  assert.deepEqual(stored.images, ["a.jpg"], "names by default");
+  assert.notEqual(stored.metadata.content_hash, plain.metadata.content_hash);
+  const asUrls = buildRow(snap(path), DEFAULT_CONFIG, NOW, {
+    imageObjects: ["k/a.jpg"],
+    imageUrls: ["https://x/a.jpg"],
+    reportUrls: urls,
+  }).row;
+  assert.deepEqual(asUrls.images, ["https://x/a.jpg"]);
+  assert.deepEqual(asUrls.image_objects, ["k/a.jpg"], "image_objects unchanged");
+  assert.equal(asUrls.metadata.images_as, "urls");
+  assert.notEqual(asUrls.metadata.content_hash, stored.metadata.content_hash);
+  // A folder with no report gets pdf_url null once a store is configured.
+  writeTree(join(dir.path, "NoReport"), { "b.jpg": { bytes: 1, mtime: T1 } });
+  const none = buildRow(snap(join(dir.path, "NoReport")), DEFAULT_CONFIG, NOW, { reportUrls: [] });
+  assert.equal(none.row.pdf_url, null);
+  assert.equal(none.row.metadata.reports, undefined);
+});
+
+Deno.test("buildRow: test_date from the device's time stamps in the names, else the mtimes", () => {
+  using dir = tempDir();
+  const config: UploaderConfig = {
+    ...DEFAULT_CONFIG,
+    // The rule reads UTC here so the test holds in any time zone.
+    fileNameTime: (name) => {
+      const m = /^(\d{4})-(\d{2})-(\d{2}) (\d{2}):(\d{2})(?::(\d{2}))?/.exec(name);
+      return m ? Date.UTC(+m[1], +m[2] - 1, +m[3], +m[4], +m[5], +(m[6] ?? 0)) : null;
+    },
+  };
+  const at = (path: string) => buildRow(snap(path), config, NOW).row.test_date;
+  writeTree(join(dir.path, "Images"), {
+    "stats.json": { json: { result: "PASS" }, mtime: T3 },
+    "2025-06-02 16:16:31.jpg": { bytes: 1, mtime: T3 },
+    "2025-06-02 16:28:18.jpg": { bytes: 1, mtime: T1 },
+    "2025-06-02 16:30.pdf": { bytes: 1, mtime: T1 },
+  });
+  assert.equal(at(join(dir.path, "Images")), "2025-06-02T16:28:18.000Z", "the newest image");
+  writeTree(join(dir.path, "Reports"), {
+    "2025-06-01 09:30.pdf": { bytes: 1, mtime: T3 },
+    "2025-06-09 09:30.pdf": { bytes: 1, mtime: T3 },
+  });
+  assert.equal(at(join(dir.path, "Reports")), "2025-06-09T09:30:00.000Z", "the newest report");
+  writeTree(join(dir.path, "NoStamps"), {
+    "stats.json": { json: { result: "PASS" }, mtime: T2 },
+    "photo.jpg": { bytes: 1, mtime: T3 },
+  });
+  assert.equal(at(join(dir.path, "NoStamps")), new Date(T2).toISOString(), "stats.json's mtime");
+});
+
+Deno.test("deviceFileNameTime: the device's YYYY-MM-DD HH:MM[:SS] names in local time, else null", () => {
+  assert.equal(
+    DEFAULT_CONFIG.fileNameTime("2025-06-02 16:42:55.jpg"),
+    new Date(2025, 5, 2, 16, 42, 55).getTime(),
+  );
+  assert.equal(
+    DEFAULT_CONFIG.fileNameTime("2025-06-02 16:42.pdf"),
+    new Date(2025, 5, 2, 16, 42).getTime(),
+  );
+  assert.equal(
+    DEFAULT_CONFIG.fileNameTime("2025-06-02_16-42-55_2.jpg"),
+    new Date(2025, 5, 2, 16, 42, 55).getTime(),
+  );
+  for (
+    const name of [
+      "photo.jpg",
+      "2025-13-02 16:42:55.jpg",
+      "2025-02-30 10:00.pdf",
+      "x2025-06-02 16:42.pdf",
+      "2025-06-02 16:4.jpg",
+    ]
+  ) {
+    assert.equal(DEFAULT_CONFIG.fileNameTime(name), null, name);
+  }
+});
+
+Deno.test("buildRow: incomplete (--ready-timeout passed) is the status and what the rule gave", () => {
+  using dir = tempDir();
+  const path = join(dir.path, "Run");
+  writeTree(path, { "stats.json": { json: { result: "PASS" }, mtime: T1 } });
+  const complete = buildRow(snap(path), DEFAULT_CONFIG, NOW).row;
+  const row = buildRow(snap(path), DEFAULT_CONFIG, NOW, { incomplete: true }).row;
+  assert.equal(row.test_status, "incomplete");
+  assert.equal(row.metadata.computed_test_status, "incomplete");
+  assert.notEqual(row.metadata.content_hash, complete.metadata.content_hash);
+});
+
+Deno.test("buildRow: with a store, a folder without a report has the content hash it had before reports were stored", () => {
+  using dir = tempDir();
+  const path = join(dir.path, "Run");
+  writeTree(path, { "a.jpg": { bytes: 3, mtime: T1 } });
+  const before = buildRow(snap(path), DEFAULT_CONFIG, NOW, { imageObjects: ["k/a.jpg"] }).row;
+  const now = buildRow(snap(path), DEFAULT_CONFIG, NOW, {
+    imageObjects: ["k/a.jpg"],
+    reportUrls: [],
+  }).row;
+  assert.equal(now.metadata.content_hash, before.metadata.content_hash);
+  assert.equal(now.pdf_url, null);
+});

@@ -1,7 +1,8 @@
 /**
  * The column table (lib/sink/columns.ts): the payload's fixed order, the raw stats text,
- * the declaration's checks, and a copy of the declaration with one more column (`pdf_url`,
- * the next column the table gets): every generated list, type text and DDL picks it up —
+ * the declaration's checks, the real `pdf_url` (optional: written only when a row carries
+ * it), and a copy of the declaration with one more, made-up column (`review_url`): every
+ * generated list, type text and DDL picks it up —
  * the row type, the payload, the jsonb_to_recordset types, the staging table and its casts,
  * the COPY line, the insert and ON CONFLICT lists, CREATE TABLE, the upgrade, the schema
  * check — and against a real server the column is created, added by an upgrade, and written
@@ -152,71 +153,99 @@ Deno.test("defineColumns refuses a declaration that cannot work", () => {
 });
 
 // ---------------------------------------------------------------------------------------
-// One more column: pdf_url
+// pdf_url: declared once, optional
 
-/** The declaration with one edit: the stored report's URL. */
-const WITH_PDF_LIST = [
+Deno.test("pdf_url: in CREATE TABLE and the upgrade; a statement writes it only when a row carries it", () => {
+  const field = UPLOAD_COLUMNS.payload.find((f) => f.name === "pdf_url");
+  assert.equal(field?.presence, "optional");
+  const [ddl] = buildSchemaStatements({ table: "device_test", device: DEVICE });
+  assert.match(ddl, /\n {6}pdf_url text,\n/, "created with the table");
+  assert.match(ddl, /\('pdf_url', 'text'\)/, "added by the upgrade when missing");
+  const options = { table: "device_test", device: DEVICE, batchName: "b1" };
+  const plain = sampleRow("L1/B1");
+  assert.doesNotMatch(buildUpsertStatement([plain], options), /pdf_url/, "left as it is");
+  const stored = { ...plain, image_objects: [], pdf_url: "https://x/r.pdf" };
+  const statement = buildUpsertStatement([stored], options);
+  assert.match(statement, /\bpdf_url text\b/, "unpacked");
+  assert.match(statement, /\n {4}pdf_url = excluded\.pdf_url\b/, "rewritten with the row");
+  const none = { ...plain, image_objects: [], pdf_url: null };
+  assert.equal(JSON.parse(rowToJson(none)).pdf_url, null, "no report: null is sent");
+  assert.match(buildUpsertStatement([none], options), /pdf_url = excluded\.pdf_url/);
+});
+
+// ---------------------------------------------------------------------------------------
+// One more column: review_url
+
+/** The declaration with one edit: a reviewer's link. */
+const WITH_REVIEW_LIST = [
   ...UPLOAD_COLUMN_LIST,
   {
-    name: "pdf_url",
-    doc: "The stored report's URL",
+    name: "review_url",
+    doc: "A reviewer's link to the run",
     type: "text",
     owner: "tool",
     travel: "row",
     value: "string | null",
   },
 ] as const satisfies readonly ColumnSpec[];
-const WITH_PDF = defineColumns(WITH_PDF_LIST, UPLOAD_ROW_FLAGS, UPLOAD_COLUMNS.key);
+const WITH_REVIEW = defineColumns(WITH_REVIEW_LIST, UPLOAD_ROW_FLAGS, UPLOAD_COLUMNS.key);
 
 /** The generated row type has the field (a missing one fails `deno check`). */
-type PdfRow = RowOf<typeof WITH_PDF_LIST, typeof UPLOAD_ROW_FLAGS>;
+type ReviewRow = RowOf<typeof WITH_REVIEW_LIST, typeof UPLOAD_ROW_FLAGS>;
 
-function pdfRow(key: string, url: string | null): PdfRow {
-  return { ...sampleRow(key), pdf_url: url };
+function reviewRow(key: string, url: string | null): ReviewRow {
+  return { ...sampleRow(key), review_url: url };
 }
 
-const OPTIONS = { table: "device_test", device: DEVICE, batchName: "b1", columns: WITH_PDF };
+const OPTIONS = { table: "device_test", device: DEVICE, batchName: "b1", columns: WITH_REVIEW };
 
-Deno.test("pdf_url: one declaration entry, and every generated list has it", () => {
-  const row = pdfRow("L1/B1", "https://x/r.pdf");
-  const json = rowToJson(row, WITH_PDF);
-  assert.deepEqual(Object.keys(JSON.parse(json)).slice(-2), ["metadata", "pdf_url"]);
-  assert.equal(JSON.parse(rowToJsonWithStats(row, '{"a":1}', WITH_PDF)).pdf_url, row.pdf_url);
+Deno.test("review_url: one declaration entry, and every generated list has it", () => {
+  const row = reviewRow("L1/B1", "https://x/r.pdf");
+  const json = rowToJson(row, WITH_REVIEW);
+  assert.deepEqual(Object.keys(JSON.parse(json)).slice(-2), ["metadata", "review_url"]);
+  assert.equal(
+    JSON.parse(rowToJsonWithStats(row, '{"a":1}', WITH_REVIEW)).review_url,
+    row.review_url,
+  );
 
   const statement = buildUpsertStatement([row], OPTIONS, [json]);
-  assert.match(statement, /metadata jsonb, pdf_url text, strict boolean\)/, "recordset types");
-  assert.match(statement, /insert into "device_test" as t \([^)]*\bdata_type, pdf_url\)/s);
-  assert.match(statement, /'image_analysis', i\.pdf_url\n/, "insert values");
-  assert.match(statement, /\n {4}pdf_url = excluded\.pdf_url\n/, "ON CONFLICT update");
+  assert.match(statement, /metadata jsonb, review_url text, strict boolean\)/, "recordset types");
+  assert.match(statement, /insert into "device_test" as t \([^)]*\bdata_type, review_url\)/s);
+  assert.match(statement, /'image_analysis', i\.review_url\n/, "insert values");
+  assert.match(statement, /\n {4}review_url = excluded\.review_url\n/, "ON CONFLICT update");
   assert.doesNotMatch(
     buildUpsertStatement([sampleRow("x")], { ...OPTIONS, columns: undefined }),
-    /pdf_url/,
+    /review_url/,
   );
 
   const script = buildUpsertScript([row], OPTIONS, [json]);
   assert.match(
     script,
-    /create temp table upload_rows \(metadata text, [^)]*test_date text, pdf_url text, strict/,
+    /create temp table upload_rows \(metadata text, [^)]*test_date text, review_url text, strict/,
   );
   assert.match(
     script,
-    /u\.test_date::timestamptz as test_date,\s+u\.pdf_url,\s+u\.strict::boolean/,
+    /u\.test_date::timestamptz as test_date,\s+u\.review_url,\s+u\.strict::boolean/,
   );
   const line = script.split("\n").find((l) => l.startsWith("\\{"))!.split("\t");
-  assert.equal(line.length, WITH_PDF.payload.length, "one COPY field per staging column");
+  assert.equal(line.length, WITH_REVIEW.payload.length, "one COPY field per staging column");
   assert.equal(line[7], "https://x/r.pdf", "after metadata (first), folder_key, ..., test_date");
 
-  const [ddl] = buildSchemaStatements({ table: "device_test", device: DEVICE, columns: WITH_PDF });
+  const [ddl] = buildSchemaStatements({
+    table: "device_test",
+    device: DEVICE,
+    columns: WITH_REVIEW,
+  });
   assert.match(
     ddl,
-    /\n {6}data_type text default 'image_analysis',\n {6}pdf_url text,\n {6}unique/,
+    /\n {6}data_type text default 'image_analysis',\n {6}review_url text,\n {6}unique/,
   );
   assert.match(
     ddl,
-    /\('data_type', 'text default ''image_analysis'''\),\n\s+\('pdf_url', 'text'\)/,
+    /\('data_type', 'text default ''image_analysis'''\),\n\s+\('review_url', 'text'\)/,
   );
   const [plain] = buildSchemaStatements({ table: "device_test", device: DEVICE });
-  assert.doesNotMatch(plain, /pdf_url/);
+  assert.doesNotMatch(plain, /review_url/);
 });
 
 /** A complete relation as the inspection would report a table of these columns. */
@@ -251,7 +280,7 @@ function relation(columns: readonly ColumnSpec[]): RelationState {
   };
 }
 
-Deno.test("pdf_url: the schema check finds a table without it incomplete", () => {
+Deno.test("review_url: the schema check finds a table without it incomplete", () => {
   const devices = { ...relation([]), name: "devices", unique: [relation([]).unique[1]] };
   devices.columns = { id: { type: "uuid", notNull: true, hasDefault: false, identity: false } };
   const inspection: SchemaInspection = {
@@ -268,11 +297,11 @@ Deno.test("pdf_url: the schema check finds a table without it incomplete", () =>
     deviceRow: null,
   };
   assert.deepEqual(findMissing(inspection, "device_test"), []);
-  assert.deepEqual(findMissing(inspection, "device_test", WITH_PDF), [
-    "column pdf_url of device_test",
+  assert.deepEqual(findMissing(inspection, "device_test", WITH_REVIEW), [
+    "column review_url of device_test",
   ]);
-  inspection.table = relation(WITH_PDF_LIST);
-  assert.deepEqual(findMissing(inspection, "device_test", WITH_PDF), []);
+  inspection.table = relation(WITH_REVIEW_LIST);
+  assert.deepEqual(findMissing(inspection, "device_test", WITH_REVIEW), []);
 });
 
 function connection(pg: PgServer) {
@@ -284,7 +313,8 @@ function connection(pg: PgServer) {
 }
 
 Deno.test({
-  name: "pdf_url against PostgreSQL: added by the upgrade, written by the statement and the script",
+  name:
+    "review_url against PostgreSQL: added by the upgrade, written by the statement and the script",
   ignore: NO_SERVER,
   async fn() {
     const pg = await startPostgres();
@@ -295,31 +325,33 @@ Deno.test({
       return reply.rows;
     };
     try {
-      // Today's table first: the declaration with pdf_url upgrades it.
+      // Today's table first: the declaration with review_url upgrades it.
       await run(buildSchemaStatements({ table: "device_test", device: DEVICE })[0]);
       await run(
-        buildSchemaStatements({ table: "device_test", device: DEVICE, columns: WITH_PDF })[0],
+        buildSchemaStatements({ table: "device_test", device: DEVICE, columns: WITH_REVIEW })[0],
       );
       assert.deepEqual(
         await run(
           "select data_type from information_schema.columns where table_name = 'device_test' " +
-            "and column_name = 'pdf_url'",
+            "and column_name = 'review_url'",
         ),
         ["text"],
       );
-      const a = pdfRow("L1/A", "https://x/a.pdf");
-      const b = pdfRow("L1/B", null);
-      await run(buildUpsertStatement([a], OPTIONS, [rowToJson(a, WITH_PDF)]));
-      await run(buildUpsertScript([b], OPTIONS, [rowToJson(b, WITH_PDF)]), true);
+      const a = reviewRow("L1/A", "https://x/a.pdf");
+      const b = reviewRow("L1/B", null);
+      await run(buildUpsertStatement([a], OPTIONS, [rowToJson(a, WITH_REVIEW)]));
+      await run(buildUpsertScript([b], OPTIONS, [rowToJson(b, WITH_REVIEW)]), true);
       assert.deepEqual(
-        await run("select folder_key || '=' || coalesce(pdf_url, '-') from device_test order by 1"),
+        await run(
+          "select folder_key || '=' || coalesce(review_url, '-') from device_test order by 1",
+        ),
         ["L1/A=https://x/a.pdf", "L1/B=-"],
       );
       // A rewrite sets it like the tool's other columns.
-      const changed = { ...a, pdf_url: "https://x/a2.pdf", metadata: { content_hash: "new" } };
-      await run(buildUpsertScript([changed], OPTIONS, [rowToJson(changed, WITH_PDF)]), true);
+      const changed = { ...a, review_url: "https://x/a2.pdf", metadata: { content_hash: "new" } };
+      await run(buildUpsertScript([changed], OPTIONS, [rowToJson(changed, WITH_REVIEW)]), true);
       assert.deepEqual(
-        await run("select pdf_url from device_test where folder_key = 'L1/A'"),
+        await run("select review_url from device_test where folder_key = 'L1/A'"),
         ["https://x/a2.pdf"],
       );
     } finally {

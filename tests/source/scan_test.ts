@@ -12,6 +12,7 @@
  */
 
 import assert from "node:assert/strict";
+import { walkConfig } from "../../lib/engine/upload.ts";
 import { join } from "node:path";
 import {
   type FolderSnapshot,
@@ -619,6 +620,29 @@ Deno.test("scanFolders: stopping early closes the listings still open", async ()
   controller.abort();
   assert.equal((await chunks.next()).done, true);
   assert.equal(await settledFds(before), before);
+});
+
+Deno.test("scanFolders: with report extensions (config reportOnlyUnits) a report alone makes a unit, in the walk and its workers", async () => {
+  using dir = tempDir();
+  writeTree(dir.path, {
+    "118317/2025-06-01 09:30.pdf": { bytes: 10 },
+    "118317/2025-06-02 09:30.PDF": { bytes: 10 },
+    "Report/notes.txt": { text: "x" },
+    "Report/report.pdf": { bytes: 3 },
+    "NotesOnly/notes.txt": { text: "x" },
+    "Batch1/stats.json": { json: {} },
+  });
+  const options = { reportExtensions: DEFAULT_CONFIG.reportExtensions };
+  assert.deepEqual((await scanBothWays(dir.path, options)).keys, ["118317", "Batch1", "Report"]);
+  assert.deepEqual((await scanBothWays(dir.path)).keys, ["Batch1"], "not without them");
+  const inWorker = await workerItems(dir.path, options);
+  assert.deepEqual([...countKeys(inWorker).keys()].sort(), ["118317", "Batch1", "Report"]);
+  const report = snapshotFolder(join(dir.path, "118317"));
+  assert.equal(report.kind === "folder" && isUploadUnit(report.snapshot, options), true);
+  assert.equal(report.kind === "folder" && isUploadUnit(report.snapshot), false);
+  // The engine's walk takes them from the config's switch.
+  assert.deepEqual(walkConfig(DEFAULT_CONFIG).reportExtensions, [".pdf"]);
+  assert.deepEqual(walkConfig({ ...DEFAULT_CONFIG, reportOnlyUnits: false }).reportExtensions, []);
 });
 
 Deno.test("snapshotFolder: one folder, no walk below it", () => {

@@ -336,16 +336,18 @@ function headerJson(options: UpsertOptions): string {
 /**
  * SQL (in the upsert's DO UPDATE): a row this tool did not write (no content_hash) holds
  * the folder's content when its stats are the same JSON value (no stats: SQL or JSON null)
- * and its images name the same files (URLs ending in those names included): such a row is
- * adopted as it stands.
+ * and its images name the same files (URLs ending in those names included, on either side:
+ * `--images-as urls` sends URLs): such a row is adopted as it stands.
  */
 const SAME_CONTENT =
   `coalesce(t.test_results, 'null'::jsonb) = coalesce(excluded.test_results, 'null'::jsonb)\n` +
   `    and (select array_agg(b order by b) from (select ${
     imageNameBytes("o")
   } as b from unnest(t.images) o) s)\n` +
-  `      is not distinct from (select array_agg(convert_to(n, 'UTF8') order by convert_to(n, 'UTF8'))\n` +
-  `        from unnest(excluded.images) n)`;
+  `      is not distinct from (select array_agg(b order by b) from (select ${
+    imageNameBytes("n")
+  } as b\n` +
+  `        from unnest(excluded.images) n) s)`;
 
 /**
  * SQL: strict rows (keyed by a folder's name alone) may not overwrite a row another folder
