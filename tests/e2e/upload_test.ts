@@ -158,6 +158,14 @@ function expectedStatus(stats: unknown): string {
   return typeof result === "string" && result !== "" ? "passed" : "failed";
 }
 
+/** The time stamp a file name starts with (`YYYY-MM-DD HH:MM[:SS]`, local time), or null. */
+function nameStamp(name: string): number | null {
+  const m = /^(\d{4})-(\d{2})-(\d{2}) (\d{2}):(\d{2})(?::(\d{2}))?/.exec(name);
+  if (!m) return null;
+  const [y, mo, d, h, mi, sec] = m.slice(1).map((part) => Number(part ?? 0));
+  return new Date(y, mo - 1, d, h, mi, sec).getTime();
+}
+
 /** Asserts that `row` is exactly what `unit` should have produced. */
 function assertRowMatches(row: Row | undefined, unit: Unit): void {
   assert.ok(row, `no row for ${JSON.stringify(unit.key)}`);
@@ -169,7 +177,18 @@ function assertRowMatches(row: Row | undefined, unit: Unit): void {
   const stats = statsFile ? JSON.parse(Deno.readTextFileSync(join(unit.path, "stats.json"))) : null;
   assert.deepEqual(row.test_results, stats, where);
   assert.equal(row.test_status, expectedStatus(stats), where);
-  const dateMs = statsFile
+  // The device's own time stamp in the image names (`2025-06-02 16:42:55.jpg`, local
+  // time) when they carry one, else in the reports' names, else stats.json's mtime, else
+  // the newest image's.
+  const stampsOf = (files: typeof unit.files) =>
+    files.map((f) => nameStamp(f.name)).filter((t) => t !== null);
+  const imageStamps = stampsOf(unit.files.filter((f) => isImage(f.name)));
+  const stamps = imageStamps.length > 0
+    ? imageStamps
+    : stampsOf(unit.files.filter((f) => /\.pdf$/i.test(f.name)));
+  const dateMs = stamps.length > 0
+    ? Math.max(...stamps)
+    : statsFile
     ? statsFile.mtimeMs
     : Math.max(...unit.files.filter((f) => isImage(f.name)).map((f) => f.mtimeMs));
   assert.equal(Date.parse(row.test_date!), dateMs, `${where} test_date ${row.test_date}`);

@@ -273,6 +273,7 @@ function completeTable(): RelationState {
       "upload_batch",
       "metadata",
       "data_type",
+      "pdf_url",
     ]
   ) columns[name] = column();
   columns.id = { ...column(true, true), type: "uuid" };
@@ -592,6 +593,7 @@ const EXPECTED_COLUMNS = [
   "upload_batch|text|YES|",
   "metadata|jsonb|YES|",
   "data_type|text|YES|'image_analysis'::text",
+  "pdf_url|text|YES|",
 ].sort();
 
 async function columns(session: PsqlSession, table: string, schema = "public"): Promise<string[]> {
