@@ -122,7 +122,7 @@ export type MarkerWrite = (
 export interface MarkerWriterOptions {
   /**
    * Writes at once: with `write`, calls in flight (default 16); without, markers queued for
-   * the marker thread and not yet written (default 4096).
+   * the marker thread and not yet written (default 512).
    */
   concurrency?: number;
   /** Called with the folder, the error and the marker that could not be written. */
@@ -131,7 +131,7 @@ export interface MarkerWriterOptions {
   onWritten?: (path: string, name: string, marker: SuccessMarker | FailedMarker) => void;
   /**
    * How one marker is written. Default: on the marker thread (marker_worker.ts, as
-   * {@linkcode writeMarkerChecked}), many markers per message.
+   * {@linkcode writeMarkerAsync}), many markers per message.
    */
   write?: MarkerWrite;
 }
@@ -160,7 +160,7 @@ export class MarkerWriter {
     this.#config = config;
     this.#write = options.write ?? null;
     this.#thread = this.#write === null ? new MarkerThread(config) : null;
-    const slots = options.concurrency ?? (this.#thread ? 4096 : 16);
+    const slots = options.concurrency ?? (this.#thread ? 512 : 16);
     this.#slots = new Budget(Math.max(1, slots));
     this.#onError = options.onError;
     this.#onWritten = options.onWritten;
@@ -310,48 +310,6 @@ export async function writeMarkerAsync(
   }
   await removeStale(plan.stale);
   return true;
-}
-
-/**
- * {@linkcode writeMarkerAsync} with synchronous calls (what the marker thread runs): a
- * marker that tells the same as the one the folder already has (`present` names it) is
- * left as it is, and only the opposite marker is removed.
- *
- * @returns whether the marker was written.
- * @throws the file-system error, as {@linkcode writeMarker}.
- */
-export function writeMarkerChecked(
-  folderPath: string,
-  marker: SuccessMarker | FailedMarker,
-  config: MarkerConfig,
-  present?: ReadonlySet<string>,
-): boolean {
-  const name = marker.status === "success" ? config.successMarker : config.failedMarker;
-  if (present?.has(name)) {
-    const existing = readMarkerSync(join(folderPath, name));
-    if (existing !== null && sameMarker(existing, marker as unknown as Record<string, unknown>)) {
-      for (const stale of planMarker(folderPath, marker, config, present).stale) {
-        try {
-          Deno.removeSync(stale);
-        } catch (error) {
-          if (!(error instanceof Deno.errors.NotFound)) throw error;
-        }
-      }
-      return false;
-    }
-  }
-  writeMarker(folderPath, marker, config, present);
-  return true;
-}
-
-/** {@linkcode readMarker}, synchronous. */
-function readMarkerSync(path: string): Record<string, unknown> | null {
-  try {
-    const value = JSON.parse(Deno.readTextFileSync(path));
-    return value !== null && typeof value === "object" ? value : null;
-  } catch (_error) {
-    return null; // no usable marker there: it is written anew
-  }
 }
 
 /** Removes the opposite marker (a missing one is fine). */
