@@ -130,6 +130,11 @@ export interface MarkerWriterOptions {
   /** Called with the folder, the marker's file name and the marker after each write. */
   onWritten?: (path: string, name: string, marker: SuccessMarker | FailedMarker) => void;
   /**
+   * Markers written in this process before the marker thread takes over (default 64): a
+   * run of a few folders never starts the thread and its memory.
+   */
+  directMarkers?: number;
+  /**
    * How one marker is written. Default: on the marker thread (marker_worker.ts, as
    * {@linkcode writeMarkerAsync}), many markers per message.
    */
@@ -154,6 +159,10 @@ export class MarkerWriter {
   #queued: { job: MarkerJob; release: Release }[] = [];
   #flushTimer: ReturnType<typeof setTimeout> | undefined;
   #running = new Set<Promise<void>>();
+  /** Markers left to write in this process before the thread takes over. */
+  #direct: number;
+  /** The wait for the direct writes, once the thread took over (they finish first). */
+  #handover: Promise<void> | null = null;
 
   /** A writer of markers named by `config`, tuned by `options`. */
   constructor(config: MarkerConfig, options: MarkerWriterOptions) {
@@ -164,6 +173,7 @@ export class MarkerWriter {
     this.#slots = new Budget(Math.max(1, slots));
     this.#onError = options.onError;
     this.#onWritten = options.onWritten;
+    this.#direct = this.#thread ? Math.max(0, options.directMarkers ?? 64) : 0;
   }
 
   /**
@@ -179,8 +189,14 @@ export class MarkerWriter {
   ): Promise<void> {
     const release = await this.#slots.acquire();
     const names = present === undefined || present instanceof Set ? present : new Set(present);
-    if (this.#thread) return this.#enqueue({ path: folderPath, marker, present: names }, release);
-    const write = this.#write!;
+    if (this.#thread && this.#direct === 0) {
+      // The direct writes end before the thread's first: a folder's markers stay in order.
+      this.#handover ??= this.flush();
+      await this.#handover;
+      return this.#enqueue({ path: folderPath, marker, present: names }, release);
+    }
+    if (this.#thread) this.#direct--;
+    const write = this.#write ?? writeMarkerAsync;
     const task: Promise<void> = Promise.resolve()
       .then(() => write(folderPath, marker, this.#config, names))
       .then(

@@ -274,6 +274,7 @@ Deno.test("MarkerWriter: the markers are written on their own thread, while the 
   for (const f of folders) Deno.mkdirSync(f);
   const writer = new MarkerWriter(DEFAULT_CONFIG, {
     concurrency: 1000,
+    directMarkers: 0,
     onError: (path, error) => assert.fail(`${path}: ${error}`),
   });
   for (const f of folders) await writer.write(f, { ...SUCCESS, folder_name: f }, []);
