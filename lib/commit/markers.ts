@@ -11,7 +11,8 @@
 
 import { join } from "node:path";
 import type { UploaderConfig } from "../../config.ts";
-import { Budget } from "../core/budget.ts";
+import { Budget, type Release } from "../core/budget.ts";
+import { errorOf, type MarkerJob, MarkerThread } from "./marker_thread.ts";
 
 /** The content of a success marker. */
 export interface SuccessMarker {
@@ -119,37 +120,60 @@ export type MarkerWrite = (
 
 /** Settings of a {@linkcode MarkerWriter}. */
 export interface MarkerWriterOptions {
-  /** Writes at once. Default 16. */
+  /**
+   * Writes at once: with `write`, calls in flight (default 16); without, markers queued for
+   * the marker thread and not yet written (default 512).
+   */
   concurrency?: number;
   /** Called with the folder, the error and the marker that could not be written. */
   onError: (path: string, error: unknown, marker: SuccessMarker | FailedMarker) => void;
   /** Called with the folder, the marker's file name and the marker after each write. */
   onWritten?: (path: string, name: string, marker: SuccessMarker | FailedMarker) => void;
-  /** How one marker is written. Default {@linkcode writeMarkerAsync}. */
+  /**
+   * Markers written in this process before the marker thread takes over (default 64): a
+   * run of a few folders never starts the thread and its memory.
+   */
+  directMarkers?: number;
+  /**
+   * How one marker is written. Default: on the marker thread (marker_worker.ts, as
+   * {@linkcode writeMarkerAsync}), many markers per message.
+   */
   write?: MarkerWrite;
 }
 
 /**
- * Writes markers off the upload's hot path: each write runs on the runtime's I/O threads,
- * up to `concurrency` at once (one {@linkcode Budget} of slots), while the next batch is
- * built. {@linkcode drain} waits for all of them; a failed write is reported through
- * `onError` for its folder and never throws into the run.
+ * Writes markers off the upload's hot path, while the next batches are built and sent: on
+ * the marker thread (a worker, sent many markers per message), or, with `write`, one call
+ * per marker, up to `concurrency` at once (one {@linkcode Budget} of slots). {@linkcode drain}
+ * waits for all of them; a failed write is reported through `onError` for its folder and
+ * never throws into the run.
  */
 export class MarkerWriter {
   #config: MarkerConfig;
   #slots: Budget;
   #onError: MarkerWriterOptions["onError"];
   #onWritten: MarkerWriterOptions["onWritten"];
-  #write: MarkerWrite;
+  #write: MarkerWrite | null;
+  #thread: MarkerThread | null;
+  /** Markers not yet sent to the thread, each with its slot. */
+  #queued: { job: MarkerJob; release: Release }[] = [];
+  #flushTimer: ReturnType<typeof setTimeout> | undefined;
   #running = new Set<Promise<void>>();
+  /** Markers left to write in this process before the thread takes over. */
+  #direct: number;
+  /** The wait for the direct writes, once the thread took over (they finish first). */
+  #handover: Promise<void> | null = null;
 
   /** A writer of markers named by `config`, tuned by `options`. */
   constructor(config: MarkerConfig, options: MarkerWriterOptions) {
     this.#config = config;
-    this.#slots = new Budget(Math.max(1, options.concurrency ?? 16));
+    this.#write = options.write ?? null;
+    this.#thread = this.#write === null ? new MarkerThread(config) : null;
+    const slots = options.concurrency ?? (this.#thread ? 512 : 16);
+    this.#slots = new Budget(Math.max(1, slots));
     this.#onError = options.onError;
     this.#onWritten = options.onWritten;
-    this.#write = options.write ?? writeMarkerAsync;
+    this.#direct = this.#thread ? Math.max(0, options.directMarkers ?? 64) : 0;
   }
 
   /**
@@ -165,15 +189,18 @@ export class MarkerWriter {
   ): Promise<void> {
     const release = await this.#slots.acquire();
     const names = present === undefined || present instanceof Set ? present : new Set(present);
-    const name = marker.status === "success"
-      ? this.#config.successMarker
-      : this.#config.failedMarker;
+    if (this.#thread && this.#direct === 0) {
+      // The direct writes end before the thread's first: a folder's markers stay in order.
+      this.#handover ??= this.flush();
+      await this.#handover;
+      return this.#enqueue({ path: folderPath, marker, present: names }, release);
+    }
+    if (this.#thread) this.#direct--;
+    const write = this.#write ?? writeMarkerAsync;
     const task: Promise<void> = Promise.resolve()
-      .then(() => this.#write(folderPath, marker, this.#config, names))
+      .then(() => write(folderPath, marker, this.#config, names))
       .then(
-        (written) => {
-          if (written) this.#onWritten?.(folderPath, name, marker);
-        },
+        (written) => this.#written(folderPath, marker, written),
         (error) => this.#onError(folderPath, error, marker),
       )
       .finally(() => {
@@ -183,11 +210,59 @@ export class MarkerWriter {
     this.#running.add(task);
   }
 
-  /** Waits for every queued write. */
-  async drain(): Promise<void> {
+  /** Waits for every queued write; the marker thread, if any, stays for later writes. */
+  async flush(): Promise<void> {
+    this.#send();
     while (this.#running.size > 0) await Promise.allSettled([...this.#running]);
   }
+
+  /** Waits for every queued write, then ends the marker thread (a later write starts it). */
+  async drain(): Promise<void> {
+    await this.flush();
+    this.#thread?.close();
+  }
+
+  #written(path: string, marker: SuccessMarker | FailedMarker, written: boolean): void {
+    if (!written) return;
+    const config = this.#config;
+    this.#onWritten?.(
+      path,
+      marker.status === "success" ? config.successMarker : config.failedMarker,
+      marker,
+    );
+  }
+
+  /** Queues a marker for the thread: sent with the others queued in the same turn. */
+  #enqueue(job: MarkerJob, release: Release): void {
+    this.#queued.push({ job, release });
+    if (this.#queued.length >= MARKERS_PER_MESSAGE) this.#send();
+    else this.#flushTimer ??= setTimeout(() => this.#send(), 0);
+  }
+
+  /** Sends the queued markers to the thread in one message and reports their results. */
+  #send(): void {
+    clearTimeout(this.#flushTimer);
+    this.#flushTimer = undefined;
+    const entries = this.#queued;
+    if (entries.length === 0 || !this.#thread) return;
+    this.#queued = [];
+    const task: Promise<void> = this.#thread.run(entries.map((e) => e.job)).then((results) => {
+      entries.forEach(({ job, release }, i) => {
+        try {
+          const result = results[i];
+          if ("error" in result) this.#onError(job.path, errorOf(result.error), job.marker);
+          else this.#written(job.path, job.marker, result.written);
+        } finally {
+          release();
+        }
+      });
+    }).finally(() => this.#running.delete(task));
+    this.#running.add(task);
+  }
 }
+
+/** Markers sent to the marker thread in one message, at most. */
+const MARKERS_PER_MESSAGE = 256;
 
 /** Marker fields that differ between two writes of the same outcome. */
 const VOLATILE = new Set(["upload_time", "upload_batch", "failed_time", "retry_count"]);

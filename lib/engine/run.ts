@@ -205,22 +205,27 @@ export class Run {
     if (!this.markers || !this.records) return;
     let after = "";
     let written = 0;
-    while (!this.stopping) {
-      const owed: OwedMarker[] = tracker.owedMarkers(chunk, after);
-      if (owed.length === 0) break;
-      after = owed[owed.length - 1].path;
-      const done: string[] = [];
-      const writer = new MarkerWriter(this.config, {
-        onError: () => {/* still owed: the folder is not writable yet */},
-        onWritten: (path) => done.push(path),
-      });
-      for (const o of owed) {
-        await writer.write(o.path, o.marker);
+    let done: string[] = [];
+    const writer = new MarkerWriter(this.config, {
+      onError: () => {/* still owed: the folder is not writable yet */},
+      onWritten: (path) => done.push(path),
+    });
+    try {
+      while (!this.stopping) {
+        const owed: OwedMarker[] = tracker.owedMarkers(chunk, after);
+        if (owed.length === 0) break;
+        after = owed[owed.length - 1].path;
+        done = [];
+        for (const o of owed) {
+          await writer.write(o.path, o.marker);
+        }
+        await writer.flush();
+        tracker.markersWritten(done);
+        written += done.length;
+        if (done.length === 0) break;
       }
+    } finally {
       await writer.drain();
-      tracker.markersWritten(done);
-      written += done.length;
-      if (done.length === 0) break;
     }
     this.counters.markersCaughtUp += written;
     if (written > 0) {

@@ -267,3 +267,33 @@ Deno.test("MarkerWriter: many real folders with a small concurrency all get thei
     assert.equal(JSON.parse(Deno.readTextFileSync(join(f, "success.json"))).folder_name, f);
   }
 });
+
+Deno.test("MarkerWriter: the markers are written on their own thread, while the main thread is busy", async () => {
+  using dir = tempDir();
+  const folders = Array.from({ length: 300 }, (_, i) => join(dir.path, `F${i}`));
+  for (const f of folders) Deno.mkdirSync(f);
+  const writer = new MarkerWriter(DEFAULT_CONFIG, {
+    concurrency: 1000,
+    directMarkers: 0,
+    onError: (path, error) => assert.fail(`${path}: ${error}`),
+  });
+  for (const f of folders) await writer.write(f, { ...SUCCESS, folder_name: f }, []);
+  await tick(); // the last ones are sent at the end of this turn
+  // The main thread now blocks; the markers must still land (their writes run elsewhere).
+  const missing = new Set(folders.map((f) => join(f, "success.json")));
+  const until = Date.now() + 20_000;
+  while (missing.size > 0 && Date.now() < until) {
+    for (const file of missing) {
+      try {
+        if (Deno.statSync(file).isFile) missing.delete(file);
+      } catch (error) {
+        if (!(error instanceof Deno.errors.NotFound)) throw error;
+      }
+    }
+  }
+  assert.equal(missing.size, 0, "markers not written while the main thread was busy");
+  await writer.drain();
+  for (const f of folders) {
+    assert.equal(JSON.parse(Deno.readTextFileSync(join(f, "success.json"))).folder_name, f);
+  }
+});
