@@ -115,19 +115,34 @@ function wideTempDir(): TempDir {
 }
 
 /** Open file descriptors of this process. */
-function openFds(): number {
-  return [...Deno.readDirSync("/proc/self/fd")].length;
+/**
+ * How many of this process's open descriptors name something under `root`: other test
+ * files run in the same process at the same time (`--parallel`), so only descriptors of
+ * this test's own tree count.
+ */
+function openFdsUnder(root: string): number {
+  let count = 0;
+  for (const entry of Deno.readDirSync("/proc/self/fd")) {
+    try {
+      if (Deno.readLinkSync(`/proc/self/fd/${entry.name}`).startsWith(root)) count++;
+    } catch {
+      // Closed between the listing and the look: not open any more.
+    }
+  }
+  return count;
 }
 
-/** The open descriptor count once it is back to `expected`, or after 2 s of
- * waiting: a listing's handle is released on Deno's blocking threads, a moment
- * after its iterator returns. */
-async function settledFds(expected: number): Promise<number> {
+/**
+ * The count of descriptors under `root` once it is back to `expected`, or after 2 s of
+ * waiting: a listing's handle is released on Deno's blocking threads, a moment after its
+ * iterator returns.
+ */
+async function settledFdsUnder(root: string, expected: number): Promise<number> {
   const until = Date.now() + 2_000;
-  let now = openFds();
+  let now = openFdsUnder(root);
   while (now !== expected && Date.now() < until) {
     await new Promise((resolve) => setTimeout(resolve, 20));
-    now = openFds();
+    now = openFdsUnder(root);
   }
   return now;
 }
@@ -605,21 +620,22 @@ Deno.test("scanFolders: an aborted signal stops the walk between folders", async
 Deno.test("scanFolders: stopping early closes the listings still open", async () => {
   using dir = tempDir();
   generateTree(dir.path, { folders: 300, nested: true, perLine: 30 });
-  const before = openFds();
+  const root = Deno.realPathSync(dir.path);
+  const before = openFdsUnder(root);
   let taken = 0;
   for await (const item of scanFolders(dir.path, STREAMED)) {
     if (item.kind === "folder" && ++taken === 5) {
-      assert.ok(openFds() >= before + 2, "the base's and a line's listings are open");
+      assert.ok(openFdsUnder(root) >= before + 2, "the base's and a line's listings are open");
       break;
     }
   }
-  assert.equal(await settledFds(before), before);
+  assert.equal(await settledFdsUnder(root, before), before);
   const controller = new AbortController();
   const chunks = scanFolderChunks(dir.path, { ...STREAMED, chunk: 3, signal: controller.signal });
   await chunks.next();
   controller.abort();
   assert.equal((await chunks.next()).done, true);
-  assert.equal(await settledFds(before), before);
+  assert.equal(await settledFdsUnder(root, before), before);
 });
 
 Deno.test("scanFolders: with report extensions (config reportOnlyUnits) a report alone makes a unit, in the walk and its workers", async () => {
