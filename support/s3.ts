@@ -23,6 +23,9 @@
  */
 
 /** The s3rver package the child runs, pinned. */
+import { type PgServer, startPostgres } from "./postgres.ts";
+import { withTempDir } from "./run.ts";
+
 export const S3RVER_PACKAGE = "npm:@20minutes/s3rver@5.0.0";
 
 /** Options of {@linkcode startS3Server}. */
@@ -252,4 +255,22 @@ async function serveChild(): Promise<void> {
 
 if (import.meta.main && Deno.env.get("S3RVER_CHILD") === "1") {
   await serveChild();
+}
+
+/**
+ * Runs `fn` with a throwaway PostgreSQL server, an S3-compatible server and a temp
+ * directory (named with `prefix`), all removed afterwards whatever happens.
+ */
+export async function withPgAndS3(
+  prefix: string,
+  fn: (pg: PgServer, s3: S3Server, dir: string) => Promise<void>,
+): Promise<void> {
+  const pg = await startPostgres();
+  const s3 = await startS3Server();
+  try {
+    await withTempDir(prefix, (dir) => fn(pg, s3, dir));
+  } finally {
+    await s3.close();
+    await pg.close();
+  }
 }

@@ -7,8 +7,8 @@
 
 import assert from "node:assert/strict";
 import { join } from "node:path";
-import { hasPostgres, type PgServer, startPostgres } from "../../support/postgres.ts";
-import { startS3Server } from "../../support/s3.ts";
+import { hasPostgres, type PgServer } from "../../support/postgres.ts";
+import { type S3Server, withPgAndS3 } from "../../support/s3.ts";
 import { s3ErrorReply, startFaultProxy } from "../../support/fault_http_proxy.ts";
 import { writeTree } from "../../support/tree.ts";
 import { storeFromEnv } from "../../lib/objects/storage.ts";
@@ -21,7 +21,6 @@ import {
   startUploader,
   type UploaderExit,
   waitForActiveUpsert,
-  withTempDir,
 } from "../../support/run.ts";
 
 const DEVICE = "4f9d2c1a-7b3e-4c5d-8e6f-0a1b2c3d4e5f";
@@ -75,17 +74,10 @@ function summary(exit: UploaderExit): Record<string, unknown> {
   return s;
 }
 
-async function withServers(
-  fn: (pg: PgServer, s3: Awaited<ReturnType<typeof startS3Server>>, dir: string) => Promise<void>,
+function withServers(
+  fn: (pg: PgServer, s3: S3Server, dir: string) => Promise<void>,
 ): Promise<void> {
-  const pg = await startPostgres();
-  const s3 = await startS3Server();
-  try {
-    await withTempDir("images_test_", (dir) => fn(pg, s3, dir));
-  } finally {
-    await s3.close();
-    await pg.close();
-  }
+  return withPgAndS3("images_test_", fn);
 }
 
 Deno.test({

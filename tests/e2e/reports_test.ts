@@ -23,7 +23,7 @@ import assert from "node:assert/strict";
 import { join } from "node:path";
 import { DatabaseSync } from "node:sqlite";
 import { hasPostgres, type PgServer, startPostgres } from "../../support/postgres.ts";
-import { type S3Server, startS3Server } from "../../support/s3.ts";
+import { type S3Server, withPgAndS3 } from "../../support/s3.ts";
 import { writeTree } from "../../support/tree.ts";
 import {
   percentEncode,
@@ -81,17 +81,10 @@ async function rowsByName(
   return new Map(Object.entries(JSON.parse(out.trim()) as Record<string, Record<string, unknown>>));
 }
 
-async function withServers(
+function withServers(
   fn: (pg: PgServer, s3: S3Server, dir: string) => Promise<void>,
 ): Promise<void> {
-  const pg = await startPostgres();
-  const s3 = await startS3Server();
-  try {
-    await withTempDir("reports_test_", (dir) => fn(pg, s3, dir));
-  } finally {
-    await s3.close();
-    await pg.close();
-  }
+  return withPgAndS3("reports_test_", fn);
 }
 
 /** The files of the reports tree, by `folder/name`. */
