@@ -49,11 +49,13 @@ export class EmbeddedWorker {
   #ended = false;
   #pending: { expect: EmbeddedReply["type"]; settle: (error?: Error) => void } | null = null;
 
-  constructor(log: (line: string) => void) {
+  /** `module` is the worker's code: lib/target/embedded_worker.ts unless a test names another. */
+  constructor(
+    log: (line: string) => void,
+    module: URL = new URL("./embedded_worker.ts", import.meta.url),
+  ) {
     this.#log = log;
-    this.#worker = new Worker(new URL("./embedded_worker.ts", import.meta.url).href, {
-      type: "module",
-    });
+    this.#worker = new Worker(module.href, { type: "module" });
     this.#worker.onmessage = (event: MessageEvent<EmbeddedReply>) => {
       const message = event.data;
       if (message.type === "log") this.#log(message.line);
@@ -63,10 +65,14 @@ export class EmbeddedWorker {
     };
     this.#worker.onerror = (event: ErrorEvent) => {
       // An uncaught error ends the worker; keep it from ending this thread too.
+      // The worker is gone either way: a later request (the stop of the cleanup) must
+      // fail at once, not wait out its timeout.
       event.preventDefault();
       const failure = new WorkerFailed("crash", event.message);
-      if (this.#pending) this.#settle(failure);
-      else this.#log(`Embedded database worker failed: ${event.message}`);
+      if (!this.#pending) this.#log(`Embedded database worker failed: ${event.message}`);
+      this.#settle(failure);
+      this.#ended = true;
+      this.#worker.terminate();
     };
   }
 
