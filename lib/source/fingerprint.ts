@@ -39,13 +39,11 @@ export function fingerprintFiles(
 ): string {
   const kept = files.filter((f) => !exclude.has(f.name));
   kept.sort(compareNames);
-  const hash = createHash("md5");
-  hash.update(`${kept.length}\n`);
-  for (const f of kept) {
-    // NUL cannot occur in a file name, so it separates fields unambiguously.
-    hash.update(`${f.name}\0${f.size}\0${Math.trunc(f.mtimeMs)}\n`);
-  }
-  return hash.digest("hex");
+  // One string, hashed in one call (the same digest as a call per line, at a fraction of
+  // the cost). NUL cannot occur in a file name, so it separates fields unambiguously.
+  let text = `${kept.length}\n`;
+  for (const f of kept) text += `${f.name}\0${f.size}\0${Math.trunc(f.mtimeMs)}\n`;
+  return createHash("md5").update(text).digest("hex");
 }
 
 /** Orders names by UTF-16 code units, the same on every machine and locale. */

@@ -74,12 +74,6 @@ export interface ScanOptions {
   /** Checked between folders; when aborted the scan stops early. */
   signal?: AbortSignal;
   /**
-   * Walk only part of the tree, for parallel walkers: the base's subfolders whose name
-   * hashes to `index` ({@linkcode partitionOf}); the base folder itself belongs to part 0.
-   * Default: the whole tree.
-   */
-  partition?: { index: number; count: number };
-  /**
    * A directory whose size (`st_size`) is at least this many bytes, or 0 (the file system
    * does not say), is read as a stream instead of in one call. 32 KiB is about 1,500
    * entries on ext4, tmpfs and btrfs. Default {@linkcode STREAM_DIR_BYTES}.

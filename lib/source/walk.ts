@@ -9,6 +9,10 @@
  * and its subfolders are walked as their entries arrive, so at most one listing per level
  * is open and no list of a wide directory's names is ever held.
  *
+ * The walk runs on one thread ({@linkcode scanFolderChunks}) or shared: one thread lists the
+ * base and hands its subfolders out ({@linkcode listBaseChunks}), walker threads walk them
+ * ({@linkcode walkSubfolders}); lib/source/walkers.ts puts the two together.
+ *
  * @module
  */
 
@@ -30,34 +34,19 @@ export interface ChunkScanOptions extends ScanOptions {
   chunk?: number;
 }
 
+/**
+ * Where {@linkcode listBaseChunks} puts the base's subfolders, to be walked elsewhere: each
+ * name once, as its listing reaches it.
+ */
+export interface SubfolderFeed {
+  /** Takes the subfolder `name` of the base (its key is its name). */
+  add(name: string): void;
+  /** Undefined while there is room for more names, else resolves when there is. */
+  full(): Promise<void> | undefined;
+}
+
 /** The default of {@linkcode ScanOptions.streamDirBytes}: 32 KiB. */
 export const STREAM_DIR_BYTES = 32 * 1024;
-
-/**
- * The part (0 .. `count` - 1) a subfolder of the base belongs to when `count` walkers
- * share the tree: a hash of its name (FNV-1a, then murmur3's finaliser), so each walker
- * decides alone, as the names arrive, without listing or sorting them first.
- *
- * @example
- * ```ts
- * partitionOf("Batch54", 1); // 0
- * partitionOf("Batch54", 2) === partitionOf("Batch54", 2); // always the same part
- * ```
- */
-export function partitionOf(name: string, count: number): number {
-  if (count <= 1) return 0;
-  let h = 0x811c9dc5;
-  for (let i = 0; i < name.length; i++) {
-    h ^= name.charCodeAt(i);
-    h = Math.imul(h, 0x01000193);
-  }
-  h ^= h >>> 16;
-  h = Math.imul(h, 0x85ebca6b);
-  h ^= h >>> 13;
-  h = Math.imul(h, 0xc2b2ae35);
-  h ^= h >>> 16;
-  return (h >>> 0) % count;
-}
 
 /** A directory being walked whose subfolder names were all read in one call. */
 interface ListFrame {
@@ -78,9 +67,12 @@ interface StreamFrame {
   key: string;
   prefix: string;
   entries: AsyncIterator<Deno.DirEntry>;
+  /**
+   * The next entry, asked for before the current one is walked, so the listing's read
+   * overlaps the walk below it (a failure is held as a value until it is taken).
+   */
+  ahead: Promise<IteratorResult<Deno.DirEntry> | { failed: unknown }>;
   isRoot: boolean;
-  /** Whether this walker reports the directory itself (its snapshot, its bad names). */
-  owns: boolean;
   /** Whether an image or the stats file has been seen in it so far. */
   isUnit: boolean;
 }
@@ -91,24 +83,27 @@ type Frame = ListFrame | StreamFrame;
 class Walk {
   readonly root: string;
   readonly rootName: string;
-  readonly extensions: readonly string[];
   readonly statsName: string;
   readonly markers: ReadonlySet<string>;
-  readonly part: { index: number; count: number } | undefined;
   readonly streamBytes: number;
+  readonly options: ScanOptions;
+  /** Where the base's subfolders go when they are walked elsewhere. */
+  readonly feed: SubfolderFeed | undefined;
+  /** Whether a file name makes its folder a unit. */
+  readonly isUnitFile: (name: string) => boolean;
   readonly stack: Frame[] = [];
   /** Items found and not yet handed out. */
   out: ScanItem[] = [];
 
-  constructor(root: string, options: ScanOptions) {
+  constructor(root: string, options: ScanOptions, feed?: SubfolderFeed) {
     this.root = root;
     this.rootName = basename(root);
-    this.extensions = unitExtensions(options);
     this.statsName = options.statsFileName ?? "stats.json";
     this.markers = options.markerNames ?? new Set<string>();
-    const part = options.partition;
-    this.part = part && part.count > 1 ? part : undefined;
     this.streamBytes = options.streamDirBytes ?? STREAM_DIR_BYTES;
+    this.options = options;
+    this.feed = feed;
+    this.isUnitFile = unitFileTest(options);
   }
 
   problem(path: string, reason: string): void {
@@ -122,16 +117,6 @@ class Walk {
     if (reason !== null) this.out.push({ kind: "skipped", path, reason });
   }
 
-  /** Whether a file name makes its folder a unit. */
-  isUnitFile(name: string): boolean {
-    return name === this.statsName || isImageName(name, this.extensions);
-  }
-
-  /** Whether this walker walks the base's subfolder `name`. */
-  ownsChild(name: string): boolean {
-    return this.part === undefined || partitionOf(name, this.part.count) === this.part.index;
-  }
-
   child(dir: string, name: string): string {
     return childPath(dir, name);
   }
@@ -143,15 +128,21 @@ class Walk {
 
   /** Starts the walk at the base (stat'ed by the caller: it may be a symlink). */
   async start(info: Deno.FileInfo): Promise<void> {
-    const owns = this.part === undefined || this.part.index === 0;
     if (!this.streams(info.size)) {
-      this.listDir(this.root, "", true, owns);
+      this.listDir(this.root, "", true);
       return;
     }
     // Keys below a base that is a unit start with its name, so that must be known before
-    // the first subfolder is walked: a first pass over the listing looks for a unit file.
-    const isUnit = await this.hasUnitFile(this.root);
-    this.openStream(this.root, "", true, owns, isUnit);
+    // the first subfolder is walked: a first pass over the listing looks for a unit file
+    // (unless the subfolders are handed out: their walkers' owner adds the prefix).
+    const isUnit = !this.feed && await baseIsUnit(this.root, this.options);
+    this.openStream(this.root, "", true, isUnit);
+  }
+
+  /** A subfolder found in a listing: walked now, or handed out when it is the base's. */
+  subfolder(dir: string, name: string, prefix: string, isRoot: boolean): void {
+    if (isRoot && this.feed) this.feed.add(name);
+    else this.visit(this.child(dir, name), prefix === "" ? name : `${prefix}/${name}`);
   }
 
   /** Walks into a subfolder found in a listing. */
@@ -169,12 +160,12 @@ class Walk {
       this.problem(dir, "Not a directory");
       return;
     }
-    if (this.streams(info.size)) this.openStream(dir, key, false, true, false);
-    else this.listDir(dir, key, false, true);
+    if (this.streams(info.size)) this.openStream(dir, key, false, false);
+    else this.listDir(dir, key, false);
   }
 
   /** The fast path: one synchronous listing, then the snapshot, then the subfolders. */
-  listDir(dir: string, key: string, isRoot: boolean, owns: boolean): void {
+  listDir(dir: string, key: string, isRoot: boolean): void {
     const subdirs: string[] = [];
     const fileNames: string[] = [];
     let isUnit = false;
@@ -187,13 +178,11 @@ class Walk {
         if (name.charCodeAt(0) === 46 /* . */) continue;
         if (name === this.statsName && !entry.isFile) statsEntry = entry;
         if (entry.isSymlink) {
-          if (name !== this.statsName && (!isRoot || this.ownsChild(name))) {
-            (links ??= []).push(name);
-          }
+          if (name !== this.statsName) (links ??= []).push(name);
         } else if (name.includes("\uFFFD")) {
           (badNames ??= []).push(name);
         } else if (entry.isDirectory) {
-          if (!isRoot || this.ownsChild(name)) subdirs.push(name);
+          subdirs.push(name);
         } else if (entry.isFile) {
           fileNames.push(name);
           if (!isUnit && this.isUnitFile(name)) isUnit = true;
@@ -203,12 +192,16 @@ class Walk {
       this.problem(dir, describeFsError(error));
       return;
     }
-    for (const name of (owns && badNames) || []) this.badName(dir, name);
+    for (const name of badNames ?? []) this.badName(dir, name);
     for (const name of links ?? []) this.link(dir, name);
     const statsNotFile = statsEntry && describeEntry(this.child(dir, this.statsName), statsEntry);
-    if ((isUnit || statsNotFile) && owns) this.snapshot(dir, key, fileNames, statsNotFile);
+    if (isUnit || statsNotFile) this.snapshot(dir, key, fileNames, statsNotFile);
     if (subdirs.length > 0) {
       subdirs.sort();
+      if (isRoot && this.feed) {
+        for (const name of subdirs) this.feed.add(name);
+        return;
+      }
       this.stack.push({
         kind: "list",
         dir,
@@ -223,28 +216,28 @@ class Walk {
   prefixBelow(key: string, isRoot: boolean, isUnit: boolean): string {
     // Below a base that is itself a unit, keys start with the base's name, as they would
     // from its parent: the base's key and a subfolder of the same name cannot collide.
-    return isRoot && isUnit ? this.rootName : key;
+    return isRoot && isUnit && !this.feed ? this.rootName : key;
   }
 
-  openStream(dir: string, key: string, isRoot: boolean, owns: boolean, isUnit: boolean): void {
+  openStream(dir: string, key: string, isRoot: boolean, isUnit: boolean): void {
+    const entries = Deno.readDir(dir)[Symbol.asyncIterator]();
     this.stack.push({
       kind: "stream",
       dir,
       key,
       prefix: this.prefixBelow(key, isRoot, isUnit),
-      entries: Deno.readDir(dir)[Symbol.asyncIterator](),
+      entries,
+      ahead: readAhead(entries),
       isRoot,
-      owns,
       isUnit,
     });
   }
 
   /** Ends a wide directory whose listing failed part way: reports it, closes it. */
-  async streamFailed(frame: StreamFrame, error: unknown): Promise<null> {
+  async streamFailed(frame: StreamFrame, error: unknown): Promise<void> {
     this.stack.pop();
     this.problem(frame.dir, describeFsError(error));
     await closeListing(frame);
-    return null;
   }
 
   /** Walks into a wide directory's entry, or notes what it is. */
@@ -254,40 +247,61 @@ class Walk {
     // A stats file that is no regular file makes the folder a unit that fails, saying why.
     if (name === this.statsName && !entry.isFile) frame.isUnit = true;
     if (entry.isSymlink) {
-      if (name !== this.statsName && (!frame.isRoot || this.ownsChild(name))) {
-        this.link(frame.dir, name);
-      }
+      if (name !== this.statsName) this.link(frame.dir, name);
       return;
     }
     if (name.includes("\uFFFD")) {
-      if (frame.owns) this.badName(frame.dir, name);
+      this.badName(frame.dir, name);
     } else if (entry.isDirectory) {
-      if (frame.isRoot && !this.ownsChild(name)) return;
-      const key = frame.prefix === "" ? name : `${frame.prefix}/${name}`;
-      this.visit(this.child(frame.dir, name), key);
+      this.subfolder(frame.dir, name, frame.prefix, frame.isRoot);
     } else if (entry.isFile && !frame.isUnit && this.isUnitFile(name)) {
       frame.isUnit = true;
     }
   }
 
+  /**
+   * Walks until the stack is empty, yielding each full chunk of items (what is left is
+   * the caller's to hand out). A listing of the base with a feed waits while it is full.
+   */
+  async *drain(chunk: number, signal: AbortSignal | undefined): AsyncGenerator<ScanItem[]> {
+    while (this.stack.length > 0 && !signal?.aborted) {
+      if (this.out.length >= chunk) {
+        yield this.out;
+        this.out = [];
+      }
+      const top = this.stack[this.stack.length - 1];
+      if (top.kind === "stream") {
+        const full = top.isRoot ? this.feed?.full() : undefined;
+        if (full) await full;
+        // One await per entry of a wide directory; everything else runs synchronously.
+        const next = await top.ahead;
+        if ("failed" in next) {
+          await this.streamFailed(top, next.failed);
+          continue;
+        }
+        if (!next.done) {
+          top.ahead = readAhead(top.entries);
+          this.takeEntry(top, next.value);
+        } else {
+          this.stack.pop();
+          if (top.isUnit) await this.snapshotWide(top.dir, top.key);
+        }
+      } else if (top.next < top.names.length) {
+        this.subfolder(top.dir, top.names[top.next++], top.prefix, false);
+      } else {
+        this.stack.pop();
+      }
+    }
+  }
+
+  /** Closes the listings still open (the walk stopped early: an abort, or its caller left). */
+  async close(): Promise<void> {
+    for (const frame of this.stack) if (frame.kind === "stream") await closeListing(frame);
+  }
+
   badName(dir: string, name: string): void {
     // The name came back with U+FFFD in place of its bad bytes: it cannot be addressed.
     this.problem(this.child(dir, name), "Name is not valid UTF-8");
-  }
-
-  /** Whether a directory directly holds an image or the stats file (stops at the first). */
-  async hasUnitFile(dir: string): Promise<boolean> {
-    try {
-      for await (const entry of Deno.readDir(dir)) {
-        const name = entry.name;
-        if (name.charCodeAt(0) === 46 || !entry.isFile || name.includes("\uFFFD")) continue;
-        if (this.isUnitFile(name)) return true;
-      }
-    } catch {
-      // The walk's own listing of `dir`, next, meets the same error and reports it.
-      return false;
-    }
-    return false;
   }
 
   /**
@@ -326,6 +340,33 @@ class Walk {
 }
 
 /**
+ * Whether the folder `dir` directly holds an image or the stats file (one pass over its
+ * listing, as a stream, stopping at the first): whether keys below it start with its name.
+ * False when it cannot be listed (the walk's own listing meets the same error and reports
+ * it).
+ */
+export async function baseIsUnit(dir: string, options: ScanOptions = {}): Promise<boolean> {
+  const isUnitFile = unitFileTest(options);
+  try {
+    for await (const entry of Deno.readDir(dir)) {
+      const name = entry.name;
+      if (name.charCodeAt(0) === 46 || !entry.isFile || name.includes("\uFFFD")) continue;
+      if (isUnitFile(name)) return true;
+    }
+  } catch {
+    return false;
+  }
+  return false;
+}
+
+/** The test of a file name that makes its folder a unit, for these options. */
+function unitFileTest(options: ScanOptions): (name: string) => boolean {
+  const extensions = unitExtensions(options);
+  const statsName = options.statsFileName ?? "stats.json";
+  return (name) => name === statsName || isImageName(name, extensions);
+}
+
+/**
  * Why a symbolic link below the base is worth a word: it leads to a folder (links are not
  * followed, so what is there is not uploaded through it), or round in a loop. Null for a
  * link to a file or to nothing.
@@ -343,6 +384,13 @@ function describeLink(path: string): string | null {
       ? "Symbolic link loop: not followed"
       : null; // a link to nothing, or gone since the listing
   }
+}
+
+/** Asks a listing for its next entry; a failure becomes a value, never an unhandled rejection. */
+function readAhead(
+  entries: AsyncIterator<Deno.DirEntry>,
+): Promise<IteratorResult<Deno.DirEntry> | { failed: unknown }> {
+  return entries.next().catch((failed: unknown) => ({ failed }));
 }
 
 /** Closes a wide directory's listing (after an error or an early stop). */
@@ -378,33 +426,63 @@ export async function* scanFolderChunks(
   const walk = new Walk(root, options);
   try {
     await walk.start(rootInfo);
-    while (walk.stack.length > 0 && !options.signal?.aborted) {
-      if (walk.out.length >= chunk) {
+    yield* walk.drain(chunk, options.signal);
+    if (walk.out.length > 0 && !options.signal?.aborted) yield walk.out;
+  } finally {
+    await walk.close();
+  }
+}
+
+/**
+ * The base's own part of a shared walk: lists `root` (stat'ed by the caller as `info`) and
+ * yields what it finds there (the base's snapshot when it is a unit, its bad names and
+ * links), handing every subfolder to `feed` instead of walking it. Keys below the base
+ * are its subfolders' names: when the base is a unit ({@linkcode baseIsUnit}) the caller
+ * puts the base's name before them.
+ */
+export async function* listBaseChunks(
+  root: string,
+  info: Deno.FileInfo,
+  feed: SubfolderFeed,
+  options: ChunkScanOptions = {},
+): AsyncGenerator<ScanItem[]> {
+  const walk = new Walk(root, options, feed);
+  try {
+    await walk.start(info);
+    yield* walk.drain(Math.max(1, options.chunk ?? 256), options.signal);
+    if (walk.out.length > 0 && !options.signal?.aborted) yield walk.out;
+  } finally {
+    await walk.close();
+  }
+}
+
+/**
+ * Walks the named subfolders of `root` (each batch of names as it arrives; a folder's key
+ * is its path below `root`) and yields their items in chunks, as
+ * {@linkcode scanFolderChunks} does for a whole tree. What is found by the end of a batch
+ * is yielded before the next batch is waited for.
+ */
+export async function* walkSubfolders(
+  root: string,
+  batches: AsyncIterable<readonly string[]>,
+  options: ChunkScanOptions = {},
+): AsyncGenerator<ScanItem[]> {
+  const chunk = Math.max(1, options.chunk ?? 256);
+  const walk = new Walk(root, options);
+  try {
+    for await (const names of batches) {
+      for (const name of names) {
+        if (options.signal?.aborted) return;
+        walk.visit(walk.child(root, name), name);
+        yield* walk.drain(chunk, options.signal);
+      }
+      if (walk.out.length > 0 && !options.signal?.aborted) {
         yield walk.out;
         walk.out = [];
       }
-      const top = walk.stack[walk.stack.length - 1];
-      if (top.kind === "stream") {
-        // One await per entry of a wide directory; everything else runs synchronously.
-        const next = await top.entries.next().catch((error) => walk.streamFailed(top, error));
-        if (next === null) continue;
-        if (!next.done) {
-          walk.takeEntry(top, next.value);
-        } else {
-          walk.stack.pop();
-          if (top.isUnit && top.owns) await walk.snapshotWide(top.dir, top.key);
-        }
-      } else if (top.next < top.names.length) {
-        const name = top.names[top.next++];
-        walk.visit(walk.child(top.dir, name), top.prefix === "" ? name : `${top.prefix}/${name}`);
-      } else {
-        walk.stack.pop();
-      }
     }
-    if (walk.out.length > 0 && !options.signal?.aborted) yield walk.out;
   } finally {
-    // Stopped early (abort, or the caller left): close the listings still open.
-    for (const frame of walk.stack) if (frame.kind === "stream") await closeListing(frame);
+    await walk.close();
   }
 }
 

@@ -1,8 +1,8 @@
 /**
  * Tests of the folder walk (lib/source/walk.ts) against real trees in temp directories: the unit
  * rule, keys, hidden entries, symlinks, unreadable directories, names that are not UTF-8,
- * entries vanishing mid-scan, wide directories read as a stream, the partition between
- * walkers, the memory bound, and generated trees.
+ * entries vanishing mid-scan, wide directories read as a stream, the walk shared between
+ * walker threads, the memory bound, and generated trees.
  *
  * Most trees are scanned twice: with the defaults (small directories are listed in one
  * call) and with every directory read as a stream (`streamDirBytes: 0`), and both scans
@@ -23,12 +23,7 @@ import {
   type ScanProblem,
   snapshotFolder,
 } from "../../lib/source/snapshot.ts";
-import {
-  partitionOf,
-  scanFolderChunks,
-  scanFolders,
-  STREAM_DIR_BYTES,
-} from "../../lib/source/walk.ts";
+import { scanFolderChunks, scanFolders, STREAM_DIR_BYTES } from "../../lib/source/walk.ts";
 import { scanFoldersInWorker } from "../../lib/source/walkers.ts";
 import { fingerprintFiles } from "../../lib/source/fingerprint.ts";
 import { DEFAULT_CONFIG, markerNames } from "../../config.ts";
@@ -638,6 +633,21 @@ Deno.test("scanFolders: stopping early closes the listings still open", async ()
   assert.equal(await settledFdsUnder(root, before), before);
 });
 
+Deno.test("scanFoldersInWorker: stopping early or aborting ends the walkers and closes the base's listing", async () => {
+  using dir = tempDir();
+  generateTree(dir.path, { folders: 3_000, keys: true });
+  const root = Deno.realPathSync(dir.path);
+  const before = openFdsUnder(root);
+  for await (const _chunk of scanFoldersInWorker(dir.path, { ...STREAMED, chunk: 5 })) break;
+  assert.equal(await settledFdsUnder(root, before), before);
+  const controller = new AbortController();
+  const chunks = scanFoldersInWorker(dir.path, { ...STREAMED, chunk: 5, signal: controller.signal });
+  await chunks.next();
+  controller.abort();
+  assert.equal((await chunks.next()).done, true);
+  assert.equal(await settledFdsUnder(root, before), before);
+});
+
 Deno.test("scanFolders: with report extensions (config reportOnlyUnits) a report alone makes a unit, in the walk and its workers", async () => {
   using dir = tempDir();
   writeTree(dir.path, {
@@ -725,27 +735,8 @@ Deno.test("isImageName: extensions in any case, nothing else", () => {
   }
 });
 
-Deno.test("partitionOf: one part per name, the same every time, about even", () => {
-  for (const count of [1, 2, 3, 5]) {
-    const sizes = new Array(count).fill(0);
-    for (let i = 0; i < 30_000; i++) {
-      const name = `Batch${String(i).padStart(6, "0")}`;
-      const part = partitionOf(name, count);
-      assert.ok(Number.isInteger(part) && part >= 0 && part < count, `${name}: ${part}`);
-      assert.equal(partitionOf(name, count), part);
-      sizes[part]++;
-    }
-    const even = 30_000 / count;
-    for (const size of sizes) {
-      assert.ok(Math.abs(size - even) < even * 0.05, `${count} parts: ${sizes.join(", ")}`);
-    }
-  }
-  assert.equal(partitionOf("anything", 0), 0);
-  assert.notEqual(partitionOf("Line1", 1 << 30), partitionOf("Line2", 1 << 30));
-});
-
 Deno.test("scanFolders: a generated tree of 10,000 folders yields every unit exactly once", async () => {
-  using dir = tempDir();
+  using dir = wideTempDir();
   const tree = generateTree(dir.path, { folders: 10_000, nested: true, perLine: 700, keys: true });
   assert.equal(tree.units + tree.nonUnits, 10_000);
   assert.ok(tree.nonUnits > 0 && tree.units > 0);
@@ -816,29 +807,24 @@ Deno.test("scanFoldersInWorker: a directory of 20,000 subfolders is walked compl
   }
 });
 
-Deno.test("scanFolders partitions and the worker walk: every unit once, whatever the split", async () => {
+Deno.test("scanFoldersInWorker: the same items as one thread, whatever the number of walkers, the base a unit too", async () => {
   using dir = tempDir();
   generateTree(join(dir.path, "nested"), { folders: 600, nested: true, perLine: 50 });
   generateTree(join(dir.path, "flat"), { folders: 400 });
   for (const base of [join(dir.path, "nested"), join(dir.path, "flat")]) {
-    writeTree(base, { "stats.json": { text: "{}" } }); // the base itself is a unit too
-    const keysOf = (items: ScanItem[]) => [...countKeys(items).keys()].sort();
-    const whole = (await scanAll(base, {}, 1_000)).items;
-    const baseKey = keysOf(whole).find((k) => !k.includes("/"))!;
-    for (const options of [{}, STREAMED]) {
-      for (const count of [1, 2, 3]) {
-        const parts: ScanItem[][] = [];
-        for (let index = 0; index < count; index++) {
-          parts.push((await scanAll(base, { ...options, partition: { index, count } })).items);
+    for (const baseIsUnit of [false, true]) {
+      // A subfolder named like the base: its key must not be taken for the base's own.
+      const twin = `${base.slice(base.lastIndexOf("/") + 1)}/a.jpg`;
+      if (baseIsUnit) writeTree(base, { "stats.json": { text: "{}" }, [twin]: { bytes: 1 } });
+      for (const options of [{}, STREAMED]) {
+        const whole = (await scanAll(base, options, 1_000)).items;
+        const own = whole.some((i) => i.kind === "folder" && i.snapshot.path === base);
+        assert.equal(own, baseIsUnit, `${base}: the base's own snapshot`);
+        for (const workers of [1, 2, 3]) {
+          const items = await workerItems(base, { ...options, workers, chunk: 7 });
+          assert.ok([...countKeys(items).values()].every((n) => n === 1), "a unit twice");
+          assert.deepEqual(canonical(items), canonical(whole), `${base}, ${workers} worker(s)`);
         }
-        const all = parts.flat();
-        assert.ok([...countKeys(all).values()].every((n) => n === 1), `${count} parts: a twin`);
-        assert.deepEqual(canonical(all), canonical(whole), `${base}, ${count} parts`);
-        assert.ok(keysOf(parts[0]).includes(baseKey), "the base is in part 0");
-      }
-      for (const workers of [1, 2, 3]) {
-        const items = await workerItems(base, { ...options, workers, chunk: 7 });
-        assert.deepEqual(canonical(items), canonical(whole), `${base}, ${workers} worker(s)`);
       }
     }
   }
