@@ -375,6 +375,7 @@ export class Planner {
       // The parsed stats are not needed once the JSON text is built.
       row: { ...built.row, test_results: null },
       json: built.json,
+      rawSpan: built.rawSpan,
       bytes: built.bytes,
       snapshot: snap,
       contentHash,

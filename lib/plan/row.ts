@@ -12,7 +12,7 @@ import { UploadError } from "../core/errors.ts";
 import type { FolderSnapshot } from "../source/snapshot.ts";
 import { isImageName } from "../source/snapshot.ts";
 import { rowStatementBytes } from "../sink/postgres/quote.ts";
-import { rowToJsonWithStats } from "../sink/payload.ts";
+import { rowJsonAndRaw } from "../sink/payload.ts";
 import type { UploadRow } from "../sink/columns.ts";
 
 /** What {@linkcode buildRow} needs from the configuration. */
@@ -35,6 +35,8 @@ export interface BuiltRow {
   json: string;
   /** Bytes the row adds to an upsert statement (see `rowStatementBytes`). */
   bytes: number;
+  /** Where the stats file's text sits in `json`. */
+  rawSpan: readonly [number, number];
 }
 
 const UTF8 = new TextDecoder("utf-8", { fatal: true });
@@ -267,8 +269,8 @@ export function buildRow(
   if (options.imageObjects) row.image_objects = [...options.imageObjects];
   if (options.reportUrls) row.pdf_url = options.reportUrls[0] ?? null;
   // null stats text also stands for a file holding just `null` (no statistics).
-  const json = rowToJsonWithStats(row, stats === null ? null : statsText);
-  return { row, json, bytes: rowStatementBytes(json) };
+  const { json, rawSpan } = rowJsonAndRaw(row, stats === null ? null : statsText);
+  return { row, json, bytes: rowStatementBytes(json), rawSpan };
 }
 
 /**

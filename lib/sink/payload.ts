@@ -93,9 +93,30 @@ export function rowToJsonWithStats(
   statsText: string | null,
   columns: TableColumns = UPLOAD_COLUMNS,
 ): string {
+  return rowJsonAndRaw(row, statsText, columns).json;
+}
+
+/** {@linkcode rowToJsonWithStats}, with where the raw field's text sits in it. */
+export interface RowJson {
+  /** The row's JSON text. */
+  json: string;
+  /** Start and end (exclusive) of the raw field's value in `json`. */
+  rawSpan: readonly [number, number];
+}
+
+/**
+ * {@linkcode rowToJsonWithStats} and the span of the raw field's text in it, so a writer
+ * that sends the field on its own (COPY) takes it out without serializing the row again.
+ */
+export function rowJsonAndRaw(
+  row: object,
+  statsText: string | null,
+  columns: TableColumns = UPLOAD_COLUMNS,
+): RowJson {
   if (columns.raw === undefined) throw new UploadError("fatal", "No raw column declared");
   const [before, after] = payloadAround(row, columns.raw, columns);
-  return `${before}${statsText ?? "null"}${after}`;
+  const raw = statsText ?? "null";
+  return { json: `${before}${raw}${after}`, rawSpan: [before.length, before.length + raw.length] };
 }
 
 /**

@@ -21,6 +21,11 @@ export interface SinkItem {
   row: UploadRow;
   /** The row as JSON text (lib/sink/payload.ts): sent as it is, and what bounds a batch's bytes. */
   json: string;
+  /**
+   * Where the raw field's value (the stats file's text) sits in `json`, when the row's
+   * builder says (`rowJsonAndRaw`); a writer that needs it alone finds it otherwise.
+   */
+  rawSpan?: readonly [number, number];
 }
 
 /** A folder's outcome from the target. */

@@ -1,13 +1,22 @@
 /**
- * A walker thread: walks the subfolders of the base that the main thread hands it
- * ({@linkcode walkSubfolders}) and posts their items back in chunks, at most a few chunks
- * ahead of what the main thread has taken (so memory stays flat). The walk's system calls
- * then run beside the tracker, row building and psql.
+ * A thread of the shared walk (lib/source/walkers.ts), in one of two roles. A walker walks
+ * the subfolders of the base that the main thread hands it ({@linkcode walkSubfolders}); the
+ * lister lists the base ({@linkcode listBaseChunks}) and sends its subfolders' names to the
+ * main thread in batches, for the walkers, and says whether the base is a unit. Both post
+ * their items in chunks, at most a few chunks ahead of what the main thread has taken (so
+ * memory stays flat); the listing and the walk's system calls then run beside the tracker,
+ * row building and psql.
  *
- * Protocol: main -> worker `{type: "start", ...WalkRequest}`, then `{type: "names", names}`
- * (one per `want`) or `{type: "end"}` (no more names), and one `{type: "ack"}` per chunk
- * taken; worker -> main `{type: "want"}` when it is short of names, `{type: "items",
- * items}` ..., then `{type: "done"}` or `{type: "error", message, notFound}`.
+ * Protocol, a walker: main -> worker `{type: "start", ...WalkRequest}`, then `{type:
+ * "names", names}` (one per `want`) or `{type: "end"}` (no more names), and one `{type:
+ * "ack"}` per chunk taken; worker -> main `{type: "want"}` when it is short of names,
+ * `{type: "items", items}` ..., then `{type: "done"}` or `{type: "error", message,
+ * notFound}`.
+ *
+ * The lister: main -> worker `{type: "list", ...WalkRequest}`, one `{type: "room"}` per
+ * batch of names handed on and one `{type: "ack"}` per chunk taken; worker -> main `{type:
+ * "unit", unit}` once, `{type: "names", names}` (a few batches ahead of the walkers),
+ * `{type: "items", items}`, then `{type: "done"}` or `{type: "error", ...}`.
  *
  * @module
  */
@@ -16,7 +25,7 @@
 /// <reference lib="deno.worker" />
 
 import type { ScanItem } from "./snapshot.ts";
-import { walkSubfolders } from "./walk.ts";
+import { baseIsUnit, listBaseChunks, type SubfolderFeed, walkSubfolders } from "./walk.ts";
 
 /** What the main thread asks the worker to walk. */
 export interface WalkRequest {
@@ -30,18 +39,26 @@ export interface WalkRequest {
   chunk: number;
   /** Messages the worker may post ahead of the main thread. */
   window: number;
+  /** The lister's: batches of names it may send ahead of the walkers. */
+  namesAhead?: number;
+  /** The lister's: names per batch. */
+  batch?: number;
 }
 
 /** Messages the worker receives. */
 export type ToWalker =
   | ({ type: "start" } & WalkRequest)
+  | ({ type: "list" } & WalkRequest)
   | { type: "names"; names: string[] }
   | { type: "end" }
+  | { type: "room" }
   | { type: "ack" };
 
 /** Messages the worker posts. */
 export type FromWalker =
   | { type: "want" }
+  | { type: "unit"; unit: boolean }
+  | { type: "names"; names: string[] }
   | { type: "items"; items: ScanItem[] }
   | { type: "done" }
   | { type: "error"; message: string; notFound: boolean };
@@ -91,17 +108,21 @@ async function post(items: ScanItem[]): Promise<void> {
   send({ type: "items", items });
 }
 
-async function walk(request: WalkRequest): Promise<void> {
+function scanOptions(request: WalkRequest) {
+  return {
+    imageExtensions: request.imageExtensions,
+    reportExtensions: request.reportExtensions,
+    statsFileName: request.statsFileName,
+    markerNames: new Set(request.markerNames ?? []),
+    streamDirBytes: request.streamDirBytes,
+    chunk: request.chunk,
+  };
+}
+
+/** Runs one role's chunks to their end, posting each, then says done (or why not). */
+async function run(request: WalkRequest, chunks: AsyncIterable<ScanItem[]>): Promise<void> {
   credits = request.window;
   try {
-    const chunks = walkSubfolders(request.base, names(), {
-      imageExtensions: request.imageExtensions,
-      reportExtensions: request.reportExtensions,
-      statsFileName: request.statsFileName,
-      markerNames: new Set(request.markerNames ?? []),
-      streamDirBytes: request.streamDirBytes,
-      chunk: request.chunk,
-    });
     for await (const items of chunks) await post(items);
     send({ type: "done" });
   } catch (error) {
@@ -111,6 +132,44 @@ async function walk(request: WalkRequest): Promise<void> {
       notFound: error instanceof Deno.errors.NotFound,
     });
   }
+}
+
+let namesCredit = 0;
+
+/** The lister's feed: names in batches to the main thread, a few batches ahead at most. */
+class NameBatches implements SubfolderFeed {
+  #batch: string[] = [];
+  readonly #size: number;
+
+  constructor(size: number) {
+    this.#size = size;
+  }
+
+  add(name: string): void {
+    this.#batch.push(name);
+    if (this.#batch.length >= this.#size) this.flush();
+  }
+
+  full(): Promise<void> | undefined {
+    if (namesCredit > 0) return undefined;
+    return new Promise<void>((resolve) => (wake = resolve)).then(() => this.full());
+  }
+
+  flush(): void {
+    if (this.#batch.length === 0) return;
+    namesCredit--;
+    send({ type: "names", names: this.#batch });
+    this.#batch = [];
+  }
+}
+
+async function* listing(request: WalkRequest): AsyncGenerator<ScanItem[]> {
+  const options = scanOptions(request);
+  baseIsUnit(request.base, options).then((unit) => send({ type: "unit", unit }));
+  const feed = new NameBatches(request.batch ?? 128);
+  namesCredit = request.namesAhead ?? 4;
+  yield* listBaseChunks(request.base, Deno.statSync(request.base), feed, options);
+  feed.flush();
 }
 
 self.onmessage = (event: MessageEvent<ToWalker>) => {
@@ -123,8 +182,13 @@ self.onmessage = (event: MessageEvent<ToWalker>) => {
   } else if (message.type === "end") {
     asked = false;
     ended = true;
+  } else if (message.type === "room") {
+    namesCredit++;
   } else if (message.type === "start") {
-    walk(message);
+    run(message, walkSubfolders(message.base, names(), scanOptions(message)));
+    return;
+  } else if (message.type === "list") {
+    run(message, listing(message));
     return;
   }
   wakeUp();

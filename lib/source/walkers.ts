@@ -1,16 +1,16 @@
 /**
- * The folder walk shared between threads: this thread lists the base once and hands its
- * subfolders out in batches to walker threads (`walk_worker.ts`), each asking for the next
- * batch when it is short, so the work spreads however the tree is shaped; every walker
- * walks a bounded number of chunks ahead of what this thread takes.
+ * The folder walk shared between threads: a lister thread lists the base once and sends
+ * its subfolders' names here in batches; this thread hands them out to walker threads
+ * (`walk_worker.ts` both), each asking for the next batch when it is short, so the work
+ * spreads however the tree is shaped; every thread works a bounded number of chunks ahead
+ * of what this thread takes, and this thread does no walking of its own.
  *
  * @module
  */
 
 import { basename, resolve } from "node:path";
 import type { ScanItem, ScanOptions } from "./snapshot.ts";
-import { baseIsUnit, listBaseChunks, type SubfolderFeed } from "./walk.ts";
-import type { FromWalker, ToWalker } from "./walk_worker.ts";
+import type { FromWalker, ToWalker, WalkRequest } from "./walk_worker.ts";
 
 /** Options for {@linkcode scanFoldersInWorker}. */
 export interface WorkerScanOptions extends ScanOptions {
@@ -18,17 +18,17 @@ export interface WorkerScanOptions extends ScanOptions {
   chunk?: number;
   /** Chunks each worker may walk ahead. Default 8. */
   window?: number;
-  /** Walker threads. Default 2. */
+  /** Walker threads (besides the lister). Default 2. */
   workers?: number;
 }
 
 /** Names per batch handed to a walker. */
 const BATCH = 128;
 /** Batches listed ahead of the walkers' asking, at most. */
-const QUEUED_BATCHES = 4;
+const NAMES_AHEAD = 4;
 
 /**
- * {@linkcode scanFolders} on worker threads, yielding their items in chunks: this thread
+ * {@linkcode scanFolders} on worker threads, yielding their items in chunks: the lister
  * lists the base (and reports what is in it: its own snapshot, bad names, links), the
  * walkers walk its subfolders, in parallel with whatever the caller does with the chunks.
  * Stops (and ends the workers) when `signal` aborts or the caller stops iterating.
@@ -41,57 +41,55 @@ export async function* scanFoldersInWorker(
 ): AsyncGenerator<ScanItem[]> {
   const root = resolve(base);
   // The base is the one path followed when it is a symlink (as `find -H` does).
-  const info = Deno.statSync(root);
-  if (!info.isDirectory) {
+  if (!Deno.statSync(root).isDirectory) {
     yield [{ kind: "problem", problem: { path: root, reason: "Not a directory" } }];
     return;
   }
   const walk = new SharedWalk(root, options);
-  // Keys below the base come unprefixed from the walkers; whether the base is a unit
-  // (they then start with its name) is found while they walk.
-  const prefix = baseIsUnit(root, options).then((unit) => unit ? `${basename(root)}/` : "");
-  const listing = walk.list(info);
   try {
     for (;;) {
       const items = await walk.next();
       if (items === null) break;
-      yield prefixKeys(items, root, await prefix);
+      // Keys below the base come unprefixed; the lister says whether the base is a unit
+      // (they then start with its name).
+      yield prefixKeys(items, root, (await walk.unit) ? `${basename(root)}/` : "");
     }
   } finally {
     walk.stop();
-    await listing; // closes the base's listing before the scan returns
   }
 }
 
-/** The state of one shared walk: the walkers, the names not handed out, what arrived. */
-class SharedWalk implements SubfolderFeed {
+/** The state of one shared walk: the threads, the names not handed out, what arrived. */
+class SharedWalk {
   readonly #root: string;
   readonly #options: WorkerScanOptions;
+  readonly #lister: Worker;
   readonly #workers: Worker[] = [];
   /** Walkers that asked for names while there were none. */
   readonly #waiting: Worker[] = [];
   readonly #batches: string[][] = [];
-  #batch: string[] = [];
   #listed = false;
   #running: number;
-  /** Items to hand out: the walkers' (with the walker to acknowledge) and the base's own. */
-  readonly #inbox: { items: ScanItem[]; from?: Worker }[] = [];
+  /** Items to hand out, with the thread to acknowledge. */
+  readonly #inbox: { items: ScanItem[]; from: Worker }[] = [];
   #failure: Error | null = null;
   #wake: (() => void) | null = null;
-  #room: (() => void) | null = null;
-  /** Ends the base's listing when the walk stops early. */
-  readonly #stopper = new AbortController();
+  /** Whether the base is a unit, once the lister knows. */
+  readonly unit: Promise<boolean>;
+  #setUnit!: (unit: boolean) => void;
 
   constructor(root: string, options: WorkerScanOptions) {
     this.#root = root;
     this.#options = options;
+    this.unit = new Promise((resolve) => (this.#setUnit = resolve));
     const count = Math.max(1, options.workers ?? 2);
-    this.#running = count;
+    this.#running = count + 1;
     options.signal?.addEventListener("abort", () => this.#notify(), { once: true });
-    for (let index = 0; index < count; index++) this.#startWorker();
+    this.#lister = this.#startWorker("list");
+    for (let index = 0; index < count; index++) this.#startWorker("start");
   }
 
-  #startWorker(): void {
+  #startWorker(role: "list" | "start"): Worker {
     const worker = new Worker(new URL("./walk_worker.ts", import.meta.url).href, {
       type: "module",
     });
@@ -102,8 +100,7 @@ class SharedWalk implements SubfolderFeed {
     };
     this.#workers.push(worker);
     const options = this.#options;
-    this.#send(worker, {
-      type: "start",
+    const request: WalkRequest = {
       base: this.#root,
       imageExtensions: options.imageExtensions,
       reportExtensions: options.reportExtensions,
@@ -112,7 +109,11 @@ class SharedWalk implements SubfolderFeed {
       streamDirBytes: options.streamDirBytes,
       chunk: options.chunk ?? 256,
       window: options.window ?? 8,
-    });
+      namesAhead: NAMES_AHEAD,
+      batch: BATCH,
+    };
+    this.#send(worker, { type: role, ...request });
+    return worker;
   }
 
   #send(worker: Worker, message: ToWalker): void {
@@ -120,25 +121,43 @@ class SharedWalk implements SubfolderFeed {
   }
 
   #receive(worker: Worker, message: FromWalker): void {
-    if (message.type === "want") this.#handOut(worker);
-    else if (message.type === "items") this.#inbox.push({ items: message.items, from: worker });
-    else if (message.type === "done") this.#running--;
-    else if (!this.#failure) {
-      this.#failure = message.notFound
-        ? new Deno.errors.NotFound(message.message)
-        : new Error(`Cannot walk ${this.#root}: ${message.message}`);
+    switch (message.type) {
+      case "want":
+        this.#handOut(worker);
+        break;
+      case "names":
+        this.#batches.push(message.names);
+        this.#handOut(this.#waiting.shift());
+        break;
+      case "unit":
+        this.#setUnit(message.unit);
+        break;
+      case "items":
+        this.#inbox.push({ items: message.items, from: worker });
+        break;
+      case "done":
+        this.#running--;
+        if (worker === this.#lister) {
+          this.#listed = true;
+          for (const waiting of this.#waiting.splice(0)) this.#handOut(waiting);
+        }
+        break;
+      case "error":
+        this.#failure ??= message.notFound
+          ? new Deno.errors.NotFound(message.message)
+          : new Error(`Cannot walk ${this.#root}: ${message.message}`);
+        this.#setUnit(false);
     }
     this.#notify();
   }
 
   /** Gives `worker` the next batch of names, the end when all are out, else keeps it waiting. */
-  #handOut(worker: Worker): void {
+  #handOut(worker: Worker | undefined): void {
+    if (worker === undefined) return;
     const batch = this.#batches.shift();
     if (batch !== undefined) {
       this.#send(worker, { type: "names", names: batch });
-      const room = this.#room;
-      this.#room = null;
-      room?.();
+      this.#send(this.#lister, { type: "room" });
     } else if (this.#listed) {
       this.#send(worker, { type: "end" });
     } else {
@@ -146,59 +165,17 @@ class SharedWalk implements SubfolderFeed {
     }
   }
 
-  /** {@linkcode SubfolderFeed.add}: a subfolder of the base, for the walkers. */
-  add(name: string): void {
-    this.#batch.push(name);
-    if (this.#batch.length >= BATCH) this.#queueBatch();
-  }
-
-  /** {@linkcode SubfolderFeed.full}: the listing waits while the walkers are well supplied. */
-  full(): Promise<void> | undefined {
-    if (this.#batches.length < QUEUED_BATCHES || this.#stopper.signal.aborted) return undefined;
-    return new Promise<void>((resolve) => (this.#room = resolve));
-  }
-
-  #queueBatch(): void {
-    if (this.#batch.length === 0) return;
-    this.#batches.push(this.#batch);
-    this.#batch = [];
-    const waiting = this.#waiting.shift();
-    if (waiting) this.#handOut(waiting);
-  }
-
-  /** Lists the base: its own items go to the inbox, its subfolders to the walkers. */
-  async list(info: Deno.FileInfo): Promise<void> {
-    const signal = this.#options.signal
-      ? AbortSignal.any([this.#options.signal, this.#stopper.signal])
-      : this.#stopper.signal;
-    try {
-      for await (
-        const items of listBaseChunks(this.#root, info, this, { ...this.#options, signal })
-      ) {
-        this.#inbox.push({ items });
-        this.#notify();
-      }
-    } catch (error) {
-      this.#failure ??= error instanceof Error ? error : new Error(String(error));
-    } finally {
-      this.#queueBatch();
-      this.#listed = true;
-      for (const worker of this.#waiting.splice(0)) this.#handOut(worker);
-      this.#notify();
-    }
-  }
-
-  /** The next items, acknowledged to their walker; null once every walker is done. */
+  /** The next items, acknowledged to their thread; null once every thread is done. */
   async next(): Promise<ScanItem[] | null> {
     for (;;) {
       if (this.#failure) throw this.#failure;
       if (this.#options.signal?.aborted) return null;
       const arrived = this.#inbox.shift();
       if (arrived) {
-        if (arrived.from) this.#send(arrived.from, { type: "ack" });
+        this.#send(arrived.from, { type: "ack" });
         return arrived.items;
       }
-      if (this.#running === 0 && this.#listed) return null;
+      if (this.#running === 0) return null;
       await new Promise<void>((resolve) => (this.#wake = resolve));
     }
   }
@@ -209,14 +186,10 @@ class SharedWalk implements SubfolderFeed {
     wake?.();
   }
 
-  /** Ends the walkers and the listing (one waiting for room is let go, and sees the stop). */
+  /** Ends every thread (a listing still open is closed with its thread). */
   stop(): void {
     for (const worker of this.#workers) worker.terminate();
     this.#workers.length = 0;
-    this.#stopper.abort();
-    const room = this.#room;
-    this.#room = null;
-    room?.();
   }
 }
 

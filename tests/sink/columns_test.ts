@@ -21,7 +21,12 @@ import {
   UPLOAD_ROW_FLAGS,
   type UploadRow,
 } from "../../lib/sink/columns.ts";
-import { headerToJson, rowToJson, rowToJsonWithStats } from "../../lib/sink/payload.ts";
+import {
+  headerToJson,
+  rowJsonAndRaw,
+  rowToJson,
+  rowToJsonWithStats,
+} from "../../lib/sink/payload.ts";
 import { buildUpsertScript, buildUpsertStatement } from "../../lib/sink/postgres/upsert.ts";
 import { buildSchemaStatements } from "../../lib/sink/postgres/schema/ddl.ts";
 import { findMissing } from "../../lib/sink/postgres/schema/checks.ts";
@@ -108,6 +113,20 @@ Deno.test("the stats value is never serialized again: its text travels (memory o
     ],
   );
   assert.match(script, /\t\{"a": 1\}\t/, "the COPY line carries the text");
+});
+
+Deno.test("rowJsonAndRaw: the span is the stats text, and COPY lines from it match those found again", () => {
+  const row = { ...sampleRow("L1/B1"), test_results: null, image_objects: ["k"] };
+  const options = { table: "device_test", device: DEVICE, batchName: "b" };
+  for (const stats of ['{"a": 1}', '{ "é": "\\t" }', null]) {
+    const { json, rawSpan } = rowJsonAndRaw(row, stats);
+    assert.equal(json, rowToJsonWithStats(row, stats));
+    assert.equal(json.slice(...rawSpan), stats ?? "null");
+    assert.equal(
+      buildUpsertScript([row], options, [json], [rawSpan]),
+      buildUpsertScript([row], options, [json]),
+    );
+  }
 });
 
 Deno.test("headerToJson: the header columns in declaration order", () => {

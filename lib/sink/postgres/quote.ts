@@ -122,8 +122,13 @@ export function checkDevice(device: DeviceInfo): void {
   }
 }
 
+/** Characters that are not one byte in quoted UTF-8: quotes, backslashes, non-ASCII. */
+const NOT_ONE_BYTE = /['\\\u0080-\uffff]/;
+
 /** UTF-8 length of a string, counting what E'...' quoting doubles (`\` and `'`). */
 function quotedUtf8Length(s: string): number {
+  // Most rows are plain ASCII: one native scan says so.
+  if (!NOT_ONE_BYTE.test(s)) return s.length;
   let bytes = 0;
   for (let i = 0; i < s.length; i++) {
     const c = s.charCodeAt(i);

@@ -241,6 +241,9 @@ function stagingFields(columns: TableColumns): PayloadField[] {
  *   takes the line for an unknown meta-command and discards it whole, whatever quotes it
  *   holds, rather than running it as SQL.
  *
+ * `rawSpans` say where each row's raw field (the stats file's text) sits in its JSON text,
+ * as `rowJsonAndRaw` (lib/sink/payload.ts) gave it; a row without one has it found again.
+ *
  * @throws UploadError as {@linkcode buildUpsertStatement}; `fatal` when a JSON text is not
  *   the one `rowToJson` or `rowToJsonWithStats` made for its row.
  *
@@ -257,6 +260,7 @@ export function buildUpsertScript(
   rows: readonly UploadRow[],
   options: UpsertOptions,
   rowJson?: readonly string[],
+  rawSpans?: readonly (readonly [number, number] | undefined)[],
 ): string {
   const columns = options.columns ?? UPLOAD_COLUMNS;
   const texts = rowJson ?? rows.map((r) => rowToJson(r, columns));
@@ -276,7 +280,9 @@ export function buildUpsertScript(
     `\\set VERBOSITY verbose\n` +
     `copy ${staging} from stdin;\n`,
   ];
-  for (let i = 0; i < rows.length; i++) parts.push(copyLine(rows[i], texts[i], fields, columns));
+  for (let i = 0; i < rows.length; i++) {
+    parts.push(copyLine(rows[i], texts[i], fields, columns, rawSpans?.[i]));
+  }
   parts.push(
     `\\.\n` +
       `\\set VERBOSITY default\n` +
@@ -414,9 +420,12 @@ function copyLine(
   json: string,
   fields: readonly PayloadField[],
   columns: TableColumns,
+  rawSpan: readonly [number, number] | undefined,
 ): string {
   let raw: string | undefined;
-  if (columns.raw !== undefined) {
+  if (columns.raw !== undefined && rawSpan !== undefined) {
+    raw = json.slice(rawSpan[0], rawSpan[1]);
+  } else if (columns.raw !== undefined) {
     // The JSON text is before + raw + after, both made from the row's other fields.
     const [before, after] = payloadAround(row, columns.raw, columns);
     if (

@@ -301,12 +301,12 @@ async function sendPart<T extends SinkItem>(
   result: WriteResult<T>,
 ): Promise<StatementOk | UploadError> {
   const { settings } = path;
-  const build = copy ? buildUpsertScript : buildUpsertStatement;
-  const sql = build(items.map((i) => i.row), {
-    table: settings.table,
-    device: settings.device,
-    batchName,
-  }, items.map((i) => i.json));
+  const rows = items.map((i) => i.row);
+  const texts = items.map((i) => i.json);
+  const options = { table: settings.table, device: settings.device, batchName };
+  const sql = copy
+    ? buildUpsertScript(rows, options, texts, items.map((i) => i.rawSpan))
+    : buildUpsertStatement(rows, options, texts);
   // Text the statement carries (its header), by which the lock watch finds it.
   const parts = [`"upload_batch":${JSON.stringify(batchName)}`, settings.device.id];
   return await withSession(path, batchName, async (runner) => {

@@ -179,6 +179,13 @@ Deno.test("rowStatementBytes of a row's JSON text is exactly what it adds to a s
   assert.ok(
     bytes(two) <= UPSERT_OVERHEAD_BYTES + rowStatementBytes(jsonA) + rowStatementBytes(jsonB),
   );
+  // Plain ASCII (the common row, measured by one scan) and each kind of character apart.
+  const plain = sampleRow("L1/B1");
+  const three = buildUpsertStatement([a, plain], UPSERT_OPTIONS);
+  assert.equal(bytes(three) - bytes(one), rowStatementBytes(rowToJson(plain)));
+  for (const s of ["ab", "a'b", "a\\b", "é", "中", "😀"]) {
+    assert.equal(rowStatementBytes(s), bytes(s.replace(/['\\]/g, "$&$&")) + 1, s);
+  }
 });
 
 Deno.test("parseUpsertReply reads the one-line JSON reply", () => {
