@@ -25,7 +25,13 @@
 /// <reference lib="deno.worker" />
 
 import type { ScanItem } from "./snapshot.ts";
-import { baseIsUnit, listBaseChunks, type SubfolderFeed, walkSubfolders } from "./walk.ts";
+import {
+  baseIsUnit,
+  listBaseChunks,
+  STREAM_DIR_BYTES,
+  type SubfolderFeed,
+  walkSubfolders,
+} from "./walk.ts";
 
 /** What the main thread asks the worker to walk. */
 export interface WalkRequest {
@@ -41,7 +47,7 @@ export interface WalkRequest {
   window: number;
   /** The lister's: batches of names it may send ahead of the walkers. */
   namesAhead?: number;
-  /** The lister's: names per batch. */
+  /** The lister's: names per batch of a wide base (a small one's go one by one). */
   batch?: number;
 }
 
@@ -166,9 +172,13 @@ class NameBatches implements SubfolderFeed {
 async function* listing(request: WalkRequest): AsyncGenerator<ScanItem[]> {
   const options = scanOptions(request);
   baseIsUnit(request.base, options).then((unit) => send({ type: "unit", unit }));
-  const feed = new NameBatches(request.batch ?? 128);
+  const info = Deno.statSync(request.base);
+  // A base listed in one call has few subfolders, each maybe a large subtree: one per batch
+  // spreads them best. A wide base's go in batches.
+  const wide = info.size === 0 || info.size >= (request.streamDirBytes ?? STREAM_DIR_BYTES);
+  const feed = new NameBatches(wide ? request.batch ?? 64 : 1);
   namesCredit = request.namesAhead ?? 4;
-  yield* listBaseChunks(request.base, Deno.statSync(request.base), feed, options);
+  yield* listBaseChunks(request.base, info, feed, options);
   feed.flush();
 }
 

@@ -22,8 +22,8 @@ export interface WorkerScanOptions extends ScanOptions {
   workers?: number;
 }
 
-/** Names per batch handed to a walker. */
-const BATCH = 128;
+/** Names per batch handed to a walker, from a wide base. */
+const BATCH = 64;
 /** Batches listed ahead of the walkers' asking, at most. */
 const NAMES_AHEAD = 4;
 

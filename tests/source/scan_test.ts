@@ -641,7 +641,11 @@ Deno.test("scanFoldersInWorker: stopping early or aborting ends the walkers and 
   for await (const _chunk of scanFoldersInWorker(dir.path, { ...STREAMED, chunk: 5 })) break;
   assert.equal(await settledFdsUnder(root, before), before);
   const controller = new AbortController();
-  const chunks = scanFoldersInWorker(dir.path, { ...STREAMED, chunk: 5, signal: controller.signal });
+  const chunks = scanFoldersInWorker(dir.path, {
+    ...STREAMED,
+    chunk: 5,
+    signal: controller.signal,
+  });
   await chunks.next();
   controller.abort();
   assert.equal((await chunks.next()).done, true);
