@@ -136,7 +136,8 @@ export async function embeddedStep(
   ctx.log(`embedded: writing ${options.folders} folders`);
   const units = generateTree(generated, { folders: options.folders }).units;
   const cases = [
-    { name: "examples/data", tree: "", units: 6, flags: [] as string[] },
+    // Six folders with stats or images, and Batch57 with its report alone (reportOnlyUnits).
+    { name: "examples/data", tree: "", units: 7, flags: [] as string[] },
     {
       name: `${options.folders.toLocaleString("en-US")} folders, flat`,
       tree: generated,

@@ -1,15 +1,17 @@
 /**
- * The folder walk shared between threads: a lister thread lists the base once and sends
- * its subfolders' names here in batches; this thread hands them out to walker threads
- * (`walk_worker.ts` both), each asking for the next batch when it is short, so the work
- * spreads however the tree is shaped; every thread works a bounded number of chunks ahead
- * of what this thread takes, and this thread does no walking of its own.
+ * The folder walk shared between threads: a lister thread lists a wide base once and sends
+ * its subfolders' names here in batches (a small base is listed here, in one call); this
+ * thread hands them out to walker threads (`walk_worker.ts` both), each asking for the next
+ * batch when it is short, so the work spreads however the tree is shaped; every thread
+ * works a bounded number of chunks ahead of what this thread takes, and this thread does
+ * no walking of its own.
  *
  * @module
  */
 
 import { basename, resolve } from "node:path";
 import type { ScanItem, ScanOptions } from "./snapshot.ts";
+import { baseIsUnit, listBaseChunks, STREAM_DIR_BYTES } from "./walk.ts";
 import type { FromWalker, ToWalker, WalkRequest } from "./walk_worker.ts";
 
 /** Options for {@linkcode scanFoldersInWorker}. */
@@ -41,11 +43,12 @@ export async function* scanFoldersInWorker(
 ): AsyncGenerator<ScanItem[]> {
   const root = resolve(base);
   // The base is the one path followed when it is a symlink (as `find -H` does).
-  if (!Deno.statSync(root).isDirectory) {
+  const info = Deno.statSync(root);
+  if (!info.isDirectory) {
     yield [{ kind: "problem", problem: { path: root, reason: "Not a directory" } }];
     return;
   }
-  const walk = new SharedWalk(root, options);
+  const walk = new SharedWalk(root, info, options);
   try {
     for (;;) {
       const items = await walk.next();
@@ -63,30 +66,54 @@ export async function* scanFoldersInWorker(
 class SharedWalk {
   readonly #root: string;
   readonly #options: WorkerScanOptions;
-  readonly #lister: Worker;
+  /** The lister thread; none for a small base, listed here in one call. */
+  readonly #lister: Worker | null;
   readonly #workers: Worker[] = [];
   /** Walkers that asked for names while there were none. */
   readonly #waiting: Worker[] = [];
   readonly #batches: string[][] = [];
   #listed = false;
   #running: number;
-  /** Items to hand out, with the thread to acknowledge. */
-  readonly #inbox: { items: ScanItem[]; from: Worker }[] = [];
+  /** Items to hand out, with the thread to acknowledge (none: this thread's own). */
+  readonly #inbox: { items: ScanItem[]; from?: Worker }[] = [];
   #failure: Error | null = null;
   #wake: (() => void) | null = null;
   /** Whether the base is a unit, once the lister knows. */
   readonly unit: Promise<boolean>;
   #setUnit!: (unit: boolean) => void;
 
-  constructor(root: string, options: WorkerScanOptions) {
+  constructor(root: string, info: Deno.FileInfo, options: WorkerScanOptions) {
     this.#root = root;
     this.#options = options;
     this.unit = new Promise((resolve) => (this.#setUnit = resolve));
     const count = Math.max(1, options.workers ?? 2);
     this.#running = count + 1;
     options.signal?.addEventListener("abort", () => this.#notify(), { once: true });
-    this.#lister = this.#startWorker("list");
+    const wide = info.size === 0 || info.size >= (options.streamDirBytes ?? STREAM_DIR_BYTES);
+    this.#lister = wide ? this.#startWorker("list") : null;
     for (let index = 0; index < count; index++) this.#startWorker("start");
+    if (!wide) this.#listHere(info);
+  }
+
+  /**
+   * Lists a small base on this thread (one call; no thread is worth starting for it): its
+   * subfolders go to the walkers one by one, each maybe a large subtree.
+   */
+  async #listHere(info: Deno.FileInfo): Promise<void> {
+    baseIsUnit(this.#root, this.#options).then((unit) => this.#setUnit(unit));
+    const feed = {
+      add: (name: string) => this.#receive(null, { type: "names", names: [name] }),
+      full: () => undefined,
+    };
+    try {
+      for await (const items of listBaseChunks(this.#root, info, feed, this.#options)) {
+        this.#inbox.push({ items });
+        this.#notify();
+      }
+      this.#receive(null, { type: "done" });
+    } catch (error) {
+      this.#receive(null, { type: "error", message: String(error), notFound: false });
+    }
   }
 
   #startWorker(role: "list" | "start"): Worker {
@@ -120,10 +147,11 @@ class SharedWalk {
     worker.postMessage(message);
   }
 
-  #receive(worker: Worker, message: FromWalker): void {
+  /** A message from `worker`, or from this thread's own listing (null). */
+  #receive(worker: Worker | null, message: FromWalker): void {
     switch (message.type) {
       case "want":
-        this.#handOut(worker);
+        if (worker) this.#handOut(worker);
         break;
       case "names":
         this.#batches.push(message.names);
@@ -133,11 +161,11 @@ class SharedWalk {
         this.#setUnit(message.unit);
         break;
       case "items":
-        this.#inbox.push({ items: message.items, from: worker });
+        this.#inbox.push({ items: message.items, from: worker ?? undefined });
         break;
       case "done":
         this.#running--;
-        if (worker === this.#lister) {
+        if (worker === this.#lister) { // the listing's end, here or on its thread
           this.#listed = true;
           for (const waiting of this.#waiting.splice(0)) this.#handOut(waiting);
         }
@@ -157,7 +185,7 @@ class SharedWalk {
     const batch = this.#batches.shift();
     if (batch !== undefined) {
       this.#send(worker, { type: "names", names: batch });
-      this.#send(this.#lister, { type: "room" });
+      if (this.#lister) this.#send(this.#lister, { type: "room" });
     } else if (this.#listed) {
       this.#send(worker, { type: "end" });
     } else {
@@ -172,7 +200,7 @@ class SharedWalk {
       if (this.#options.signal?.aborted) return null;
       const arrived = this.#inbox.shift();
       if (arrived) {
-        this.#send(arrived.from, { type: "ack" });
+        if (arrived.from) this.#send(arrived.from, { type: "ack" });
         return arrived.items;
       }
       if (this.#running === 0) return null;
