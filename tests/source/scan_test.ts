@@ -23,7 +23,12 @@ import {
   type ScanProblem,
   snapshotFolder,
 } from "../../lib/source/snapshot.ts";
-import { scanFolderChunks, scanFolders, STREAM_DIR_BYTES } from "../../lib/source/walk.ts";
+import {
+  BATCH_END_ITEMS,
+  scanFolderChunks,
+  scanFolders,
+  STREAM_DIR_BYTES,
+} from "../../lib/source/walk.ts";
 import { scanFoldersInWorker } from "../../lib/source/walkers.ts";
 import { fingerprintFiles } from "../../lib/source/fingerprint.ts";
 import { DEFAULT_CONFIG, markerNames } from "../../config.ts";
@@ -631,6 +636,22 @@ Deno.test("scanFolders: stopping early closes the listings still open", async ()
   controller.abort();
   assert.equal((await chunks.next()).done, true);
   assert.equal(await settledFdsUnder(root, before), before);
+});
+
+Deno.test("scanFoldersInWorker: full chunks, whatever the names per batch (a small base hands them out one by one)", async () => {
+  using dir = tempDir();
+  generateTree(dir.path, { folders: 300 }); // 270 units, in a base listed in one call
+  assert.ok(Deno.statSync(dir.path).size < STREAM_DIR_BYTES);
+  for (const workers of [1, 2]) {
+    const sizes: number[] = [];
+    for await (const chunk of scanFoldersInWorker(dir.path, { workers, chunk: 100 })) {
+      sizes.push(chunk.length);
+    }
+    assert.equal(sizes.reduce((a, b) => a + b, 0), 270);
+    // Only each walker's last chunk may be short; no walker sends a chunk per folder.
+    const short = sizes.filter((n) => n < BATCH_END_ITEMS).length;
+    assert.ok(short <= workers, `${workers} walker(s): chunks of ${sizes.join(", ")}`);
+  }
 });
 
 Deno.test("scanFoldersInWorker: stopping early or aborting ends the walkers and closes the base's listing", async () => {
