@@ -28,8 +28,11 @@ export interface WorkerScanOptions extends ScanOptions {
 const BATCH = 64;
 /** Batches listed ahead of the walkers' asking, at most. */
 const NAMES_AHEAD = 4;
-/** When the walkers after the first start, if the walk still has work for them. */
-const MORE_WALKERS_AFTER_MS = 50;
+/**
+ * How long the first walker walks (from its first request for names) before the others
+ * start, if the walk still has work for them.
+ */
+const MORE_WALKERS_AFTER_MS = 100;
 
 /**
  * {@linkcode scanFolders} on worker threads, yielding their items in chunks: the lister
@@ -97,14 +100,23 @@ class SharedWalk {
     // The other walkers start only for a walk that lasts: a tree of a few folders (the
     // examples, a device's first day) is walked before they would have loaded, and each
     // costs a heap of its own.
-    this.#moreWalkers = setTimeout(() => this.#startMore(count - 1), MORE_WALKERS_AFTER_MS);
+    this.#more = count - 1;
     if (!wide) this.#listHere(info);
   }
 
+  /** Walkers still to start, and the timer that starts them. */
+  #more: number;
   #moreWalkers: ReturnType<typeof setTimeout> | undefined;
 
-  #startMore(count: number): void {
-    this.#moreWalkers = undefined;
+  /** The first walker is ready: the others start once it has walked a while. */
+  #walkerReady(): void {
+    if (this.#more === 0 || this.#moreWalkers !== undefined) return;
+    this.#moreWalkers = setTimeout(() => this.#startMore(), MORE_WALKERS_AFTER_MS);
+  }
+
+  #startMore(): void {
+    const count = this.#more;
+    this.#more = 0;
     if (this.#workers.length === 0 || (this.#listed && this.#batches.length === 0)) return;
     for (let i = 0; i < count; i++) {
       this.#running++;
@@ -169,6 +181,7 @@ class SharedWalk {
     switch (message.type) {
       case "want":
         if (worker) this.#handOut(worker);
+        this.#walkerReady();
         break;
       case "names":
         this.#batches.push(message.names);

@@ -106,7 +106,16 @@ async function abortedStart(dataDir: string, afterMs: number): Promise<AbortOutc
     (server) => ({ server }),
     (error) => ({ error }),
   );
-  const socketDir = await waitForLockRecord(dataDir);
+  // A start that ends before it records its lock (it failed) says why, not a timeout.
+  const early = settled.then((outcome) => {
+    throw new Error(
+      `The start ended before its lock record appeared: ${
+        "error" in outcome ? outcome.error : "it succeeded"
+      }`,
+    );
+  });
+  early.catch(() => {});
+  const socketDir = await Promise.race([waitForLockRecord(dataDir), early]);
   await delay(afterMs);
   const abortedAt = performance.now();
   controller.abort();
