@@ -228,14 +228,15 @@ function stagingFields(columns: TableColumns): PayloadField[] {
  * name) travels in a JSON literal as in the statement.
  *
  * Send it with the session's `script` option (lib/sink/postgres/psql.ts): the script ends
- * in the last statement it ran, so the reply trailer judges the first failure (the create,
- * the insert or the commit) and a failed script's transaction is rolled back after the
+ * in the last statement it ran, so the reply trailer judges the first failure (the begin,
+ * the create, the insert or the commit) and a failed script's transaction is rolled back after the
  * reply. Three facts of psql this relies on:
  *
  * - a failed `COPY FROM STDIN` does not set psql's `:ERROR`, so nothing may fail there:
  *   the staging columns are text and the rows' text is valid UTF-8 without NUL;
- * - the copy runs only when the create succeeded (`\if :ERROR`); psql still lexes lines
- *   in a skipped branch, quotes included;
+ * - the create runs only when the begin succeeded, and the copy only when the create did
+ *   (`\if :ERROR` after each); psql still lexes lines in a skipped branch, quotes
+ *   included;
  * - so every data line starts with a backslash before its first character (`\{`, which
  *   COPY reads as `{`; metadata, a JSON object, is the first column): outside COPY, psql
  *   takes the line for an unknown meta-command and discards it whole, whatever quotes it
@@ -271,7 +272,10 @@ export function buildUpsertScript(
     f.type === "text" ? `u.${f.name}` : `u.${f.name}::${f.type} as ${f.name}`
   );
   const parts: string[] = [
+    // A refused begin (a statement timeout on a loaded server) must stop the script too:
+    // outside a transaction the table would be dropped as soon as it was made.
     `begin;\n` +
+    `\\if :ERROR\n\\else\n` +
     `create temp table ${STAGING_TABLE} (${
       fields.map((f) => `${f.name} text`).join(", ")
     }) on commit drop;\n` +
@@ -293,6 +297,7 @@ export function buildUpsertScript(
       `  from ${staging} u\n` +
       upsertTail(ref, rows, columns) + `\n` +
       `\\if :ERROR\n\\else\ncommit;\n\\endif\n` +
+      `\\endif\n` +
       `\\endif\n`,
   );
   return parts.join("");

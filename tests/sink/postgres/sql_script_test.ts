@@ -127,7 +127,7 @@ Deno.test("textArrayLiteral quotes every element", () => {
 Deno.test("buildUpsertScript: one transaction, data lines start with a backslash", () => {
   const rows = [nastyRow(1), nastyRow(2)];
   const script = buildUpsertScript(rows.map((r) => r.row), OPTIONS, rows.map((r) => r.json));
-  assert.match(script, /^begin;\ncreate temp table upload_rows \(/);
+  assert.match(script, /^begin;\n\\if :ERROR\n\\else\ncreate temp table upload_rows \(/);
   assert.match(
     script,
     /on commit drop;\n\\if :ERROR\n\\else\n\\set VERBOSITY verbose\ncopy pg_temp\.upload_rows from stdin;\n/,
@@ -138,7 +138,7 @@ Deno.test("buildUpsertScript: one transaction, data lines start with a backslash
   assert.equal(to - from, 2, "one line per row");
   assert.equal(lines[to + 1], "\\set VERBOSITY default");
   for (const line of lines.slice(from, to)) assert.ok(line.startsWith("\\{"), line);
-  assert.ok(script.endsWith("\\if :ERROR\n\\else\ncommit;\n\\endif\n\\endif\n"));
+  assert.ok(script.endsWith("\\if :ERROR\n\\else\ncommit;\n\\endif\n\\endif\n\\endif\n"));
 });
 
 Deno.test("buildUpsertScript refuses what buildUpsertStatement refuses, and a JSON text of another row", () => {
@@ -334,6 +334,30 @@ Deno.test({
           );
           assert.deepEqual(await ok(owner, "select count(*) from device_test"), ["1"]);
         });
+        await t.step(
+          "a refused begin: its SQLSTATE, not 42P01 from a table dropped at once",
+          async () => {
+            // A begin cancelled on a loaded server (statement_timeout) left the create to run
+            // outside a transaction, its table dropped at once: the script answered 42P01.
+            // Here the begin is replaced by a statement that always fails.
+            const rows = [nastyRow(8), nastyRow(9)];
+            const script = buildUpsertScript(
+              rows.map((r) => r.row),
+              OPTIONS,
+              rows.map((r) => r.json),
+            );
+            const reply = await owner.run(script.replace(/^begin;/, "select 1/0;"), {
+              script: true,
+              timeoutMs: 30_000,
+            });
+            assert.ok(!reply.ok);
+            assert.equal(reply.sqlstate, "22012", `${reply.sqlstate}: ${reply.message}`);
+            assert.deepEqual(await ok(owner, "select count(*) from device_test"), ["1"]);
+            assert.deepEqual(await ok(owner, "select to_regclass('pg_temp.upload_rows') is null"), [
+              "t",
+            ]);
+          },
+        );
         await t.step("a COPY cut short by statement_timeout: 57014, not 25P02", async () => {
           const big = Array.from({ length: 400 }, (_, i) => nastyRow(100 + i));
           for (const b of big) {
