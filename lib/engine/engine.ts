@@ -197,7 +197,7 @@ async function feed(
   planner: Planner,
   settle: SettleQueue,
 ): Promise<void> {
-  const inbox = new Inbox<SourceItem[]>(4);
+  const inbox = new Inbox<SourceItem[]>(TAKE_ITEMS);
   const context = {
     signal: run.stop.signal,
     emit: (e: EngineEvent) => run.emit(e),
@@ -249,7 +249,7 @@ async function feed(
     const next = await inbox.next(waitMs, run.stop.signal);
     if (next.kind === "item") {
       // What else has arrived goes with it: one tracker transaction per ~1,000 folders.
-      await planner.take(next.item.concat(...inbox.takeReady(1024 - next.item.length)));
+      await planner.take(next.item.concat(...inbox.takeReady(TAKE_ITEMS - next.item.length)));
       pending = true;
     } else if (next.kind === "end") {
       await planner.flush();
@@ -294,10 +294,23 @@ type Next<T> = { kind: "item"; item: T } | { kind: "end" } | { kind: "quiet" } |
   kind: "stopped";
 };
 
-/** A bounded queue between the source (filling it) and the engine's loop (emptying it). */
+/** The most folders the engine's loop takes at once (one tracker transaction). */
+const TAKE_ITEMS = 1024;
+
+/** An item's weight in the inbox: an array counts its elements. */
+function weightOf(item: unknown): number {
+  return Array.isArray(item) ? item.length : 1;
+}
+
+/**
+ * A bounded queue between the source (filling it) and the engine's loop (emptying it). Its
+ * capacity counts elements, not arrays: a source that hands over small chunks lets as many
+ * folders wait as one that hands over large ones, and the loop can take them in one go.
+ */
 class Inbox<T> {
   readonly #capacity: number;
   #items: T[] = [];
+  #weight = 0;
   #ended = false;
   #error: unknown = undefined;
   #wakeTaker: (() => void) | null = null;
@@ -309,10 +322,11 @@ class Inbox<T> {
 
   /** Adds an item, waiting while the queue is full (or until `signal` aborts). */
   async put(item: T, signal: AbortSignal): Promise<void> {
-    while (this.#items.length >= this.#capacity && !signal.aborted) {
+    while (this.#items.length > 0 && this.#weight >= this.#capacity && !signal.aborted) {
       await wait(signal, null, (wake) => this.#wakePutter = wake);
     }
     this.#items.push(item);
+    this.#weight += weightOf(item);
     this.#wake();
   }
 
@@ -323,7 +337,8 @@ class Inbox<T> {
     while (this.#items.length > 0 && count < max) {
       const item = this.#items.shift()!;
       taken.push(item);
-      count += Array.isArray(item) ? item.length : 1;
+      count += weightOf(item);
+      this.#weight -= weightOf(item);
     }
     if (taken.length > 0) {
       const wake = this.#wakePutter;
@@ -359,6 +374,7 @@ class Inbox<T> {
     }
     if (this.#items.length > 0) {
       const item = this.#items.shift()!;
+      this.#weight -= weightOf(item);
       const wake = this.#wakePutter;
       this.#wakePutter = null;
       wake?.();

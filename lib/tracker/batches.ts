@@ -114,16 +114,16 @@ export function startBatch(
 const ACKED = "FROM (SELECT value ->> 0 AS p, value ->> 1 AS h, value ->> 2 AS c, " +
   "value ->> 3 AS d FROM json_each(?)) AS o WHERE folder_status.folder_path = o.p";
 
-/** Those still as scanned become success. */
-const ACK_CURRENT = "UPDATE folder_status SET upload_status = 'success', uploaded_hash = o.h, " +
-  "content_hash = o.c, objects_dest = COALESCE(o.d, objects_dest), upload_timestamp = ?, " +
-  `error_message = NULL, retry_count = 0, updated_at = ? ${ACKED} ` +
-  "AND folder_status.file_hash = o.h";
-
-/** Those rescanned with another fingerprint meanwhile keep their pending status. */
-const ACK_STALE = "UPDATE folder_status SET uploaded_hash = o.h, content_hash = o.c, " +
-  "objects_dest = COALESCE(o.d, objects_dest), upload_timestamp = ?, " +
-  `updated_at = ? ${ACKED} AND folder_status.file_hash IS NOT o.h`;
+/**
+ * One pass over a batch's acknowledged folders: those still as scanned become success; those
+ * rescanned with another fingerprint meanwhile keep their status (pending), their upload noted.
+ */
+const ACK = "UPDATE folder_status SET " +
+  "upload_status = CASE WHEN folder_status.file_hash = o.h THEN 'success' ELSE upload_status END, " +
+  "error_message = CASE WHEN folder_status.file_hash = o.h THEN NULL ELSE error_message END, " +
+  "retry_count = CASE WHEN folder_status.file_hash = o.h THEN 0 ELSE retry_count END, " +
+  "uploaded_hash = o.h, content_hash = o.c, objects_dest = COALESCE(o.d, objects_dest), " +
+  `upload_timestamp = ?1, updated_at = ?1 ${ACKED}`;
 
 const UPSERT_BATCH =
   "INSERT INTO upload_batches (batch_id, batch_name, total_folders, successful_uploads, " +
@@ -139,8 +139,7 @@ export function recordBatch(
   batch: BatchRecord,
   outcomes: readonly FolderOutcome[],
 ): void {
-  const ok = db.stmt(ACK_CURRENT);
-  const okStale = db.stmt(ACK_STALE);
+  const ack = db.stmt(ACK);
   const endText = iso(batch.endTime);
   db.transaction(() => {
     let failed = 0;
@@ -154,9 +153,7 @@ export function recordBatch(
       }
     }
     if (done.length > 0) {
-      const pairs = JSON.stringify(done);
-      ok.run(endText, endText, pairs);
-      okStale.run(endText, endText, pairs);
+      ack.run(endText, JSON.stringify(done));
     }
     // The markers are written next: one owed from before is settled by them.
     if (batch.markers) settleOwed(db, outcomes.map((o) => o.path));
