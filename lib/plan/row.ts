@@ -229,16 +229,18 @@ export function buildRow(
   ).map((f) => f.name);
   const dateMs = testDateOf(config, images, reports, statsEntry);
   const content = createHash("md5");
-  content.update(statsBytes ?? new Uint8Array());
-  content.update("\0");
-  for (const f of files) content.update(`${f.name}\0${f.size}\n`);
-  if (options.imageObjects) content.update(`objects\0${options.imageObjects.join("\0")}`);
-  if (options.imageUrls) content.update(`\0image urls\0${options.imageUrls.join("\0")}`);
+  if (statsBytes) content.update(statsBytes);
+  // The rest in one update: the digest of the parts in order, in one call.
+  let rest = "\0";
+  for (const f of files) rest += `${f.name}\0${f.size}\n`;
+  if (options.imageObjects) rest += `objects\0${options.imageObjects.join("\0")}`;
+  if (options.imageUrls) rest += `\0image urls\0${options.imageUrls.join("\0")}`;
   // No report, no change: a row stored before reports were has the same content then.
   if (options.reportUrls && options.reportUrls.length > 0) {
-    content.update(`\0report urls\0${options.reportUrls.join("\0")}`);
+    rest += `\0report urls\0${options.reportUrls.join("\0")}`;
   }
-  if (options.incomplete) content.update("\0incomplete");
+  if (options.incomplete) rest += "\0incomplete";
+  content.update(rest);
   const totalBytes = files.reduce((sum, f) => sum + f.size, 0);
   const testStatus = options.incomplete
     ? "incomplete"

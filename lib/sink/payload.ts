@@ -53,15 +53,40 @@ export function payloadAround(
   around: string,
   columns: TableColumns = UPLOAD_COLUMNS,
 ): [string, string] {
-  const at = columns.payload.findIndex((f) => f.name === around && f.presence === "always");
-  if (at < 0) throw new UploadError("fatal", `No payload field ${around} every row carries`);
-  const head = JSON.stringify(payloadObject(row, columns.payload.slice(0, at)));
-  const tail = JSON.stringify(payloadObject(row, columns.payload.slice(at + 1)));
-  const name = JSON.stringify(around);
+  const split = splitAround(columns, around);
+  const head = JSON.stringify(payloadObject(row, split.before));
+  const tail = JSON.stringify(payloadObject(row, split.after));
   return [
-    head === "{}" ? `{${name}:` : `${head.slice(0, -1)},${name}:`,
+    head === "{}" ? `{${split.key}:` : `${head.slice(0, -1)},${split.key}:`,
     tail === "{}" ? "}" : `,${tail.slice(1)}`,
   ];
+}
+
+/** A declaration's payload fields before and after one field, and that field's JSON key. */
+interface Split {
+  before: readonly PayloadField[];
+  after: readonly PayloadField[];
+  key: string;
+}
+
+/** Splits by declaration and field, made once (every row of a run asks). */
+const splits = new WeakMap<TableColumns, Map<string, Split>>();
+
+function splitAround(columns: TableColumns, around: string): Split {
+  let byField = splits.get(columns);
+  if (byField === undefined) splits.set(columns, byField = new Map());
+  let split = byField.get(around);
+  if (split === undefined) {
+    const at = columns.payload.findIndex((f) => f.name === around && f.presence === "always");
+    if (at < 0) throw new UploadError("fatal", `No payload field ${around} every row carries`);
+    split = {
+      before: columns.payload.slice(0, at),
+      after: columns.payload.slice(at + 1),
+      key: JSON.stringify(around),
+    };
+    byField.set(around, split);
+  }
+  return split;
 }
 
 /**

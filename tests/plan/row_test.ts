@@ -6,6 +6,7 @@
  */
 
 import assert from "node:assert/strict";
+import { createHash } from "node:crypto";
 import { join } from "node:path";
 import {
   DEFAULT_CONFIG,
@@ -175,6 +176,37 @@ Deno.test("content_hash ignores mtimes and markers but follows content, names an
   assert.notEqual(h3, h2);
   Deno.renameSync(join(path, "b.jpg"), join(path, "c.jpg"));
   assert.notEqual(hash(), h3);
+});
+
+Deno.test("content_hash is md5 of the stats bytes, NUL, each file's name and size, then the options", () => {
+  // Pinned from its definition: a hash that moved between versions would rewrite every row
+  // the server holds on the next changed scan.
+  using dir = tempDir();
+  const path = join(dir.path, "Run");
+  const stats = '{"result": "PASS"}';
+  writeTree(path, {
+    "stats.json": { text: stats, mtime: T1 },
+    "a.jpg": { bytes: 10, mtime: T2 },
+    "r.pdf": { bytes: 7, mtime: T2 },
+  });
+  const md5 = (text: string) => createHash("md5").update(text).digest("hex");
+  const files = "a.jpg\x0010\nr.pdf\x007\nstats.json\x00" + stats.length + "\n";
+  const plain = buildRow(snap(path), DEFAULT_CONFIG, NOW).row.metadata.content_hash;
+  assert.equal(plain, md5(stats + "\0" + files));
+  const config = { ...DEFAULT_CONFIG, reportExtensions: [".pdf"] };
+  const all = buildRow(snap(path), config, NOW, {
+    imageObjects: ["o1", "o2"],
+    imageUrls: ["u1"],
+    reportUrls: ["p1"],
+    incomplete: true,
+  }).row.metadata.content_hash;
+  assert.equal(
+    all,
+    md5(
+      stats + "\0" + files + "objects\0o1\0o2" + "\0image urls\0u1" + "\0report urls\0p1" +
+        "\0incomplete",
+    ),
+  );
 });
 
 Deno.test("content_hash is the same for the same content in another folder", () => {

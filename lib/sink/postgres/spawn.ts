@@ -134,7 +134,21 @@ export function outsideGroup(
  * await checkPsql(); // "psql (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)"
  * ```
  */
-export async function checkPsql(psqlPath = "psql"): Promise<string> {
+export function checkPsql(psqlPath = "psql"): Promise<string> {
+  let check = psqlChecks.get(psqlPath);
+  if (check === undefined) {
+    // Asked once per binary and process (every run asks before its sessions start); a
+    // failure is not kept, so a psql installed meanwhile is found on the next ask.
+    check = askPsqlVersion(psqlPath);
+    check.catch(() => psqlChecks.delete(psqlPath));
+    psqlChecks.set(psqlPath, check);
+  }
+  return check;
+}
+
+const psqlChecks = new Map<string, Promise<string>>();
+
+async function askPsqlVersion(psqlPath: string): Promise<string> {
   const output = await spawnPsql({ psqlPath, args: ["--version"], stdin: "null" }).output();
   const text = new TextDecoder().decode(output.stdout).trim();
   if (!output.success) {
@@ -177,19 +191,9 @@ function spawnError(psqlPath: string, error: unknown): UploadError {
   });
 }
 
-const psqlVersionCache = new Map<string, Promise<number | undefined>>();
-
-/** psql's major version, asked once per binary; a failure is not cached. */
+/** psql's major version ({@linkcode checkPsql}: asked once per binary). */
 export function cachedPsqlMajor(psqlPath: string): Promise<number | undefined> {
-  let version = psqlVersionCache.get(psqlPath);
-  if (version === undefined) {
-    version = checkPsql(psqlPath).then(psqlMajor, (error) => {
-      psqlVersionCache.delete(psqlPath);
-      throw error;
-    });
-    psqlVersionCache.set(psqlPath, version);
-  }
-  return version;
+  return checkPsql(psqlPath).then(psqlMajor);
 }
 
 /**
