@@ -75,8 +75,9 @@ export function errorEvent(error: unknown, exitCode: number): Record<string, unk
 }
 
 /**
- * The object store for `--images-to`, or null without it. Its retries count in the run's
- * counters and are reported as `retry` events (the object key as subject).
+ * The object store for `--images-to`, or null without it, announced on the reporter. Its
+ * retries count in the run's counters and are reported as `retry` events (the object key as
+ * subject).
  *
  * @throws {UploadError} `config` when credentials are missing or the endpoint is malformed.
  */
@@ -88,10 +89,11 @@ export function objectStoreFor(
     giveUpAfterSeconds: number;
     counters: Pick<RunCounters, "retries">;
     emit: (event: EngineEvent) => void;
+    reporter: Pick<Reporter, "info">;
   },
 ): ObjectStore | null {
   if (imagesTo === null) return null;
-  return storeFromEnv(options.env, imagesTo, {
+  const store = storeFromEnv(options.env, imagesTo, {
     concurrency: options.parallel,
     giveUpAfterMs: options.giveUpAfterSeconds * 1000,
     onRetry: (r: RetryEvent) => {
@@ -105,6 +107,8 @@ export function objectStoreFor(
       });
     },
   });
+  options.reporter.info(`Storing images in ${store.display}`);
+  return store;
 }
 
 /** Warns that a password given in `--db-url` shows in the process list. */

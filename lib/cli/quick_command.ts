@@ -76,8 +76,8 @@ export async function quickCommand(argv: string[], env: Env): Promise<number> {
       giveUpAfterSeconds: config.giveUpAfterSeconds,
       counters,
       emit: onEvent,
+      reporter,
     });
-    if (store) reporter.info(`Storing images in ${store.display}`);
     try {
       const paths = cmd.stdin ? callerPaths(readLines(Deno.stdin.readable), env) : cmd.paths;
       const result = await runQuickUpload(paths, {

@@ -105,8 +105,8 @@ async function manage(opened: Opened): Promise<number> {
     giveUpAfterSeconds: config.giveUpAfterSeconds,
     counters,
     emit: (e) => reporter.event(e),
+    reporter,
   });
-  if (store) reporter.info(`Storing images in ${store.display}`);
   reporter.start(counters);
   try {
     const options = {
