@@ -107,7 +107,7 @@ export function objectStoreFor(
       });
     },
   });
-  options.reporter.info(`Storing images in ${store.display}`);
+  if (store !== null) options.reporter.info(`Storing images in ${store.display}`);
   return store;
 }
 
