@@ -34,7 +34,7 @@ const REPO = new URL("../", import.meta.url).pathname;
 /** The flags of `deno task upload` (deno.json), so each device runs as a user's does. */
 const TASK = [
   "run",
-  "--v8-flags=--max-semi-space-size=4,--max-old-space-size=192",
+  "--v8-flags=--max-semi-space-size=4,--max-old-space-size=192,--wasm-num-compilation-tasks=1",
   "--allow-read",
   "--allow-write",
   "--allow-env",

@@ -65,8 +65,9 @@ async function main(argv: string[]): Promise<number> {
     const args = [
       "compile",
       ...PERMISSIONS,
-      // A smaller heap keeps resident memory low; the run streams (see docs/benchmarks.md).
-      "--v8-flags=--max-semi-space-size=4,--max-old-space-size=192",
+      // A smaller heap keeps resident memory low; the run streams. One thread compiles the
+      // embedded database's WebAssembly: less memory at once (see docs/benchmarks.md).
+      "--v8-flags=--max-semi-space-size=4,--max-old-space-size=192,--wasm-num-compilation-tasks=1",
       ...includes.flatMap((file) => ["--include", file]),
       // The folder walk and the embedded database run in workers, loaded by URL at run
       // time: bundle their modules too.

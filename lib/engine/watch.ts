@@ -33,7 +33,7 @@ export interface WatchOptions extends Omit<UploadOptions, "mode"> {
  */
 export function runWatch(options: WatchOptions): Promise<RunResult> {
   checkBase(options.basePath);
-  const source = watchSource(options.basePath, walkConfig(options.config), {
+  const source = watchSource(options.basePath, walkConfig(options.config, options.connector), {
     rescanEveryMs: options.rescanEverySeconds * 1000,
     debounceMs: options.debounceMs ?? 200,
     fileEvents: options.fileEvents ?? true,

@@ -87,6 +87,8 @@ export type WalkConfig = Pick<UploaderConfig, "imageExtensions" | "statsFileName
   markerNames: ReadonlySet<string>;
   /** Report extensions that make a folder a unit on their own (empty: they do not). */
   reportExtensions?: readonly string[];
+  /** Walker threads of a walk in workers. Default 2. */
+  walkers?: number;
 };
 
 /**
@@ -111,7 +113,7 @@ export function treeSource(
     };
     const chunks = options.inWorker === false
       ? scanFolderChunks(base, { ...walkOptions, chunk: options.chunk })
-      : scanFoldersInWorker(base, walkOptions);
+      : scanFoldersInWorker(base, { ...walkOptions, workers: config.walkers });
     try {
       for await (const chunk of chunks) yield chunk.map((item) => fromScan(item, base));
     } catch (error) {

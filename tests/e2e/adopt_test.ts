@@ -37,7 +37,8 @@ const QUICK_SCRIPT = join(REPO_ROOT, "scripts", "quick_upload.ts");
 const DEVICE_ID = "3a8e4c1d-2b7f-4e90-9c1a-5d6e7f8a9b0c";
 
 /** The upload task's V8 flags (deno.json), so memory is measured as users run it. */
-const TASK_V8_FLAGS = "--v8-flags=--max-semi-space-size=4,--max-old-space-size=192";
+const TASK_V8_FLAGS = "--v8-flags=--max-semi-space-size=4,--max-old-space-size=192," +
+  "--wasm-num-compilation-tasks=1";
 
 function roleUrl(pg: PgServer, role: string, password: string): string {
   return `postgresql://${role}:${password}@${pg.host}:${pg.port}/uploads`;

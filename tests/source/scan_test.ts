@@ -696,6 +696,12 @@ Deno.test("scanFolders: with report extensions (config reportOnlyUnits) a report
   assert.deepEqual(walkConfig({ ...DEFAULT_CONFIG, reportOnlyUnits: false }).reportExtensions, []);
 });
 
+Deno.test("walkConfig: one walker for the embedded database, the default for a server", () => {
+  assert.equal(walkConfig(DEFAULT_CONFIG, { embedded: true }).walkers, 1);
+  assert.equal(walkConfig(DEFAULT_CONFIG, { embedded: false }).walkers, undefined);
+  assert.equal(walkConfig(DEFAULT_CONFIG).walkers, undefined);
+});
+
 Deno.test("snapshotFolder: one folder, no walk below it", () => {
   using dir = tempDir();
   writeTree(dir.path, {
